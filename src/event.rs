@@ -1,0 +1,121 @@
+//! The one thing that travels: an [`Event`], and the [`Ack`] that tells its source what became of it.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+/// Where an event came from.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// Pipeline name.
+    pub pipeline: Arc<str>,
+    /// The source within it: a URL, a client address, an MQTT topic.
+    pub source: Arc<str>,
+    /// Wall-clock receive time (for the DLQ's `received_at`).
+    pub received_at: SystemTime,
+    /// Monotonic receive time (for accept → ack latency).
+    pub accepted: Instant,
+}
+
+impl Origin {
+    /// An origin stamped now.
+    pub fn now(pipeline: Arc<str>, source: Arc<str>) -> Origin {
+        Origin {
+            pipeline,
+            source,
+            received_at: SystemTime::now(),
+            accepted: Instant::now(),
+        }
+    }
+}
+
+/// What became of an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fate {
+    /// Kafka acknowledged it.
+    Delivered {
+        /// Topic written.
+        topic: String,
+        /// Partition written.
+        partition: i32,
+        /// Offset in the partition.
+        offset: i64,
+    },
+    /// It was rejected and Kafka acknowledged its DLQ record.
+    DeadLettered {
+        /// Why it was rejected (`invalid_json`, `missing_field`, …).
+        error_type: &'static str,
+        /// The reason in words.
+        message: String,
+        /// Where the DLQ record landed.
+        partition: i32,
+        /// Its offset.
+        offset: i64,
+    },
+    /// Dropped because the buffer was full and the pipeline drops rather than blocks.
+    Dropped,
+    /// Neither it nor a DLQ record of it could be written.
+    Failed {
+        /// The error.
+        message: String,
+    },
+}
+
+impl Fate {
+    /// Whether Kafka holds the event or its DLQ record.
+    pub fn is_persisted(&self) -> bool {
+        matches!(self, Fate::Delivered { .. } | Fate::DeadLettered { .. })
+    }
+}
+
+/// The handle a source keeps to learn an event's fate; answered exactly once.
+/// Sources that need no answer (a WebSocket feed) use [`Ack::none`].
+#[derive(Debug, Default)]
+pub struct Ack(Option<oneshot::Sender<Fate>>);
+
+impl Ack {
+    /// No one is waiting.
+    pub fn none() -> Ack {
+        Ack(None)
+    }
+
+    /// An ack and the receiver its source awaits.
+    pub fn channel() -> (Ack, oneshot::Receiver<Fate>) {
+        let (tx, rx) = oneshot::channel();
+        (Ack(Some(tx)), rx)
+    }
+
+    /// Reports the fate; later calls do nothing.
+    pub fn resolve(&mut self, fate: Fate) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(fate);
+        }
+    }
+}
+
+/// An event on its way from a source to Kafka.
+#[derive(Debug)]
+pub struct Event {
+    /// The bytes as received.
+    pub raw: Bytes,
+    /// Headers that came with the input (MQTT properties, HTTP headers); kept in the DLQ too.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Where and when it came from.
+    pub origin: Origin,
+    /// Who waits for its fate.
+    pub ack: Ack,
+}
+
+impl Event {
+    /// An event from raw bytes, received now.
+    pub fn new(raw: Bytes, origin: Origin) -> Event {
+        Event {
+            raw,
+            headers: Vec::new(),
+            origin,
+            ack: Ack::none(),
+        }
+    }
+}

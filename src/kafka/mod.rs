@@ -1,0 +1,109 @@
+//! Kafka: client settings shared by every client, the producing sink, and metadata checks.
+
+mod admin;
+mod producer;
+
+pub use admin::{fetch_metadata, BrokerInfo};
+pub use producer::{KafkaSink, OutRecord, Totals};
+
+use rdkafka::ClientConfig;
+
+use crate::config::{KafkaConfig, SecurityConfig};
+
+/// Settings every kgate Kafka client shares: brokers, client id, TLS and SASL.
+pub fn base_client_config(k: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", k.brokers.join(","))
+        .set("client.id", &k.client_id)
+        // librdkafka logs every failed connect; kgate reports broker trouble itself.
+        .set("log.connection.close", "false");
+    if let Some(sec) = &k.security {
+        apply_security(&mut c, sec);
+    }
+    c
+}
+
+fn apply_security(c: &mut ClientConfig, sec: &SecurityConfig) {
+    c.set("security.protocol", sec.protocol.as_str());
+    if let Some(s) = &sec.sasl {
+        c.set("sasl.mechanism", s.mechanism.as_str())
+            .set("sasl.username", &s.username)
+            .set("sasl.password", &s.password);
+    }
+    if let Some(t) = &sec.tls {
+        if let Some(ca) = &t.ca {
+            c.set("ssl.ca.location", ca);
+        }
+        if let Some(cert) = &t.cert {
+            c.set("ssl.certificate.location", cert);
+        }
+        if let Some(key) = &t.key {
+            c.set("ssl.key.location", key);
+        }
+        if let Some(pw) = &t.key_password {
+            c.set("ssl.key.password", pw);
+        }
+        c.set(
+            "ssl.endpoint.identification.algorithm",
+            if t.verify_hostname { "https" } else { "none" },
+        );
+    }
+}
+
+/// The producer's settings: the shared ones, the typed producer fields, then `options`.
+pub fn producer_client_config(k: &KafkaConfig) -> ClientConfig {
+    let p = &k.producer;
+    let mut c = base_client_config(k);
+    c.set("acks", p.acks.as_str())
+        .set("enable.idempotence", p.idempotence.to_string())
+        .set("compression.type", p.compression.as_str())
+        .set("linger.ms", p.linger_ms.to_string())
+        .set("batch.size", p.batch_size.to_string())
+        // 0 = never expire: during an outage records wait (and sources are blocked by the
+        // bounded buffer) instead of timing out after librdkafka's default 300 s and being lost.
+        .set(
+            "message.timeout.ms",
+            p.message_timeout.as_millis().to_string(),
+        )
+        .set(
+            "request.timeout.ms",
+            p.request_timeout.as_millis().max(1).to_string(),
+        )
+        .set(
+            "queue.buffering.max.messages",
+            p.max_buffered_records.to_string(),
+        )
+        .set(
+            "queue.buffering.max.kbytes",
+            (p.max_buffered_bytes.0 / 1024).max(1).to_string(),
+        );
+    for (key, value) in &p.options {
+        c.set(key, value);
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn producer_defaults_and_passthrough() {
+        let cfg = crate::config::Config::from_yaml_str(
+            "kafka:\n  producer:\n    options: {queue.buffering.backpressure.threshold: '5'}\npipelines: [{name: p, source: {websocket: {urls: ['ws://h:1/ws']}}, topic: t}]\n",
+            "test.yaml",
+            &|_| None,
+        )
+        .unwrap();
+        let c = producer_client_config(&cfg.kafka);
+        assert_eq!(c.get("acks"), Some("all"));
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
+        assert_eq!(c.get("compression.type"), Some("zstd"));
+        assert_eq!(c.get("linger.ms"), Some("10"));
+        assert_eq!(c.get("batch.size"), Some("131072"));
+        assert_eq!(c.get("message.timeout.ms"), Some("0"));
+        assert_eq!(c.get("queue.buffering.max.messages"), Some("10000"));
+        assert_eq!(c.get("queue.buffering.max.kbytes"), Some("102400"));
+        assert_eq!(c.get("queue.buffering.backpressure.threshold"), Some("5"));
+    }
+}

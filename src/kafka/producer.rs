@@ -1,0 +1,490 @@
+//! The Kafka sink: one threaded producer whose delivery callback carries each record's ack,
+//! metrics and original bytes, so that every accepted event ends delivered, dead-lettered,
+//! dropped (when configured) or reported failed, and nothing in between is forgotten.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Message};
+use tokio::sync::{mpsc, Notify};
+
+use crate::config::{KafkaConfig, OnFull};
+use crate::event::{Ack, Fate, Origin};
+use crate::metrics::{Metrics, TopicMetrics};
+
+/// A record ready for Kafka.
+#[derive(Debug, Clone)]
+pub struct OutRecord {
+    /// Target topic.
+    pub topic: String,
+    /// Key bytes.
+    pub key: Option<Vec<u8>>,
+    /// Value bytes.
+    pub value: Bytes,
+    /// Headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Counts of what became of accepted events, for the shutdown report.
+#[derive(Debug, Default)]
+pub struct Totals {
+    /// Events handed to the sink (records and rejections).
+    pub accepted: AtomicU64,
+    /// Acknowledged by Kafka.
+    pub delivered: AtomicU64,
+    /// Their DLQ record acknowledged by Kafka.
+    pub dead_lettered: AtomicU64,
+    /// Dropped on a full buffer (`on_full: drop_newest`).
+    pub dropped: AtomicU64,
+    /// Neither delivered nor dead-lettered.
+    pub failed: AtomicU64,
+}
+
+/// Why an event goes to the DLQ.
+#[derive(Debug)]
+struct DlqJob {
+    raw: Bytes,
+    key: Option<Vec<u8>>,
+    input_headers: Vec<(String, Vec<u8>)>,
+    origin: Origin,
+    ack: Ack,
+    error_type: &'static str,
+    message: String,
+    source_topic: String,
+}
+
+pub(crate) enum Kind {
+    Data {
+        topic: Arc<TopicMetrics>,
+        raw: Bytes,
+        input_headers: Vec<(String, Vec<u8>)>,
+    },
+    Dlq {
+        error_type: &'static str,
+        message: String,
+        source_topic: String,
+    },
+}
+
+/// What rides with a record through librdkafka and comes back in the delivery callback.
+pub(crate) struct Inflight {
+    kind: Kind,
+    origin: Origin,
+    ack: Ack,
+}
+
+struct Shared {
+    metrics: Arc<Metrics>,
+    dlq_topic: String,
+    totals: Totals,
+    inflight: AtomicI64,
+    settled: Notify,
+    dlq_tx: mpsc::UnboundedSender<DlqJob>,
+}
+
+impl Shared {
+    fn settle_one(&self) {
+        self.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.inflight.dec();
+        self.settled.notify_waiters();
+    }
+}
+
+/// The producer context: turns delivery reports into acks, metrics and DLQ jobs.
+pub(crate) struct SinkContext {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for SinkContext {}
+
+impl ProducerContext for SinkContext {
+    type DeliveryOpaque = Box<Inflight>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: Box<Inflight>) {
+        let Inflight {
+            kind,
+            origin,
+            mut ack,
+        } = *opaque;
+        let s = &self.shared;
+        match (kind, result) {
+            (Kind::Data { topic, .. }, Ok(msg)) => {
+                topic.published.inc();
+                topic
+                    .duration
+                    .observe(origin.accepted.elapsed().as_secs_f64());
+                s.totals.delivered.fetch_add(1, Ordering::Relaxed);
+                ack.resolve(Fate::Delivered {
+                    topic: msg.topic().to_string(),
+                    partition: msg.partition(),
+                    offset: msg.offset(),
+                });
+                s.settle_one();
+            }
+            (
+                Kind::Data {
+                    topic,
+                    raw,
+                    input_headers,
+                },
+                Err((err, msg)),
+            ) => {
+                topic.failures.inc();
+                topic.delivery_errors.inc();
+                let source_topic = msg.topic().to_string();
+                tracing::warn!(topic = %source_topic, error = %err, "Kafka refused a record; sending it to the DLQ");
+                let key = msg.key().map(|k| k.to_vec());
+                // Stays in flight: the DLQ job settles it.
+                let job = DlqJob {
+                    raw,
+                    key,
+                    input_headers,
+                    origin,
+                    ack,
+                    error_type: "produce_failed",
+                    message: err.to_string(),
+                    source_topic,
+                };
+                if let Err(mpsc::error::SendError(mut job)) = s.dlq_tx.send(job) {
+                    tracing::error!(
+                        "DLQ writer stopped; a refused record could not be dead-lettered"
+                    );
+                    s.totals.failed.fetch_add(1, Ordering::Relaxed);
+                    job.ack.resolve(Fate::Failed {
+                        message: job.message,
+                    });
+                    s.settle_one();
+                }
+            }
+            (
+                Kind::Dlq {
+                    error_type,
+                    message,
+                    source_topic,
+                },
+                Ok(msg),
+            ) => {
+                s.metrics
+                    .dlq_published
+                    .with_label_values(&[s.dlq_topic.as_str(), source_topic.as_str(), error_type])
+                    .inc();
+                s.totals.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                ack.resolve(Fate::DeadLettered {
+                    error_type,
+                    message,
+                    partition: msg.partition(),
+                    offset: msg.offset(),
+                });
+                s.settle_one();
+            }
+            (
+                Kind::Dlq {
+                    error_type,
+                    message,
+                    source_topic,
+                },
+                Err((err, _)),
+            ) => {
+                s.metrics
+                    .dlq_failures
+                    .with_label_values(&[s.dlq_topic.as_str()])
+                    .inc();
+                s.totals.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(dlq_topic = %s.dlq_topic, %source_topic, error_type, reason = %message, error = %err,
+                    "the DLQ refused a record: it is lost; check that the DLQ topic exists and accepts writes");
+                ack.resolve(Fate::Failed {
+                    message: format!("{error_type}: {message}; DLQ write failed: {err}"),
+                });
+                s.settle_one();
+            }
+        }
+    }
+}
+
+/// Sends records to Kafka and rejected input to the DLQ; see the module docs.
+pub struct KafkaSink {
+    producer: ThreadedProducer<SinkContext>,
+    shared: Arc<Shared>,
+    on_full: OnFull,
+    dlq_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<DlqJob>>>,
+}
+
+/// How long to wait before retrying a send into a full buffer.
+const FULL_RETRY: Duration = Duration::from_millis(2);
+
+impl KafkaSink {
+    /// Creates the producer (no broker needed yet) and starts the DLQ writer.
+    pub fn new(
+        k: &KafkaConfig,
+        dlq_topic: &str,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Arc<KafkaSink>> {
+        let (dlq_tx, dlq_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            metrics,
+            dlq_topic: dlq_topic.to_string(),
+            totals: Totals::default(),
+            inflight: AtomicI64::new(0),
+            settled: Notify::new(),
+            dlq_tx,
+        });
+        let producer: ThreadedProducer<SinkContext> = super::producer_client_config(k)
+            .create_with_context(SinkContext {
+                shared: shared.clone(),
+            })
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot create the Kafka producer: {e}; check kafka.producer.options"
+                )
+            })?;
+        let sink = Arc::new(KafkaSink {
+            producer,
+            shared,
+            on_full: k.producer.on_full,
+            dlq_rx: std::sync::Mutex::new(Some(dlq_rx)),
+        });
+        let rx = sink
+            .dlq_rx
+            .lock()
+            .expect("lock")
+            .take()
+            .expect("first start");
+        let s = sink.clone();
+        tokio::spawn(async move { s.dlq_writer(rx).await });
+        Ok(sink)
+    }
+
+    async fn dlq_writer(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<DlqJob>) {
+        while let Some(job) = rx.recv().await {
+            self.produce_dlq(job).await;
+        }
+    }
+
+    /// The counts so far.
+    pub fn totals(&self) -> &Totals {
+        &self.shared.totals
+    }
+
+    /// Records accepted and not settled yet.
+    pub fn inflight(&self) -> i64 {
+        self.shared.inflight.load(Ordering::Acquire)
+    }
+
+    /// The DLQ topic.
+    pub fn dlq_topic(&self) -> &str {
+        &self.shared.dlq_topic
+    }
+
+    fn admit(&self) {
+        self.shared.inflight.fetch_add(1, Ordering::AcqRel);
+        self.shared.metrics.inflight.inc();
+        self.shared.totals.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Hands a record to the producer. With `on_full: block` it waits for room (backpressure);
+    /// with `drop_newest` it drops the record, counts it and acks it as dropped.
+    pub async fn send(
+        &self,
+        rec: OutRecord,
+        raw: Bytes,
+        input_headers: Vec<(String, Vec<u8>)>,
+        origin: Origin,
+        ack: Ack,
+    ) {
+        let topic_metrics = self.shared.metrics.topic(&rec.topic);
+        let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
+        for (k, v) in &rec.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        self.admit();
+        let opaque = Box::new(Inflight {
+            kind: Kind::Data {
+                topic: topic_metrics.clone(),
+                raw,
+                input_headers,
+            },
+            origin,
+            ack,
+        });
+        let mut record = BaseRecord::with_opaque_to(&rec.topic, opaque).payload(&rec.value[..]);
+        if let Some(k) = &rec.key {
+            record = record.key(&k[..]);
+        }
+        record = record.headers(headers);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => {
+                    topic_metrics.requests.inc();
+                    return;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    if self.on_full == OnFull::DropNewest {
+                        topic_metrics.drops.inc();
+                        self.shared.totals.dropped.fetch_add(1, Ordering::Relaxed);
+                        let mut op = back.delivery_opaque;
+                        op.ack.resolve(Fate::Dropped);
+                        self.shared.settle_one();
+                        return;
+                    }
+                    record = back;
+                    tokio::time::sleep(FULL_RETRY).await;
+                }
+                Err((err, back)) => {
+                    topic_metrics.requests.inc();
+                    topic_metrics.failures.inc();
+                    let op = *back.delivery_opaque;
+                    let Kind::Data {
+                        raw, input_headers, ..
+                    } = op.kind
+                    else {
+                        unreachable!("data records carry Kind::Data")
+                    };
+                    tracing::warn!(topic = %rec.topic, error = %err, "Kafka refused a record; sending it to the DLQ");
+                    self.produce_dlq(DlqJob {
+                        raw,
+                        key: rec.key.clone(),
+                        input_headers,
+                        origin: op.origin,
+                        ack: op.ack,
+                        error_type: "produce_failed",
+                        message: err.to_string(),
+                        source_topic: rec.topic.clone(),
+                    })
+                    .await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sends rejected input to the DLQ with its original bytes and headers.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn dead_letter(
+        &self,
+        raw: Bytes,
+        input_headers: Vec<(String, Vec<u8>)>,
+        origin: Origin,
+        ack: Ack,
+        error_type: &'static str,
+        message: String,
+        source_topic: String,
+    ) {
+        self.shared
+            .metrics
+            .events_rejected
+            .with_label_values(&[&origin.pipeline, error_type])
+            .inc();
+        self.admit();
+        self.produce_dlq(DlqJob {
+            raw,
+            key: None,
+            input_headers,
+            origin,
+            ack,
+            error_type,
+            message,
+            source_topic,
+        })
+        .await;
+    }
+
+    /// Produces a DLQ record for an event already counted in flight; always waits for room.
+    async fn produce_dlq(&self, job: DlqJob) {
+        let received_at = humantime::format_rfc3339_millis(job.origin.received_at).to_string();
+        let source = format!("{}:{}", job.origin.pipeline, job.origin.source);
+        let mut headers = OwnedHeaders::new_with_capacity(job.input_headers.len() + 6);
+        for (k, v) in &job.input_headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        for (k, v) in [
+            ("source", source.as_str()),
+            ("pipeline", &*job.origin.pipeline),
+            ("source_topic", job.source_topic.as_str()),
+            ("error_type", job.error_type),
+            ("error_message", job.message.as_str()),
+            ("received_at", received_at.as_str()),
+        ] {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        let opaque = Box::new(Inflight {
+            kind: Kind::Dlq {
+                error_type: job.error_type,
+                message: job.message.clone(),
+                source_topic: job.source_topic.clone(),
+            },
+            origin: job.origin,
+            ack: job.ack,
+        });
+        let dlq_topic = self.shared.dlq_topic.clone();
+        let mut record = BaseRecord::with_opaque_to(&dlq_topic, opaque)
+            .payload(&job.raw[..])
+            .headers(headers);
+        if let Some(k) = &job.key {
+            record = record.key(&k[..]);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    tokio::time::sleep(FULL_RETRY).await;
+                }
+                Err((err, back)) => {
+                    let mut op = back.delivery_opaque;
+                    self.shared
+                        .metrics
+                        .dlq_failures
+                        .with_label_values(&[dlq_topic.as_str()])
+                        .inc();
+                    self.shared.totals.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(%dlq_topic, error = %err, error_type = job.error_type, "cannot write to the DLQ: the record is lost");
+                    op.ack.resolve(Fate::Failed {
+                        message: format!(
+                            "{}: {}; DLQ write failed: {err}",
+                            job.error_type, job.message
+                        ),
+                    });
+                    self.shared.settle_one();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Waits until every accepted record is settled or `timeout` passes; returns what is left.
+    pub async fn drain(&self, timeout: Duration) -> i64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.shared.settled.notified();
+            let left = self.inflight();
+            if left <= 0 {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let _ =
+                tokio::time::timeout((deadline - now).min(Duration::from_millis(100)), notified)
+                    .await;
+        }
+        let producer = self.producer.clone();
+        let rest = deadline.saturating_duration_since(Instant::now());
+        let _ = tokio::task::spawn_blocking(move || producer.flush(rest)).await;
+        self.inflight()
+    }
+}

@@ -1,0 +1,13 @@
+//! kgate: the ingestion gateway to Apache Kafka. The binary is a thin CLI over this library.
+
+pub mod check;
+pub mod config;
+pub mod encode;
+pub mod event;
+pub mod kafka;
+pub mod metrics;
+pub mod pipeline;
+pub mod run;
+pub mod source;
+pub mod synth;
+pub mod transform;

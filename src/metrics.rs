@@ -1,0 +1,362 @@
+//! Prometheus metrics (the names the replaced services exported) and `/metrics`, `/healthz`, `/readyz`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+use tokio_util::sync::CancellationToken;
+
+/// Latency buckets from 1 ms to 60 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+/// Connection-lifetime buckets from 1 s to 1 day.
+const CONNECTION_BUCKETS: &[f64] = &[
+    1.0,
+    5.0,
+    15.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    4.0 * 3600.0,
+    86400.0,
+];
+
+/// How recent a successful metadata fetch must be for `/readyz`.
+pub const READY_WINDOW: Duration = Duration::from_secs(30);
+
+/// All series kgate exports.
+pub struct Metrics {
+    registry: Registry,
+    producer_requests: IntCounterVec,
+    producer_request_failures: IntCounterVec,
+    producer_request_duration: HistogramVec,
+    messages_published: IntCounterVec,
+    delivery_errors: IntCounterVec,
+    queue_drops: IntCounterVec,
+    /// `kafka_dlq_published_total{dlq_topic,source_topic,error_type}`.
+    pub dlq_published: IntCounterVec,
+    /// `kafka_dlq_failures_total{dlq_topic}`: DLQ records Kafka refused.
+    pub dlq_failures: IntCounterVec,
+    /// `kgate_events_rejected_total{pipeline,error_type}`: input that went to the DLQ.
+    pub events_rejected: IntCounterVec,
+    ws_connections: IntCounterVec,
+    ws_disconnections: IntCounterVec,
+    ws_connection_errors: IntCounterVec,
+    ws_messages_received: IntCounterVec,
+    ws_connection_duration: HistogramVec,
+    ws_messages_timeout: IntCounterVec,
+    /// `kgate_producer_inflight_records`: accepted, not yet acknowledged.
+    pub inflight: IntGauge,
+    topics: Mutex<HashMap<String, Arc<TopicMetrics>>>,
+    last_metadata_ok: AtomicU64,
+}
+
+/// The per-topic series, resolved once per topic.
+pub struct TopicMetrics {
+    /// Records handed to the producer.
+    pub requests: IntCounter,
+    /// Records Kafka refused.
+    pub failures: IntCounter,
+    /// Accept → ack latency.
+    pub duration: Histogram,
+    /// Records Kafka acknowledged.
+    pub published: IntCounter,
+    /// Delivery errors reported by the producer.
+    pub delivery_errors: IntCounter,
+    /// Records dropped because the buffer was full.
+    pub drops: IntCounter,
+}
+
+/// The per-URL WebSocket series.
+pub struct WsMetrics {
+    /// Successful connects.
+    pub connections: IntCounter,
+    /// Connections that ended.
+    pub disconnections: IntCounter,
+    /// Failed connects and read errors.
+    pub connection_errors: IntCounter,
+    /// Messages read.
+    pub messages_received: IntCounter,
+    /// How long each connection lasted.
+    pub connection_duration: Histogram,
+    /// Reconnects because nothing arrived within `timeout`.
+    pub messages_timeout: IntCounter,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str], b: &[f64]) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(b.to_vec()), labels)
+        .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+impl Metrics {
+    /// A registry whose every series carries `labels`.
+    pub fn new(labels: &std::collections::BTreeMap<String, String>) -> Arc<Metrics> {
+        let consts: HashMap<String, String> =
+            labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let r = Registry::new_custom(None, (!consts.is_empty()).then_some(consts))
+            .expect("valid constant labels");
+        let inflight = IntGauge::new(
+            "kgate_producer_inflight_records",
+            "Records accepted and not yet acknowledged by Kafka",
+        )
+        .expect("valid metric");
+        r.register(Box::new(inflight.clone()))
+            .expect("unique metric");
+        Arc::new(Metrics {
+            producer_requests: counter(
+                &r,
+                "kafka_producer_requests_total",
+                "Records handed to the Kafka producer",
+                &["topic"],
+            ),
+            producer_request_failures: counter(
+                &r,
+                "kafka_producer_request_failures_total",
+                "Records the Kafka producer could not deliver",
+                &["topic"],
+            ),
+            producer_request_duration: histogram(
+                &r,
+                "kafka_producer_request_duration_seconds",
+                "Time from accepting a record to Kafka's acknowledgement",
+                &["topic"],
+                LATENCY_BUCKETS,
+            ),
+            messages_published: counter(
+                &r,
+                "kafka_messages_published_total",
+                "Records acknowledged by Kafka",
+                &["topic"],
+            ),
+            delivery_errors: counter(
+                &r,
+                "kafka_delivery_errors_total",
+                "Delivery errors reported by Kafka",
+                &["topic"],
+            ),
+            queue_drops: counter(
+                &r,
+                "kafka_producer_queue_drops_total",
+                "Records dropped because the producer buffer was full (on_full: drop_newest)",
+                &["topic"],
+            ),
+            dlq_published: counter(
+                &r,
+                "kafka_dlq_published_total",
+                "Records written to the dead-letter queue",
+                &["dlq_topic", "source_topic", "error_type"],
+            ),
+            dlq_failures: counter(
+                &r,
+                "kafka_dlq_failures_total",
+                "Dead-letter records Kafka did not accept",
+                &["dlq_topic"],
+            ),
+            events_rejected: counter(
+                &r,
+                "kgate_events_rejected_total",
+                "Input rejected by a pipeline (sent to the DLQ)",
+                &["pipeline", "error_type"],
+            ),
+            ws_connections: counter(
+                &r,
+                "kafka_producer_websocket_connections_total",
+                "WebSocket connections established",
+                &["url"],
+            ),
+            ws_disconnections: counter(
+                &r,
+                "kafka_producer_websocket_disconnections_total",
+                "WebSocket connections ended",
+                &["url"],
+            ),
+            ws_connection_errors: counter(
+                &r,
+                "kafka_producer_websocket_connection_errors_total",
+                "WebSocket connect or read errors",
+                &["url"],
+            ),
+            ws_messages_received: counter(
+                &r,
+                "kafka_producer_websocket_messages_received_total",
+                "WebSocket messages received",
+                &["url"],
+            ),
+            ws_connection_duration: histogram(
+                &r,
+                "kafka_producer_websocket_connection_duration_seconds",
+                "How long WebSocket connections lasted",
+                &["url"],
+                CONNECTION_BUCKETS,
+            ),
+            ws_messages_timeout: counter(
+                &r,
+                "kafka_producer_websocket_messages_timeout_total",
+                "Reconnects because no message arrived within the read timeout",
+                &["url"],
+            ),
+            inflight,
+            topics: Mutex::new(HashMap::new()),
+            last_metadata_ok: AtomicU64::new(0),
+            registry: r,
+        })
+    }
+
+    /// The per-topic series of `topic`, created on first use.
+    pub fn topic(&self, topic: &str) -> Arc<TopicMetrics> {
+        let mut map = self.topics.lock().expect("metrics lock");
+        if let Some(t) = map.get(topic) {
+            return t.clone();
+        }
+        let l = [topic];
+        let t = Arc::new(TopicMetrics {
+            requests: self.producer_requests.with_label_values(&l),
+            failures: self.producer_request_failures.with_label_values(&l),
+            duration: self.producer_request_duration.with_label_values(&l),
+            published: self.messages_published.with_label_values(&l),
+            delivery_errors: self.delivery_errors.with_label_values(&l),
+            drops: self.queue_drops.with_label_values(&l),
+        });
+        map.insert(topic.to_string(), t.clone());
+        t
+    }
+
+    /// The per-URL WebSocket series of `url`.
+    pub fn websocket(&self, url: &str) -> WsMetrics {
+        let l = [url];
+        WsMetrics {
+            connections: self.ws_connections.with_label_values(&l),
+            disconnections: self.ws_disconnections.with_label_values(&l),
+            connection_errors: self.ws_connection_errors.with_label_values(&l),
+            messages_received: self.ws_messages_received.with_label_values(&l),
+            connection_duration: self.ws_connection_duration.with_label_values(&l),
+            messages_timeout: self.ws_messages_timeout.with_label_values(&l),
+        }
+    }
+
+    /// Records a successful broker metadata fetch (for `/readyz`).
+    pub fn mark_metadata_ok(&self) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        self.last_metadata_ok.store(now, Ordering::Relaxed);
+    }
+
+    /// Whether broker metadata was fetched within [`READY_WINDOW`].
+    pub fn is_ready(&self) -> bool {
+        let last = self.last_metadata_ok.load(Ordering::Relaxed);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        last != 0 && now.saturating_sub(last) <= READY_WINDOW.as_secs()
+    }
+
+    /// Prometheus text exposition of every series.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+async fn metrics_handler(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        m.render(),
+    )
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    if m.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no broker metadata in the last 30s\n",
+        )
+    }
+}
+
+/// Binds the metrics address (so that a taken port fails at start) and serves until `shutdown`.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen for metrics on {addr}: {e}; set metrics.listen to a free address (or metrics.enabled: false)"
+        )
+    })?;
+    let app = Router::new()
+        .route("/", get(metrics_handler))
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(metrics);
+    Ok(tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_labels_on_every_series_and_buckets_render() {
+        let mut labels = std::collections::BTreeMap::new();
+        labels.insert("did_provider".to_string(), "did:key".to_string());
+        let m = Metrics::new(&labels);
+        let t = m.topic("TradeEvent");
+        t.requests.inc();
+        t.duration.observe(0.003);
+        m.websocket("ws://x/ws").messages_received.inc();
+        let text = m.render();
+        assert!(
+            text.contains(
+                r#"kafka_producer_requests_total{topic="TradeEvent",did_provider="did:key"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains("kafka_producer_request_duration_seconds_bucket{topic=\"TradeEvent\",did_provider=\"did:key\",le=\"0.005\"} 1"), "{text}");
+        assert!(text.contains(r#"kafka_producer_websocket_messages_received_total{url="ws://x/ws",did_provider="did:key"} 1"#));
+        assert!(!m.is_ready());
+        m.mark_metadata_ok();
+        assert!(m.is_ready());
+    }
+}

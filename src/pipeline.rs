@@ -1,0 +1,281 @@
+//! A pipeline: parse, transform, route, key, encode, then hand to the Kafka sink; anything that
+//! does not fit goes to the DLQ with a reason.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::config::{valid_topic_name, PipelineConfig};
+use crate::encode::{encoder_for, Encoder};
+use crate::event::Event;
+use crate::kafka::{KafkaSink, OutRecord};
+use crate::transform::{Template, Transform};
+
+/// Why an event was rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// DLQ `error_type`.
+    pub error_type: &'static str,
+    /// What was wrong.
+    pub message: String,
+    /// The topic it was meant for, when known (else the topic template).
+    pub source_topic: String,
+}
+
+/// The pure part of a pipeline: raw input in, a record (or a rejection) out.
+pub struct Processor {
+    name: Arc<str>,
+    transforms: Vec<Transform>,
+    topic: Template,
+    topic_text: String,
+    key: Option<Template>,
+    headers: Vec<(String, Template)>,
+    encoder: Box<dyn Encoder>,
+}
+
+/// A compiled pipeline: its processor and the sink it feeds.
+pub struct Pipeline {
+    processor: Processor,
+    sink: Arc<KafkaSink>,
+}
+
+impl Processor {
+    /// Compiles a validated pipeline config.
+    pub fn new(c: &PipelineConfig) -> anyhow::Result<Processor> {
+        let ctx = |what: &str, e: String| anyhow::anyhow!("pipeline {}: {what}: {e}", c.name);
+        Ok(Processor {
+            name: Arc::from(c.name.as_str()),
+            transforms: c
+                .transforms
+                .iter()
+                .map(Transform::from_config)
+                .collect::<Result<_, _>>()
+                .map_err(|e| ctx("transforms", e))?,
+            topic: Template::parse(&c.topic).map_err(|e| ctx("topic", e))?,
+            topic_text: c.topic.clone(),
+            key: c
+                .key
+                .as_deref()
+                .map(Template::parse)
+                .transpose()
+                .map_err(|e| ctx("key", e))?,
+            headers: c
+                .headers
+                .iter()
+                .map(|(k, v)| Template::parse(v).map(|t| (k.clone(), t)))
+                .collect::<Result<_, _>>()
+                .map_err(|e| ctx("headers", e))?,
+            encoder: encoder_for(c.format),
+        })
+    }
+
+    /// The pipeline's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Turns raw input into a record, or says why not. Pure: no I/O.
+    pub fn process(&self, raw: &Bytes) -> Result<OutRecord, Rejection> {
+        let reject = |error_type, message, topic: Option<&str>| Rejection {
+            error_type,
+            message,
+            source_topic: topic.unwrap_or(&self.topic_text).to_string(),
+        };
+        let mut value: Option<Value> = None;
+        let mut modified = false;
+        if self.encoder.needs_json() {
+            let mut v: Value = serde_json::from_slice(raw).map_err(|e| {
+                reject(
+                    "invalid_json",
+                    format!("not valid JSON: {e}"),
+                    self.topic.fixed(),
+                )
+            })?;
+            for t in &self.transforms {
+                t.apply(&mut v)
+                    .map_err(|e| reject("transform_failed", e, self.topic.fixed()))?;
+                modified = true;
+            }
+            value = Some(v);
+        }
+        let v = value.as_ref();
+        let topic = match self.topic.fixed() {
+            Some(t) => t.to_string(),
+            None => {
+                let t = self.topic.render(v).map_err(|m| {
+                    reject(
+                        "missing_field",
+                        format!(
+                            "topic template `{}`: field `{}` is {}",
+                            self.topic_text, m.field, m.found
+                        ),
+                        None,
+                    )
+                })?;
+                if !valid_topic_name(&t) {
+                    return Err(reject(
+                        "invalid_topic",
+                        format!(
+                            "topic template `{}` gave `{t}`, which is not a valid topic name",
+                            self.topic_text
+                        ),
+                        None,
+                    ));
+                }
+                t
+            }
+        };
+        let key = match &self.key {
+            None => None,
+            Some(k) => Some(
+                k.render(v)
+                    .map_err(|m| {
+                        reject(
+                            "missing_field",
+                            format!("key field `{}` is {}", m.field, m.found),
+                            Some(&topic),
+                        )
+                    })?
+                    .into_bytes(),
+            ),
+        };
+        let mut headers = Vec::with_capacity(self.headers.len());
+        for (name, t) in &self.headers {
+            let h = t.render(v).map_err(|m| {
+                reject(
+                    "missing_field",
+                    format!("header `{name}` field `{}` is {}", m.field, m.found),
+                    Some(&topic),
+                )
+            })?;
+            headers.push((name.clone(), h.into_bytes()));
+        }
+        let value = self
+            .encoder
+            .encode(raw, v, modified, &topic)
+            .map_err(|e| reject(e.error_type, e.message, Some(&topic)))?;
+        Ok(OutRecord {
+            topic,
+            key,
+            value,
+            headers,
+        })
+    }
+}
+
+impl Pipeline {
+    /// Compiles a pipeline feeding `sink`.
+    pub fn new(c: &PipelineConfig, sink: Arc<KafkaSink>) -> anyhow::Result<Pipeline> {
+        Ok(Pipeline {
+            processor: Processor::new(c)?,
+            sink,
+        })
+    }
+
+    /// The pipeline's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.processor.name
+    }
+
+    /// Processes an event and hands it to Kafka or the DLQ; returns once the sink accepted it
+    /// (which waits while the producer buffer is full).
+    pub async fn handle(&self, ev: Event) {
+        let Event {
+            raw,
+            mut headers,
+            origin,
+            ack,
+        } = ev;
+        match self.processor.process(&raw) {
+            Ok(mut rec) => {
+                if !headers.is_empty() {
+                    headers.append(&mut rec.headers);
+                    rec.headers = std::mem::take(&mut headers);
+                    // Input headers go out with the record; the DLQ copy keeps them too.
+                    headers = rec.headers.clone();
+                }
+                self.sink.send(rec, raw, headers, origin, ack).await
+            }
+            Err(r) => {
+                tracing::debug!(pipeline = %self.processor.name, error_type = r.error_type, reason = %r.message, "rejected");
+                self.sink
+                    .dead_letter(
+                        raw,
+                        headers,
+                        origin,
+                        ack,
+                        r.error_type,
+                        r.message,
+                        r.source_topic,
+                    )
+                    .await
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn processor(yaml: &str) -> Processor {
+        let c: PipelineConfig = crate::config::from_yaml(yaml).unwrap();
+        Processor::new(&c).unwrap()
+    }
+
+    const TRADES: &str = "name: trades\nsource: {websocket: {urls: ['ws://h:1/ws']}}\ntransforms:\n  - rename: {from: /tradeCredential/@context, to: /tradeCredential/context}\ntopic: TradeEvent\nkey: '${exchange}|${symbol}'\nheaders: {feed: '${feed}', app: kgate}\n";
+
+    #[test]
+    fn renames_keys_and_routes() {
+        let p = processor(TRADES);
+        let raw = Bytes::from_static(br#"{"feed":"trades","exchange":"kraken","symbol":"BTC-USD","tradeCredential":{"@context":["x"]}}"#);
+        let r = p.process(&raw).unwrap();
+        assert_eq!(r.topic, "TradeEvent");
+        assert_eq!(r.key.as_deref(), Some(&b"kraken|BTC-USD"[..]));
+        assert_eq!(
+            r.headers,
+            vec![
+                ("app".to_string(), b"kgate".to_vec()),
+                ("feed".to_string(), b"trades".to_vec())
+            ]
+        );
+        let v: Value = serde_json::from_slice(&r.value).unwrap();
+        assert_eq!(v["tradeCredential"]["context"], serde_json::json!(["x"]));
+        assert!(v["tradeCredential"].get("@context").is_none());
+    }
+
+    #[test]
+    fn bad_input_is_rejected_with_a_reason() {
+        let p = processor(TRADES);
+        let e = p.process(&Bytes::from_static(b"{not json")).unwrap_err();
+        assert_eq!(e.error_type, "invalid_json");
+        assert_eq!(e.source_topic, "TradeEvent");
+        let e = p
+            .process(&Bytes::from_static(br#"{"feed":"t","exchange":"kraken"}"#))
+            .unwrap_err();
+        assert_eq!(e.error_type, "missing_field");
+        assert!(e.message.contains("`symbol` is missing"), "{}", e.message);
+        let p = processor(
+            "name: t\nsource: {websocket: {urls: ['ws://h:1/ws']}}\ntopic: 'ticks.${exchange}'\n",
+        );
+        let e = p
+            .process(&Bytes::from_static(br#"{"exchange":"a b"}"#))
+            .unwrap_err();
+        assert_eq!(e.error_type, "invalid_topic");
+        assert_eq!(
+            p.process(&Bytes::from_static(br#"{"exchange":"kraken"}"#))
+                .unwrap()
+                .topic,
+            "ticks.kraken"
+        );
+    }
+
+    #[test]
+    fn raw_format_passes_bytes_through_unparsed() {
+        let p = processor("name: t\nsource: {websocket: {urls: ['ws://h:1/ws']}}\ntopic: raw.t\nkey: fixed\nformat: raw\n");
+        let r = p.process(&Bytes::from_static(b"\x00not json")).unwrap();
+        assert_eq!(&r.value[..], b"\x00not json");
+        assert_eq!(r.key.as_deref(), Some(&b"fixed"[..]));
+    }
+}

@@ -1,0 +1,190 @@
+//! WebSocket client fan-in: one task per URL, each reconnecting with jittered exponential
+//! backoff, resending its subscribe messages, pinging, and reconnecting when the feed stalls.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use rand::Rng;
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::WebsocketSourceConfig;
+use crate::event::{Event, Origin};
+use crate::metrics::{Metrics, WsMetrics};
+use crate::pipeline::Pipeline;
+
+/// Starts one task per URL.
+pub fn spawn(
+    c: &WebsocketSourceConfig,
+    pipeline: Arc<Pipeline>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+    tasks: &mut JoinSet<()>,
+) {
+    let subscribe: Arc<Vec<String>> = Arc::new(
+        c.subscribe
+            .iter()
+            .map(|v| match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect(),
+    );
+    for url in &c.urls {
+        let feed = Feed {
+            url: Arc::from(url.as_str()),
+            subscribe: subscribe.clone(),
+            config: c.clone(),
+            pipeline: pipeline.clone(),
+            m: metrics.websocket(url),
+            stop: stop.clone(),
+        };
+        tasks.spawn(feed.run());
+    }
+}
+
+struct Feed {
+    url: Arc<str>,
+    subscribe: Arc<Vec<String>>,
+    config: WebsocketSourceConfig,
+    pipeline: Arc<Pipeline>,
+    m: WsMetrics,
+    stop: CancellationToken,
+}
+
+enum End {
+    Stopped,
+    Reconnect { got_messages: bool },
+}
+
+impl Feed {
+    async fn run(self) {
+        let mut backoff = self.config.backoff_initial;
+        loop {
+            if self.stop.is_cancelled() {
+                return;
+            }
+            match self.connect_once().await {
+                End::Stopped => return,
+                End::Reconnect { got_messages } => {
+                    if got_messages {
+                        backoff = self.config.backoff_initial;
+                    }
+                }
+            }
+            // Full jitter in [backoff/2, backoff] so that many feeds do not reconnect in step.
+            let ms = backoff.as_millis() as u64;
+            let wait = Duration::from_millis(rand::rng().random_range(ms / 2..=ms.max(1)));
+            tracing::info!(url = %self.url, wait_ms = wait.as_millis() as u64, "reconnecting");
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            backoff = (backoff * 2).min(self.config.backoff_max);
+        }
+    }
+
+    async fn connect_once(&self) -> End {
+        let connect = tokio::time::timeout(
+            self.config.connect_timeout,
+            tokio_tungstenite::connect_async(&*self.url),
+        );
+        let ws = tokio::select! {
+            _ = self.stop.cancelled() => return End::Stopped,
+            r = connect => r,
+        };
+        let ws = match ws {
+            Ok(Ok((ws, _))) => ws,
+            Ok(Err(e)) => {
+                self.m.connection_errors.inc();
+                tracing::warn!(url = %self.url, error = %e, "cannot connect");
+                return End::Reconnect {
+                    got_messages: false,
+                };
+            }
+            Err(_) => {
+                self.m.connection_errors.inc();
+                tracing::warn!(url = %self.url, timeout = ?self.config.connect_timeout, "connect timed out");
+                return End::Reconnect {
+                    got_messages: false,
+                };
+            }
+        };
+        self.m.connections.inc();
+        let started = Instant::now();
+        tracing::info!(url = %self.url, "connected");
+        let mut got_messages = false;
+        let (mut tx, mut rx) = ws.split();
+        let end = 'conn: {
+            for s in self.subscribe.iter() {
+                if let Err(e) = tx.send(Message::text(s.clone())).await {
+                    self.m.connection_errors.inc();
+                    tracing::warn!(url = %self.url, error = %e, "cannot send subscribe message");
+                    break 'conn End::Reconnect { got_messages };
+                }
+            }
+            let ping_every = if self.config.ping_interval.is_zero() {
+                Duration::from_secs(86400 * 365)
+            } else {
+                self.config.ping_interval
+            };
+            let mut ping =
+                tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+            let mut deadline = tokio::time::Instant::now() + self.config.timeout;
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = self.stop.cancelled() => {
+                        let _ = tx.close().await;
+                        break 'conn End::Stopped;
+                    }
+                    _ = tokio::time::sleep_until(deadline) => {
+                        self.m.messages_timeout.inc();
+                        tracing::warn!(url = %self.url, timeout = ?self.config.timeout, "no message within the read timeout; reconnecting");
+                        break 'conn End::Reconnect { got_messages };
+                    }
+                    _ = ping.tick() => {
+                        if let Err(e) = tx.send(Message::Ping(Bytes::new())).await {
+                            self.m.connection_errors.inc();
+                            tracing::warn!(url = %self.url, error = %e, "ping failed");
+                            break 'conn End::Reconnect { got_messages };
+                        }
+                    }
+                    r = rx.next() => match r {
+                        None => break 'conn End::Reconnect { got_messages },
+                        Some(Err(e)) => {
+                            self.m.connection_errors.inc();
+                            tracing::warn!(url = %self.url, error = %e, "read failed");
+                            break 'conn End::Reconnect { got_messages };
+                        }
+                        Some(Ok(msg)) => {
+                            let raw = match msg {
+                                Message::Text(t) => Bytes::from(t),
+                                Message::Binary(b) => b,
+                                Message::Close(frame) => {
+                                    tracing::info!(url = %self.url, ?frame, "server closed the connection");
+                                    break 'conn End::Reconnect { got_messages };
+                                }
+                                _ => continue,
+                            };
+                            got_messages = true;
+                            deadline = tokio::time::Instant::now() + self.config.timeout;
+                            self.m.messages_received.inc();
+                            let origin = Origin::now(self.pipeline.name().clone(), self.url.clone());
+                            // Awaits while the producer buffer is full: backpressure reaches the socket.
+                            self.pipeline.handle(Event::new(raw, origin)).await;
+                        }
+                    }
+                }
+            }
+        };
+        self.m.disconnections.inc();
+        self.m
+            .connection_duration
+            .observe(started.elapsed().as_secs_f64());
+        end
+    }
+}
