@@ -717,7 +717,7 @@ fn ignored_segments(p: &serde_ignored::Path, out: &mut Vec<IgnoredSeg>) {
 fn resolve_path(segs: &[IgnoredSeg], doc: &serde_json::Value) -> String {
     let mut out = String::new();
     let mut cur = Some(doc);
-    let mut push_key = |out: &mut String, k: &str| {
+    let push_key = |out: &mut String, k: &str| {
         if !out.is_empty() {
             out.push('.');
         }

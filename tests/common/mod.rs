@@ -1,0 +1,283 @@
+//! Helpers for integration tests against the real local Kafka (started by `scripts/services up`).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::TopicPartitionList;
+
+pub fn brokers() -> String {
+    std::env::var("KGATE_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+pub fn kgate_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_kgate")
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A name no other test run uses.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}.{}.{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed when dropped, with its stderr in a file.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Proc {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status();
+    }
+    /// Waits for exit; panics with the log after `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "process did not exit within {timeout:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn spawn_kgate(args: &[&str]) -> Proc {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr.log");
+    let child = Command::new(kgate_bin())
+        .args(args)
+        .env("KGATE_LOG", "info,librdkafka=warn,rdkafka=warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    Proc {
+        child,
+        log,
+        _dir: dir,
+    }
+}
+
+/// `kgate synth` on a free port; returns the process and its ws:// URL.
+pub fn spawn_synth(feed: &str, extra: &[&str]) -> (Proc, String) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec!["synth", "--listen", &listen, "--feed", feed, "--id"];
+    let id = format!("synth-{port}");
+    args.push(&id);
+    args.extend_from_slice(extra);
+    let p = spawn_kgate(&args);
+    wait_until(
+        Duration::from_secs(10),
+        || TcpStream::connect(&listen).is_ok(),
+        "synth to listen",
+    );
+    (p, format!("ws://{listen}/ws"))
+}
+
+/// Writes a config and starts `kgate run` on it.
+pub fn spawn_run(dir: &Path, config: &str) -> Proc {
+    let path = write_config(dir, config);
+    spawn_kgate(&["run", "--config", path.to_str().unwrap()])
+}
+
+pub fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("kgate.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// GET a path over plain HTTP/1.0; returns the body.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+/// The value of one series in Prometheus text, matched by name and label substrings.
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter(|l| labels.iter().all(|lab| l.contains(lab)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[derive(Debug, Clone)]
+pub struct Rec {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: HashMap<String, String>,
+}
+
+impl Rec {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.value).unwrap_or(serde_json::Value::Null)
+    }
+    pub fn key_str(&self) -> String {
+        String::from_utf8_lossy(self.key.as_deref().unwrap_or_default()).into_owned()
+    }
+}
+
+/// Reads a topic from the beginning until `want` records arrived (or `idle` passed with none
+/// new after at least `want` were seen, or `timeout`).
+pub fn consume(brokers: &str, topic: &str, want: usize, timeout: Duration) -> Vec<Rec> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("kgate-test"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    let deadline = Instant::now() + timeout;
+    // Wait for the topic to exist, then assign every partition from the start.
+    let partitions = loop {
+        if let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+            if let Some(t) = md.topics().first() {
+                if t.error().is_none() && !t.partitions().is_empty() {
+                    break t.partitions().len() as i32;
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return Vec::new();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let mut last_new = Instant::now();
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let mut headers = HashMap::new();
+                if let Some(h) = m.headers() {
+                    for i in 0..h.count() {
+                        let hd = h.get(i);
+                        headers.insert(
+                            hd.key.to_string(),
+                            String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned(),
+                        );
+                    }
+                }
+                out.push(Rec {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(|k| k.to_vec()),
+                    value: m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                });
+                last_new = Instant::now();
+            }
+            Some(Err(e)) => eprintln!("consume {topic}: {e}"),
+            None => {
+                if out.len() >= want && last_new.elapsed() > Duration::from_millis(1500) {
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The `(source, seq)` pairs of JSON records, with duplicates counted.
+pub fn seqs(recs: &[Rec]) -> (std::collections::BTreeSet<(String, u64)>, usize) {
+    let mut set = std::collections::BTreeSet::new();
+    let mut dups = 0;
+    for r in recs {
+        let v = r.json();
+        let key = (
+            v["source"].as_str().unwrap_or_default().to_string(),
+            v["seq"].as_u64().unwrap_or(0),
+        );
+        if !set.insert(key) {
+            dups += 1;
+        }
+    }
+    (set, dups)
+}
+
+/// Parses the shutdown summary line of a `kgate run` log.
+pub fn summary(log: &str) -> HashMap<String, u64> {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("shutdown complete:"))
+        .unwrap_or_else(|| panic!("no shutdown summary in log:\n{log}"));
+    let text = line.split("shutdown complete:").nth(1).unwrap();
+    let mut out = HashMap::new();
+    for part in text.split(',') {
+        let words: Vec<&str> = part.split_whitespace().collect();
+        if words.len() >= 2 {
+            if let Ok(n) = words[1].parse() {
+                out.insert(words[0].to_string(), n);
+            }
+        }
+    }
+    out
+}
