@@ -10,4 +10,5 @@ pub mod pipeline;
 pub mod run;
 pub mod source;
 pub mod synth;
+pub mod tail;
 pub mod transform;

@@ -41,6 +41,8 @@ enum Command {
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Print the latest records of a topic as JSON lines (partition, offset, key, headers, value).
+    Tail(kgate::tail::TailArgs),
     /// Serve a synthetic WebSocket feed (trades, iot, ticker, orderbook) for demos, tests and benchmarks.
     Synth(kgate::synth::SynthArgs),
 }
@@ -118,6 +120,32 @@ async fn main() -> ExitCode {
             } else {
                 println!("{failed} of {} checks failed", lines.len());
                 ExitCode::FAILURE
+            }
+        }
+        Command::Tail(args) => {
+            let kafka = match &args.config {
+                Some(path) => match kgate::config::Config::load(path) {
+                    Ok(c) => c.kafka,
+                    Err(e) => {
+                        eprint!("{e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                None => kgate::config::KafkaConfig {
+                    brokers: args.brokers.split(',').map(str::to_string).collect(),
+                    ..Default::default()
+                },
+            };
+            match tokio::task::spawn_blocking(move || kgate::tail::tail(&args, &kafka)).await {
+                Ok(Ok(_)) => ExitCode::SUCCESS,
+                Ok(Err(e)) => {
+                    eprintln!("kgate tail: {e:#}");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("kgate tail: {e}");
+                    ExitCode::FAILURE
+                }
             }
         }
         Command::Synth(args) => {

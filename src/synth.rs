@@ -7,9 +7,15 @@
 //! when clients reconnect. A message whose send fails (the client went away) keeps its number and
 //! is re-sent to the next connection.
 //!
-//! Each connection is driven by one task that polls the read half (client messages, pings, close)
-//! and the write half (rate limit, batching, flushing) of the same socket, so that the exact fate of
-//! every message handed to tungstenite is known.
+//! Each connection is driven by one task that polls the read side (client messages, pings, close)
+//! and the write side (rate limit, batching, flushing) of the same socket, without a split, so that
+//! a failed `start_send` is known to be this message's failure and its seq can be re-queued.
+//!
+//! What "sent" can promise: a client that leaves cleanly (sends Close, then reads until the
+//! server's Close) receives every message counted on its connection, so the next connection
+//! continues without a gap. A client that vanishes abruptly (reset, killed process) loses what was
+//! already in the TCP buffers, as with any WebSocket feed that has no acknowledgements; those
+//! seqs are not re-sent.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -36,7 +42,11 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
-/// Arguments of `kgate synth` (clap derive; the lead flattens it into the CLI).
+/// Serve a synthetic WebSocket feed at ws://ADDR/ws, for demos, tests and benchmarks.
+///
+/// Every message is a JSON object with "feed", "source", "seq" and "timestamp" plus the feed's
+/// own fields. Sequence numbers are server-wide and never repeat, so a consumer can check that
+/// it got exactly 1..=COUNT.
 #[derive(clap::Args, Debug, Clone)]
 pub struct SynthArgs {
     /// Address to listen on; feeds are served at ws://ADDR/ws (other paths get 404).
@@ -292,7 +302,6 @@ impl Shared {
         if self.count > 0 && delivered >= self.count && !self.reported.swap(true, Ordering::AcqRel)
         {
             eprintln!("synth: sent {} messages", self.count);
-            tracing::info!("synth: sent {} messages", self.count);
             self.changed.notify_one();
         }
     }
@@ -1180,7 +1189,7 @@ mod tests {
                 assert_eq!(ours.split('.').nth(1).map_or(0, str::len), d, "{ours}");
             }
         }
-        assert_eq!(Fixed(3.14159, 2).to_string(), "3.14");
+        assert_eq!(Fixed(1.23456, 2).to_string(), "1.23");
         assert_eq!(Fixed(0.05, 3).to_string(), "0.050");
         assert_eq!(Fixed(-1.5, 0).to_string(), "-2");
         assert_eq!(Fixed(f64::NAN, 2).to_string(), "0");

@@ -1,0 +1,86 @@
+//! `kgate tail`: print the last records of a topic (and follow it), to see what arrived.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::KafkaConfig;
+
+/// Arguments of `kgate tail`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TailArgs {
+    /// Topic to read.
+    #[arg(short, long)]
+    pub topic: String,
+    /// Config file whose `kafka:` section (brokers, security) to use.
+    #[arg(short, long, env = "KGATE_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+    /// Brokers, when no config is given.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// How many of the latest records to print per partition (0 = none, only new ones with --follow).
+    #[arg(short = 'n', long, default_value_t = 5)]
+    pub last: i64,
+    /// Keep printing new records until interrupted.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Without --follow: stop when nothing new arrived for this long.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub idle: Duration,
+}
+
+/// Prints records as JSON lines: partition, offset, key, headers, value (as JSON when it is).
+pub fn tail(args: &TailArgs, kafka: &KafkaConfig) -> anyhow::Result<u64> {
+    let consumer: BaseConsumer = super::kafka::base_client_config(kafka)
+        .set("group.id", "kgate-tail")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let md = consumer
+        .fetch_metadata(Some(&args.topic), Duration::from_secs(10))
+        .map_err(|e| anyhow::anyhow!("cannot reach Kafka at {}: {e}", kafka.brokers.join(",")))?;
+    let t = md
+        .topics()
+        .first()
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .ok_or_else(|| anyhow::anyhow!("topic {} does not exist (yet)", args.topic))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in t.partitions() {
+        tpl.add_partition_offset(&args.topic, p.id(), Offset::OffsetTail(args.last.max(0)))?;
+    }
+    consumer.assign(&tpl)?;
+    let mut printed = 0;
+    let mut last = Instant::now();
+    loop {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let mut headers = serde_json::Map::new();
+                if let Some(h) = m.headers() {
+                    for hd in h.iter() {
+                        headers.insert(
+                            hd.key.to_string(),
+                            String::from_utf8_lossy(hd.value.unwrap_or_default()).into(),
+                        );
+                    }
+                }
+                let payload = m.payload().unwrap_or_default();
+                let value = serde_json::from_slice::<serde_json::Value>(payload)
+                    .unwrap_or_else(|_| String::from_utf8_lossy(payload).into());
+                let line = serde_json::json!({
+                    "partition": m.partition(),
+                    "offset": m.offset(),
+                    "key": m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    "headers": headers,
+                    "value": value,
+                });
+                println!("{line}");
+                printed += 1;
+                last = Instant::now();
+            }
+            Some(Err(e)) => return Err(anyhow::anyhow!("reading {}: {e}", args.topic)),
+            None if !args.follow && last.elapsed() >= args.idle => return Ok(printed),
+            None => {}
+        }
+    }
+}
