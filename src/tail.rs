@@ -26,17 +26,18 @@ pub struct TailArgs {
     /// Keep printing new records until interrupted.
     #[arg(short, long)]
     pub follow: bool,
-    /// Without --follow: stop when nothing new arrived for this long.
+    /// Without --follow: give up when nothing arrived for this long.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub idle: Duration,
 }
 
 /// Prints records as JSON lines: partition, offset, key, headers, value (as JSON when it is).
 pub fn tail(args: &TailArgs, kafka: &KafkaConfig) -> anyhow::Result<u64> {
-    let consumer: BaseConsumer = super::kafka::base_client_config(kafka)
-        .set("group.id", "kgate-tail")
-        .set("enable.auto.commit", "false")
-        .create()?;
+    let consumer: BaseConsumer<crate::kafka::QuietContext> =
+        crate::kafka::base_client_config(kafka)
+            .set("group.id", "kgate-tail")
+            .set("enable.auto.commit", "false")
+            .create_with_context(Default::default())?;
     let md = consumer
         .fetch_metadata(Some(&args.topic), Duration::from_secs(10))
         .map_err(|e| anyhow::anyhow!("cannot reach Kafka at {}: {e}", kafka.brokers.join(",")))?;
@@ -46,13 +47,23 @@ pub fn tail(args: &TailArgs, kafka: &KafkaConfig) -> anyhow::Result<u64> {
         .filter(|t| t.error().is_none() && !t.partitions().is_empty())
         .ok_or_else(|| anyhow::anyhow!("topic {} does not exist (yet)", args.topic))?;
     let mut tpl = TopicPartitionList::new();
+    // Without --follow, read up to the end as it was at the start, then stop.
+    let mut ends = std::collections::HashMap::new();
     for p in t.partitions() {
         tpl.add_partition_offset(&args.topic, p.id(), Offset::OffsetTail(args.last.max(0)))?;
+        let (low, high) =
+            consumer.fetch_watermarks(&args.topic, p.id(), Duration::from_secs(10))?;
+        if high > low && args.last > 0 {
+            ends.insert(p.id(), high);
+        }
     }
     consumer.assign(&tpl)?;
     let mut printed = 0;
     let mut last = Instant::now();
     loop {
+        if !args.follow && ends.is_empty() {
+            return Ok(printed);
+        }
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
                 let mut headers = serde_json::Map::new();
@@ -76,6 +87,12 @@ pub fn tail(args: &TailArgs, kafka: &KafkaConfig) -> anyhow::Result<u64> {
                 });
                 println!("{line}");
                 printed += 1;
+                if ends
+                    .get(&m.partition())
+                    .is_some_and(|&end| m.offset() + 1 >= end)
+                {
+                    ends.remove(&m.partition());
+                }
                 last = Instant::now();
             }
             Some(Err(e)) => return Err(anyhow::anyhow!("reading {}: {e}", args.topic)),

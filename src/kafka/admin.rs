@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::config::KafkaConfig;
@@ -39,8 +38,8 @@ pub async fn fetch_metadata(k: &KafkaConfig, timeout: Duration) -> anyhow::Resul
 type Fetched = (Vec<String>, HashMap<String, usize>, Option<i32>);
 
 fn fetch_blocking(k: &KafkaConfig, timeout: Duration) -> anyhow::Result<Fetched> {
-    let consumer: BaseConsumer = super::base_client_config(k)
-        .create()
+    let consumer: BaseConsumer<super::QuietContext> = super::base_client_config(k)
+        .create_with_context(Default::default())
         .map_err(|e| anyhow::anyhow!("cannot create a Kafka client: {e}"))?;
     let md = consumer.fetch_metadata(None, timeout).map_err(|e| {
         anyhow::anyhow!(
@@ -64,7 +63,9 @@ fn fetch_blocking(k: &KafkaConfig, timeout: Duration) -> anyhow::Result<Fetched>
 }
 
 async fn broker_auto_create(k: &KafkaConfig, broker: i32, timeout: Duration) -> Option<bool> {
-    let admin: AdminClient<DefaultClientContext> = super::base_client_config(k).create().ok()?;
+    let admin: AdminClient<super::QuietContext> = super::base_client_config(k)
+        .create_with_context(Default::default())
+        .ok()?;
     let opts = AdminOptions::new().request_timeout(Some(timeout));
     let res = admin
         .describe_configs([&ResourceSpecifier::Broker(broker)], &opts)

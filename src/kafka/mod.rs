@@ -6,9 +6,69 @@ mod producer;
 pub use admin::{fetch_metadata, BrokerInfo};
 pub use producer::{KafkaSink, OutRecord, Totals};
 
-use rdkafka::ClientConfig;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::KafkaError;
+use rdkafka::{ClientConfig, ClientContext};
 
 use crate::config::{KafkaConfig, SecurityConfig};
+
+/// How often the same kind of client error is logged: librdkafka reports a down broker many
+/// times a second, which would drown everything else.
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// Logs librdkafka's messages at debug and its errors at warn, at most once per
+/// [`ERROR_LOG_EVERY`] (with the number suppressed meanwhile).
+#[derive(Default)]
+pub struct ErrorLog {
+    last: Mutex<Option<(Instant, u64)>>,
+}
+
+impl ErrorLog {
+    /// A librdkafka log line.
+    pub fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
+                tracing::error!(target: "librdkafka", "{fac}: {message}")
+            }
+            _ => tracing::debug!(target: "librdkafka", "{fac}: {message}"),
+        }
+    }
+
+    /// A client error (broker down, authentication failed, ...).
+    pub fn error(&self, error: KafkaError, reason: &str) {
+        let mut last = self.last.lock().expect("error log lock");
+        match &mut *last {
+            Some((at, suppressed)) if at.elapsed() < ERROR_LOG_EVERY => *suppressed += 1,
+            _ => {
+                let suppressed = last.map(|(_, n)| n).unwrap_or(0);
+                if suppressed > 0 {
+                    tracing::warn!(target: "librdkafka", "Kafka client: {error}: {reason} ({suppressed} similar errors in the last {ERROR_LOG_EVERY:?} not shown)");
+                } else {
+                    tracing::warn!(target: "librdkafka", "Kafka client: {error}: {reason}");
+                }
+                *last = Some((Instant::now(), 0));
+            }
+        }
+    }
+}
+
+/// The context of kgate's short-lived clients (metadata, admin, tail): quiet logging.
+#[derive(Default)]
+pub struct QuietContext(ErrorLog);
+
+impl ClientContext for QuietContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.0.log(level, fac, message)
+    }
+    fn error(&self, _error: KafkaError, _reason: &str) {
+        // The caller reports what failed (a metadata fetch times out with a clear message).
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for QuietContext {}
 
 /// Settings every kgate Kafka client shares: brokers, client id, TLS and SASL.
 pub fn base_client_config(k: &KafkaConfig) -> ClientConfig {

@@ -98,9 +98,17 @@ impl Shared {
 /// The producer context: turns delivery reports into acks, metrics and DLQ jobs.
 pub(crate) struct SinkContext {
     shared: Arc<Shared>,
+    errors: super::ErrorLog,
 }
 
-impl ClientContext for SinkContext {}
+impl ClientContext for SinkContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.errors.log(level, fac, message)
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.errors.error(error, reason)
+    }
+}
 
 impl ProducerContext for SinkContext {
     type DeliveryOpaque = Box<Inflight>;
@@ -236,6 +244,7 @@ impl KafkaSink {
         let producer: ThreadedProducer<SinkContext> = super::producer_client_config(k)
             .create_with_context(SinkContext {
                 shared: shared.clone(),
+                errors: Default::default(),
             })
             .map_err(|e| {
                 anyhow::anyhow!(

@@ -78,7 +78,7 @@ impl Feed {
             // Full jitter in [backoff/2, backoff] so that many feeds do not reconnect in step.
             let ms = backoff.as_millis() as u64;
             let wait = Duration::from_millis(rand::rng().random_range(ms / 2..=ms.max(1)));
-            tracing::info!(url = %self.url, wait_ms = wait.as_millis() as u64, "reconnecting");
+            tracing::debug!(url = %self.url, wait_ms = wait.as_millis() as u64, "reconnecting");
             tokio::select! {
                 _ = self.stop.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
