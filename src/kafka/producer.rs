@@ -2,7 +2,7 @@
 //! metrics and original bytes, so that every accepted event ends delivered, dead-lettered,
 //! dropped (when configured) or reported failed, and nothing in between is forgotten.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -83,6 +83,8 @@ struct Shared {
     dlq_topic: String,
     totals: Totals,
     inflight: AtomicI64,
+    /// Set while `drain` waits, so that deliveries only wake it when someone listens.
+    draining: AtomicBool,
     settled: Notify,
     dlq_tx: mpsc::UnboundedSender<DlqJob>,
 }
@@ -91,7 +93,9 @@ impl Shared {
     fn settle_one(&self) {
         self.inflight.fetch_sub(1, Ordering::AcqRel);
         self.metrics.inflight.dec();
-        self.settled.notify_waiters();
+        if self.draining.load(Ordering::Relaxed) {
+            self.settled.notify_waiters();
+        }
     }
 }
 
@@ -238,6 +242,7 @@ impl KafkaSink {
             dlq_topic: dlq_topic.to_string(),
             totals: Totals::default(),
             inflight: AtomicI64::new(0),
+            draining: AtomicBool::new(false),
             settled: Notify::new(),
             dlq_tx,
         });
@@ -477,6 +482,7 @@ impl KafkaSink {
     /// Waits until every accepted record is settled or `timeout` passes; returns what is left.
     pub async fn drain(&self, timeout: Duration) -> i64 {
         let deadline = Instant::now() + timeout;
+        self.shared.draining.store(true, Ordering::Relaxed);
         loop {
             let notified = self.shared.settled.notified();
             let left = self.inflight();
