@@ -119,3 +119,14 @@ impl Event {
         }
     }
 }
+
+/// Why an event was rejected: it goes to the DLQ with these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// DLQ `error_type` (`invalid_json`, `missing_field`, …).
+    pub error_type: &'static str,
+    /// What was wrong.
+    pub message: String,
+    /// The topic it was meant for, when known (else the topic template).
+    pub source_topic: String,
+}

@@ -9,19 +9,9 @@ use serde_json::Value;
 use crate::config::{valid_topic_name, PipelineConfig};
 use crate::encode::{encoder_for, Encoder};
 use crate::event::Event;
+pub use crate::event::Rejection;
 use crate::kafka::{KafkaSink, OutRecord};
 use crate::transform::{Template, Transform};
-
-/// Why an event was rejected.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    /// DLQ `error_type`.
-    pub error_type: &'static str,
-    /// What was wrong.
-    pub message: String,
-    /// The topic it was meant for, when known (else the topic template).
-    pub source_topic: String,
-}
 
 /// The pure part of a pipeline: raw input in, a record (or a rejection) out.
 pub struct Processor {
@@ -181,35 +171,18 @@ impl Pipeline {
     /// Processes an event and hands it to Kafka or the DLQ; returns once the sink accepted it
     /// (which waits while the producer buffer is full).
     pub async fn handle(&self, ev: Event) {
-        let Event {
-            raw,
-            mut headers,
-            origin,
-            ack,
-        } = ev;
-        match self.processor.process(&raw) {
+        match self.processor.process(&ev.raw) {
             Ok(mut rec) => {
-                if !headers.is_empty() {
-                    headers.append(&mut rec.headers);
-                    rec.headers = std::mem::take(&mut headers);
-                    // Input headers go out with the record; the DLQ copy keeps them too.
-                    headers = rec.headers.clone();
+                if !ev.headers.is_empty() {
+                    // Input headers go out with the record, before the templated ones.
+                    let templated = std::mem::replace(&mut rec.headers, ev.headers.clone());
+                    rec.headers.extend(templated);
                 }
-                self.sink.send(rec, raw, headers, origin, ack).await
+                self.sink.send(rec, ev).await
             }
             Err(r) => {
                 tracing::debug!(pipeline = %self.processor.name, error_type = r.error_type, reason = %r.message, "rejected");
-                self.sink
-                    .dead_letter(
-                        raw,
-                        headers,
-                        origin,
-                        ack,
-                        r.error_type,
-                        r.message,
-                        r.source_topic,
-                    )
-                    .await
+                self.sink.dead_letter(ev, r).await
             }
         }
     }

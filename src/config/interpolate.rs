@@ -4,6 +4,7 @@
 //! (templates, see `transform::template`), so those values are left alone. `$${` writes a literal `${`.
 
 use super::ConfigError;
+use crate::transform::{split_refs, Piece};
 use serde_yaml::Value;
 
 /// Replaces environment references in every string of `value`, except in template fields.
@@ -105,51 +106,35 @@ fn walk(
 
 /// Expands references in `s`; returns the text and whether `s` was a single reference alone.
 fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<(String, bool), String> {
+    let pieces = split_refs(s)?;
+    let whole = matches!(pieces.as_slice(), [Piece::Ref(_)]);
     let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    let mut refs = 0;
-    while let Some(pos) = rest.find('$') {
-        out.push_str(&rest[..pos]);
-        let after = &rest[pos + 1..];
-        if let Some(stripped) = after.strip_prefix("${") {
-            out.push_str("${");
-            rest = stripped;
-            continue;
+    for piece in pieces {
+        let inner = match piece {
+            Piece::Lit(l) => {
+                out.push_str(&l);
+                continue;
+            }
+            Piece::Ref(r) => r,
+        };
+        let (name, default) = match inner.find(":-") {
+            Some(i) => (&inner[..i], Some(&inner[i + 2..])),
+            None => (inner, None),
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!(
+                "`${{{inner}}}` is not a valid environment reference; use `${{NAME}}` or `${{NAME:-default}}`"
+            ));
         }
-        if let Some(inner_start) = after.strip_prefix('{') {
-            let end = inner_start.find('}').ok_or_else(|| {
-                format!("unclosed `${{` in `{s}`; close it with `}}` or write `$${{` for a literal")
-            })?;
-            let inner = &inner_start[..end];
-            let (name, default) = match inner.find(":-") {
-                Some(i) => (&inner[..i], Some(&inner[i + 2..])),
-                None => (inner, None),
-            };
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!(
-                    "`${{{inner}}}` is not a valid environment reference; use `${{NAME}}` or `${{NAME:-default}}`"
-                ));
-            }
-            match (env(name), default) {
-                (Some(v), Some(d)) if v.is_empty() => out.push_str(d),
-                (Some(v), _) => out.push_str(&v),
-                (None, Some(d)) => out.push_str(d),
-                (None, None) => {
-                    return Err(format!(
-                        "environment variable {name} is not set; export it or write `${{{name}:-default}}`"
-                    ))
-                }
-            }
-            refs += 1;
-            rest = &inner_start[end + 1..];
-        } else {
-            out.push('$');
-            rest = after;
+        match (env(name), default) {
+            (Some(v), Some(d)) if v.is_empty() => out.push_str(d),
+            (Some(v), _) => out.push_str(&v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => return Err(format!(
+                "environment variable {name} is not set; export it or write `${{{name}:-default}}`"
+            )),
         }
     }
-    out.push_str(rest);
-    let whole =
-        refs == 1 && s.starts_with("${") && s.ends_with('}') && s.matches("${").count() == 1;
     Ok((out, whole))
 }
 

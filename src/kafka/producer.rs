@@ -14,7 +14,7 @@ use rdkafka::{ClientContext, Message};
 use tokio::sync::{mpsc, Notify};
 
 use crate::config::{KafkaConfig, OnFull};
-use crate::event::{Ack, Fate, Origin};
+use crate::event::{Ack, Event, Fate, Origin, Rejection};
 use crate::metrics::{Metrics, TopicMetrics};
 
 /// A record ready for Kafka.
@@ -302,14 +302,13 @@ impl KafkaSink {
 
     /// Hands a record to the producer. With `on_full: block` it waits for room (backpressure);
     /// with `drop_newest` it drops the record, counts it and acks it as dropped.
-    pub async fn send(
-        &self,
-        rec: OutRecord,
-        raw: Bytes,
-        input_headers: Vec<(String, Vec<u8>)>,
-        origin: Origin,
-        ack: Ack,
-    ) {
+    pub async fn send(&self, rec: OutRecord, ev: Event) {
+        let Event {
+            raw,
+            headers: input_headers,
+            origin,
+            ack,
+        } = ev;
         let topic_metrics = self.shared.metrics.topic(&rec.topic);
         let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
         for (k, v) in &rec.headers {
@@ -380,32 +379,22 @@ impl KafkaSink {
     }
 
     /// Sends rejected input to the DLQ with its original bytes and headers.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn dead_letter(
-        &self,
-        raw: Bytes,
-        input_headers: Vec<(String, Vec<u8>)>,
-        origin: Origin,
-        ack: Ack,
-        error_type: &'static str,
-        message: String,
-        source_topic: String,
-    ) {
+    pub async fn dead_letter(&self, ev: Event, r: Rejection) {
         self.shared
             .metrics
             .events_rejected
-            .with_label_values(&[&origin.pipeline, error_type])
+            .with_label_values(&[&ev.origin.pipeline, r.error_type])
             .inc();
         self.admit();
         self.produce_dlq(DlqJob {
-            raw,
+            raw: ev.raw,
             key: None,
-            input_headers,
-            origin,
-            ack,
-            error_type,
-            message,
-            source_topic,
+            input_headers: ev.headers,
+            origin: ev.origin,
+            ack: ev.ack,
+            error_type: r.error_type,
+            message: r.message,
+            source_topic: r.source_topic,
         })
         .await;
     }

@@ -4,7 +4,7 @@ mod pointer;
 mod template;
 
 pub use pointer::{kind, Pointer};
-pub use template::{MissingField, Template};
+pub use template::{split_refs, MissingField, Piece, Template};
 
 use serde_json::Value;
 

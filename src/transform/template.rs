@@ -28,49 +28,76 @@ pub struct MissingField {
     pub found: &'static str,
 }
 
+/// A piece of a string with `${...}` references: literal text or the text inside a reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece<'a> {
+    /// Text as is (`$${` already turned into `${`).
+    Lit(String),
+    /// What stands between `${` and `}`.
+    Ref(&'a str),
+}
+
+/// Splits `s` at `${...}` references; `$${` is a literal `${`. Shared by templates and the
+/// config's environment interpolation, so that both read `${` the same way.
+pub fn split_refs(s: &str) -> Result<Vec<Piece<'_>>, String> {
+    let mut pieces = Vec::new();
+    let mut lit = String::new();
+    let mut rest = s;
+    while let Some(pos) = rest.find('$') {
+        lit.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(stripped) = after.strip_prefix("${") {
+            lit.push_str("${");
+            rest = stripped;
+        } else if let Some(inner) = after.strip_prefix('{') {
+            let end = inner.find('}').ok_or_else(|| {
+                format!("unclosed `${{` in `{s}`; close it with `}}` or write `$${{` for a literal")
+            })?;
+            if !lit.is_empty() {
+                pieces.push(Piece::Lit(std::mem::take(&mut lit)));
+            }
+            pieces.push(Piece::Ref(&inner[..end]));
+            rest = &inner[end + 1..];
+        } else {
+            lit.push('$');
+            rest = after;
+        }
+    }
+    lit.push_str(rest);
+    if !lit.is_empty() {
+        pieces.push(Piece::Lit(lit));
+    }
+    Ok(pieces)
+}
+
 impl Template {
     /// Parses a template; a string without `${` is a fixed value.
     pub fn parse(s: &str) -> Result<Template, String> {
         let mut parts = Vec::new();
-        let mut lit = String::new();
-        let mut rest = s;
-        while let Some(pos) = rest.find('$') {
-            lit.push_str(&rest[..pos]);
-            let after = &rest[pos + 1..];
-            if let Some(stripped) = after.strip_prefix("${") {
-                lit.push_str("${");
-                rest = stripped;
-            } else if let Some(inner) = after.strip_prefix('{') {
-                let end = inner
-                    .find('}')
-                    .ok_or_else(|| format!("unclosed `${{` in `{s}`; close it with `}}`"))?;
-                let name = inner[..end].trim();
-                if name.is_empty() {
-                    return Err(format!(
-                        "empty `${{}}` in `{s}`; name a field, e.g. `${{symbol}}`"
-                    ));
+        for piece in split_refs(s)? {
+            match piece {
+                Piece::Lit(l) => parts.push(Part::Lit(l)),
+                Piece::Ref(r) => {
+                    let name = r.trim();
+                    if name.is_empty() {
+                        return Err(format!(
+                            "empty `${{}}` in `{s}`; name a field, e.g. `${{symbol}}`"
+                        ));
+                    }
+                    let ptr = if name.starts_with('/') {
+                        Pointer::parse(name)?
+                    } else {
+                        Pointer::from_segments(name.split('.'))
+                    };
+                    parts.push(Part::Field {
+                        name: name.to_string(),
+                        ptr,
+                    });
                 }
-                let ptr = if name.starts_with('/') {
-                    Pointer::parse(name)?
-                } else {
-                    Pointer::from_segments(name.split('.'))
-                };
-                if !lit.is_empty() {
-                    parts.push(Part::Lit(std::mem::take(&mut lit)));
-                }
-                parts.push(Part::Field {
-                    name: name.to_string(),
-                    ptr,
-                });
-                rest = &inner[end + 1..];
-            } else {
-                lit.push('$');
-                rest = after;
             }
         }
-        lit.push_str(rest);
-        if !lit.is_empty() || parts.is_empty() {
-            parts.push(Part::Lit(lit));
+        if parts.is_empty() {
+            parts.push(Part::Lit(String::new()));
         }
         Ok(Template { parts })
     }
