@@ -336,10 +336,12 @@ fn broker_down_at_start_then_up_loses_nothing() {
     let _down = Down(&envs);
     let broker = format!("127.0.0.1:{kport}");
     let topic = unique("outage");
-    let (_synth, url) = spawn_synth("ticker", &["--rate", "2000", "--count", "3000"]);
+    // The feed starts after `check`, whose test connection would otherwise take messages.
+    let synth_port = free_port();
+    let url = format!("ws://127.0.0.1:{synth_port}/ws");
     let mport = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&broker, mport, "events.v1.dlq", &format!("  - name: ticks\n    source: {{websocket: {{urls: ['{url}']}}}}\n    topic: {topic}\n    key: '${{exchange}}|${{symbol}}'\n"));
+    let cfg = config(&broker, mport, "events.v1.dlq", &format!("  - name: ticks\n    source: {{websocket: {{urls: ['{url}'], backoff_max: 1s}}}}\n    topic: {topic}\n    key: '${{exchange}}|${{symbol}}'\n"));
     let path = write_config(dir.path(), &cfg);
 
     let out = Command::new(kgate_bin())
@@ -363,6 +365,11 @@ fn broker_down_at_start_then_up_loses_nothing() {
     );
     assert!(stdout.contains("is the broker running"), "{stdout}");
 
+    let listen = format!("127.0.0.1:{synth_port}");
+    let _synth = spawn_kgate(&[
+        "synth", "--listen", &listen, "--feed", "ticker", "--rate", "2000", "--count", "3000",
+        "--id", "outage",
+    ]);
     let mut gw = spawn_kgate(&["run", "--config", path.to_str().unwrap()]);
     // The gateway accepts while the broker is down (buffer of 10,000 > 3,000), then waits.
     wait_until(
@@ -393,7 +400,24 @@ fn broker_down_at_start_then_up_loses_nothing() {
     let recs = consume(&broker, &topic, 3000, Duration::from_secs(120));
     let (set, dups) = seqs(&recs);
     assert_eq!(dups, 0, "duplicates after the outage");
-    assert_eq!(recs.len(), 3000, "{}", gw.log_text());
+    if recs.len() != 3000 {
+        let metrics = http_get(&format!("127.0.0.1:{mport}"), "/metrics")
+            .map(|r| r.1)
+            .unwrap_or_default();
+        let missing: Vec<u64> = (1..=3000u64)
+            .filter(|n| !set.iter().any(|(_, s)| s == n))
+            .take(20)
+            .collect();
+        let dlq = consume(&broker, "events.v1.dlq", 1, Duration::from_secs(5));
+        panic!(
+            "{} of 3000 records in Kafka; first missing seqs {missing:?}; {} in the DLQ {:?}\nmetrics:\n{}\nlog:\n{}",
+            recs.len(),
+            dlq.len(),
+            dlq.first().map(|r| &r.headers),
+            metrics.lines().filter(|l| !l.starts_with('#') && !l.contains("_bucket")).collect::<Vec<_>>().join("\n"),
+            gw.log_text()
+        );
+    }
     assert_eq!(
         set.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
         (1..=3000).collect::<Vec<_>>()
