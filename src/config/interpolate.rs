@@ -130,9 +130,11 @@ fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<(String, bool
             (Some(v), Some(d)) if v.is_empty() => out.push_str(d),
             (Some(v), _) => out.push_str(&v),
             (None, Some(d)) => out.push_str(d),
-            (None, None) => return Err(format!(
+            (None, None) => {
+                return Err(format!(
                 "environment variable {name} is not set; export it or write `${{{name}:-default}}`"
-            )),
+            ))
+            }
         }
     }
     Ok((out, whole))
