@@ -17,8 +17,12 @@ pub struct EncodeError {
 
 /// Turns an event into value bytes for `topic`.
 pub trait Encoder: Send + Sync {
-    /// Whether the event must be parsed as JSON first.
+    /// Whether the event must be parsed (validated) as JSON first.
     fn needs_json(&self) -> bool;
+    /// Whether [`Encoder::encode`] reads the parsed tree (else only validation is needed).
+    fn needs_value(&self) -> bool {
+        self.needs_json()
+    }
     /// Encodes. `value` is the parsed (and transformed) event when [`Encoder::needs_json`];
     /// `modified` says whether transforms changed it since it was parsed from `raw`.
     fn encode(
@@ -36,6 +40,9 @@ pub struct JsonEncoder;
 impl Encoder for JsonEncoder {
     fn needs_json(&self) -> bool {
         true
+    }
+    fn needs_value(&self) -> bool {
+        false
     }
     fn encode(
         &self,

@@ -11,7 +11,7 @@ use crate::encode::{encoder_for, Encoder};
 use crate::event::Event;
 pub use crate::event::Rejection;
 use crate::kafka::{KafkaSink, OutRecord};
-use crate::transform::{Template, Transform};
+use crate::transform::{Doc, Template, TopLevel, Transform};
 
 /// The pure part of a pipeline: raw input in, a record (or a rejection) out.
 pub struct Processor {
@@ -19,6 +19,8 @@ pub struct Processor {
     transforms: Vec<Transform>,
     topic: Template,
     topic_text: String,
+    /// The topic when it is fixed, shared by every record instead of copied.
+    fixed_topic: Option<Arc<str>>,
     key: Option<Template>,
     headers: Vec<(String, Template)>,
     encoder: Box<dyn Encoder>,
@@ -44,6 +46,9 @@ impl Processor {
                 .map_err(|e| ctx("transforms", e))?,
             topic: Template::parse(&c.topic).map_err(|e| ctx("topic", e))?,
             topic_text: c.topic.clone(),
+            fixed_topic: Template::parse(&c.topic)
+                .ok()
+                .and_then(|t| t.fixed().map(Arc::from)),
             key: c
                 .key
                 .as_deref()
@@ -73,27 +78,40 @@ impl Processor {
             source_topic: topic.unwrap_or(&self.topic_text).to_string(),
         };
         let mut value: Option<Value> = None;
+        let mut top = None;
         let mut modified = false;
         if self.encoder.needs_json() {
-            let mut v: Value = serde_json::from_slice(raw).map_err(|e| {
-                reject(
-                    "invalid_json",
-                    format!("not valid JSON: {e}"),
-                    self.topic.fixed(),
-                )
-            })?;
-            for t in &self.transforms {
-                t.apply(&mut v)
-                    .map_err(|e| reject("transform_failed", e, self.topic.fixed()))?;
-                modified = true;
+            // Unchanged events headed for an encoder that needs no tree are only validated and
+            // read at the top level; anything else (transforms, Avro, a non-object) gets the tree.
+            if self.transforms.is_empty() && !self.encoder.needs_value() {
+                top = TopLevel::parse(raw);
             }
-            value = Some(v);
+            if top.is_none() {
+                let mut v: Value = serde_json::from_slice(raw).map_err(|e| {
+                    reject(
+                        "invalid_json",
+                        format!("not valid JSON: {e}"),
+                        self.topic.fixed(),
+                    )
+                })?;
+                for t in &self.transforms {
+                    t.apply(&mut v)
+                        .map_err(|e| reject("transform_failed", e, self.topic.fixed()))?;
+                    modified = true;
+                }
+                value = Some(v);
+            }
         }
+        let doc = match (&value, &top) {
+            (Some(v), _) => Doc::Value(v),
+            (None, Some(t)) => Doc::Top(t),
+            (None, None) => Doc::None,
+        };
         let v = value.as_ref();
-        let topic = match self.topic.fixed() {
-            Some(t) => t.to_string(),
+        let topic: Arc<str> = match &self.fixed_topic {
+            Some(t) => t.clone(),
             None => {
-                let t = self.topic.render(v).map_err(|m| {
+                let t = self.topic.render(doc).map_err(|m| {
                     reject(
                         "missing_field",
                         format!(
@@ -113,13 +131,13 @@ impl Processor {
                         None,
                     ));
                 }
-                t
+                Arc::from(t)
             }
         };
         let key = match &self.key {
             None => None,
             Some(k) => Some(
-                k.render(v)
+                k.render(doc)
                     .map_err(|m| {
                         reject(
                             "missing_field",
@@ -132,7 +150,7 @@ impl Processor {
         };
         let mut headers = Vec::with_capacity(self.headers.len());
         for (name, t) in &self.headers {
-            let h = t.render(v).map_err(|m| {
+            let h = t.render(doc).map_err(|m| {
                 reject(
                     "missing_field",
                     format!("header `{name}` field `{}` is {}", m.field, m.found),
@@ -204,7 +222,7 @@ mod tests {
         let p = processor(TRADES);
         let raw = Bytes::from_static(br#"{"feed":"trades","exchange":"kraken","symbol":"BTC-USD","tradeCredential":{"@context":["x"]}}"#);
         let r = p.process(&raw).unwrap();
-        assert_eq!(r.topic, "TradeEvent");
+        assert_eq!(&*r.topic, "TradeEvent");
         assert_eq!(r.key.as_deref(), Some(&b"kraken|BTC-USD"[..]));
         assert_eq!(
             r.headers,
@@ -239,7 +257,8 @@ mod tests {
         assert_eq!(
             p.process(&Bytes::from_static(br#"{"exchange":"kraken"}"#))
                 .unwrap()
-                .topic,
+                .topic
+                .as_ref(),
             "ticks.kraken"
         );
     }

@@ -21,7 +21,7 @@ use crate::metrics::{Metrics, TopicMetrics};
 #[derive(Debug, Clone)]
 pub struct OutRecord {
     /// Target topic.
-    pub topic: String,
+    pub topic: Arc<str>,
     /// Key bytes.
     pub key: Option<Vec<u8>>,
     /// Value bytes.
@@ -310,13 +310,18 @@ impl KafkaSink {
             ack,
         } = ev;
         let topic_metrics = self.shared.metrics.topic(&rec.topic);
-        let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
-        for (k, v) in &rec.headers {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v),
-            });
-        }
+        // No header list at all when there are none: librdkafka allocates one otherwise.
+        let headers = (!rec.headers.is_empty()).then(|| {
+            rec.headers.iter().fold(
+                OwnedHeaders::new_with_capacity(rec.headers.len()),
+                |h, (k, v)| {
+                    h.insert(Header {
+                        key: k,
+                        value: Some(v),
+                    })
+                },
+            )
+        });
         self.admit();
         let opaque = Box::new(Inflight {
             kind: Kind::Data {
@@ -331,7 +336,9 @@ impl KafkaSink {
         if let Some(k) = &rec.key {
             record = record.key(&k[..]);
         }
-        record = record.headers(headers);
+        if let Some(h) = headers {
+            record = record.headers(h);
+        }
         loop {
             match self.producer.send(record) {
                 Ok(()) => {
@@ -369,7 +376,7 @@ impl KafkaSink {
                         ack: op.ack,
                         error_type: "produce_failed",
                         message: err.to_string(),
-                        source_topic: rec.topic.clone(),
+                        source_topic: rec.topic.to_string(),
                     })
                     .await;
                     return;

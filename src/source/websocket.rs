@@ -133,15 +133,26 @@ impl Feed {
             };
             let mut ping =
                 tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-            let mut deadline = tokio::time::Instant::now() + self.config.timeout;
+            // One timer and one cancellation waiter for the whole connection: re-arming them
+            // per message cost more than the rest of the read path.
+            let stopped = self.stop.cancelled();
+            tokio::pin!(stopped);
+            let idle = tokio::time::sleep(self.config.timeout);
+            tokio::pin!(idle);
+            let mut last_message = tokio::time::Instant::now();
             loop {
                 tokio::select! {
                     biased;
-                    _ = self.stop.cancelled() => {
+                    _ = &mut stopped => {
                         let _ = tx.close().await;
                         break 'conn End::Stopped;
                     }
-                    _ = tokio::time::sleep_until(deadline) => {
+                    _ = &mut idle => {
+                        let deadline = last_message + self.config.timeout;
+                        if deadline > tokio::time::Instant::now() {
+                            idle.as_mut().reset(deadline);
+                            continue;
+                        }
                         self.m.messages_timeout.inc();
                         tracing::warn!(url = %self.url, timeout = ?self.config.timeout, "no message within the read timeout; reconnecting");
                         break 'conn End::Reconnect { got_messages };
@@ -171,9 +182,9 @@ impl Feed {
                                 _ => continue,
                             };
                             got_messages = true;
-                            deadline = tokio::time::Instant::now() + self.config.timeout;
                             self.m.messages_received.inc();
                             let origin = Origin::now(self.pipeline.name().clone(), self.url.clone());
+                            last_message = tokio::time::Instant::from_std(origin.accepted);
                             // Awaits while the producer buffer is full: backpressure reaches the socket.
                             self.pipeline.handle(Event::new(raw, origin)).await;
                         }

@@ -1,8 +1,10 @@
 //! Transforms: small pure functions over an event's JSON value.
 
+mod doc;
 mod pointer;
 mod template;
 
+pub use doc::{Doc, TopLevel};
 pub use pointer::{kind, Pointer};
 pub use template::{split_refs, MissingField, Piece, Template};
 

@@ -51,6 +51,11 @@ impl Pointer {
         }
     }
 
+    /// The unescaped reference tokens.
+    pub fn tokens(&self) -> &[String] {
+        &self.tokens
+    }
+
     /// The value at the pointer, if any.
     pub fn get<'a>(&self, root: &'a Value) -> Option<&'a Value> {
         let mut cur = root;

@@ -3,9 +3,7 @@
 //! A field is a top-level name (`${symbol}`), a dotted path (`${credentialSubject.id}`) or a JSON
 //! pointer (`${/tradeCredential/issuer}`). `$${` writes a literal `${`.
 
-use serde_json::Value;
-
-use super::Pointer;
+use super::{Doc, Pointer};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
@@ -110,31 +108,17 @@ impl Template {
         }
     }
 
-    /// Renders the template over an event value into `out` (cleared first).
-    pub fn render_into(&self, v: Option<&Value>, out: &mut String) -> Result<(), MissingField> {
+    /// Renders the template over an event into `out` (cleared first).
+    pub fn render_into(&self, doc: Doc<'_>, out: &mut String) -> Result<(), MissingField> {
         out.clear();
         for p in &self.parts {
             match p {
                 Part::Lit(s) => out.push_str(s),
                 Part::Field { name, ptr } => {
-                    let found = v.and_then(|v| ptr.get(v));
-                    match found {
-                        Some(Value::String(s)) => out.push_str(s),
-                        Some(Value::Number(n)) => {
-                            use std::fmt::Write;
-                            let _ = write!(out, "{n}");
-                        }
-                        Some(Value::Bool(b)) => out.push_str(if *b { "true" } else { "false" }),
-                        other => {
-                            return Err(MissingField {
-                                field: name.clone(),
-                                found: match other {
-                                    None => "missing",
-                                    Some(x) => super::pointer::kind(x),
-                                },
-                            })
-                        }
-                    }
+                    doc.write_scalar(ptr, out).map_err(|found| MissingField {
+                        field: name.clone(),
+                        found,
+                    })?;
                 }
             }
         }
@@ -142,9 +126,9 @@ impl Template {
     }
 
     /// Renders the template into a new string.
-    pub fn render(&self, v: Option<&Value>) -> Result<String, MissingField> {
+    pub fn render(&self, doc: Doc<'_>) -> Result<String, MissingField> {
         let mut s = String::new();
-        self.render_into(v, &mut s)?;
+        self.render_into(doc, &mut s)?;
         Ok(s)
     }
 }
@@ -152,16 +136,17 @@ impl Template {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transform::Doc;
     use serde_json::json;
 
     #[test]
     fn renders_fields_paths_and_pointers() {
         let v = json!({"exchange": "kraken", "symbol": "BTC-USD", "n": 7, "a": {"b": true}, "vc": {"@id": "x"}});
         let t = Template::parse("${exchange}|${symbol}").unwrap();
-        assert_eq!(t.render(Some(&v)).unwrap(), "kraken|BTC-USD");
+        assert_eq!(t.render(Doc::Value(&v)).unwrap(), "kraken|BTC-USD");
         assert_eq!(t.fixed(), None);
         let t = Template::parse("n=${n} b=${a.b} id=${/vc/@id} $${lit}").unwrap();
-        assert_eq!(t.render(Some(&v)).unwrap(), "n=7 b=true id=x ${lit}");
+        assert_eq!(t.render(Doc::Value(&v)).unwrap(), "n=7 b=true id=x ${lit}");
         let t = Template::parse("ticks.v1.raw").unwrap();
         assert_eq!(t.fixed(), Some("ticks.v1.raw"));
         assert_eq!(Template::parse("").unwrap().fixed(), Some(""));
@@ -171,10 +156,10 @@ mod tests {
     fn missing_null_or_object_fields_are_errors() {
         let v = json!({"exchange": null, "obj": {}});
         let t = Template::parse("${exchange}").unwrap();
-        assert_eq!(t.render(Some(&v)).unwrap_err().found, "null");
+        assert_eq!(t.render(Doc::Value(&v)).unwrap_err().found, "null");
         let t = Template::parse("${symbol}").unwrap();
         assert_eq!(
-            t.render(Some(&v)).unwrap_err(),
+            t.render(Doc::Value(&v)).unwrap_err(),
             MissingField {
                 field: "symbol".into(),
                 found: "missing"
@@ -183,7 +168,7 @@ mod tests {
         assert_eq!(
             Template::parse("${obj}")
                 .unwrap()
-                .render(Some(&v))
+                .render(Doc::Value(&v))
                 .unwrap_err()
                 .found,
             "an object"
