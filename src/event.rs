@@ -87,6 +87,11 @@ impl Ack {
         (Ack(Some(tx)), rx)
     }
 
+    /// Whether someone waits for the fate (so that it is worth building).
+    pub fn is_waiting(&self) -> bool {
+        self.0.as_ref().is_some_and(|tx| !tx.is_closed())
+    }
+
     /// Reports the fate; later calls do nothing.
     pub fn resolve(&mut self, fate: Fate) {
         if let Some(tx) = self.0.take() {

@@ -131,11 +131,13 @@ impl ProducerContext for SinkContext {
                     .duration
                     .observe(origin.accepted.elapsed().as_secs_f64());
                 s.totals.delivered.fetch_add(1, Ordering::Relaxed);
-                ack.resolve(Fate::Delivered {
-                    topic: msg.topic().to_string(),
-                    partition: msg.partition(),
-                    offset: msg.offset(),
-                });
+                if ack.is_waiting() {
+                    ack.resolve(Fate::Delivered {
+                        topic: msg.topic().to_string(),
+                        partition: msg.partition(),
+                        offset: msg.offset(),
+                    });
+                }
                 s.settle_one();
             }
             (

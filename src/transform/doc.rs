@@ -25,13 +25,35 @@ impl<'de> Deserialize<'de> for TopLevel<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some((k, v)) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
-                    fields.push((k, v));
+                while let Some(k) = map.next_key::<Key<'de>>()? {
+                    fields.push((k.0, map.next_value::<&'de RawValue>()?));
                 }
                 Ok(TopLevel(fields))
             }
         }
         d.deserialize_map(V)
+    }
+}
+
+/// A key borrowed from the input unless it has escapes (serde's own `Cow<str>` always copies).
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 
@@ -82,8 +104,13 @@ impl Doc<'_> {
                 }
                 let text = raw.get();
                 match text.as_bytes().first() {
+                    Some(b'"') if !text.contains('\\') => {
+                        // Already validated: the text between the quotes is the string.
+                        out.push_str(&text[1..text.len() - 1]);
+                        Ok(())
+                    }
                     Some(b'"') => {
-                        let s: Cow<str> = serde_json::from_str(text).map_err(|_| "missing")?;
+                        let s: String = serde_json::from_str(text).map_err(|_| "missing")?;
                         out.push_str(&s);
                         Ok(())
                     }
@@ -121,7 +148,7 @@ mod tests {
 
     #[test]
     fn top_level_reads_like_the_full_tree() {
-        let raw = br#"{"exchange":"kra\u006ben","n":12.5,"b":true,"nul":null,"o":{"x":"y"},"a":[1],"dup":1,"dup":2}"#;
+        let raw = br#"{"exchange":"kra\u006ben","n":12.5,"b":true,"nul":null,"o":{"x":"y"},"a":[1],"dup":1,"dup":2,"k\u0065y":"v"}"#;
         let top = TopLevel::parse(raw).unwrap();
         let full: Value = serde_json::from_slice(raw).unwrap();
         for f in [
