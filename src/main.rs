@@ -5,6 +5,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+
+// Records are allocated on the source's task and freed on librdkafka's delivery thread; glibc's
+// arena lock made that hand-over a measurable share of the per-message cost (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tokio_util::sync::CancellationToken;
 
 /// kgate — the ingestion gateway to Apache Kafka.
