@@ -225,7 +225,6 @@ pub struct KafkaSink {
     producer: ThreadedProducer<SinkContext>,
     shared: Arc<Shared>,
     on_full: OnFull,
-    dlq_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<DlqJob>>>,
 }
 
 /// How long to wait before retrying a send into a full buffer.
@@ -262,16 +261,9 @@ impl KafkaSink {
             producer,
             shared,
             on_full: k.producer.on_full,
-            dlq_rx: std::sync::Mutex::new(Some(dlq_rx)),
         });
-        let rx = sink
-            .dlq_rx
-            .lock()
-            .expect("lock")
-            .take()
-            .expect("first start");
         let s = sink.clone();
-        tokio::spawn(async move { s.dlq_writer(rx).await });
+        tokio::spawn(async move { s.dlq_writer(dlq_rx).await });
         Ok(sink)
     }
 
