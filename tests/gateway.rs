@@ -530,3 +530,94 @@ fn config_errors_name_their_path() {
     );
     assert!(stderr.contains("pipelines[0].key: unclosed"), "{stderr}");
 }
+
+/// A record Kafka refuses for good (larger than the topic's `max.message.bytes`) is neither
+/// retried forever nor dropped: it goes to the DLQ as `produce_failed`, and the stream goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_kafka_refuses_goes_to_the_dlq() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let topic = unique("refused");
+    let dlq = unique("refused.dlq");
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let t = NewTopic::new(&topic, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "600");
+    let res = admin
+        .create_topics([&t], &AdminOptions::new())
+        .await
+        .unwrap();
+    assert!(res[0].is_ok(), "{res:?}");
+
+    // Random text, so that zstd cannot shrink it under the limit.
+    let pad: String = {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        (0..4000)
+            .map(|_| rng.sample(rand::distr::Alphanumeric) as char)
+            .collect()
+    };
+    let big = format!(r#"{{"id":"big","pad":"{pad}"}}"#);
+    let msgs = vec![big.clone(), r#"{"id":"small"}"#.to_string()];
+    // Sent apart, so that the two do not share a batch.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        if let Ok((tcp, _)) = listener.accept().await {
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            for m in msgs {
+                ws.send(tokio_tungstenite::tungstenite::Message::text(m))
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+    });
+    let mport = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = spawn_run(
+        dir.path(),
+        &config(&brokers(), mport, &dlq, &format!("  - name: sized\n    source: {{websocket: {{urls: ['{url}']}}}}\n    topic: {topic}\n    key: '${{id}}'\n")),
+    );
+    let b = brokers();
+    let (t2, d2) = (topic.clone(), dlq.clone());
+    let good = tokio::task::spawn_blocking(move || consume(&b, &t2, 1, Duration::from_secs(60)));
+    let b = brokers();
+    let bad = tokio::task::spawn_blocking(move || consume(&b, &d2, 1, Duration::from_secs(60)));
+    let (good, bad) = (good.await.unwrap(), bad.await.unwrap());
+    assert_eq!(good.len(), 1, "{}", gw.log_text());
+    assert_eq!(good[0].key_str(), "small");
+    assert_eq!(bad.len(), 1, "{}", gw.log_text());
+    assert_eq!(
+        bad[0].value,
+        big.as_bytes(),
+        "the DLQ keeps the original bytes"
+    );
+    assert_eq!(bad[0].headers["error_type"], "produce_failed");
+    assert_eq!(bad[0].headers["source_topic"], topic);
+    assert_eq!(bad[0].key_str(), "big");
+    let text = http_get(&format!("127.0.0.1:{mport}"), "/metrics")
+        .unwrap()
+        .1;
+    assert_eq!(
+        metric(&text, "kafka_producer_request_failures_total", &[&topic]),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "kafka_dlq_published_total",
+            &["error_type=\"produce_failed\""]
+        ),
+        1.0
+    );
+    gw.signal("-TERM");
+    assert!(
+        gw.wait(Duration::from_secs(30)).success(),
+        "{}",
+        gw.log_text()
+    );
+    let s = summary(&gw.log_text());
+    assert_eq!((s["delivered"], s["dead-lettered"], s["failed"]), (1, 1, 0));
+}
