@@ -121,21 +121,16 @@ fn fan_in_three_feeds_exactly_once_with_keys_and_rename() {
             .0,
         200
     );
-    gw.signal("-TERM");
-    assert!(
-        gw.wait(Duration::from_secs(30)).success(),
-        "{}",
-        gw.log_text()
-    );
-    let s = summary(&gw.log_text());
+    let s = stop(&mut gw, 30);
     assert_eq!(
         (s["accepted"], s["delivered"], s["undelivered"]),
         (6000, 6000, 0)
     );
 }
 
-/// A WebSocket server that sends `msgs` to each client, then keeps the connection open.
-async fn serve_messages(msgs: Vec<String>) -> String {
+/// A WebSocket server that sends `msgs` to each client (`gap` apart), then keeps the
+/// connection open.
+async fn serve_messages(msgs: Vec<String>, gap: Duration) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -147,6 +142,7 @@ async fn serve_messages(msgs: Vec<String>) -> String {
                     ws.send(tokio_tungstenite::tungstenite::Message::text(m))
                         .await
                         .unwrap();
+                    tokio::time::sleep(gap).await;
                 }
                 while let Some(Ok(_)) = ws.next().await {}
             });
@@ -166,7 +162,7 @@ async fn bad_input_goes_to_the_dlq_and_the_stream_goes_on() {
         r#"{"exchange":"kraken","seq":3}"#.to_string(),
         r#"{"exchange":"coinbase","symbol":"ETH-USD","seq":4}"#.to_string(),
     ];
-    let url = serve_messages(msgs.clone()).await;
+    let url = serve_messages(msgs.clone(), Duration::ZERO).await;
     let mport = free_port();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(
@@ -245,9 +241,7 @@ async fn bad_input_goes_to_the_dlq_and_the_stream_goes_on() {
         ),
         2.0
     );
-    gw.signal("-TERM");
-    assert!(gw.wait(Duration::from_secs(30)).success());
-    let s = summary(&gw.log_text());
+    let s = stop(&mut gw, 30);
     assert_eq!((s["delivered"], s["dead-lettered"]), (2, 2));
 }
 
@@ -274,13 +268,7 @@ fn sigterm_mid_stream_loses_nothing_received() {
         "records flowing",
     );
     std::thread::sleep(Duration::from_millis(500));
-    gw.signal("-TERM");
-    assert!(
-        gw.wait(Duration::from_secs(40)).success(),
-        "{}",
-        gw.log_text()
-    );
-    let s = summary(&gw.log_text());
+    let s = stop(&mut gw, 40);
     let accepted = s["accepted"];
     assert!(accepted > 5000);
     assert_eq!(s["delivered"], accepted, "{s:?}");
@@ -427,9 +415,7 @@ fn broker_down_at_start_then_up_loses_nothing() {
         || http_get(&format!("127.0.0.1:{mport}"), "/readyz").map(|r| r.0) == Some(200),
         "/readyz to turn ready",
     );
-    gw.signal("-TERM");
-    assert!(gw.wait(Duration::from_secs(30)).success());
-    let s = summary(&gw.log_text());
+    let s = stop(&mut gw, 30);
     assert_eq!((s["accepted"], s["delivered"]), (3000, 3000));
 }
 
@@ -472,9 +458,7 @@ fn stalled_feed_reconnects_and_is_counted() {
             &[&url]
         ) >= 2.0
     );
-    gw.signal("-TERM");
-    assert!(gw.wait(Duration::from_secs(30)).success());
-    let s = summary(&gw.log_text());
+    let s = stop(&mut gw, 30);
     let recs = consume(
         &brokers(),
         &topic,
@@ -560,20 +544,7 @@ async fn a_record_kafka_refuses_goes_to_the_dlq() {
     let big = format!(r#"{{"id":"big","pad":"{pad}"}}"#);
     let msgs = vec![big.clone(), r#"{"id":"small"}"#.to_string()];
     // Sent apart, so that the two do not share a batch.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}/ws", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        if let Ok((tcp, _)) = listener.accept().await {
-            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-            for m in msgs {
-                ws.send(tokio_tungstenite::tungstenite::Message::text(m))
-                    .await
-                    .unwrap();
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            while let Some(Ok(_)) = ws.next().await {}
-        }
-    });
+    let url = serve_messages(msgs, Duration::from_millis(500)).await;
     let mport = free_port();
     let dir = tempfile::tempdir().unwrap();
     let mut gw = spawn_run(
@@ -612,12 +583,6 @@ async fn a_record_kafka_refuses_goes_to_the_dlq() {
         ),
         1.0
     );
-    gw.signal("-TERM");
-    assert!(
-        gw.wait(Duration::from_secs(30)).success(),
-        "{}",
-        gw.log_text()
-    );
-    let s = summary(&gw.log_text());
+    let s = stop(&mut gw, 30);
     assert_eq!((s["delivered"], s["dead-lettered"], s["failed"]), (1, 1, 0));
 }

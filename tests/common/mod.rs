@@ -262,6 +262,18 @@ pub fn seqs(recs: &[Rec]) -> (std::collections::BTreeSet<(String, u64)>, usize) 
     (set, dups)
 }
 
+/// SIGTERMs a `kgate run`, expects a clean exit within `secs`, and returns its shutdown summary.
+pub fn stop(gw: &mut Proc, secs: u64) -> HashMap<String, u64> {
+    gw.signal("-TERM");
+    let status = gw.wait(Duration::from_secs(secs));
+    assert!(
+        status.success(),
+        "kgate run exited {status}; log:\n{}",
+        gw.log_text()
+    );
+    summary(&gw.log_text())
+}
+
 /// Parses the shutdown summary line of a `kgate run` log.
 pub fn summary(log: &str) -> HashMap<String, u64> {
     let line = log
