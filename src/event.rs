@@ -1,10 +1,12 @@
 //! The one thing that travels: an [`Event`], and the [`Ack`] that tells its source what became of it.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
+
+pub use crate::transform::Meta;
 
 /// Where an event came from.
 #[derive(Debug, Clone)]
@@ -56,6 +58,9 @@ pub enum Fate {
     },
     /// Dropped because the buffer was full and the pipeline drops rather than blocks.
     Dropped,
+    /// Not taken: the buffer stayed full for the event's whole [`Event::max_wait`]. Nothing was
+    /// written and nothing is counted as accepted; the source answers "busy, retry" (HTTP 429).
+    Busy,
     /// Neither it nor a DLQ record of it could be written.
     Failed {
         /// The error.
@@ -111,6 +116,11 @@ pub struct Event {
     pub origin: Origin,
     /// Who waits for its fate.
     pub ack: Ack,
+    /// Values the source attaches for templates (`${@name}`).
+    pub meta: Meta,
+    /// How long the sink may wait for buffer room before answering [`Fate::Busy`]; `None`
+    /// follows `kafka.producer.on_full` (block or drop).
+    pub max_wait: Option<Duration>,
 }
 
 impl Event {
@@ -121,7 +131,17 @@ impl Event {
             headers: Vec::new(),
             origin,
             ack: Ack::none(),
+            meta: Meta::empty(),
+            max_wait: None,
         }
+    }
+
+    /// The same, with a waiting [`Ack`]; returns the receiver of its fate.
+    pub fn with_ack(raw: Bytes, origin: Origin) -> (Event, oneshot::Receiver<Fate>) {
+        let (ack, rx) = Ack::channel();
+        let mut ev = Event::new(raw, origin);
+        ev.ack = ack;
+        (ev, rx)
     }
 }
 

@@ -11,7 +11,7 @@ use crate::encode::{encoder_for, Encoder};
 use crate::event::Event;
 pub use crate::event::Rejection;
 use crate::kafka::{KafkaSink, OutRecord};
-use crate::transform::{Doc, Template, TopLevel, Transform};
+use crate::transform::{Doc, Meta, Template, TopLevel, Transform};
 
 /// The pure part of a pipeline: raw input in, a record (or a rejection) out.
 pub struct Processor {
@@ -71,7 +71,7 @@ impl Processor {
     }
 
     /// Turns raw input into a record, or says why not. Pure: no I/O.
-    pub fn process(&self, raw: &Bytes) -> Result<OutRecord, Rejection> {
+    pub fn process(&self, raw: &Bytes, meta: &Meta) -> Result<OutRecord, Rejection> {
         let reject = |error_type, message, topic: Option<&str>| Rejection {
             error_type,
             message,
@@ -95,7 +95,7 @@ impl Processor {
                     )
                 })?;
                 for t in &self.transforms {
-                    t.apply(&mut v)
+                    t.apply(&mut v, meta)
                         .map_err(|e| reject("transform_failed", e, self.topic.fixed()))?;
                     modified = true;
                 }
@@ -111,7 +111,7 @@ impl Processor {
         let topic: Arc<str> = match &self.fixed_topic {
             Some(t) => t.clone(),
             None => {
-                let t = self.topic.render(doc).map_err(|m| {
+                let t = self.topic.render(doc, meta).map_err(|m| {
                     reject(
                         "missing_field",
                         format!(
@@ -137,7 +137,7 @@ impl Processor {
         let key = match &self.key {
             None => None,
             Some(k) => Some(
-                k.render(doc)
+                k.render(doc, meta)
                     .map_err(|m| {
                         reject(
                             "missing_field",
@@ -150,7 +150,7 @@ impl Processor {
         };
         let mut headers = Vec::with_capacity(self.headers.len());
         for (name, t) in &self.headers {
-            let h = t.render(doc).map_err(|m| {
+            let h = t.render(doc, meta).map_err(|m| {
                 reject(
                     "missing_field",
                     format!("header `{name}` field `{}` is {}", m.field, m.found),
@@ -186,10 +186,20 @@ impl Pipeline {
         &self.processor.name
     }
 
+    /// Its processor (the pure part).
+    pub fn processor(&self) -> &Processor {
+        &self.processor
+    }
+
+    /// The sink it feeds (sources that also write records of their own use it directly).
+    pub fn sink(&self) -> &Arc<KafkaSink> {
+        &self.sink
+    }
+
     /// Processes an event and hands it to Kafka or the DLQ; returns once the sink accepted it
     /// (which waits while the producer buffer is full).
     pub async fn handle(&self, ev: Event) {
-        match self.processor.process(&ev.raw) {
+        match self.processor.process(&ev.raw, &ev.meta) {
             Ok(mut rec) => {
                 if !ev.headers.is_empty() {
                     // Input headers go out with the record, before the templated ones.
@@ -210,6 +220,12 @@ impl Pipeline {
 mod tests {
     use super::*;
 
+    impl Processor {
+        fn process_(&self, raw: &Bytes) -> Result<OutRecord, Rejection> {
+            self.process(raw, &Meta::empty())
+        }
+    }
+
     fn processor(yaml: &str) -> Processor {
         let c: PipelineConfig = crate::config::from_yaml(yaml).unwrap();
         Processor::new(&c).unwrap()
@@ -221,7 +237,7 @@ mod tests {
     fn renames_keys_and_routes() {
         let p = processor(TRADES);
         let raw = Bytes::from_static(br#"{"feed":"trades","exchange":"kraken","symbol":"BTC-USD","tradeCredential":{"@context":["x"]}}"#);
-        let r = p.process(&raw).unwrap();
+        let r = p.process(&raw, &Meta::empty()).unwrap();
         assert_eq!(&*r.topic, "TradeEvent");
         assert_eq!(r.key.as_deref(), Some(&b"kraken|BTC-USD"[..]));
         assert_eq!(
@@ -239,11 +255,11 @@ mod tests {
     #[test]
     fn bad_input_is_rejected_with_a_reason() {
         let p = processor(TRADES);
-        let e = p.process(&Bytes::from_static(b"{not json")).unwrap_err();
+        let e = p.process_(&Bytes::from_static(b"{not json")).unwrap_err();
         assert_eq!(e.error_type, "invalid_json");
         assert_eq!(e.source_topic, "TradeEvent");
         let e = p
-            .process(&Bytes::from_static(br#"{"feed":"t","exchange":"kraken"}"#))
+            .process_(&Bytes::from_static(br#"{"feed":"t","exchange":"kraken"}"#))
             .unwrap_err();
         assert_eq!(e.error_type, "missing_field");
         assert!(e.message.contains("`symbol` is missing"), "{}", e.message);
@@ -251,11 +267,11 @@ mod tests {
             "name: t\nsource: {websocket: {urls: ['ws://h:1/ws']}}\ntopic: 'ticks.${exchange}'\n",
         );
         let e = p
-            .process(&Bytes::from_static(br#"{"exchange":"a b"}"#))
+            .process_(&Bytes::from_static(br#"{"exchange":"a b"}"#))
             .unwrap_err();
         assert_eq!(e.error_type, "invalid_topic");
         assert_eq!(
-            p.process(&Bytes::from_static(br#"{"exchange":"kraken"}"#))
+            p.process_(&Bytes::from_static(br#"{"exchange":"kraken"}"#))
                 .unwrap()
                 .topic
                 .as_ref(),
@@ -266,7 +282,7 @@ mod tests {
     #[test]
     fn raw_format_passes_bytes_through_unparsed() {
         let p = processor("name: t\nsource: {websocket: {urls: ['ws://h:1/ws']}}\ntopic: raw.t\nkey: fixed\nformat: raw\n");
-        let r = p.process(&Bytes::from_static(b"\x00not json")).unwrap();
+        let r = p.process_(&Bytes::from_static(b"\x00not json")).unwrap();
         assert_eq!(&r.value[..], b"\x00not json");
         assert_eq!(r.key.as_deref(), Some(&b"fixed"[..]));
     }

@@ -151,3 +151,28 @@ async fn a_full_buffer_drops_newest_and_says_so() {
         "undelivered is reported"
     );
 }
+
+/// A source that sets `max_wait` (HTTP) is told `Busy` when the buffer stays full that long,
+/// even with `on_full: block`; nothing of it is counted as accepted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_buffer_answers_busy_to_sources_that_cannot_wait() {
+    let mut k = kafka(&format!("127.0.0.1:{}", free_port()));
+    k.producer.max_buffered_records = 1;
+    let metrics = Metrics::new(&Default::default());
+    let sink = kgate::kafka::KafkaSink::new(&k, "dlq", metrics.clone()).unwrap();
+    let p = Pipeline::new(&pipeline("busy"), sink.clone()).unwrap();
+    let mut rxs = Vec::new();
+    for _ in 0..3 {
+        let (mut ev, rx) = event(r#"{"id":"x"}"#);
+        ev.max_wait = Some(Duration::from_millis(20));
+        p.handle(ev).await;
+        rxs.push(rx);
+    }
+    let mut first = rxs.remove(0);
+    for rx in rxs {
+        assert_eq!(rx.await.unwrap(), Fate::Busy);
+    }
+    assert!(first.try_recv().is_err(), "the accepted record waits");
+    assert_eq!(sink.totals().accepted.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(sink.inflight(), 1);
+}

@@ -1,6 +1,6 @@
 //! `${VAR}` and `${VAR:-default}` from the environment, applied to YAML string values.
 //!
-//! In a pipeline's `topic`, `key` and `headers`, `${field}` names a field of the event instead
+//! In a pipeline's `topic`, `key`, `headers` and `set` values, `${field}` names a field of the event instead
 //! (templates, see `transform::template`), so those values are left alone. `$${` writes a literal `${`.
 
 use super::ConfigError;
@@ -43,6 +43,11 @@ fn is_template_field(path: &[Seg]) -> bool {
         [Seg::Key(p), Seg::Index(_), Seg::Key(f)] if p == "pipelines" => f == "topic" || f == "key",
         [Seg::Key(p), Seg::Index(_), Seg::Key(f), Seg::Key(_)] if p == "pipelines" => {
             f == "headers"
+        }
+        [Seg::Key(p), Seg::Index(_), Seg::Key(t), Seg::Index(_), Seg::Key(s), Seg::Key(v)]
+            if p == "pipelines" =>
+        {
+            t == "transforms" && s == "set" && v == "value"
         }
         _ => false,
     }

@@ -302,7 +302,10 @@ impl KafkaSink {
             headers: input_headers,
             origin,
             ack,
+            max_wait,
+            ..
         } = ev;
+        let give_up = max_wait.map(|w| Instant::now() + w);
         let topic_metrics = self.shared.metrics.topic(&rec.topic);
         // No header list at all when there are none: librdkafka allocates one otherwise.
         let headers = (!rec.headers.is_empty()).then(|| {
@@ -340,7 +343,15 @@ impl KafkaSink {
                     return;
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    if self.on_full == OnFull::DropNewest {
+                    if give_up.is_some_and(|t| Instant::now() >= t) {
+                        // The source would rather answer "busy" than wait: un-accept it.
+                        self.shared.totals.accepted.fetch_sub(1, Ordering::Relaxed);
+                        let mut op = back.delivery_opaque;
+                        op.ack.resolve(Fate::Busy);
+                        self.shared.settle_one();
+                        return;
+                    }
+                    if give_up.is_none() && self.on_full == OnFull::DropNewest {
                         topic_metrics.drops.inc();
                         self.shared.totals.dropped.fetch_add(1, Ordering::Relaxed);
                         let mut op = back.delivery_opaque;

@@ -6,7 +6,7 @@ mod template;
 
 pub use doc::{Doc, TopLevel};
 pub use pointer::{kind, Pointer};
-pub use template::{split_refs, MissingField, Piece, Template};
+pub use template::{split_refs, Meta, MissingField, Piece, Template, NO_META};
 
 use serde_json::Value;
 
@@ -29,13 +29,23 @@ pub enum Transform {
         /// Where.
         path: Pointer,
         /// What.
-        value: Value,
+        value: SetValue,
     },
     /// Remove a value.
     Remove {
         /// Where.
         path: Pointer,
     },
+}
+
+/// What a `set` writes: a fixed JSON value, or a string rendered from a template
+/// (`${field}`, `${@source_value}`).
+#[derive(Debug, Clone)]
+pub enum SetValue {
+    /// Any JSON value.
+    Fixed(Value),
+    /// A string template.
+    Template(Template),
 }
 
 impl Transform {
@@ -49,7 +59,15 @@ impl Transform {
             },
             TransformConfig::Set { path, value } => Transform::Set {
                 path: Pointer::parse(path)?,
-                value: value.clone(),
+                value: match value {
+                    Value::String(s) if s.contains('$') => match Template::parse(s)? {
+                        t if t.fixed().is_some() => {
+                            SetValue::Fixed(Value::String(t.fixed().unwrap_or_default().into()))
+                        }
+                        t => SetValue::Template(t),
+                    },
+                    v => SetValue::Fixed(v.clone()),
+                },
             },
             TransformConfig::Remove { path } => Transform::Remove {
                 path: Pointer::parse(path)?,
@@ -57,8 +75,9 @@ impl Transform {
         })
     }
 
-    /// Applies the transform; an error message says what did not fit.
-    pub fn apply(&self, v: &mut Value) -> Result<(), String> {
+    /// Applies the transform (`meta`: the source's values for `set` templates); an error
+    /// message says what did not fit.
+    pub fn apply(&self, v: &mut Value, meta: &Meta) -> Result<(), String> {
         match self {
             Transform::Rename { from, to, required } => match from.take(v) {
                 Some(x) => to
@@ -67,9 +86,17 @@ impl Transform {
                 None if *required => Err(format!("rename {from} -> {to}: {from} is missing")),
                 None => Ok(()),
             },
-            Transform::Set { path, value } => path
-                .insert(v, value.clone())
-                .map_err(|e| format!("set {path}: {e}")),
+            Transform::Set { path, value } => {
+                let x = match value {
+                    SetValue::Fixed(x) => x.clone(),
+                    SetValue::Template(t) => {
+                        Value::String(t.render(Doc::Value(v), meta).map_err(|m| {
+                            format!("set {path}: field `{}` is {}", m.field, m.found)
+                        })?)
+                    }
+                };
+                path.insert(v, x).map_err(|e| format!("set {path}: {e}"))
+            }
             Transform::Remove { path } => {
                 path.take(v);
                 Ok(())
@@ -92,23 +119,44 @@ mod tests {
     fn rename_set_remove() {
         let mut v = json!({"tradeCredential": {"@context": ["a"], "id": 1}, "drop": 1});
         t("rename: {from: /tradeCredential/@context, to: /tradeCredential/context}")
-            .apply(&mut v)
+            .apply(&mut v, &NO_META)
             .unwrap();
         t("set: {path: /meta/origin, value: {a: 1}}")
-            .apply(&mut v)
+            .apply(&mut v, &NO_META)
             .unwrap();
-        t("remove: {path: /drop}").apply(&mut v).unwrap();
+        t("remove: {path: /drop}").apply(&mut v, &NO_META).unwrap();
         assert_eq!(
             v,
             json!({"tradeCredential": {"context": ["a"], "id": 1}, "meta": {"origin": {"a": 1}}})
         );
         // a missing source is skipped unless required
-        t("rename: {from: /nope, to: /x}").apply(&mut v).unwrap();
+        t("rename: {from: /nope, to: /x}")
+            .apply(&mut v, &NO_META)
+            .unwrap();
         assert!(t("rename: {from: /nope, to: /x, required: true}")
-            .apply(&mut v)
+            .apply(&mut v, &NO_META)
             .unwrap_err()
             .contains("/nope is missing"));
         let mut s = json!("scalar");
-        assert!(t("set: {path: /a, value: 1}").apply(&mut s).is_err());
+        assert!(t("set: {path: /a, value: 1}")
+            .apply(&mut s, &NO_META)
+            .is_err());
+    }
+
+    #[test]
+    fn set_renders_templates() {
+        let meta = Meta::empty().with("topic.1", "d7");
+        let mut v = json!({"id": 3});
+        t("set: {path: /device, value: '${@topic.1}'}")
+            .apply(&mut v, &meta)
+            .unwrap();
+        t("set: {path: /label, value: 'n${id}-$${x}'}")
+            .apply(&mut v, &meta)
+            .unwrap();
+        assert_eq!(v, json!({"id": 3, "device": "d7", "label": "n3-${x}"}));
+        assert!(t("set: {path: /x, value: '${@nope}'}")
+            .apply(&mut v, &meta)
+            .unwrap_err()
+            .contains("@nope"));
     }
 }

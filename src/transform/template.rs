@@ -1,15 +1,71 @@
 //! Templates over an event for topics, keys and headers: `${exchange}|${symbol}`.
 //!
 //! A field is a top-level name (`${symbol}`), a dotted path (`${credentialSubject.id}`) or a JSON
-//! pointer (`${/tradeCredential/issuer}`). `$${` writes a literal `${`.
+//! pointer (`${/tradeCredential/issuer}`). `${@name}` is a value the source attached to the event
+//! (the MQTT topic and its segments, a device id: see [`Meta`]); a field that starts with `@`
+//! is read with a pointer (`${/@context}`). `${field:-text}` uses `text` when the field is
+//! missing or null. `$${` writes a literal `${`.
 
 use super::{Doc, Pointer};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
     Lit(String),
-    Field { name: String, ptr: Pointer },
+    Field {
+        name: String,
+        ptr: Pointer,
+        default: Option<String>,
+    },
+    Meta {
+        name: String,
+        default: Option<String>,
+    },
 }
+
+/// Values a source attaches to an event for templates (`${@name}`), e.g. `topic` and
+/// `topic.1` for MQTT or `device_id` for a device connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Meta(Vec<(String, String)>);
+
+impl Meta {
+    /// No values.
+    pub const fn empty() -> Meta {
+        Meta(Vec::new())
+    }
+
+    /// Adds a value (a later value of the same name wins).
+    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        self.0.push((name.into(), value.into()));
+    }
+
+    /// Builder form of [`Meta::insert`].
+    pub fn with(mut self, name: impl Into<String>, value: impl Into<String>) -> Meta {
+        self.insert(name, value);
+        self
+    }
+
+    /// The value of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether there are no values.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The values in insertion order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+/// An empty [`Meta`] for sources that attach nothing.
+pub static NO_META: Meta = Meta::empty();
 
 /// A parsed template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +132,22 @@ impl Template {
             match piece {
                 Piece::Lit(l) => parts.push(Part::Lit(l)),
                 Piece::Ref(r) => {
-                    let name = r.trim();
+                    let (name, default) = match r.split_once(":-") {
+                        Some((n, d)) => (n.trim(), Some(d.to_string())),
+                        None => (r.trim(), None),
+                    };
+                    if let Some(meta) = name.strip_prefix('@') {
+                        if meta.is_empty() {
+                            return Err(format!(
+                                "empty `${{@}}` in `{s}`; name a source value, e.g. `${{@topic.1}}`"
+                            ));
+                        }
+                        parts.push(Part::Meta {
+                            name: meta.to_string(),
+                            default,
+                        });
+                        continue;
+                    }
                     if name.is_empty() {
                         return Err(format!(
                             "empty `${{}}` in `{s}`; name a field, e.g. `${{symbol}}`"
@@ -90,6 +161,7 @@ impl Template {
                     parts.push(Part::Field {
                         name: name.to_string(),
                         ptr,
+                        default,
                     });
                 }
             }
@@ -108,27 +180,56 @@ impl Template {
         }
     }
 
-    /// Renders the template over an event into `out` (cleared first).
-    pub fn render_into(&self, doc: Doc<'_>, out: &mut String) -> Result<(), MissingField> {
+    /// Whether the template reads event fields (not only source values).
+    pub fn reads_fields(&self) -> bool {
+        self.parts.iter().any(|p| matches!(p, Part::Field { .. }))
+    }
+
+    /// Renders the template over an event and its source values into `out` (cleared first).
+    pub fn render_into(
+        &self,
+        doc: Doc<'_>,
+        meta: &Meta,
+        out: &mut String,
+    ) -> Result<(), MissingField> {
         out.clear();
         for p in &self.parts {
             match p {
                 Part::Lit(s) => out.push_str(s),
-                Part::Field { name, ptr } => {
-                    doc.write_scalar(ptr, out).map_err(|found| MissingField {
-                        field: name.clone(),
-                        found,
-                    })?;
+                Part::Field { name, ptr, default } => {
+                    let len = out.len();
+                    if let Err(found) = doc.write_scalar(ptr, out) {
+                        out.truncate(len);
+                        match default {
+                            Some(d) if found == "missing" || found == "null" => out.push_str(d),
+                            _ => {
+                                return Err(MissingField {
+                                    field: name.clone(),
+                                    found,
+                                })
+                            }
+                        }
+                    }
                 }
+                Part::Meta { name, default } => match (meta.get(name), default) {
+                    (Some(v), _) => out.push_str(v),
+                    (None, Some(d)) => out.push_str(d),
+                    (None, None) => {
+                        return Err(MissingField {
+                            field: format!("@{name}"),
+                            found: "not set by this source",
+                        })
+                    }
+                },
             }
         }
         Ok(())
     }
 
     /// Renders the template into a new string.
-    pub fn render(&self, doc: Doc<'_>) -> Result<String, MissingField> {
+    pub fn render(&self, doc: Doc<'_>, meta: &Meta) -> Result<String, MissingField> {
         let mut s = String::new();
-        self.render_into(doc, &mut s)?;
+        self.render_into(doc, meta, &mut s)?;
         Ok(s)
     }
 }
@@ -143,10 +244,16 @@ mod tests {
     fn renders_fields_paths_and_pointers() {
         let v = json!({"exchange": "kraken", "symbol": "BTC-USD", "n": 7, "a": {"b": true}, "vc": {"@id": "x"}});
         let t = Template::parse("${exchange}|${symbol}").unwrap();
-        assert_eq!(t.render(Doc::Value(&v)).unwrap(), "kraken|BTC-USD");
+        assert_eq!(
+            t.render(Doc::Value(&v), &NO_META).unwrap(),
+            "kraken|BTC-USD"
+        );
         assert_eq!(t.fixed(), None);
         let t = Template::parse("n=${n} b=${a.b} id=${/vc/@id} $${lit}").unwrap();
-        assert_eq!(t.render(Doc::Value(&v)).unwrap(), "n=7 b=true id=x ${lit}");
+        assert_eq!(
+            t.render(Doc::Value(&v), &NO_META).unwrap(),
+            "n=7 b=true id=x ${lit}"
+        );
         let t = Template::parse("ticks.v1.raw").unwrap();
         assert_eq!(t.fixed(), Some("ticks.v1.raw"));
         assert_eq!(Template::parse("").unwrap().fixed(), Some(""));
@@ -156,10 +263,13 @@ mod tests {
     fn missing_null_or_object_fields_are_errors() {
         let v = json!({"exchange": null, "obj": {}});
         let t = Template::parse("${exchange}").unwrap();
-        assert_eq!(t.render(Doc::Value(&v)).unwrap_err().found, "null");
+        assert_eq!(
+            t.render(Doc::Value(&v), &NO_META).unwrap_err().found,
+            "null"
+        );
         let t = Template::parse("${symbol}").unwrap();
         assert_eq!(
-            t.render(Doc::Value(&v)).unwrap_err(),
+            t.render(Doc::Value(&v), &NO_META).unwrap_err(),
             MissingField {
                 field: "symbol".into(),
                 found: "missing"
@@ -168,12 +278,42 @@ mod tests {
         assert_eq!(
             Template::parse("${obj}")
                 .unwrap()
-                .render(Doc::Value(&v))
+                .render(Doc::Value(&v), &NO_META)
                 .unwrap_err()
                 .found,
             "an object"
         );
         assert!(Template::parse("${x").is_err());
         assert!(Template::parse("${}").is_err());
+        assert!(Template::parse("${@}").is_err());
+    }
+
+    #[test]
+    fn source_values_and_defaults() {
+        let v = json!({"id": "d1", "nul": null, "o": {}});
+        let meta = Meta::empty()
+            .with("topic", "devices/d7/telemetry")
+            .with("topic.1", "d7");
+        let t = Template::parse("${@topic.1}:${id}").unwrap();
+        assert!(t.reads_fields());
+        assert_eq!(t.render(Doc::Value(&v), &meta).unwrap(), "d7:d1");
+        let e = Template::parse("${@device_id}")
+            .unwrap()
+            .render(Doc::Value(&v), &meta)
+            .unwrap_err();
+        assert_eq!(e.field, "@device_id");
+        let t = Template::parse("a.${@event_type:-other}.${x:-none}.${nul:-n}").unwrap();
+        assert!(t.reads_fields());
+        assert_eq!(t.render(Doc::Value(&v), &meta).unwrap(), "a.other.none.n");
+        // a default does not hide a field of the wrong kind
+        assert_eq!(
+            Template::parse("${o:-x}")
+                .unwrap()
+                .render(Doc::Value(&v), &meta)
+                .unwrap_err()
+                .found,
+            "an object"
+        );
+        assert!(!Template::parse("k-${@topic}").unwrap().reads_fields());
     }
 }
