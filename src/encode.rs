@@ -32,6 +32,13 @@ pub trait Encoder: Send + Sync {
         modified: bool,
         topic: &str,
     ) -> Result<Bytes, EncodeError>;
+    /// Encodes a rendered key (`key_format: avro`); only schema encoders support it.
+    fn encode_key(&self, _key: String, _topic: &str) -> Result<Vec<u8>, EncodeError> {
+        Err(EncodeError {
+            error_type: "encode_failed",
+            message: "key_format avro needs format avro".into(),
+        })
+    }
 }
 
 /// JSON: validated on the way in; re-serialized only when a transform changed it.
@@ -83,11 +90,12 @@ impl Encoder for RawEncoder {
     }
 }
 
-/// The encoder of a configured format.
-pub fn encoder_for(format: Format) -> Box<dyn Encoder> {
+/// The encoder of a configured format (Avro is built by the pipeline, with the registry).
+pub fn encoder_for(format: Format) -> Option<Box<dyn Encoder>> {
     match format {
-        Format::Json => Box::new(JsonEncoder),
-        Format::Raw => Box::new(RawEncoder),
+        Format::Json => Some(Box::new(JsonEncoder)),
+        Format::Raw => Some(Box::new(RawEncoder)),
+        Format::Avro => None,
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::config::{valid_topic_name, PipelineConfig};
+use crate::config::{valid_topic_name, KeyFormat, PipelineConfig};
 use crate::encode::{encoder_for, Encoder};
 use crate::event::Event;
 pub use crate::event::Rejection;
@@ -24,6 +24,7 @@ pub struct Processor {
     key: Option<Template>,
     headers: Vec<(String, Template)>,
     encoder: Box<dyn Encoder>,
+    key_format: KeyFormat,
 }
 
 /// A compiled pipeline: its processor and the sink it feeds.
@@ -61,7 +62,13 @@ impl Processor {
                 .map(|(k, v)| Template::parse(v).map(|t| (k.clone(), t)))
                 .collect::<Result<_, _>>()
                 .map_err(|e| ctx("headers", e))?,
-            encoder: encoder_for(c.format),
+            encoder: encoder_for(c.format).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "pipeline {}: format avro needs the schema registry (not built yet)",
+                    c.name
+                )
+            })?,
+            key_format: c.key_format,
         })
     }
 
@@ -136,17 +143,23 @@ impl Processor {
         };
         let key = match &self.key {
             None => None,
-            Some(k) => Some(
-                k.render(doc, meta)
-                    .map_err(|m| {
-                        reject(
-                            "missing_field",
-                            format!("key field `{}` is {}", m.field, m.found),
-                            Some(&topic),
-                        )
-                    })?
-                    .into_bytes(),
-            ),
+            Some(k) => {
+                let k = k.render(doc, meta).map_err(|m| {
+                    reject(
+                        "missing_field",
+                        format!("key field `{}` is {}", m.field, m.found),
+                        Some(&topic),
+                    )
+                })?;
+                Some(match self.key_format {
+                    KeyFormat::String => k.into_bytes(),
+                    KeyFormat::Json => Value::String(k).to_string().into_bytes(),
+                    KeyFormat::Avro => self
+                        .encoder
+                        .encode_key(k, &topic)
+                        .map_err(|e| reject(e.error_type, e.message, Some(&topic)))?,
+                })
+            }
         };
         let mut headers = Vec::with_capacity(self.headers.len());
         for (name, t) in &self.headers {

@@ -510,9 +510,70 @@ pub struct PipelineConfig {
     /// Record headers: name → template.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// `json` (validated and re-serialized when transformed) or `raw` (bytes as received).
+    /// `json` (validated and re-serialized when transformed), `avro` (through the schema
+    /// registry, Confluent wire format) or `raw` (bytes as received).
     #[serde(default)]
     pub format: Format,
+    /// With `format: avro`: how the value's subject is named.
+    #[serde(default)]
+    pub avro: AvroConfig,
+    /// How the rendered key is written: `string` (its UTF-8 bytes), `json` (a JSON string) or
+    /// `avro` (subject `<topic>-key`, Confluent wire format).
+    #[serde(default)]
+    pub key_format: KeyFormat,
+}
+
+/// `pipelines[].avro:` — the subject whose latest version encodes the values.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AvroConfig {
+    /// `topic_name` (`<topic>-value`, the default), `record_name` (`<record>`) or
+    /// `topic_record_name` (`<topic>-<record>`).
+    #[serde(default)]
+    pub subject_strategy: SubjectStrategy,
+    /// The record's full name, for the `record_name` strategies (e.g. `io.kgate.trades.TradeEvent`).
+    #[serde(default)]
+    pub record: Option<String>,
+    /// An explicit subject; overrides the strategy.
+    #[serde(default)]
+    pub subject: Option<String>,
+}
+
+/// How a subject is named from the topic and the record name.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SubjectStrategy {
+    /// `<topic>-value` / `<topic>-key`.
+    #[default]
+    TopicName,
+    /// `<record full name>`.
+    RecordName,
+    /// `<topic>-<record full name>`.
+    TopicRecordName,
+}
+
+impl SubjectStrategy {
+    /// The subject for `topic` (and `record`, for the record strategies); `key` picks `-key`.
+    pub fn subject(self, topic: &str, record: Option<&str>, key: bool) -> String {
+        let suffix = if key { "key" } else { "value" };
+        match (self, record) {
+            (SubjectStrategy::RecordName, Some(r)) => r.to_string(),
+            (SubjectStrategy::TopicRecordName, Some(r)) => format!("{topic}-{r}"),
+            _ => format!("{topic}-{suffix}"),
+        }
+    }
+}
+
+/// How keys are written.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyFormat {
+    /// The rendered key's UTF-8 bytes.
+    #[default]
+    String,
+    /// The rendered key as a JSON string (`"kraken|BTC-USD"` with the quotes).
+    Json,
+    /// Avro through the registry, subject `<topic>-key`.
+    Avro,
 }
 
 /// Output encoding.
@@ -524,6 +585,8 @@ pub enum Format {
     Json,
     /// The bytes as received, unparsed.
     Raw,
+    /// Avro, encoded with the latest version of the pipeline's subject in the schema registry.
+    Avro,
 }
 
 /// A source; exactly one kind per pipeline.

@@ -275,6 +275,24 @@ pub(super) fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
                 TransformConfig::Remove { path } => check_ptr("remove.path", path),
             }
         }
+        if pl.key_format == super::KeyFormat::Avro && pl.format != Format::Avro {
+            err(
+                at("key_format"),
+                "`avro` keys go with Avro values; set `format: avro` or use `key_format: string`"
+                    .into(),
+            );
+        }
+        if pl.format == Format::Avro {
+            if pl.avro.subject_strategy != super::SubjectStrategy::TopicName
+                && pl.avro.record.is_none()
+                && pl.avro.subject.is_none()
+            {
+                err(
+                    at("avro.record"),
+                    "the record_name strategies need the record's full name, e.g. `record: io.kgate.trades.TradeEvent`".into(),
+                );
+            }
+        }
         if pl.format == Format::Raw && !pl.transforms.is_empty() {
             err(
                 at("transforms"),
@@ -290,10 +308,10 @@ pub(super) fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
                             format!("`{fixed}` is not a valid topic name; use letters, digits, `.`, `_` and `-` (at most 249)"),
                         );
                     }
-                } else if pl.format == Format::Raw {
+                } else if pl.format == Format::Raw && t.reads_fields() {
                     err(
                         at("topic"),
-                        "a templated topic needs the event parsed; use `format: json`".into(),
+                        "a topic template over event fields needs the event parsed; use `format: json` (source values `${@name}` work with raw)".into(),
                     );
                 }
             }
@@ -301,9 +319,9 @@ pub(super) fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
         }
         if let Some(k) = &pl.key {
             match Template::parse(k) {
-                Ok(t) if t.fixed().is_none() && pl.format == Format::Raw => err(
+                Ok(t) if t.reads_fields() && pl.format == Format::Raw => err(
                     at("key"),
-                    "a templated key needs the event parsed; use `format: json`".into(),
+                    "a key template over event fields needs the event parsed; use `format: json` (source values `${@name}` work with raw)".into(),
                 ),
                 Ok(_) => {}
                 Err(e) => err(at("key"), e),
@@ -311,9 +329,9 @@ pub(super) fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
         }
         for (h, v) in &pl.headers {
             match Template::parse(v) {
-                Ok(t) if t.fixed().is_none() && pl.format == Format::Raw => err(
+                Ok(t) if t.reads_fields() && pl.format == Format::Raw => err(
                     at(&format!("headers.{h}")),
-                    "a templated header needs the event parsed; use `format: json`".into(),
+                    "a header template over event fields needs the event parsed; use `format: json` (source values `${@name}` work with raw)".into(),
                 ),
                 Ok(_) => {}
                 Err(e) => err(at(&format!("headers.{h}")), e),
