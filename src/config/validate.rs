@@ -282,16 +282,15 @@ pub(super) fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
                     .into(),
             );
         }
-        if pl.format == Format::Avro {
-            if pl.avro.subject_strategy != super::SubjectStrategy::TopicName
-                && pl.avro.record.is_none()
-                && pl.avro.subject.is_none()
-            {
-                err(
-                    at("avro.record"),
-                    "the record_name strategies need the record's full name, e.g. `record: io.kgate.trades.TradeEvent`".into(),
-                );
-            }
+        if pl.format == Format::Avro
+            && pl.avro.subject_strategy != super::SubjectStrategy::TopicName
+            && pl.avro.record.is_none()
+            && pl.avro.subject.is_none()
+        {
+            err(
+                at("avro.record"),
+                "the record_name strategies need the record's full name, e.g. `record: io.kgate.trades.TradeEvent`".into(),
+            );
         }
         if pl.format == Format::Raw && !pl.transforms.is_empty() {
             err(
