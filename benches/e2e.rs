@@ -7,7 +7,7 @@
 //!   BENCH_COUNT          ticker records per phase (default 500000)
 //!   BENCH_TRADES_COUNT   trades records per trades phase (default BENCH_COUNT × 2/5)
 //!   BENCH_PHASES         comma list of phases (default all):
-//!                        raw, raw-1m, kgate, raw-trades, kgate-trades, kgate-rename
+//!                        raw, raw-1m, kgate, raw-trades, kgate-trades, kgate-rename, kgate-avro
 //!   BENCH_ROUNDS         rounds of all phases, interleaved; the report shows the median round
 //!                        of each column and every round's throughput (default 3)
 //!   BENCH_RAW_RATE       pace the raw columns at this many msgs/s (default 0 = as fast as
@@ -19,6 +19,8 @@
 //!   BENCH_BROKERS        bootstrap servers (default $KGATE_BROKERS or 127.0.0.1:9092)
 //!   BENCH_BROKER_PID     pid of the broker JVM (default: the process listening on its port)
 //!   BENCH_POLL_MS        /metrics poll interval in the kgate phases (default 10)
+//!   BENCH_REGISTRY       schema registry of the kgate-avro phase (default $KGATE_REGISTRY_URL
+//!                        or http://127.0.0.1:8081/apis/ccompat/v7)
 //!   BENCH_PERF=1         also `perf record` kgate run in the kgate phases (BENCH_PERF_ARGS,
 //!                        default "-F 499 -g"); numbers of such a run are perturbed
 //!   BENCH_KEEP_TOPICS=1  keep the bench topics (default: deleted after they are counted)
@@ -74,6 +76,8 @@ struct Opts {
     perf: Option<String>,
     keep_topics: bool,
     phases: Vec<Phase>,
+    /// The schema registry of the Avro column.
+    registry: String,
     /// Prefix of every topic of this run.
     prefix: String,
     /// Where the raw producer sends its priming record.
@@ -91,16 +95,18 @@ enum Phase {
     RawTrades,
     KgateTrades,
     KgateRename,
+    KgateAvro,
 }
 
 impl Phase {
-    const ALL: [Phase; 6] = [
+    const ALL: [Phase; 7] = [
         Phase::Raw,
         Phase::Raw1m,
         Phase::Kgate,
         Phase::RawTrades,
         Phase::KgateTrades,
         Phase::KgateRename,
+        Phase::KgateAvro,
     ];
 
     fn id(self) -> &'static str {
@@ -111,6 +117,7 @@ impl Phase {
             Phase::RawTrades => "raw-trades",
             Phase::KgateTrades => "kgate-trades",
             Phase::KgateRename => "kgate-rename",
+            Phase::KgateAvro => "kgate-avro",
         }
     }
 
@@ -122,6 +129,7 @@ impl Phase {
             Phase::RawTrades => "raw trades, queue 10k",
             Phase::KgateTrades => "kgate trades",
             Phase::KgateRename => "kgate trades + rename",
+            Phase::KgateAvro => "kgate trades + rename, Avro",
         }
     }
 
@@ -207,6 +215,9 @@ impl Opts {
         Opts {
             ready_topic: format!("{prefix}.ready"),
             prefix,
+            registry: std::env::var("BENCH_REGISTRY")
+                .or_else(|_| std::env::var("KGATE_REGISTRY_URL"))
+                .unwrap_or_else(|_| "http://127.0.0.1:8081/apis/ccompat/v7".into()),
             count,
             trades_count: env_u64("BENCH_TRADES_COUNT", (count * 2 / 5).max(1)).max(1),
             rounds: env_u64("BENCH_ROUNDS", 3).max(1),
@@ -1061,7 +1072,7 @@ fn kgate_config(o: &Opts, phase: Phase, topic: &str, metrics: &str, ws_ports: &[
         "    source: {{ websocket: {{ urls: [{}], backoff_initial: 50ms, backoff_max: 200ms }} }}",
         urls.join(", ")
     );
-    if phase == Phase::KgateRename {
+    if matches!(phase, Phase::KgateRename | Phase::KgateAvro) {
         let _ = writeln!(y, "    transforms:");
         let _ = writeln!(
             y,
@@ -1070,7 +1081,29 @@ fn kgate_config(o: &Opts, phase: Phase, topic: &str, metrics: &str, ws_ports: &[
     }
     let _ = writeln!(y, "    topic: {topic}");
     let _ = writeln!(y, "    key: \"${{exchange}}|${{symbol}}\"");
+    if phase == Phase::KgateAvro {
+        let _ = writeln!(y, "    format: avro");
+        let _ = writeln!(y, "schema_registry: {{ url: \"{}\" }}", o.registry);
+    }
     y
+}
+
+/// Registers schemas/TradeEvent.avsc as `<topic>-value` for the Avro column.
+fn register_trade_event(o: &Opts, topic: &str) {
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/TradeEvent.avsc");
+    let out = Command::new(env!("CARGO_BIN_EXE_kgate"))
+        .args(["schemas", "register", &format!("{topic}-value"), "--file"])
+        .arg(&schema)
+        .args(["--registry", &o.registry])
+        .output()
+        .expect("kgate schemas register");
+    assert!(
+        out.status.success(),
+        "bench: cannot register the TradeEvent schema at {} (is the registry up? scripts/services up registry): {}{}",
+        o.registry,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn kgate_phase(
@@ -1081,6 +1114,9 @@ fn kgate_phase(
     cache: &PayloadCache,
 ) -> PhaseResult {
     let n = o.n(phase);
+    if phase == Phase::KgateAvro {
+        register_trade_event(o, topic);
+    }
     let tmp = o.out_dir.join("tmp");
     std::fs::create_dir_all(&tmp).expect("target/bench/tmp");
     let metrics = format!("127.0.0.1:{}", free_port());
@@ -1615,6 +1651,13 @@ fn report(o: &Opts, runs: &[Vec<PhaseResult>], broker: Option<u32>, background: 
         get(Phase::KgateRename),
         get(Phase::KgateTrades),
         None,
+    );
+    ratio(
+        &mut md,
+        "kgate Avro / kgate JSON (trades + rename) msgs/s",
+        get(Phase::KgateAvro),
+        get(Phase::KgateRename),
+        Some(0.7),
     );
     for rounds in runs.iter().filter(|r| r[0].idle_rss_kb.is_some()) {
         let r = &rounds[0];
