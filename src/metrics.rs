@@ -52,6 +52,11 @@ pub struct Metrics {
     pub dlq_failures: IntCounterVec,
     /// `kgate_events_rejected_total{pipeline,error_type}`: input that went to the DLQ.
     pub events_rejected: IntCounterVec,
+    /// `kafka_producer_encode_errors_total{topic,error_type}`: events that did not fit their
+    /// topic's schema (or had none), sent to the DLQ.
+    pub encode_errors: IntCounterVec,
+    /// `kgate_schema_refresh_errors_total{subject}`: failed refreshes of a cached schema.
+    pub schema_refresh_errors: IntCounterVec,
     ws_connections: IntCounterVec,
     ws_disconnections: IntCounterVec,
     ws_connection_errors: IntCounterVec,
@@ -178,6 +183,18 @@ impl Metrics {
                 "kgate_events_rejected_total",
                 "Input rejected by a pipeline (sent to the DLQ)",
                 &["pipeline", "error_type"],
+            ),
+            encode_errors: counter(
+                &r,
+                "kafka_producer_encode_errors_total",
+                "Events that could not be encoded for their topic (sent to the DLQ)",
+                &["topic", "error_type"],
+            ),
+            schema_refresh_errors: counter(
+                &r,
+                "kgate_schema_refresh_errors_total",
+                "Failed refreshes of a cached schema (the cached version stays in use)",
+                &["subject"],
             ),
             ws_connections: counter(
                 &r,

@@ -397,6 +397,16 @@ impl KafkaSink {
             .events_rejected
             .with_label_values(&[&ev.origin.pipeline, r.error_type])
             .inc();
+        if matches!(
+            r.error_type,
+            "schema_mismatch" | "schema_unavailable" | "encode_failed"
+        ) {
+            self.shared
+                .metrics
+                .encode_errors
+                .with_label_values(&[&r.source_topic, r.error_type])
+                .inc();
+        }
         self.admit();
         self.produce_dlq(DlqJob {
             raw: ev.raw,
