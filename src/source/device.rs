@@ -307,10 +307,22 @@ struct Server {
     m: DeviceMetrics,
     stop: CancellationToken,
     /// Device id → the connection that holds it (a newer connection of the same id replaces it).
-    devices: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    devices: Mutex<HashMap<String, Holder>>,
     active: AtomicU64,
     next_conn: AtomicU64,
 }
+
+/// The connection that holds a device id.
+struct Holder {
+    conn: u64,
+    /// Cancelled to close it.
+    replace: CancellationToken,
+    /// Cancelled once it has handed its disconnect event over (or its task ended).
+    finished: CancellationToken,
+}
+
+/// How long a replacing connection waits for the replaced one's disconnect before its connect.
+const REPLACE_WAIT: Duration = Duration::from_secs(10);
 
 /// Why an upgrade was refused: the HTTP status, the metric reason, the words for the client.
 struct Refusal {
@@ -501,7 +513,7 @@ impl Server {
     async fn serve(self: Arc<Self>, tcp: TcpStream, addr: SocketAddr) {
         let _ = tcp.set_nodelay(true);
         let mut admitted: Option<String> = None;
-        let mut refused: Option<&'static str> = None;
+        let mut refused = false;
         // The result type is the one tungstenite's handshake callback has.
         #[allow(clippy::result_large_err)]
         let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
@@ -511,7 +523,10 @@ impl Server {
                     Ok(resp)
                 }
                 Err(r) => {
-                    refused = Some(r.reason);
+                    // Counted before the answer is written, so that a client that saw its
+                    // refusal also sees it counted.
+                    self.m.rejected(r.reason);
+                    refused = true;
                     tracing::info!(remote_addr = %addr, path = %req.uri().path(), reason = r.reason, "device upgrade refused: {}", r.message);
                     let body = format!("{}\n", r.message);
                     let mut e = ErrorResponse::new(Some(body.clone()));
@@ -542,11 +557,10 @@ impl Server {
         let ws = match result {
             Ok(Ok(ws)) => ws,
             Ok(Err(e)) => {
-                let reason = refused.unwrap_or("bad_handshake");
-                if refused.is_none() {
+                if !refused {
                     tracing::debug!(remote_addr = %addr, error = %e, "not a WebSocket upgrade");
+                    self.m.rejected("bad_handshake");
                 }
-                self.m.rejected(reason);
                 return;
             }
             Err(_) => {
@@ -579,14 +593,22 @@ impl Conn<'_> {
         let s = self.server;
         let conn_id = s.next_conn.fetch_add(1, Ordering::Relaxed);
         let replaced = s.stop.child_token();
-        if let Some((_, older)) = s
-            .devices
-            .lock()
-            .expect("device registry")
-            .insert(self.device_id.clone(), (conn_id, replaced.clone()))
-        {
+        let finished = CancellationToken::new();
+        // Dropped last: whoever replaces this connection waits for its disconnect event.
+        let _finished = finished.clone().drop_guard();
+        let older = s.devices.lock().expect("device registry").insert(
+            self.device_id.clone(),
+            Holder {
+                conn: conn_id,
+                replace: replaced.clone(),
+                finished,
+            },
+        );
+        if let Some(older) = older {
             tracing::info!(device_id = %self.device_id, "a newer connection replaces the device's open one");
-            older.cancel();
+            older.replace.cancel();
+            // So that consumers see the old connection's disconnect before the new connect.
+            let _ = tokio::time::timeout(REPLACE_WAIT, older.finished.cancelled()).await;
         }
         s.active.fetch_add(1, Ordering::AcqRel);
         s.m.active.inc();
@@ -697,7 +719,7 @@ impl Conn<'_> {
             let mut devices = s.devices.lock().expect("device registry");
             if devices
                 .get(&self.device_id)
-                .is_some_and(|(id, _)| *id == conn_id)
+                .is_some_and(|h| h.conn == conn_id)
             {
                 devices.remove(&self.device_id);
             }
