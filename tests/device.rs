@@ -16,16 +16,29 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-fn config(metrics_port: u16, dlq: &str, pipeline: &str) -> String {
-    format!(
-        "kafka:\n  brokers: ['{}']\nmetrics:\n  listen: '127.0.0.1:{metrics_port}'\ndlq: {{topic: '{dlq}'}}\nshutdown_timeout: 20s\npipelines:\n{pipeline}",
-        brokers()
-    )
+/// A `kgate run` with one device server pipeline.
+struct Gw {
+    proc: Proc,
+    /// The device server's port.
+    port: u16,
+    /// The metrics port.
+    mport: u16,
+    dlq: String,
+    _dir: tempfile::TempDir,
 }
 
-/// Starts `kgate run` and waits until the device server listens on `port`.
-fn start(dir: &std::path::Path, cfg: &str, port: u16) -> Proc {
-    let mut gw = spawn_run(dir, cfg);
+/// Starts `kgate run` with one pipeline `name` whose source is a device server on a free port
+/// (`source`: the rest of its `device_websocket` mapping; `rest`: the pipeline's other keys,
+/// YAML at pipeline indentation), and waits until it listens.
+fn gateway(name: &str, source: &str, rest: &str) -> Gw {
+    let (port, mport) = (free_port(), free_port());
+    let dlq = unique(&format!("{name}.dlq"));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "kafka:\n  brokers: ['{}']\nmetrics:\n  listen: '127.0.0.1:{mport}'\ndlq: {{topic: '{dlq}'}}\nshutdown_timeout: 20s\npipelines:\n  - name: {name}\n    source: {{device_websocket: {{listen: '127.0.0.1:{port}', {source}}}}}\n{rest}",
+        brokers()
+    );
+    let mut gw = spawn_run(dir.path(), &cfg);
     let addr = format!("127.0.0.1:{port}");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(&addr).is_err() {
@@ -39,7 +52,31 @@ fn start(dir: &std::path::Path, cfg: &str, port: u16) -> Proc {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    gw
+    Gw {
+        proc: gw,
+        port,
+        mport,
+        dlq,
+        _dir: dir,
+    }
+}
+
+/// The close frame the server sends (within 10 s).
+async fn close_frame(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> Option<CloseCode> {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(m) = ws.next().await {
+            if let Ok(Message::Close(f)) = m {
+                return f.map(|f| f.code);
+            }
+        }
+        None
+    })
+    .await
+    .expect("a close frame within 10 s")
 }
 
 async fn consume_async(topic: &str, want: usize, secs: u64) -> Vec<Rec> {
@@ -65,17 +102,16 @@ async fn many_devices_each_frame_once_in_order_with_lifecycle_events() {
     const DEVICES: usize = 20;
     const FRAMES: u64 = 50;
     let topic = unique("devices");
-    let dlq = unique("devices.dlq");
-    let (port, mport) = (free_port(), free_port());
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
+    let Gw {
+        proc: mut gw,
+        port,
         mport,
-        &dlq,
-        &format!(
-            "  - name: devices\n    source:\n      device_websocket:\n        listen: '127.0.0.1:{port}'\n        path: '/devices/{{id}}'\n        device_id: {{path_param: id}}\n    topic: {topic}\n    key: '${{@device_id}}'\n    headers: {{event: '${{@event}}', remote: '${{@remote_addr}}'}}\n"
-        ),
+        ..
+    } = gateway(
+        "devices",
+        "path: '/devices/{id}', device_id: {path_param: id}",
+        &format!("    topic: {topic}\n    key: '${{@device_id}}'\n    headers: {{event: '${{@event}}', remote: '${{@remote_addr}}'}}\n"),
     );
-    let mut gw = start(dir.path(), &cfg, port);
 
     let mut devices = Vec::new();
     for d in 0..DEVICES {
@@ -198,18 +234,18 @@ fn wrp(msg: &TestWrp) -> Message {
 #[tokio::test(flavor = "multi_thread")]
 async fn wrp_frames_become_headers_and_route_by_event_type() {
     let prefix = unique("wrp");
-    let dlq = unique("wrp.dlq");
-    let (port, mport) = (free_port(), free_port());
-    let dir = tempfile::tempdir().unwrap();
     let topic_template = format!("{prefix}.${{@wrp.event_type:-default}}");
-    let cfg = config(
+    let Gw {
+        proc: mut gw,
+        port,
         mport,
-        &dlq,
-        &format!(
-            "  - name: xmidt\n    source:\n      device_websocket:\n        listen: '127.0.0.1:{port}'\n        path: /api/v2/device\n        device_id: {{header: X-Webpa-Device-Name}}\n        wrp: true\n    topic: '{topic_template}'\n    key: '${{@device_id}}'\n    format: raw\n"
-        ),
+        dlq,
+        ..
+    } = gateway(
+        "xmidt",
+        "path: /api/v2/device, device_id: {header: X-Webpa-Device-Name}, wrp: true",
+        &format!("    topic: '{topic_template}'\n    key: '${{@device_id}}'\n    format: raw\n"),
     );
-    let mut gw = start(dir.path(), &cfg, port);
 
     let device = "mac:112233445566";
     let mut req = format!("ws://127.0.0.1:{port}/api/v2/device")
@@ -326,17 +362,16 @@ async fn wrp_frames_become_headers_and_route_by_event_type() {
 #[tokio::test(flavor = "multi_thread")]
 async fn missing_device_id_is_refused_and_shutdown_closes_devices() {
     let topic = unique("devq");
-    let dlq = unique("devq.dlq");
-    let (port, mport) = (free_port(), free_port());
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
+    let Gw {
+        proc: mut gw,
+        port,
         mport,
-        &dlq,
-        &format!(
-            "  - name: q\n    source: {{device_websocket: {{listen: '127.0.0.1:{port}', path: /ws, device_id: {{query: id}}}}}}\n    topic: {topic}\n    key: '${{@device_id}}'\n    format: raw\n"
-        ),
+        ..
+    } = gateway(
+        "q",
+        "path: /ws, device_id: {query: id}",
+        &format!("    topic: {topic}\n    key: '${{@device_id}}'\n    format: raw\n"),
     );
-    let mut gw = start(dir.path(), &cfg, port);
 
     for (url, status, words) in [
         (
@@ -394,17 +429,7 @@ async fn missing_device_id_is_refused_and_shutdown_closes_devices() {
         "the first connection's frame read",
     );
     let (_second, _) = tokio_tungstenite::connect_async(&dup).await.unwrap();
-    let close = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(m) = first.next().await {
-            if let Ok(Message::Close(f)) = m {
-                return f;
-            }
-        }
-        None
-    })
-    .await
-    .expect("the replaced connection is closed");
-    assert_eq!(close.map(|f| f.code), Some(CloseCode::Policy));
+    assert_eq!(close_frame(&mut first).await, Some(CloseCode::Policy));
 
     // A device stays connected through SIGTERM.
     let (mut ws, _) =
@@ -423,17 +448,7 @@ async fn missing_device_id_is_refused_and_shutdown_closes_devices() {
         "3 frames read",
     );
     gw.signal("-TERM");
-    let close = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(m) = ws.next().await {
-            if let Ok(Message::Close(f)) = m {
-                return f;
-            }
-        }
-        None
-    })
-    .await
-    .expect("close frame within 10 s");
-    assert_eq!(close.map(|f| f.code), Some(CloseCode::Away));
+    assert_eq!(close_frame(&mut ws).await, Some(CloseCode::Away));
     let status = gw.wait(Duration::from_secs(30));
     assert!(status.success(), "{}", gw.log_text());
     let s = summary(&gw.log_text());
