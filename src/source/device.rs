@@ -670,10 +670,12 @@ impl Conn<'_> {
                         (EndReason::IdleTimeout, Some(CloseCode::Normal), format!("nothing received for {idle_for:?}"))
                     }
                     _ = ping.tick() => {
-                        if let Err(e) = tx.send(Message::Ping(Bytes::new())).await {
-                            break 'conn (EndReason::Error, format!("ping failed: {e}"));
+                        // A device that reads nothing would block the write (and this task) for good.
+                        match tokio::time::timeout(ping_every, tx.send(Message::Ping(Bytes::new()))).await {
+                            Ok(Ok(())) => continue,
+                            Ok(Err(e)) => break 'conn (EndReason::Error, format!("ping failed: {e}")),
+                            Err(_) => break 'conn (EndReason::Error, format!("ping not written within {ping_every:?}: the device reads nothing")),
                         }
-                        continue;
                     }
                     r = rx.next() => match r {
                         None => break 'conn (EndReason::Closed, "connection closed".into()),
@@ -714,6 +716,10 @@ impl Conn<'_> {
                 break 'conn (why, text);
             }
         };
+        if reason == EndReason::Closed {
+            // Flushes the close reply tungstenite queued when the device's close frame arrived.
+            let _ = tokio::time::timeout(Duration::from_secs(1), tx.close()).await;
+        }
 
         {
             let mut devices = s.devices.lock().expect("device registry");
