@@ -502,3 +502,38 @@ async fn missing_device_id_is_refused_and_shutdown_closes_devices() {
         "{d}"
     );
 }
+
+/// A frame over `max_frame` closes that device with 1009 and an idle device is closed after
+/// `idle_timeout`; both disconnects say why.
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_frames_and_idle_devices_are_closed_with_a_reason() {
+    let topic = unique("devlim");
+    let Gw {
+        proc: mut gw, port, ..
+    } = gateway(
+        "lim",
+        "path: /ws, device_id: {query: id}, max_frame: 64, ping_interval: 0s, idle_timeout: 1s",
+        &format!("    topic: {topic}\n    key: '${{@device_id}}'\n    format: raw\n"),
+    );
+    let url = |id: &str| format!("ws://127.0.0.1:{port}/ws?id={id}");
+    let (mut big, _) = tokio_tungstenite::connect_async(url("big")).await.unwrap();
+    let (mut idle, _) = tokio_tungstenite::connect_async(url("idle")).await.unwrap();
+    big.send(Message::text("small")).await.unwrap();
+    big.send(Message::text("x".repeat(100))).await.unwrap();
+    assert_eq!(close_frame(&mut big).await, Some(CloseCode::Size));
+    let started = std::time::Instant::now();
+    assert_eq!(close_frame(&mut idle).await, Some(CloseCode::Normal));
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    let recs = consume_async(&topic, 5, 60).await;
+    let disconnects: BTreeMap<String, serde_json::Value> = recs
+        .iter()
+        .map(|r| (r.key_str(), r.json()))
+        .filter(|(_, v)| v["event"] == "disconnect")
+        .collect();
+    assert_eq!(recs.len(), 5, "{recs:?}");
+    assert_eq!(disconnects["big"]["reason"], "frame_too_large");
+    assert_eq!(disconnects["big"]["frames"], 1);
+    assert_eq!(disconnects["idle"]["reason"], "idle_timeout");
+    stop(&mut gw, 30);
+}
