@@ -128,6 +128,20 @@ pub async fn check(path: &Path, timeout: Duration) -> Vec<CheckLine> {
                     }
                 }
             }
+            SourceConfig::DeviceWebsocket(d) => {
+                // Binding tells whether `kgate run` could listen there (and frees it at once).
+                let ok = tokio::net::TcpListener::bind(d.listen.as_str()).await;
+                out.push(match ok {
+                    Ok(_) => line(
+                        true,
+                        format!("device websocket {} (pipeline {}): address is free; devices connect to ws://{}{}", d.listen, p.name, d.listen, d.path),
+                    ),
+                    Err(e) => line(
+                        false,
+                        format!("device websocket {} (pipeline {}): cannot listen: {e}; is kgate (or something else) already on that address?", d.listen, p.name),
+                    ),
+                });
+            }
         }
     }
     out

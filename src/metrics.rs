@@ -12,8 +12,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -63,6 +63,12 @@ pub struct Metrics {
     ws_messages_received: IntCounterVec,
     ws_connection_duration: HistogramVec,
     ws_messages_timeout: IntCounterVec,
+    device_connections_active: IntGaugeVec,
+    device_connections: IntCounterVec,
+    device_disconnections: IntCounterVec,
+    device_frames: IntCounterVec,
+    device_rejected_upgrades: IntCounterVec,
+    device_connection_duration: HistogramVec,
     /// `kgate_producer_inflight_records`: accepted, not yet acknowledged.
     pub inflight: IntGauge,
     topics: Mutex<HashMap<String, Arc<TopicMetrics>>>,
@@ -99,6 +105,38 @@ pub struct WsMetrics {
     pub connection_duration: Histogram,
     /// Reconnects because nothing arrived within `timeout`.
     pub messages_timeout: IntCounter,
+}
+
+/// The series of one pipeline's device WebSocket server.
+#[derive(Clone)]
+pub struct DeviceMetrics {
+    /// Devices connected now.
+    pub active: IntGauge,
+    /// Devices that completed the upgrade.
+    pub connections: IntCounter,
+    /// Text and binary frames read.
+    pub frames: IntCounter,
+    /// How long each device connection lasted.
+    pub connection_duration: Histogram,
+    disconnections: IntCounterVec,
+    rejected: IntCounterVec,
+    pipeline: String,
+}
+
+impl DeviceMetrics {
+    /// Counts a connection that ended, by why (`closed`, `idle_timeout`, `shutdown`, …).
+    pub fn disconnected(&self, reason: &str) {
+        self.disconnections
+            .with_label_values(&[self.pipeline.as_str(), reason])
+            .inc();
+    }
+
+    /// Counts an upgrade that was refused, by why (`missing_device_id`, `unknown_path`, …).
+    pub fn rejected(&self, reason: &str) {
+        self.rejected
+            .with_label_values(&[self.pipeline.as_str(), reason])
+            .inc();
+    }
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -233,6 +271,49 @@ impl Metrics {
                 "Reconnects because no message arrived within the read timeout",
                 &["url"],
             ),
+            device_connections_active: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "kgate_device_connections_active",
+                        "Devices connected to a device WebSocket server now",
+                    ),
+                    &["pipeline"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            device_connections: counter(
+                &r,
+                "kgate_device_connections_total",
+                "Device WebSocket connections accepted (upgrade completed)",
+                &["pipeline"],
+            ),
+            device_disconnections: counter(
+                &r,
+                "kgate_device_disconnections_total",
+                "Device WebSocket connections ended, by reason",
+                &["pipeline", "reason"],
+            ),
+            device_frames: counter(
+                &r,
+                "kgate_device_frames_total",
+                "Text and binary frames read from devices",
+                &["pipeline"],
+            ),
+            device_rejected_upgrades: counter(
+                &r,
+                "kgate_device_rejected_upgrades_total",
+                "Device connections refused before or during the WebSocket upgrade, by reason",
+                &["pipeline", "reason"],
+            ),
+            device_connection_duration: histogram(
+                &r,
+                "kgate_device_connection_duration_seconds",
+                "How long device WebSocket connections lasted",
+                &["pipeline"],
+                CONNECTION_BUCKETS,
+            ),
             inflight,
             topics: Mutex::new(HashMap::new()),
             last_metadata_ok: AtomicU64::new(0),
@@ -269,6 +350,20 @@ impl Metrics {
             messages_received: self.ws_messages_received.with_label_values(&l),
             connection_duration: self.ws_connection_duration.with_label_values(&l),
             messages_timeout: self.ws_messages_timeout.with_label_values(&l),
+        }
+    }
+
+    /// The device WebSocket server series of `pipeline`.
+    pub fn device(&self, pipeline: &str) -> DeviceMetrics {
+        let l = [pipeline];
+        DeviceMetrics {
+            active: self.device_connections_active.with_label_values(&l),
+            connections: self.device_connections.with_label_values(&l),
+            frames: self.device_frames.with_label_values(&l),
+            connection_duration: self.device_connection_duration.with_label_values(&l),
+            disconnections: self.device_disconnections.clone(),
+            rejected: self.device_rejected_upgrades.clone(),
+            pipeline: pipeline.to_string(),
         }
     }
 

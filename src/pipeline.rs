@@ -77,6 +77,12 @@ impl Processor {
         &self.name
     }
 
+    /// The topic as configured (a name or a template): the DLQ's `source_topic` for input
+    /// rejected before it could be routed.
+    pub fn topic_template(&self) -> &str {
+        &self.topic_text
+    }
+
     /// Turns raw input into a record, or says why not. Pure: no I/O.
     pub fn process(&self, raw: &Bytes, meta: &Meta) -> Result<OutRecord, Rejection> {
         let reject = |error_type, message, topic: Option<&str>| Rejection {

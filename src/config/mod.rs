@@ -595,6 +595,8 @@ pub enum Format {
 pub enum SourceConfig {
     /// WebSocket client fan-in: one connection per URL.
     Websocket(WebsocketSourceConfig),
+    /// A WebSocket server that devices connect to (optionally speaking WRP).
+    DeviceWebsocket(crate::source::device::DeviceSourceConfig),
 }
 
 /// `source.websocket:`.
@@ -852,7 +854,9 @@ pipelines:
         assert_eq!(c.kafka.producer.acks, Acks::All);
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
         assert_eq!(c.dlq.topic, "events.v1.dlq");
-        let SourceConfig::Websocket(ws) = &c.pipelines[0].source;
+        let SourceConfig::Websocket(ws) = &c.pipelines[0].source else {
+            panic!("a websocket source")
+        };
         assert_eq!(ws.timeout, Duration::from_secs(5));
         assert_eq!(ws.ping_interval, Duration::from_secs(20));
         assert_eq!(c.pipelines[0].key.as_deref(), Some("${exchange}|${symbol}"));

@@ -259,6 +259,13 @@ pub(super) fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
                     );
                 }
             }
+            SourceConfig::DeviceWebsocket(d) => {
+                let mut found = Vec::new();
+                d.validate(&at("source.device_websocket"), &mut found);
+                for e in found {
+                    err(e.path, e.message);
+                }
+            }
         }
         for (j, t) in pl.transforms.iter().enumerate() {
             let mut check_ptr = |field: &str, p: &str| {

@@ -1,0 +1,904 @@
+//! The device WebSocket server: devices connect to `listen` + `path`, each is known by an id
+//! taken from a header, a query parameter or a path segment, and every text or binary frame
+//! becomes one event (optionally decoded as a WRP message, see [`wrp`]). `connect` and
+//! `disconnect` events go through the same pipeline.
+//!
+//! Built on tokio-tungstenite's `accept_hdr_async`: the crate is already here for the client
+//! source, its callback sees the upgrade request before the handshake completes (so a device
+//! without an id gets a 400 with the reason, never a half-open socket), and a connection is one
+//! task reading one socket, which is what backpressure needs: while the pipeline cannot take a
+//! frame, that device's socket is simply not read.
+
+pub mod wrp;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use serde::{Deserialize, Deserializer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ByteSize, ConfigError};
+use crate::event::{Event, Origin, Rejection};
+use crate::metrics::{DeviceMetrics, Metrics};
+use crate::pipeline::Pipeline;
+use crate::transform::Meta;
+
+/// Longest device id accepted (bytes).
+const MAX_DEVICE_ID: usize = 256;
+
+/// `source.device_websocket:` — a WebSocket server that devices connect to.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeviceSourceConfig {
+    /// Address to listen on, e.g. `0.0.0.0:8090`.
+    pub listen: String,
+    /// Path devices connect to; a whole segment `{name}` matches any one segment, e.g.
+    /// `/devices/{id}`. Other paths are refused with 404.
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// Where the device id comes from: `{header: X-Device-Id}`, `{query: id}` or
+    /// `{path_param: id}` (a `{id}` segment of `path`).
+    pub device_id: DeviceIdFrom,
+    /// Largest frame (and message) a device may send; a bigger one closes the connection (1009).
+    #[serde(default = "default_max_frame")]
+    pub max_frame: ByteSize,
+    /// Nothing from the device (no frame, no pong) for this long → close; 0 = never.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Interval of pings to each device (answered pongs keep it alive); 0 = none.
+    #[serde(default = "default_ping_interval", with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// Time a client has to complete the upgrade after connecting.
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Devices connected at once; more are refused with 503.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u64,
+    /// Publish `connect` and `disconnect` events through the pipeline.
+    #[serde(default = "yes")]
+    pub lifecycle_events: bool,
+    /// Decode frames as WRP msgpack messages: `true`, `false` or `{value: payload|message}`.
+    #[serde(default)]
+    pub wrp: WrpConfig,
+}
+
+fn default_path() -> String {
+    "/ws".into()
+}
+fn default_max_frame() -> ByteSize {
+    ByteSize(1024 * 1024)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(90)
+}
+fn default_ping_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_connections() -> u64 {
+    10_000
+}
+fn yes() -> bool {
+    true
+}
+
+/// Where a device's id is read from during the upgrade.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceIdFrom {
+    /// A request header, e.g. `X-Webpa-Device-Name`.
+    Header(String),
+    /// A query parameter, e.g. `id` in `/ws?id=dev-1`.
+    Query(String),
+    /// A `{name}` segment of `path`.
+    PathParam(String),
+}
+
+/// `wrp:` — whether frames are WRP messages, and what the record value is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WrpConfig {
+    /// Decode frames as WRP.
+    pub enabled: bool,
+    /// The record value: the WRP `payload` (default) or the whole msgpack `message`.
+    pub value: WrpValue,
+}
+
+/// The record value of a WRP message.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WrpValue {
+    /// The `payload` field.
+    #[default]
+    Payload,
+    /// The frame as received (msgpack).
+    Message,
+}
+
+impl<'de> Deserialize<'de> for WrpConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Options {
+            #[serde(default = "yes")]
+            enabled: bool,
+            #[serde(default)]
+            value: WrpValue,
+        }
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Bool(enabled) => Ok(WrpConfig {
+                enabled,
+                value: WrpValue::Payload,
+            }),
+            v @ serde_json::Value::Object(_) => {
+                let o: Options = serde_json::from_value(v).map_err(serde::de::Error::custom)?;
+                Ok(WrpConfig {
+                    enabled: o.enabled,
+                    value: o.value,
+                })
+            }
+            other => Err(serde::de::Error::custom(format!(
+                "wrp must be `true`, `false` or `{{value: payload|message}}`, not {other}"
+            ))),
+        }
+    }
+}
+
+/// One segment of a path pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seg {
+    Lit(String),
+    Param(String),
+}
+
+fn parse_path(p: &str) -> Result<Vec<Seg>, String> {
+    let rest = p
+        .strip_prefix('/')
+        .ok_or_else(|| format!("`{p}` does not start with `/`; write e.g. `/devices/{{id}}`"))?;
+    let mut segs = Vec::new();
+    for s in rest.split('/') {
+        if let Some(name) = s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            if name.is_empty() || name.contains(['{', '}']) {
+                return Err(format!(
+                    "`{s}` in `{p}` is not a parameter; write `{{name}}`"
+                ));
+            }
+            if segs.iter().any(|x| *x == Seg::Param(name.to_string())) {
+                return Err(format!("parameter `{{{name}}}` appears twice in `{p}`"));
+            }
+            segs.push(Seg::Param(name.to_string()));
+        } else if s.contains(['{', '}']) {
+            return Err(format!(
+                "`{s}` in `{p}`: a parameter is a whole segment, e.g. `/devices/{{id}}`"
+            ));
+        } else {
+            segs.push(Seg::Lit(s.to_string()));
+        }
+    }
+    Ok(segs)
+}
+
+impl DeviceSourceConfig {
+    /// Checks what serde cannot; `at` is the config path of this source.
+    pub fn validate(&self, at: &str, errors: &mut Vec<ConfigError>) {
+        let mut err = |field: &str, message: String| {
+            errors.push(ConfigError {
+                path: format!("{at}.{field}"),
+                message,
+            })
+        };
+        if self.listen.parse::<SocketAddr>().is_err() {
+            err(
+                "listen",
+                format!(
+                    "`{}` is not an address; write e.g. `0.0.0.0:8090`",
+                    self.listen
+                ),
+            );
+        }
+        let segs = match parse_path(&self.path) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                err("path", e);
+                None
+            }
+        };
+        match &self.device_id {
+            DeviceIdFrom::Header(h) => {
+                if HeaderName::from_bytes(h.as_bytes()).is_err() {
+                    err(
+                        "device_id.header",
+                        format!("`{h}` is not a header name; write e.g. `X-Device-Id`"),
+                    );
+                }
+            }
+            DeviceIdFrom::Query(q) => {
+                if q.is_empty() {
+                    err(
+                        "device_id.query",
+                        "empty; name the query parameter, e.g. `id`".into(),
+                    );
+                }
+            }
+            DeviceIdFrom::PathParam(name) => {
+                if let Some(segs) = &segs {
+                    if !segs.contains(&Seg::Param(name.clone())) {
+                        err(
+                            "device_id.path_param",
+                            format!(
+                                "`path` `{}` has no `{{{name}}}` segment; write e.g. `path: /devices/{{{name}}}`",
+                                self.path
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        if self.max_frame.0 == 0 || self.max_frame.0 > 1 << 30 {
+            err(
+                "max_frame",
+                format!(
+                    "{} bytes is out of range; use 1 byte to 1GiB, e.g. `1MiB`",
+                    self.max_frame.0
+                ),
+            );
+        }
+        if !self.idle_timeout.is_zero()
+            && !self.ping_interval.is_zero()
+            && self.idle_timeout <= self.ping_interval
+        {
+            err(
+                "idle_timeout",
+                format!(
+                    "{:?} is not longer than ping_interval {:?}, so a quiet device that answers pings is still closed; make it at least twice ping_interval",
+                    self.idle_timeout, self.ping_interval
+                ),
+            );
+        }
+        if self.handshake_timeout.is_zero() {
+            err(
+                "handshake_timeout",
+                "must be more than 0; e.g. `10s`".into(),
+            );
+        }
+        if self.max_connections == 0 {
+            err("max_connections", "must be at least 1".into());
+        }
+    }
+}
+
+/// Starts the server task; it retries binding `listen` until it can (logging why not).
+pub fn spawn(
+    c: &DeviceSourceConfig,
+    pipeline: Arc<Pipeline>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+    tasks: &mut JoinSet<()>,
+) {
+    let server = Arc::new(Server {
+        path: parse_path(&c.path).unwrap_or_default(),
+        config: c.clone(),
+        m: metrics.device(pipeline.name()),
+        pipeline,
+        stop,
+        devices: Mutex::new(HashMap::new()),
+        active: AtomicU64::new(0),
+        next_conn: AtomicU64::new(1),
+    });
+    tasks.spawn(server.run());
+}
+
+struct Server {
+    config: DeviceSourceConfig,
+    path: Vec<Seg>,
+    pipeline: Arc<Pipeline>,
+    m: DeviceMetrics,
+    stop: CancellationToken,
+    /// Device id → the connection that holds it (a newer connection of the same id replaces it).
+    devices: Mutex<HashMap<String, Holder>>,
+    active: AtomicU64,
+    next_conn: AtomicU64,
+}
+
+/// The connection that holds a device id.
+struct Holder {
+    conn: u64,
+    /// Cancelled to close it.
+    replace: CancellationToken,
+    /// Cancelled once it has handed its disconnect event over (or its task ended).
+    finished: CancellationToken,
+}
+
+/// How long a replacing connection waits for the replaced one's disconnect before its connect.
+const REPLACE_WAIT: Duration = Duration::from_secs(10);
+
+/// Why an upgrade was refused: the HTTP status, the metric reason, the words for the client.
+struct Refusal {
+    status: StatusCode,
+    reason: &'static str,
+    message: String,
+}
+
+/// Why a connection ended (the `reason` label and the disconnect event's `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EndReason {
+    Closed,
+    IdleTimeout,
+    Shutdown,
+    Replaced,
+    FrameTooLarge,
+    Error,
+}
+
+impl EndReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Closed => "closed",
+            EndReason::IdleTimeout => "idle_timeout",
+            EndReason::Shutdown => "shutdown",
+            EndReason::Replaced => "replaced",
+            EndReason::FrameTooLarge => "frame_too_large",
+            EndReason::Error => "error",
+        }
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(|c| c.into_owned())
+}
+
+impl Server {
+    async fn run(self: Arc<Self>) {
+        let listener = match self.bind().await {
+            Some(l) => l,
+            None => return,
+        };
+        tracing::info!(pipeline = %self.pipeline.name(), listen = %self.config.listen, path = %self.config.path, "device WebSocket server listening");
+        let mut conns = JoinSet::new();
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => break,
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                r = listener.accept() => match r {
+                    Ok((tcp, addr)) => {
+                        conns.spawn(self.clone().serve(tcp, addr));
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait instead of spinning.
+                        tracing::warn!(listen = %self.config.listen, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        // Every connection sees the same token: each closes its device, publishes its
+        // disconnect and returns after handing over every frame it read.
+        while conns.join_next().await.is_some() {}
+    }
+
+    async fn bind(&self) -> Option<TcpListener> {
+        let mut wait = Duration::from_millis(500);
+        loop {
+            match TcpListener::bind(&self.config.listen).await {
+                Ok(l) => return Some(l),
+                Err(e) => {
+                    tracing::error!(pipeline = %self.pipeline.name(), listen = %self.config.listen, error = %e, retry_in = ?wait, "cannot listen for devices; is another process on that address? retrying");
+                }
+            }
+            tokio::select! {
+                _ = self.stop.cancelled() => return None,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    /// Checks an upgrade request: the path, the device id, the connection limit.
+    fn admit(&self, req: &Request) -> Result<String, Refusal> {
+        let refuse = |status, reason, message: String| Refusal {
+            status,
+            reason,
+            message,
+        };
+        let uri = req.uri();
+        let segs: Vec<&str> = uri.path().trim_start_matches('/').split('/').collect();
+        let matches = segs.len() == self.path.len()
+            && self.path.iter().zip(&segs).all(|(p, s)| match p {
+                Seg::Lit(l) => l == s,
+                Seg::Param(_) => !s.is_empty(),
+            });
+        if !matches {
+            return Err(refuse(
+                StatusCode::NOT_FOUND,
+                "unknown_path",
+                format!(
+                    "no device endpoint at {}; connect to {}",
+                    uri.path(),
+                    self.config.path
+                ),
+            ));
+        }
+        let (found, what) = match &self.config.device_id {
+            DeviceIdFrom::Header(h) => (
+                req.headers().get(h.as_str()).map(|v| {
+                    v.to_str()
+                        .map(str::to_string)
+                        .map_err(|_| "not visible ASCII")
+                }),
+                format!("header {h}"),
+            ),
+            DeviceIdFrom::Query(q) => (
+                uri.query().and_then(|qs| {
+                    form_urlencoded::parse(qs.as_bytes())
+                        .find(|(k, _)| k == q)
+                        .map(|(_, v)| Ok(v.into_owned()))
+                }),
+                format!("query parameter `{q}`"),
+            ),
+            DeviceIdFrom::PathParam(name) => (
+                self.path
+                    .iter()
+                    .position(|p| *p == Seg::Param(name.clone()))
+                    .map(|i| percent_decode(segs[i]).ok_or("not UTF-8 once percent-decoded")),
+                format!("path segment `{{{name}}}` of {}", self.config.path),
+            ),
+        };
+        let id = match found {
+            None => {
+                return Err(refuse(
+                    StatusCode::BAD_REQUEST,
+                    "missing_device_id",
+                    format!("missing device id: send it in the {what}"),
+                ))
+            }
+            Some(Ok(id)) if id.trim().is_empty() => {
+                return Err(refuse(
+                    StatusCode::BAD_REQUEST,
+                    "missing_device_id",
+                    format!("missing device id: the {what} is empty"),
+                ))
+            }
+            Some(Ok(id)) => id,
+            Some(Err(why)) => {
+                return Err(refuse(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_device_id",
+                    format!("invalid device id in the {what}: {why}"),
+                ))
+            }
+        };
+        if id.len() > MAX_DEVICE_ID || id.chars().any(char::is_control) {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid_device_id",
+                format!(
+                    "invalid device id in the {what}: at most {MAX_DEVICE_ID} bytes and no control characters"
+                ),
+            ));
+        }
+        if self.active.load(Ordering::Acquire) >= self.config.max_connections {
+            return Err(refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_connections",
+                format!(
+                    "{} devices are connected, the most this gateway takes (max_connections); retry later",
+                    self.config.max_connections
+                ),
+            ));
+        }
+        Ok(id)
+    }
+
+    async fn serve(self: Arc<Self>, tcp: TcpStream, addr: SocketAddr) {
+        let _ = tcp.set_nodelay(true);
+        let mut admitted: Option<String> = None;
+        let mut refused = false;
+        // The result type is the one tungstenite's handshake callback has.
+        #[allow(clippy::result_large_err)]
+        let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+            match self.admit(req) {
+                Ok(id) => {
+                    admitted = Some(id);
+                    Ok(resp)
+                }
+                Err(r) => {
+                    // Counted before the answer is written, so that a client that saw its
+                    // refusal also sees it counted.
+                    self.m.rejected(r.reason);
+                    refused = true;
+                    tracing::info!(remote_addr = %addr, path = %req.uri().path(), reason = r.reason, "device upgrade refused: {}", r.message);
+                    let body = format!("{}\n", r.message);
+                    let mut e = ErrorResponse::new(Some(body.clone()));
+                    *e.status_mut() = r.status;
+                    let h = e.headers_mut();
+                    h.insert(
+                        "content-type",
+                        HeaderValue::from_static("text/plain; charset=utf-8"),
+                    );
+                    h.insert("content-length", body.len().into());
+                    h.insert("connection", HeaderValue::from_static("close"));
+                    Err(e)
+                }
+            }
+        };
+        let max = self.config.max_frame.0 as usize;
+        let ws_config = WebSocketConfig::default()
+            .max_frame_size(Some(max))
+            .max_message_size(Some(max));
+        let handshake = tokio::time::timeout(
+            self.config.handshake_timeout,
+            tokio_tungstenite::accept_hdr_async_with_config(tcp, callback, Some(ws_config)),
+        );
+        let result = tokio::select! {
+            _ = self.stop.cancelled() => return,
+            r = handshake => r,
+        };
+        let ws = match result {
+            Ok(Ok(ws)) => ws,
+            Ok(Err(e)) => {
+                if !refused {
+                    tracing::debug!(remote_addr = %addr, error = %e, "not a WebSocket upgrade");
+                    self.m.rejected("bad_handshake");
+                }
+                return;
+            }
+            Err(_) => {
+                self.m.rejected("handshake_timeout");
+                return;
+            }
+        };
+        let Some(device_id) = admitted else {
+            return;
+        };
+        Conn {
+            server: &self,
+            device_id,
+            addr,
+        }
+        .run(ws)
+        .await;
+    }
+}
+
+/// One device connection.
+struct Conn<'a> {
+    server: &'a Server,
+    device_id: String,
+    addr: SocketAddr,
+}
+
+impl Conn<'_> {
+    async fn run(self, ws: tokio_tungstenite::WebSocketStream<TcpStream>) {
+        let s = self.server;
+        let conn_id = s.next_conn.fetch_add(1, Ordering::Relaxed);
+        let replaced = s.stop.child_token();
+        let finished = CancellationToken::new();
+        // Dropped last: whoever replaces this connection waits for its disconnect event.
+        let _finished = finished.clone().drop_guard();
+        let older = s.devices.lock().expect("device registry").insert(
+            self.device_id.clone(),
+            Holder {
+                conn: conn_id,
+                replace: replaced.clone(),
+                finished,
+            },
+        );
+        if let Some(older) = older {
+            tracing::info!(device_id = %self.device_id, "a newer connection replaces the device's open one");
+            older.replace.cancel();
+            // So that consumers see the old connection's disconnect before the new connect.
+            let _ = tokio::time::timeout(REPLACE_WAIT, older.finished.cancelled()).await;
+        }
+        s.active.fetch_add(1, Ordering::AcqRel);
+        s.m.active.inc();
+        s.m.connections.inc();
+        let started = Instant::now();
+        let connected_at = SystemTime::now();
+        let remote = self.addr.to_string();
+        let source: Arc<str> = Arc::from(format!("{}@{remote}", self.device_id));
+        tracing::debug!(device_id = %self.device_id, remote_addr = %remote, "device connected");
+
+        let mut base = Meta::empty();
+        base.insert("device_id", self.device_id.clone());
+        base.insert("remote_addr", remote.clone());
+        let wrp = s.config.wrp;
+        if s.config.lifecycle_events {
+            let body = serde_json::json!({
+                "event": "connect",
+                "device_id": self.device_id,
+                "remote_addr": remote,
+                "time": rfc3339(connected_at),
+            });
+            self.lifecycle(&base, &source, "connect", body).await;
+        }
+
+        let (mut tx, mut rx) = ws.split();
+        let mut frames = 0u64;
+        let mut bytes = 0u64;
+        let mut close_code: Option<u16> = None;
+        let (reason, detail) = 'conn: {
+            let ping_every = if s.config.ping_interval.is_zero() {
+                Duration::from_secs(86400 * 365)
+            } else {
+                s.config.ping_interval
+            };
+            let mut ping =
+                tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+            let idle_for = if s.config.idle_timeout.is_zero() {
+                Duration::from_secs(86400 * 365)
+            } else {
+                s.config.idle_timeout
+            };
+            let idle = tokio::time::sleep(idle_for);
+            tokio::pin!(idle);
+            let mut last_heard = tokio::time::Instant::now();
+            loop {
+                let (why, code, text): (EndReason, Option<CloseCode>, String) = tokio::select! {
+                    biased;
+                    _ = replaced.cancelled() => if s.stop.is_cancelled() {
+                        (EndReason::Shutdown, Some(CloseCode::Away), "kgate is shutting down".into())
+                    } else {
+                        (EndReason::Replaced, Some(CloseCode::Policy), "replaced by a newer connection of the same device".into())
+                    },
+                    _ = &mut idle => {
+                        let deadline = last_heard + idle_for;
+                        if deadline > tokio::time::Instant::now() {
+                            idle.as_mut().reset(deadline);
+                            continue;
+                        }
+                        (EndReason::IdleTimeout, Some(CloseCode::Normal), format!("nothing received for {idle_for:?}"))
+                    }
+                    _ = ping.tick() => {
+                        // A device that reads nothing would block the write (and this task) for good.
+                        match tokio::time::timeout(ping_every, tx.send(Message::Ping(Bytes::new()))).await {
+                            Ok(Ok(())) => continue,
+                            Ok(Err(e)) => break 'conn (EndReason::Error, format!("ping failed: {e}")),
+                            Err(_) => break 'conn (EndReason::Error, format!("ping not written within {ping_every:?}: the device reads nothing")),
+                        }
+                    }
+                    r = rx.next() => match r {
+                        None => break 'conn (EndReason::Closed, "connection closed".into()),
+                        Some(Err(WsError::Capacity(e))) => (EndReason::FrameTooLarge, Some(CloseCode::Size), format!("{e} (max_frame {} bytes)", s.config.max_frame.0)),
+                        Some(Err(e)) => break 'conn (EndReason::Error, format!("read failed: {e}")),
+                        Some(Ok(msg)) => {
+                            last_heard = tokio::time::Instant::now();
+                            let raw = match msg {
+                                Message::Text(t) => Bytes::from(t),
+                                Message::Binary(b) => b,
+                                Message::Close(frame) => {
+                                    close_code = frame.as_ref().map(|f| u16::from(f.code));
+                                    break 'conn (EndReason::Closed, frame.map(|f| f.reason.to_string()).unwrap_or_default());
+                                }
+                                _ => continue,
+                            };
+                            frames += 1;
+                            bytes += raw.len() as u64;
+                            s.m.frames.inc();
+                            let origin = Origin::now(s.pipeline.name().clone(), source.clone());
+                            // Awaits while the producer buffer is full: this device is not read meanwhile.
+                            self.frame(raw, origin, &base, wrp).await;
+                            continue;
+                        }
+                    }
+                };
+                if let Some(code) = code {
+                    let frame = CloseFrame {
+                        code,
+                        reason: text.clone().into(),
+                    };
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        tx.send(Message::Close(Some(frame))),
+                    )
+                    .await;
+                }
+                break 'conn (why, text);
+            }
+        };
+        if reason == EndReason::Closed {
+            // Flushes the close reply tungstenite queued when the device's close frame arrived.
+            let _ = tokio::time::timeout(Duration::from_secs(1), tx.close()).await;
+        }
+
+        {
+            let mut devices = s.devices.lock().expect("device registry");
+            if devices
+                .get(&self.device_id)
+                .is_some_and(|h| h.conn == conn_id)
+            {
+                devices.remove(&self.device_id);
+            }
+        }
+        s.active.fetch_sub(1, Ordering::AcqRel);
+        s.m.active.dec();
+        s.m.disconnected(reason.as_str());
+        let elapsed = started.elapsed();
+        s.m.connection_duration.observe(elapsed.as_secs_f64());
+        tracing::debug!(device_id = %self.device_id, reason = reason.as_str(), %detail, frames, "device disconnected");
+        if s.config.lifecycle_events {
+            let mut body = serde_json::json!({
+                "event": "disconnect",
+                "device_id": self.device_id,
+                "remote_addr": remote,
+                "time": rfc3339(SystemTime::now()),
+                "connected_at": rfc3339(connected_at),
+                "duration_ms": elapsed.as_millis() as u64,
+                "frames": frames,
+                "bytes": bytes,
+                "reason": reason.as_str(),
+            });
+            if !detail.is_empty() {
+                body["detail"] = detail.into();
+            }
+            if let Some(c) = close_code {
+                body["close_code"] = c.into();
+            }
+            self.lifecycle(&base, &source, "disconnect", body).await;
+        }
+    }
+
+    /// Publishes a `connect` or `disconnect` event through the pipeline.
+    async fn lifecycle(
+        &self,
+        base: &Meta,
+        source: &Arc<str>,
+        event: &str,
+        body: serde_json::Value,
+    ) {
+        let s = self.server;
+        let mut ev = Event::new(
+            Bytes::from(body.to_string()),
+            Origin::now(s.pipeline.name().clone(), source.clone()),
+        );
+        ev.meta = base.clone();
+        ev.meta.insert("event", event);
+        if s.config.wrp.enabled {
+            // As the Xmidt gateway announces devices: an event of type `device-status`.
+            let status = if event == "connect" {
+                "online"
+            } else {
+                "offline"
+            };
+            ev.meta.insert("wrp.event_type", "device-status");
+            ev.meta.insert(
+                "wrp.dest",
+                format!("event:device-status/{}/{status}", self.device_id),
+            );
+        }
+        s.pipeline.handle(ev).await;
+    }
+
+    /// Hands one frame to the pipeline (or, when it is not WRP in WRP mode, to the DLQ).
+    async fn frame(&self, raw: Bytes, origin: Origin, base: &Meta, wrp: WrpConfig) {
+        let s = self.server;
+        if !wrp.enabled {
+            let mut ev = Event::new(raw, origin);
+            ev.meta = base.clone();
+            ev.meta.insert("event", "message");
+            return s.pipeline.handle(ev).await;
+        }
+        match wrp::decode(&raw) {
+            Ok(d) => {
+                let value = match wrp.value {
+                    WrpValue::Payload => d.payload,
+                    WrpValue::Message => raw,
+                };
+                let mut ev = Event::new(value, origin);
+                ev.headers = d.headers;
+                ev.meta = base.clone();
+                ev.meta.insert("event", "message");
+                for (k, v) in d.meta.iter() {
+                    ev.meta.insert(k, v);
+                }
+                s.pipeline.handle(ev).await
+            }
+            Err(wrp::Invalid(why)) => {
+                let mut ev = Event::new(raw, origin);
+                ev.meta = base.clone();
+                ev.headers
+                    .push(("device_id".into(), self.device_id.clone().into_bytes()));
+                let r = Rejection {
+                    error_type: "invalid_wrp",
+                    message: format!("not a WRP message: {why}"),
+                    source_topic: s.pipeline.processor().topic_template().to_string(),
+                };
+                s.pipeline.sink().dead_letter(ev, r).await
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(yaml: &str) -> DeviceSourceConfig {
+        let v: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+        serde_json::from_value(serde_json::to_value(v).unwrap()).unwrap()
+    }
+
+    fn errors(c: &DeviceSourceConfig) -> Vec<String> {
+        let mut e = Vec::new();
+        c.validate("s", &mut e);
+        e.into_iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn config_errors_name_their_paths() {
+        let text = "pipelines:\n  - name: d\n    source: {device_websocket: {listen: 'x', device_id: {query: ''}, wrp: {valeu: message}, pingg: 1s}}\n    topic: 'devices.${@wrp.event_type:-other}'\n    key: '${@device_id}'\n    format: raw\n";
+        let e = crate::config::Config::from_yaml_str(text, "k.yaml", &|_| None).unwrap_err();
+        let paths: Vec<&str> = e.errors.iter().map(|e| e.path.as_str()).collect();
+        assert!(
+            paths.contains(&"pipelines[0].source.device_websocket.pingg"),
+            "{e}"
+        );
+        assert!(
+            paths
+                .iter()
+                .any(|p| p.starts_with("pipelines[0].source.device_websocket.wrp")),
+            "{e}"
+        );
+        let text = "pipelines:\n  - name: d\n    source: {device_websocket: {listen: 'x', device_id: {query: ''}}}\n    topic: 'devices.${@wrp.event_type:-other}'\n    key: '${@device_id}'\n    format: raw\n";
+        let e = crate::config::Config::from_yaml_str(text, "k.yaml", &|_| None).unwrap_err();
+        let paths: Vec<&str> = e.errors.iter().map(|e| e.path.as_str()).collect();
+        // Source values in templates are fine with `format: raw`.
+        assert_eq!(
+            paths,
+            [
+                "pipelines[0].source.device_websocket.listen",
+                "pipelines[0].source.device_websocket.device_id.query"
+            ],
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn paths_and_ids_are_checked() {
+        assert_eq!(
+            parse_path("/devices/{id}").unwrap(),
+            vec![Seg::Lit("devices".into()), Seg::Param("id".into())]
+        );
+        assert!(parse_path("devices").is_err());
+        assert!(parse_path("/d/x{id}").is_err());
+        assert!(parse_path("/{id}/{id}").is_err());
+        let c = cfg("listen: 127.0.0.1:8090\npath: /devices/{id}\ndevice_id: {path_param: id}\n");
+        assert!(errors(&c).is_empty(), "{:?}", errors(&c));
+        assert_eq!(c.wrp, WrpConfig::default());
+        let c = cfg("listen: nowhere\npath: /ws\ndevice_id: {path_param: id}\nidle_timeout: 10s\nping_interval: 30s\n");
+        let e = errors(&c).join("\n");
+        for want in ["s.listen:", "s.device_id.path_param:", "s.idle_timeout:"] {
+            assert!(e.contains(want), "{want} in {e}");
+        }
+        let c =
+            cfg("listen: 127.0.0.1:1\ndevice_id: {header: 'bad header'}\nwrp: {value: message}\n");
+        assert!(errors(&c).join("").contains("s.device_id.header"));
+        assert_eq!(
+            c.wrp,
+            WrpConfig {
+                enabled: true,
+                value: WrpValue::Message
+            }
+        );
+    }
+}
