@@ -7,6 +7,7 @@ pub mod event;
 pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
+pub mod registry;
 pub mod run;
 pub mod source;
 pub mod synth;

@@ -80,6 +80,9 @@ pub struct Config {
     /// The pipelines: each a source, transforms, a topic, a key and a format.
     #[serde(default)]
     pub pipelines: Vec<PipelineConfig>,
+    /// The Confluent-compatible schema registry (for Avro).
+    #[serde(default)]
+    pub schema_registry: Option<crate::registry::RegistryConfig>,
 }
 
 fn default_shutdown_timeout() -> Duration {
