@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod registry;
 pub mod run;
+pub mod schemas;
 pub mod source;
 pub mod synth;
 pub mod tail;
