@@ -60,14 +60,23 @@ pub struct SchemasArgs {
 #[derive(Debug, Subcommand)]
 pub enum SchemasCommand {
     /// List the subjects.
+    #[command(
+        after_long_help = "Example:\n  kgate schemas list --registry http://127.0.0.1:8081/apis/ccompat/v7"
+    )]
     List,
     /// List the versions of a subject.
+    #[command(
+        after_long_help = "Example:\n  kgate schemas versions TradeEvent-value --json   # [1,2]"
+    )]
     Versions {
         /// The subject, e.g. TradeEvent-value.
         subject: String,
     },
     /// Print one version of a subject: its version, id, type and schema.
-    #[command(disable_version_flag = true)]
+    #[command(
+        disable_version_flag = true,
+        after_long_help = "Examples:\n  kgate schemas get TradeEvent-value\n  kgate schemas get TradeEvent-value --version 1 --json"
+    )]
     Get {
         /// The subject, e.g. TradeEvent-value.
         subject: String,
@@ -80,6 +89,9 @@ pub enum SchemasCommand {
     /// The file is parsed as Avro first, so a typo is reported with the file name before the
     /// registry sees it. Registering the schema a subject already has changes nothing and prints
     /// the existing id and version.
+    #[command(
+        after_long_help = "Example:\n  kgate schemas register TradeEvent-value --file schemas/TradeEvent.avsc\n  registered TradeEvent-value version 1, id 1"
+    )]
     Register {
         /// The subject, e.g. TradeEvent-value.
         subject: String,
@@ -90,7 +102,11 @@ pub enum SchemasCommand {
     /// Check whether an Avro schema file may become the next version of a subject.
     ///
     /// Exits 0 when it is compatible with the subject's compatibility level, 1 when it is not
-    /// (and lists why), 2 on errors.
+    /// (and lists why), 2 on errors. Registries that do not say why (Apicurio) get the
+    /// reasons from Avro's schema resolution rules.
+    #[command(
+        after_long_help = "Example (in CI, before registering):\n  kgate schemas check TradeEvent-value --file schemas/TradeEvent.avsc \\\n    && kgate schemas register TradeEvent-value --file schemas/TradeEvent.avsc"
+    )]
     Check {
         /// The subject, e.g. TradeEvent-value.
         subject: String,
