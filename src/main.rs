@@ -50,6 +50,11 @@ enum Command {
     Tail(kgate::tail::TailArgs),
     /// Serve a synthetic WebSocket feed (trades, iot, ticker, orderbook) for demos, tests and benchmarks.
     Synth(kgate::synth::SynthArgs),
+    /// Schema registry subjects: list, versions, get, register and check Avro schemas.
+    ///
+    /// Talks to a Confluent-compatible schema registry (Confluent, Apicurio's /apis/ccompat/v7,
+    /// Karapace, Redpanda).
+    Schemas(kgate::schemas::SchemasArgs),
 }
 
 fn init_logging() {
@@ -153,6 +158,7 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::Schemas(args) => ExitCode::from(kgate::schemas::main(args).await),
         Command::Synth(args) => {
             let token = CancellationToken::new();
             on_signal(token.clone());

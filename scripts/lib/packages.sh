@@ -33,6 +33,9 @@ system_packages() {
     pkgs+=(openjdk-17-jdk-headless)
   fi
   command -v mvn >/dev/null 2>&1 || pkgs+=(maven)
+  # The local schema registry (Apicurio) is downloaded with curl; the local MQTT broker is
+  # Debian's Mosquitto (mosquitto_sub/pub for poking at it by hand).
+  pkgs+=(curl mosquitto mosquitto-clients)
 
   local missing=() p
   for p in "${pkgs[@]}"; do
@@ -47,6 +50,13 @@ system_packages() {
     # (step runs this without errexit: every command that must succeed says so.)
     as_root apt-get update -q || return 1
     as_root apt-get install -y -q --no-install-recommends "${missing[@]}" || return 1
+    # On a machine run by systemd, installing mosquitto starts the system broker on 1883, the
+    # port of scripts/services' own: stop and disable it (we run ours with our config).
+    if [[ " ${missing[*]} " == *" mosquitto "* ]] && command -v systemctl >/dev/null 2>&1 &&
+      systemctl is-active --quiet mosquitto 2>/dev/null; then
+      echo "disabling the system mosquitto service (scripts/services runs its own on 1883)"
+      as_root systemctl disable --now mosquitto || true
+    fi
   fi
 
   # An older Java first on PATH: prefer Debian's 17.

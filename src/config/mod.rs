@@ -80,6 +80,9 @@ pub struct Config {
     /// The pipelines: each a source, transforms, a topic, a key and a format.
     #[serde(default)]
     pub pipelines: Vec<PipelineConfig>,
+    /// The Confluent-compatible schema registry (for Avro).
+    #[serde(default)]
+    pub schema_registry: Option<crate::registry::RegistryConfig>,
 }
 
 fn default_shutdown_timeout() -> Duration {
@@ -538,30 +541,7 @@ pub struct AvroConfig {
     pub subject: Option<String>,
 }
 
-/// How a subject is named from the topic and the record name.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum SubjectStrategy {
-    /// `<topic>-value` / `<topic>-key`.
-    #[default]
-    TopicName,
-    /// `<record full name>`.
-    RecordName,
-    /// `<topic>-<record full name>`.
-    TopicRecordName,
-}
-
-impl SubjectStrategy {
-    /// The subject for `topic` (and `record`, for the record strategies); `key` picks `-key`.
-    pub fn subject(self, topic: &str, record: Option<&str>, key: bool) -> String {
-        let suffix = if key { "key" } else { "value" };
-        match (self, record) {
-            (SubjectStrategy::RecordName, Some(r)) => r.to_string(),
-            (SubjectStrategy::TopicRecordName, Some(r)) => format!("{topic}-{r}"),
-            _ => format!("{topic}-{suffix}"),
-        }
-    }
-}
+pub use crate::registry::SubjectStrategy;
 
 /// How keys are written.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]

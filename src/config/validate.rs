@@ -55,6 +55,9 @@ pub fn valid_topic_name(name: &str) -> bool {
 }
 
 pub(super) fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
+    if let Some(r) = &c.schema_registry {
+        crate::registry::validate_config(r, "schema_registry", errors);
+    }
     let mut err = |path: String, message: String| errors.push(ConfigError { path, message });
 
     if c.kafka.brokers.is_empty() {
