@@ -1,5 +1,6 @@
 //! kgate: the ingestion gateway to Apache Kafka. The binary is a thin CLI over this library.
 
+pub mod avro;
 pub mod check;
 pub mod config;
 pub mod encode;
