@@ -93,6 +93,9 @@ pub(crate) struct Field {
 pub(crate) struct Record {
     pub name: String,
     pub fields: Vec<Field>,
+    /// Field names in byte order with their schema positions, to match a sorted JSON object's
+    /// keys in one merge pass (see `Plan::sorted_maps`).
+    pub sorted: Vec<(Box<str>, usize)>,
 }
 
 pub(crate) struct Enum {
@@ -158,6 +161,10 @@ pub(crate) enum Node {
 pub(crate) struct Plan {
     pub nodes: Vec<Node>,
     pub root: NodeId,
+    /// Whether serde_json objects iterate in key order (its default BTreeMap; not so with its
+    /// `preserve_order` feature). When they do, a record's fields are matched to the object's
+    /// keys in one merge pass instead of one map lookup per field.
+    pub sorted_maps: bool,
 }
 
 impl Plan {
@@ -261,6 +268,9 @@ fn full(name: &Name) -> String {
     name.fullname(None)
 }
 
+const NO_BIG_DECIMAL: &str =
+    "logical type big-decimal is not supported; use decimal with a precision and scale";
+
 struct Compiler {
     nodes: Vec<Node>,
     names: HashMap<String, NodeId>,
@@ -285,133 +295,135 @@ impl Compiler {
     }
 
     fn compile(&mut self, s: &A) -> Result<NodeId, String> {
-        let node =
-            match s {
-                A::Null => Node::Null,
-                A::Boolean => Node::Boolean,
-                A::Int => Node::Int,
-                A::Long => Node::Long,
-                A::Float => Node::Float,
-                A::Double => Node::Double,
-                A::Bytes => Node::Bytes,
-                A::String => Node::String,
-                A::Array(a) => Node::Array(self.compile(&a.items)?),
-                A::Map(m) => Node::Map(self.compile(&m.types)?),
-                A::Union(u) => {
-                    let mut branches = Vec::new();
-                    let mut null_index = None;
-                    for (i, v) in u.variants().iter().enumerate() {
-                        let node = self.compile(v)?;
-                        if matches!(self.nodes[node as usize], Node::Null) {
-                            null_index = Some(i);
-                        }
-                        branches.push(Branch {
-                            node,
-                            mask: 0,
-                            names: Vec::new(),
-                        });
+        let node = match s {
+            A::Null => Node::Null,
+            A::Boolean => Node::Boolean,
+            A::Int => Node::Int,
+            A::Long => Node::Long,
+            A::Float => Node::Float,
+            A::Double => Node::Double,
+            A::Bytes => Node::Bytes,
+            A::String => Node::String,
+            A::Array(a) => Node::Array(self.compile(&a.items)?),
+            A::Map(m) => Node::Map(self.compile(&m.types)?),
+            A::Union(u) => {
+                let mut branches = Vec::new();
+                let mut null_index = None;
+                for (i, v) in u.variants().iter().enumerate() {
+                    let node = self.compile(v)?;
+                    if matches!(self.nodes[node as usize], Node::Null) {
+                        null_index = Some(i);
                     }
-                    // Masks and names need the branch bodies, which a recursive reference may not
-                    // have yet; they are filled in by `finish_unions`.
-                    Node::Union(Union {
-                        branches,
-                        null_index,
-                    })
-                }
-                A::Record(r) => {
-                    let ns = r.name.namespace();
-                    let aliases = alias_names(r.aliases.as_deref(), ns);
-                    let id = self.named(&r.name, &aliases);
-                    let mut fields = Vec::with_capacity(r.fields.len());
-                    for f in &r.fields {
-                        let node = self.compile(&f.schema)?;
-                        fields.push(Field {
-                            name: f.name.clone().into_boxed_str(),
-                            node,
-                            default_json: f.default.clone(),
-                            missing: None,
-                        });
-                    }
-                    self.nodes[id as usize] = Node::Record(Record {
-                        name: full(&r.name),
-                        fields,
+                    branches.push(Branch {
+                        node,
+                        mask: 0,
+                        names: Vec::new(),
                     });
-                    self.records.push(id);
-                    return Ok(id);
                 }
-                A::Enum(e) => {
-                    let aliases = alias_names(e.aliases.as_deref(), e.name.namespace());
-                    let id = self.named(&e.name, &aliases);
-                    self.nodes[id as usize] = Node::Enum(Enum {
-                        name: full(&e.name),
-                        symbols: e.symbols.clone(),
+                // Masks and names need the branch bodies, which a recursive reference may not
+                // have yet; they are filled in by `finish_unions`.
+                Node::Union(Union {
+                    branches,
+                    null_index,
+                })
+            }
+            A::Record(r) => {
+                let ns = r.name.namespace();
+                let aliases = alias_names(r.aliases.as_deref(), ns);
+                let id = self.named(&r.name, &aliases);
+                let mut fields = Vec::with_capacity(r.fields.len());
+                for f in &r.fields {
+                    let node = self.compile(&f.schema)?;
+                    fields.push(Field {
+                        name: f.name.clone().into_boxed_str(),
+                        node,
+                        default_json: f.default.clone(),
+                        missing: None,
                     });
-                    return Ok(id);
                 }
-                A::Fixed(f) => {
+                let mut sorted: Vec<(Box<str>, usize)> = fields
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| (f.name.clone(), i))
+                    .collect();
+                sorted.sort();
+                self.nodes[id as usize] = Node::Record(Record {
+                    name: full(&r.name),
+                    fields,
+                    sorted,
+                });
+                self.records.push(id);
+                return Ok(id);
+            }
+            A::Enum(e) => {
+                let aliases = alias_names(e.aliases.as_deref(), e.name.namespace());
+                let id = self.named(&e.name, &aliases);
+                self.nodes[id as usize] = Node::Enum(Enum {
+                    name: full(&e.name),
+                    symbols: e.symbols.clone(),
+                });
+                return Ok(id);
+            }
+            A::Fixed(f) => {
+                let aliases = alias_names(f.aliases.as_deref(), f.name.namespace());
+                let id = self.named(&f.name, &aliases);
+                self.nodes[id as usize] = Node::Fixed {
+                    name: full(&f.name),
+                    size: f.size,
+                };
+                return Ok(id);
+            }
+            A::Decimal(d) => {
+                let fixed = match &d.inner {
+                    InnerDecimalSchema::Bytes => None,
+                    InnerDecimalSchema::Fixed(f) => Some(f),
+                };
+                let node = Node::Decimal(Decimal {
+                    precision: d.precision,
+                    scale: d.scale,
+                    fixed: fixed.map(|f| (full(&f.name), f.size)),
+                });
+                if let Some(f) = fixed {
                     let aliases = alias_names(f.aliases.as_deref(), f.name.namespace());
                     let id = self.named(&f.name, &aliases);
-                    self.nodes[id as usize] = Node::Fixed {
-                        name: full(&f.name),
-                        size: f.size,
-                    };
+                    self.nodes[id as usize] = node;
                     return Ok(id);
                 }
-                A::Decimal(d) => {
-                    let fixed = match &d.inner {
-                        InnerDecimalSchema::Bytes => None,
-                        InnerDecimalSchema::Fixed(f) => Some(f),
-                    };
-                    let node = Node::Decimal(Decimal {
-                        precision: d.precision,
-                        scale: d.scale,
-                        fixed: fixed.map(|f| (full(&f.name), f.size)),
-                    });
-                    if let Some(f) = fixed {
-                        let aliases = alias_names(f.aliases.as_deref(), f.name.namespace());
-                        let id = self.named(&f.name, &aliases);
-                        self.nodes[id as usize] = node;
-                        return Ok(id);
-                    }
-                    node
-                }
-                A::BigDecimal => return Err(
-                    "logical type big-decimal is not supported; use decimal with a precision and \
-                     scale"
-                        .into(),
-                ),
-                A::Uuid(u) => match u {
-                    UuidSchema::String => Node::Uuid(UuidRepr::String),
-                    UuidSchema::Bytes => Node::Uuid(UuidRepr::Bytes),
-                    UuidSchema::Fixed(f) => {
-                        let aliases = alias_names(f.aliases.as_deref(), f.name.namespace());
-                        let id = self.named(&f.name, &aliases);
-                        self.nodes[id as usize] = Node::Uuid(UuidRepr::Fixed(full(&f.name)));
-                        return Ok(id);
-                    }
-                },
-                A::Date => Node::Date,
-                A::TimeMillis => Node::TimeMillis,
-                A::TimeMicros => Node::TimeMicros,
-                A::TimestampMillis => ts(Unit::Millis, false),
-                A::TimestampMicros => ts(Unit::Micros, false),
-                A::TimestampNanos => ts(Unit::Nanos, false),
-                A::LocalTimestampMillis => ts(Unit::Millis, true),
-                A::LocalTimestampMicros => ts(Unit::Micros, true),
-                A::LocalTimestampNanos => ts(Unit::Nanos, true),
-                A::Duration(f) => {
+                node
+            }
+            A::BigDecimal => return Err(NO_BIG_DECIMAL.into()),
+            A::Uuid(u) => match u {
+                UuidSchema::String => Node::Uuid(UuidRepr::String),
+                UuidSchema::Bytes => Node::Uuid(UuidRepr::Bytes),
+                UuidSchema::Fixed(f) => {
                     let aliases = alias_names(f.aliases.as_deref(), f.name.namespace());
                     let id = self.named(&f.name, &aliases);
-                    self.nodes[id as usize] = Node::Duration(full(&f.name));
+                    self.nodes[id as usize] = Node::Uuid(UuidRepr::Fixed(full(&f.name)));
                     return Ok(id);
                 }
-                A::Ref { name } => {
-                    let n = full(name);
-                    return self.names.get(&n).copied().ok_or_else(|| {
-                        format!("the schema refers to type {n}, which it never defines")
-                    });
-                }
-            };
+            },
+            A::Date => Node::Date,
+            A::TimeMillis => Node::TimeMillis,
+            A::TimeMicros => Node::TimeMicros,
+            A::TimestampMillis => ts(Unit::Millis, false),
+            A::TimestampMicros => ts(Unit::Micros, false),
+            A::TimestampNanos => ts(Unit::Nanos, false),
+            A::LocalTimestampMillis => ts(Unit::Millis, true),
+            A::LocalTimestampMicros => ts(Unit::Micros, true),
+            A::LocalTimestampNanos => ts(Unit::Nanos, true),
+            A::Duration(f) => {
+                let aliases = alias_names(f.aliases.as_deref(), f.name.namespace());
+                let id = self.named(&f.name, &aliases);
+                self.nodes[id as usize] = Node::Duration(full(&f.name));
+                return Ok(id);
+            }
+            A::Ref { name } => {
+                let n = full(name);
+                return self.names.get(&n).copied().ok_or_else(|| {
+                    format!("the schema refers to type {n}, which it never defines")
+                });
+            }
+        };
         Ok(self.push(node))
     }
 }
@@ -487,9 +499,13 @@ pub(crate) fn compile(schema: &A) -> Result<Plan, String> {
         records: Vec::new(),
     };
     let root = c.compile(schema)?;
+    let mut probe = serde_json::Map::new();
+    probe.insert("b".into(), Value::Null);
+    probe.insert("a".into(), Value::Null);
     let mut plan = Plan {
         nodes: c.nodes,
         root,
+        sorted_maps: probe.keys().next().is_some_and(|k| k == "a"),
     };
     // Union branch masks and wrapped names.
     for i in 0..plan.nodes.len() {

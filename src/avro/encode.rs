@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Number, Value};
 
-use super::compile::{kind_of, Decimal, Node, NodeId, Plan, Union, UuidRepr};
+use super::compile::{kind_of, Decimal, Field, Node, NodeId, Plan, Union, UuidRepr};
 use super::logical;
 use super::Mismatch;
 
@@ -24,6 +24,9 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     put_long(out, b.len() as i64);
     out.extend_from_slice(b);
 }
+
+/// Records with at most this many fields match fields to keys in one merge pass.
+const SLOTS: usize = 32;
 
 /// One step of the path to a mismatch.
 pub(crate) enum Seg<'a> {
@@ -150,14 +153,13 @@ fn integer(n: &Number) -> Option<i64> {
 
 /// The decimal text of a JSON number: integers exactly, floats as the shortest text that
 /// reads back as the same f64 (exact for up to 15 significant digits).
-fn number_text<'b>(n: &Number, buf: &'b mut [u8; 400]) -> &'b str {
+/// (serde_json writes at most 24 characters for a float, 20 for an integer.)
+fn number_text<'b>(n: &Number, buf: &'b mut [u8; 64]) -> Option<&'b str> {
     use std::io::Write;
-    let len = {
-        let mut cur = &mut buf[..];
-        let _ = write!(cur, "{n}");
-        400 - cur.len()
-    };
-    std::str::from_utf8(&buf[..len]).unwrap_or("")
+    let mut cur = &mut buf[..];
+    write!(cur, "{n}").ok()?;
+    let len = 64 - cur.len();
+    std::str::from_utf8(&buf[..len]).ok()
 }
 
 /// The integer of a logical type given as a JSON integer, or the text parsed by `parse`.
@@ -240,20 +242,29 @@ impl Plan {
                 let Value::Object(obj) = v else {
                     return Err(fail(id, v));
                 };
-                for f in &r.fields {
-                    match obj.get(&*f.name) {
-                        Some(x) => self.enc(f.node, x, out).at(Seg::Key(&f.name))?,
-                        None => match &f.missing {
-                            Some(bytes) => out.extend_from_slice(bytes),
-                            None => {
-                                return Err(Box::new(Fail {
-                                    node: f.node,
-                                    found: None,
-                                    why: None,
-                                    path: vec![Seg::Key(&f.name)],
-                                }))
+                if self.sorted_maps && r.fields.len() <= SLOTS {
+                    let mut slots: [Option<&Value>; SLOTS] = [None; SLOTS];
+                    let mut j = 0;
+                    'keys: for (k, x) in obj {
+                        while let Some((name, i)) = r.sorted.get(j) {
+                            if **name == **k {
+                                slots[*i] = Some(x);
+                                j += 1;
+                                continue 'keys;
                             }
-                        },
+                            if **name > **k {
+                                continue 'keys; // a key that is not a field
+                            }
+                            j += 1; // a field the object lacks
+                        }
+                        break;
+                    }
+                    for (f, x) in r.fields.iter().zip(slots) {
+                        self.field(f, x, out)?;
+                    }
+                } else {
+                    for f in &r.fields {
+                        self.field(f, obj.get(&*f.name), out)?;
                     }
                 }
                 Ok(())
@@ -335,10 +346,10 @@ impl Plan {
                 }
             }
             Node::Decimal(d) => {
-                let mut buf = [0u8; 400];
+                let mut buf = [0u8; 64];
                 let text = match v {
                     Value::String(s) => s.as_str(),
-                    Value::Number(n) => number_text(n, &mut buf),
+                    Value::Number(n) => number_text(n, &mut buf).ok_or_else(|| fail(id, v))?,
                     _ => return Err(fail(id, v)),
                 };
                 let u = logical::parse_decimal(text, d.precision, d.scale)
@@ -424,6 +435,26 @@ impl Plan {
                 Ok(())
             }
             Node::Pending => Err(fail(id, v)),
+        }
+    }
+
+    /// Encodes one record field: its value, or what a missing field becomes.
+    #[inline]
+    fn field<'a>(&'a self, f: &'a Field, x: Option<&'a Value>, out: &mut Vec<u8>) -> Res<'a> {
+        match x {
+            Some(x) => self.enc(f.node, x, out).at(Seg::Key(&f.name)),
+            None => match &f.missing {
+                Some(bytes) => {
+                    out.extend_from_slice(bytes);
+                    Ok(())
+                }
+                None => Err(Box::new(Fail {
+                    node: f.node,
+                    found: None,
+                    why: None,
+                    path: vec![Seg::Key(&f.name)],
+                })),
+            },
         }
     }
 

@@ -782,3 +782,33 @@ fn schema_is_send_sync_and_top_level_types_work() {
         r#"at the top level: expected long (a JSON integer within 64 bits), found the string "x""#
     );
 }
+
+#[test]
+fn fields_match_keys_whatever_the_order_extras_and_gaps() {
+    let s = schema(
+        r#"{"type":"record","name":"O","fields":[
+        {"name":"c","type":"int","default":3},{"name":"a","type":"int"},
+        {"name":"e","type":"int","default":5},{"name":"aa","type":"int","default":9}]}"#,
+    );
+    let v = json!({"b": 0, "d": 0, "a": 1, "f": 0, "e": 2, "": 0, "zz": 0});
+    assert_eq!(
+        s.decode(&enc(&s, &v)).unwrap(),
+        json!({"c": 3, "a": 1, "e": 2, "aa": 9})
+    );
+    assert_eq!(mismatch(&s, &json!({"b": 1})).path, "/a");
+    // Records wider than the merge pass's slots look fields up one by one.
+    let fields: Vec<String> = (0..40)
+        .map(|i| format!(r#"{{"name":"f{i}","type":"int","default":{i}}}"#))
+        .collect();
+    let wide = schema(&format!(
+        r#"{{"type":"record","name":"W","fields":[{}]}}"#,
+        fields.join(",")
+    ));
+    let back = wide
+        .decode(&enc(&wide, &json!({"f39": -1, "x": 0})))
+        .unwrap();
+    assert_eq!(
+        (&back["f0"], &back["f38"], &back["f39"]),
+        (&json!(0), &json!(38), &json!(-1))
+    );
+}
