@@ -99,6 +99,10 @@ pub async fn check(path: &Path, timeout: Duration) -> Vec<CheckLine> {
         Err(e) => out.push(line(false, format!("kafka {brokers}: {e}"))),
     }
 
+    if let Some(rc) = &config.schema_registry {
+        out.extend(check_registry(&config, rc).await);
+    }
+
     for p in &config.pipelines {
         match &p.source {
             SourceConfig::Websocket(ws) => {
@@ -142,6 +146,50 @@ pub async fn check(path: &Path, timeout: Duration) -> Vec<CheckLine> {
                     ),
                 });
             }
+        }
+    }
+    out
+}
+
+/// The registry answers, and each Avro pipeline with a fixed topic finds its subjects.
+async fn check_registry(config: &Config, rc: &crate::registry::RegistryConfig) -> Vec<CheckLine> {
+    let mut out = Vec::new();
+    let client = match crate::registry::RegistryClient::new(rc) {
+        Ok(c) => c,
+        Err(e) => {
+            out.push(line(false, format!("schema registry {}: {e}", rc.url)));
+            return out;
+        }
+    };
+    match client.list_subjects().await {
+        Ok(s) => out.push(line(
+            true,
+            format!("schema registry {}: {} subject(s)", rc.url, s.len()),
+        )),
+        Err(e) => {
+            out.push(line(false, format!("schema registry: {e}")));
+            return out;
+        }
+    }
+    let cache = crate::schema_cache::SchemaCache::new(client, None);
+    for pc in &config.pipelines {
+        let Ok(p) = crate::pipeline::Processor::with_schemas(pc, Some(cache.clone())) else {
+            continue;
+        };
+        let Some(topic) = p.fixed_topic() else {
+            continue;
+        };
+        for subject in p.subjects(topic) {
+            out.push(match cache.load(&subject).await {
+                Ok(l) => line(
+                    true,
+                    format!(
+                        "schema {subject} (pipeline {}): version {}, id {}",
+                        pc.name, l.version, l.id
+                    ),
+                ),
+                Err(e) => line(false, format!("schema (pipeline {}): {e}", pc.name)),
+            });
         }
     }
     out

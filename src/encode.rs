@@ -32,6 +32,14 @@ pub trait Encoder: Send + Sync {
         modified: bool,
         topic: &str,
     ) -> Result<Bytes, EncodeError>;
+    /// The registry subjects a record for `topic` needs (its value's, and its key's when `key`).
+    fn subjects(&self, _topic: &str, _key: bool) -> Vec<String> {
+        Vec::new()
+    }
+    /// The schema cache of a registry-backed encoder.
+    fn schemas(&self) -> Option<&std::sync::Arc<crate::schema_cache::SchemaCache>> {
+        None
+    }
     /// Encodes a rendered key (`key_format: avro`); only schema encoders support it.
     fn encode_key(&self, _key: String, _topic: &str) -> Result<Vec<u8>, EncodeError> {
         Err(EncodeError {

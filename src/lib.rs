@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod registry;
 pub mod run;
+pub mod schema_cache;
 pub mod schemas;
 pub mod source;
 pub mod synth;

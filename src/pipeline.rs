@@ -11,6 +11,7 @@ use crate::encode::{encoder_for, Encoder};
 use crate::event::Event;
 pub use crate::event::Rejection;
 use crate::kafka::{KafkaSink, OutRecord};
+use crate::schema_cache::{AvroEncoder, SchemaCache, SCHEMA_UNAVAILABLE};
 use crate::transform::{Doc, Meta, Template, TopLevel, Transform};
 
 /// The pure part of a pipeline: raw input in, a record (or a rejection) out.
@@ -34,8 +35,16 @@ pub struct Pipeline {
 }
 
 impl Processor {
-    /// Compiles a validated pipeline config.
+    /// Compiles a validated pipeline config (without a schema registry: no `format: avro`).
     pub fn new(c: &PipelineConfig) -> anyhow::Result<Processor> {
+        Processor::with_schemas(c, None)
+    }
+
+    /// Compiles a validated pipeline config; `schemas` serves `format: avro`.
+    pub fn with_schemas(
+        c: &PipelineConfig,
+        schemas: Option<Arc<SchemaCache>>,
+    ) -> anyhow::Result<Processor> {
         let ctx = |what: &str, e: String| anyhow::anyhow!("pipeline {}: {what}: {e}", c.name);
         Ok(Processor {
             name: Arc::from(c.name.as_str()),
@@ -62,12 +71,14 @@ impl Processor {
                 .map(|(k, v)| Template::parse(v).map(|t| (k.clone(), t)))
                 .collect::<Result<_, _>>()
                 .map_err(|e| ctx("headers", e))?,
-            encoder: encoder_for(c.format).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "pipeline {}: format avro needs the schema registry (not built yet)",
+            encoder: match (encoder_for(c.format), schemas) {
+                (Some(e), _) => e,
+                (None, Some(cache)) => Box::new(AvroEncoder::new(cache, &c.avro)),
+                (None, None) => anyhow::bail!(
+                    "pipeline {}: format avro needs a `schema_registry:` section with its url",
                     c.name
-                )
-            })?,
+                ),
+            },
             key_format: c.key_format,
         })
     }
@@ -75,6 +86,38 @@ impl Processor {
     /// The pipeline's name.
     pub fn name(&self) -> &Arc<str> {
         &self.name
+    }
+
+    /// The registry subjects a record for `topic` needs (none unless `format: avro`).
+    pub fn subjects(&self, topic: &str) -> Vec<String> {
+        self.encoder.subjects(
+            topic,
+            self.key.is_some() && self.key_format == KeyFormat::Avro,
+        )
+    }
+
+    /// The topic when it is fixed (not a template).
+    pub fn fixed_topic(&self) -> Option<&str> {
+        self.fixed_topic.as_deref()
+    }
+
+    /// Loads the subjects of `topic` into the schema cache (a templated topic met for the first
+    /// time); false when there is no cache or a subject could not be loaded (then the record
+    /// goes to the DLQ as `schema_unavailable`).
+    pub async fn load_schemas(&self, topic: &str) -> bool {
+        let Some(cache) = self.encoder.schemas() else {
+            return false;
+        };
+        let mut ok = true;
+        for s in self.subjects(topic) {
+            if cache.get(&s).is_none() {
+                if let Err(e) = cache.load_throttled(&s).await {
+                    tracing::warn!(pipeline = %self.name, subject = %s, "{e}");
+                    ok = false;
+                }
+            }
+        }
+        ok
     }
 
     /// The topic as configured (a name or a template): the DLQ's `source_topic` for input
@@ -194,8 +237,17 @@ impl Processor {
 impl Pipeline {
     /// Compiles a pipeline feeding `sink`.
     pub fn new(c: &PipelineConfig, sink: Arc<KafkaSink>) -> anyhow::Result<Pipeline> {
+        Pipeline::with_schemas(c, sink, None)
+    }
+
+    /// Compiles a pipeline feeding `sink`, with the schema cache for `format: avro`.
+    pub fn with_schemas(
+        c: &PipelineConfig,
+        sink: Arc<KafkaSink>,
+        schemas: Option<Arc<SchemaCache>>,
+    ) -> anyhow::Result<Pipeline> {
         Ok(Pipeline {
-            processor: Processor::new(c)?,
+            processor: Processor::with_schemas(c, schemas)?,
             sink,
         })
     }
@@ -218,7 +270,15 @@ impl Pipeline {
     /// Processes an event and hands it to Kafka or the DLQ; returns once the sink accepted it
     /// (which waits while the producer buffer is full).
     pub async fn handle(&self, ev: Event) {
-        match self.processor.process(&ev.raw, &ev.meta) {
+        let mut result = self.processor.process(&ev.raw, &ev.meta);
+        if let Err(r) = &result {
+            if r.error_type == SCHEMA_UNAVAILABLE
+                && self.processor.load_schemas(&r.source_topic).await
+            {
+                result = self.processor.process(&ev.raw, &ev.meta);
+            }
+        }
+        match result {
             Ok(mut rec) => {
                 if !ev.headers.is_empty() {
                     // Input headers go out with the record, before the templated ones.

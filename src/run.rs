@@ -12,6 +12,8 @@ use crate::config::Config;
 use crate::kafka::{fetch_metadata, KafkaSink};
 use crate::metrics::{self, Metrics};
 use crate::pipeline::Pipeline;
+use crate::registry::RegistryClient;
+use crate::schema_cache::SchemaCache;
 
 /// What a run did, reported at shutdown.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,10 +99,38 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         });
     }
 
+    let schemas = match &config.schema_registry {
+        Some(rc) => {
+            let client = RegistryClient::new(rc).map_err(|e| anyhow::anyhow!("{e}"))?;
+            Some(SchemaCache::new(client, Some(metrics.clone())))
+        }
+        None => None,
+    };
+    let mut pipelines = Vec::new();
+    for pc in &config.pipelines {
+        let pipeline = Arc::new(Pipeline::with_schemas(pc, sink.clone(), schemas.clone())?);
+        // The schemas of fixed topics are fetched now, so that a missing subject or an
+        // unreachable registry stops the start with the fix; templated topics load theirs
+        // when first met.
+        if let (Some(cache), Some(topic)) = (&schemas, pipeline.processor().fixed_topic()) {
+            for subject in pipeline.processor().subjects(topic) {
+                let l = cache
+                    .load(&subject)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("pipeline {}: {e}", pc.name))?;
+                tracing::info!(pipeline = %pc.name, subject = %subject, version = l.version, id = l.id, "schema loaded");
+            }
+        }
+        pipelines.push(pipeline);
+    }
+    let refresher_stop = CancellationToken::new();
+    if let (Some(cache), Some(rc)) = (&schemas, &config.schema_registry) {
+        cache.spawn_refresher(rc.refresh, refresher_stop.clone());
+    }
+
     let sources_stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
-    for pc in &config.pipelines {
-        let pipeline = Arc::new(Pipeline::new(pc, sink.clone())?);
+    for (pc, pipeline) in config.pipelines.iter().zip(pipelines) {
         crate::source::spawn(
             &pc.source,
             pipeline,
@@ -132,6 +162,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .drain(deadline.saturating_duration_since(Instant::now()))
         .await;
     watcher_stop.cancel();
+    refresher_stop.cancel();
     let t = sink.totals();
     let summary = Summary {
         accepted: t.accepted.load(Ordering::Relaxed),

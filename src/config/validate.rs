@@ -292,6 +292,12 @@ pub(super) fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
                     .into(),
             );
         }
+        if pl.format == Format::Avro && c.schema_registry.is_none() {
+            err(
+                at("format"),
+                "`avro` encodes through a schema registry; add `schema_registry: { url: http://127.0.0.1:8081/apis/ccompat/v7 }`".into(),
+            );
+        }
         if pl.format == Format::Avro
             && pl.avro.subject_strategy != super::SubjectStrategy::TopicName
             && pl.avro.record.is_none()

@@ -1,0 +1,309 @@
+//! The schemas a running gateway encodes with: the latest version of each subject, fetched from
+//! the registry at start, kept in memory, and refreshed every `schema_registry.refresh` so that a
+//! newly registered version is used without a restart. A refresh that fails keeps the cached
+//! schema (logged and counted, never fatal). Schemas by id (for decoding) never change, so they
+//! are cached for good.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::avro;
+use crate::config::{AvroConfig, SubjectStrategy};
+use crate::encode::{EncodeError, Encoder};
+use crate::metrics::Metrics;
+use crate::registry::{RegistryClient, Version};
+
+/// The latest version of a subject, compiled.
+#[derive(Debug)]
+pub struct Latest {
+    /// The subject.
+    pub subject: String,
+    /// The schema id written into each record (Confluent wire format).
+    pub id: u32,
+    /// The subject's version.
+    pub version: i64,
+    /// The compiled schema.
+    pub schema: Arc<avro::Schema>,
+}
+
+/// Subjects → latest schema, and ids → schema.
+pub struct SchemaCache {
+    client: RegistryClient,
+    subjects: RwLock<HashMap<String, Arc<Latest>>>,
+    by_id: RwLock<HashMap<u32, Arc<avro::Schema>>>,
+    /// Subjects that could not be loaded lately, so that a stream of records for them does
+    /// not become a stream of registry requests.
+    failed: Mutex<HashMap<String, (Instant, String)>>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// How long a failed subject load is remembered before the registry is asked again.
+const RETRY_FAILED_AFTER: Duration = Duration::from_secs(5);
+
+impl SchemaCache {
+    /// A cache over `client`; `metrics` counts refresh failures.
+    pub fn new(client: RegistryClient, metrics: Option<Arc<Metrics>>) -> Arc<SchemaCache> {
+        Arc::new(SchemaCache {
+            client,
+            subjects: RwLock::new(HashMap::new()),
+            by_id: RwLock::new(HashMap::new()),
+            failed: Mutex::new(HashMap::new()),
+            metrics,
+        })
+    }
+
+    /// The registry client.
+    pub fn client(&self) -> &RegistryClient {
+        &self.client
+    }
+
+    /// The cached latest version of `subject`, if loaded.
+    pub fn get(&self, subject: &str) -> Option<Arc<Latest>> {
+        self.subjects
+            .read()
+            .expect("schema cache lock")
+            .get(subject)
+            .cloned()
+    }
+
+    async fn fetch(&self, subject: &str) -> Result<Arc<Latest>, String> {
+        let r = self
+            .client
+            .get_version(subject, Version::Latest)
+            .await
+            .map_err(|e| e.to_string())?;
+        let schema = avro::Schema::parse(&r.schema).map_err(|e| {
+            format!(
+                "subject {subject} version {} (id {}) is not an Avro schema kgate can use: {e}",
+                r.version, r.id
+            )
+        })?;
+        Ok(Arc::new(Latest {
+            subject: subject.to_string(),
+            id: r.id,
+            version: i64::from(r.version),
+            schema: Arc::new(schema),
+        }))
+    }
+
+    /// Fetches the latest version of `subject` and caches it (also when it is cached already).
+    pub async fn load(&self, subject: &str) -> Result<Arc<Latest>, String> {
+        let l = self.fetch(subject).await?;
+        self.by_id
+            .write()
+            .expect("schema cache lock")
+            .insert(l.id, l.schema.clone());
+        self.subjects
+            .write()
+            .expect("schema cache lock")
+            .insert(subject.to_string(), l.clone());
+        Ok(l)
+    }
+
+    /// [`SchemaCache::load`], but a subject that failed in the last few seconds fails again
+    /// at once without asking the registry.
+    pub async fn load_throttled(&self, subject: &str) -> Result<Arc<Latest>, String> {
+        if let Some((at, e)) = self.failed.lock().expect("lock").get(subject) {
+            if at.elapsed() < RETRY_FAILED_AFTER {
+                return Err(e.clone());
+            }
+        }
+        let r = self.load(subject).await;
+        let mut failed = self.failed.lock().expect("lock");
+        match &r {
+            Ok(_) => {
+                failed.remove(subject);
+            }
+            Err(e) => {
+                failed.insert(subject.to_string(), (Instant::now(), e.clone()));
+            }
+        }
+        r
+    }
+
+    /// Re-fetches every cached subject; a failure keeps the cached version.
+    pub async fn refresh(&self) {
+        let subjects: Vec<(String, u32)> = self
+            .subjects
+            .read()
+            .expect("schema cache lock")
+            .values()
+            .map(|l| (l.subject.clone(), l.id))
+            .collect();
+        for (subject, old) in subjects {
+            match self.load(&subject).await {
+                Ok(l) if l.id != old => tracing::info!(
+                    subject = %subject, version = l.version, id = l.id, previous_id = old,
+                    "a new schema version is in use"
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    if let Some(m) = &self.metrics {
+                        m.schema_refresh_errors.with_label_values(&[&subject]).inc();
+                    }
+                    tracing::warn!(subject = %subject, "schema refresh failed, still using id {old}: {e}");
+                }
+            }
+        }
+    }
+
+    /// Refreshes every `every` until `stop`.
+    pub fn spawn_refresher(self: &Arc<Self>, every: Duration, stop: CancellationToken) {
+        let cache = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(every) => cache.refresh().await,
+                }
+            }
+        });
+    }
+
+    /// The schema with registry id `id` (cached for good: ids are immutable).
+    pub async fn schema_by_id(&self, id: u32) -> Result<Arc<avro::Schema>, String> {
+        if let Some(s) = self.by_id.read().expect("schema cache lock").get(&id) {
+            return Ok(s.clone());
+        }
+        let text = self
+            .client
+            .schema_by_id(id)
+            .await
+            .map_err(|e| e.to_string())?;
+        let s = Arc::new(
+            avro::Schema::parse(&text)
+                .map_err(|e| format!("schema id {id} is not an Avro schema: {e}"))?,
+        );
+        self.by_id
+            .write()
+            .expect("schema cache lock")
+            .insert(id, s.clone());
+        Ok(s)
+    }
+
+    /// Decodes a Confluent wire-format record (magic byte, schema id, Avro body) to JSON.
+    pub async fn decode(&self, bytes: &[u8]) -> Result<(u32, Value), String> {
+        let (id, body) = avro::unframe(bytes)?;
+        let schema = self.schema_by_id(id).await?;
+        Ok((id, schema.decode(body)?))
+    }
+}
+
+/// Encodes values (and keys) as Avro with the latest version of their subject.
+pub struct AvroEncoder {
+    cache: Arc<SchemaCache>,
+    strategy: SubjectStrategy,
+    record: Option<String>,
+    subject: Option<String>,
+}
+
+/// `error_type` of a record whose subject is not loaded (the pipeline loads it and retries).
+pub const SCHEMA_UNAVAILABLE: &str = "schema_unavailable";
+
+impl AvroEncoder {
+    /// An encoder naming subjects per `c`.
+    pub fn new(cache: Arc<SchemaCache>, c: &AvroConfig) -> AvroEncoder {
+        AvroEncoder {
+            cache,
+            strategy: c.subject_strategy,
+            record: c.record.clone(),
+            subject: c.subject.clone(),
+        }
+    }
+
+    /// The value subject for `topic`.
+    pub fn value_subject(&self, topic: &str) -> String {
+        match &self.subject {
+            Some(s) => s.clone(),
+            None => crate::registry::subject(
+                self.strategy,
+                topic,
+                self.record.as_deref().unwrap_or_default(),
+                false,
+            ),
+        }
+    }
+
+    /// The key subject for `topic` (always `<topic>-key`).
+    pub fn key_subject(topic: &str) -> String {
+        crate::registry::subject(SubjectStrategy::TopicName, topic, "", true)
+    }
+
+    /// The cache it reads.
+    pub fn cache(&self) -> &Arc<SchemaCache> {
+        &self.cache
+    }
+
+    fn latest(&self, subject: &str) -> Result<Arc<Latest>, EncodeError> {
+        self.cache.get(subject).ok_or_else(|| EncodeError {
+            error_type: SCHEMA_UNAVAILABLE,
+            message: format!(
+                "no schema for subject {subject}: the registry at {} has none, or cannot be reached",
+                self.cache.client.url()
+            ),
+        })
+    }
+
+    fn write(l: &Latest, v: &Value, what: &str) -> Result<Vec<u8>, EncodeError> {
+        let mut out = Vec::with_capacity(64);
+        avro::frame(l.id, &mut out);
+        l.schema.encode(v, &mut out).map_err(|m| EncodeError {
+            error_type: "schema_mismatch",
+            message: format!(
+                "{what} does not fit subject {} version {} (id {}): {m}",
+                l.subject, l.version, l.id
+            ),
+        })?;
+        Ok(out)
+    }
+}
+
+impl Encoder for AvroEncoder {
+    fn needs_json(&self) -> bool {
+        true
+    }
+    fn needs_value(&self) -> bool {
+        true
+    }
+    fn encode(
+        &self,
+        _raw: &Bytes,
+        value: Option<&Value>,
+        _modified: bool,
+        topic: &str,
+    ) -> Result<Bytes, EncodeError> {
+        let l = self.latest(&self.value_subject(topic))?;
+        let v = value.unwrap_or(&Value::Null);
+        Self::write(&l, v, "the event").map(Bytes::from)
+    }
+
+    fn encode_key(&self, key: String, topic: &str) -> Result<Vec<u8>, EncodeError> {
+        let l = self.latest(&Self::key_subject(topic))?;
+        // A string key schema takes the rendered key as is; any other tries it as JSON
+        // (`42` for a long key, `{"id":"a"}` for a record key).
+        match Self::write(&l, &Value::String(key.clone()), "the key") {
+            Ok(b) => Ok(b),
+            Err(e) => match serde_json::from_str::<Value>(&key) {
+                Ok(v) => Self::write(&l, &v, "the key"),
+                Err(_) => Err(e),
+            },
+        }
+    }
+
+    fn subjects(&self, topic: &str, key: bool) -> Vec<String> {
+        let mut s = vec![self.value_subject(topic)];
+        if key {
+            s.push(Self::key_subject(topic));
+        }
+        s
+    }
+
+    fn schemas(&self) -> Option<&Arc<SchemaCache>> {
+        Some(&self.cache)
+    }
+}
