@@ -1,6 +1,7 @@
 //! Typed configuration: YAML with `${VAR}` / `${VAR:-default}` from the environment, unknown keys
 //! refused with their path, and a validation pass that reports every problem at once.
 
+mod http;
 mod interpolate;
 mod validate;
 
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+pub use http::{pattern_matches, HttpAuthConfig, HttpConfig, HttpSourceConfig, HttpTlsConfig};
 pub use interpolate::interpolate_env;
 pub use validate::valid_topic_name;
 
@@ -74,6 +76,9 @@ pub struct Config {
     /// Dead-letter queue.
     #[serde(default)]
     pub dlq: DlqConfig,
+    /// The HTTP ingest server (REST Proxy and pipeline ingest routes); none = not served.
+    #[serde(default)]
+    pub http: Option<HttpConfig>,
     /// How long a SIGTERM/SIGINT may take to drain and flush before giving up.
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -532,6 +537,8 @@ pub enum Format {
 pub enum SourceConfig {
     /// WebSocket client fan-in: one connection per URL.
     Websocket(WebsocketSourceConfig),
+    /// `POST /ingest/{name}` on the `http:` server.
+    Http(HttpSourceConfig),
 }
 
 /// `source.websocket:`.
@@ -789,7 +796,9 @@ pipelines:
         assert_eq!(c.kafka.producer.acks, Acks::All);
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
         assert_eq!(c.dlq.topic, "events.v1.dlq");
-        let SourceConfig::Websocket(ws) = &c.pipelines[0].source;
+        let SourceConfig::Websocket(ws) = &c.pipelines[0].source else {
+            panic!("websocket source expected")
+        };
         assert_eq!(ws.timeout, Duration::from_secs(5));
         assert_eq!(ws.ping_interval, Duration::from_secs(20));
         assert_eq!(c.pipelines[0].key.as_deref(), Some("${exchange}|${symbol}"));

@@ -1,5 +1,6 @@
 //! Sources turn bytes from the outside into events; one file per kind.
 
+pub mod http;
 pub mod websocket;
 
 use std::sync::Arc;
@@ -22,5 +23,7 @@ pub fn spawn(
 ) {
     match config {
         SourceConfig::Websocket(ws) => websocket::spawn(ws, pipeline, metrics, stop, tasks),
+        // Served by the one HTTP server (`http::spawn`, started by `run`).
+        SourceConfig::Http(_) => {}
     }
 }
