@@ -802,3 +802,55 @@ async fn serves_https_with_the_configured_certificate() {
         .unwrap();
     assert_ne!(String::from_utf8_lossy(&plain.stdout), "200");
 }
+
+/// SIGTERM while a request is in flight: the server stops accepting connections, the request
+/// still gets its records acknowledged and answered 200, and kgate exits cleanly.
+#[test]
+fn shutdown_lets_in_flight_requests_finish() {
+    use std::io::{Read, Write};
+    let b = brokers();
+    let gw = start(&b, "", "", "");
+    let mut gw = gw;
+    let topic = unique("drain");
+    let addr = gw.http.trim_start_matches("http://").to_string();
+    let body = format!(
+        r#"{{"records":[{}]}}"#,
+        (0..500)
+            .map(|i| format!(r#"{{"value":{{"n":{i}}}}}"#))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "POST /topics/{topic} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/vnd.kafka.json.v2+json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    let (first, rest) = body.split_at(body.len() / 2);
+    s.write_all(first.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    gw.proc.signal("-TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        std::net::TcpStream::connect(&addr).is_err(),
+        "still accepting connections after SIGTERM"
+    );
+    s.write_all(rest.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "{answer}\nlog:\n{}",
+        gw.proc.log_text()
+    );
+    let json = answer.split_once("\r\n\r\n").unwrap().1;
+    let v: Value = serde_json::from_str(json).unwrap();
+    assert_eq!(v["offsets"][499]["offset"], 499, "{v}");
+    let status = gw.proc.wait(Duration::from_secs(30));
+    assert!(status.success(), "{}", gw.proc.log_text());
+    let s = summary(&gw.proc.log_text());
+    assert_eq!((s["delivered"], s["undelivered"]), (500, 0));
+    assert_eq!(consume(&b, &topic, 500, Duration::from_secs(20)).len(), 500);
+}
