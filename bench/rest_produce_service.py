@@ -17,13 +17,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--listen", default="127.0.0.1:8090")
     ap.add_argument("--brokers", default="127.0.0.1:9092")
+    ap.add_argument("--linger-ms", type=int, default=10)
     args = ap.parse_args()
     producer = Producer({
         "bootstrap.servers": args.brokers,
         "acks": "all",
         "enable.idempotence": True,
         "compression.type": "zstd",
-        "linger.ms": 10,
+        "linger.ms": args.linger_ms,
         "batch.size": 131072,
         "queue.buffering.max.messages": 10000,
     })

@@ -9,7 +9,9 @@
 //! `throughput`: `clients` connections post back to back (closed loop) for `seconds`.
 //! `rate`: open loop at `rate` events/s (`rate / batch` requests/s on a fixed schedule, each on
 //! its own task); latency is measured from the scheduled send time to the full answer, so a
-//! server that falls behind shows it (no coordinated omission).
+//! server that falls behind shows it (no coordinated omission). The requests of the first
+//! `--warmup` seconds (default 1; connections being opened) count as sent but not in the
+//! latencies.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +25,7 @@ struct Args {
     clients: usize,
     seconds: f64,
     rate: f64,
+    warmup: f64,
 }
 
 fn args() -> Args {
@@ -33,6 +36,7 @@ fn args() -> Args {
         clients: 8,
         seconds: 10.0,
         rate: 10_000.0,
+        warmup: 1.0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -44,6 +48,7 @@ fn args() -> Args {
             "--clients" => a.clients = v().parse().unwrap(),
             "--seconds" => a.seconds = v().parse().unwrap(),
             "--rate" => a.rate = v().parse().unwrap(),
+            "--warmup" => a.warmup = v().parse().unwrap(),
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
@@ -109,14 +114,15 @@ async fn main() {
     let tally = Arc::new(Mutex::new(Tally::default()));
     let started = Instant::now();
     let dur = Duration::from_secs_f64(a.seconds);
-    let record = |t: &mut Tally, r: Result<u16, String>, lat: f64| {
+    let record = |t: &mut Tally, r: Result<u16, String>, lat: Option<f64>| {
         match r {
             Ok(200) => t.ok += 1,
             Ok(s) => *t.other.entry(s).or_default() += 1,
             Err(_) => t.errors += 1,
         }
-        t.latencies.push(lat);
+        t.latencies.extend(lat);
     };
+    let warm_until = started + Duration::from_secs_f64(a.warmup);
     if a.mode == "rate" {
         let every = Duration::from_secs_f64(a.batch as f64 / a.rate);
         let mut handles = Vec::new();
@@ -135,7 +141,7 @@ async fn main() {
             );
             handles.push(tokio::spawn(async move {
                 let r = post(&c, &url, b).await;
-                let lat = at.elapsed().as_secs_f64();
+                let lat = (at >= warm_until).then(|| at.elapsed().as_secs_f64());
                 record(&mut *t.lock().await, r, lat);
             }));
             n += 1;
@@ -153,7 +159,7 @@ async fn main() {
                 while started.elapsed() < dur {
                     let sent = Instant::now();
                     let r = post(&c, &url, bodies[n % bodies.len()].clone()).await;
-                    record(&mut *t.lock().await, r, sent.elapsed().as_secs_f64());
+                    record(&mut *t.lock().await, r, Some(sent.elapsed().as_secs_f64()));
                     n += a.clients;
                 }
             }));
