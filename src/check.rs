@@ -146,6 +146,25 @@ pub async fn check(path: &Path, timeout: Duration) -> Vec<CheckLine> {
                     ),
                 });
             }
+            SourceConfig::Http(_) => {
+                let (scheme, listen) = config
+                    .http
+                    .as_ref()
+                    .map(|h| {
+                        (
+                            if h.tls.is_some() { "https" } else { "http" },
+                            h.listen.as_str(),
+                        )
+                    })
+                    .unwrap_or(("http", "?"));
+                out.push(line(
+                    true,
+                    format!(
+                        "http (pipeline {}): POST {scheme}://{listen}/ingest/{}",
+                        p.name, p.name
+                    ),
+                ));
+            }
         }
     }
     out

@@ -34,6 +34,11 @@ const CONNECTION_BUCKETS: &[f64] = &[
     86400.0,
 ];
 
+/// Records-per-request buckets of the HTTP routes.
+const RECORDS_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 5000.0, 10000.0, 50000.0,
+];
+
 /// How recent a successful metadata fetch must be for `/readyz`.
 pub const READY_WINDOW: Duration = Duration::from_secs(30);
 
@@ -71,6 +76,12 @@ pub struct Metrics {
     device_connection_duration: HistogramVec,
     /// `kgate_producer_inflight_records`: accepted, not yet acknowledged.
     pub inflight: IntGauge,
+    /// `http_requests_total{route,status}`: answered HTTP ingest requests.
+    pub http_requests: IntCounterVec,
+    /// `http_request_duration_seconds{route}`: request received → answer sent.
+    pub http_request_duration: HistogramVec,
+    /// `http_records_per_request{route}`: records in each well-formed request.
+    pub http_records_per_request: HistogramVec,
     topics: Mutex<HashMap<String, Arc<TopicMetrics>>>,
     last_metadata_ok: AtomicU64,
 }
@@ -313,6 +324,26 @@ impl Metrics {
                 "How long device WebSocket connections lasted",
                 &["pipeline"],
                 CONNECTION_BUCKETS,
+            ),
+            http_requests: counter(
+                &r,
+                "http_requests_total",
+                "HTTP ingest requests answered, by route and status code",
+                &["route", "status"],
+            ),
+            http_request_duration: histogram(
+                &r,
+                "http_request_duration_seconds",
+                "HTTP ingest request time, from receipt to the answer (which waits for Kafka)",
+                &["route"],
+                LATENCY_BUCKETS,
+            ),
+            http_records_per_request: histogram(
+                &r,
+                "http_records_per_request",
+                "Records in each well-formed HTTP ingest request",
+                &["route"],
+                RECORDS_BUCKETS,
             ),
             inflight,
             topics: Mutex::new(HashMap::new()),

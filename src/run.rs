@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, SourceConfig};
 use crate::kafka::{fetch_metadata, KafkaSink};
 use crate::metrics::{self, Metrics};
 use crate::pipeline::Pipeline;
 use crate::registry::RegistryClient;
 use crate::schema_cache::SchemaCache;
+use crate::source::http::HttpPipeline;
 
 /// What a run did, reported at shutdown.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,7 +131,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let sources_stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
+    let mut http_pipelines = Vec::new();
     for (pc, pipeline) in config.pipelines.iter().zip(pipelines) {
+        if let SourceConfig::Http(h) = &pc.source {
+            http_pipelines.push(HttpPipeline {
+                pipeline: pipeline.clone(),
+                config: h.clone(),
+                format: pc.format,
+            });
+        }
         crate::source::spawn(
             &pc.source,
             pipeline,
@@ -139,6 +148,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             &mut tasks,
         );
         tracing::info!(pipeline = %pc.name, topic = %pc.topic, "pipeline started");
+    }
+
+    if let Some(h) = &config.http {
+        // In `tasks`: on shutdown it stops accepting and lets in-flight requests get their acks.
+        crate::source::http::spawn(
+            h,
+            http_pipelines,
+            sink.clone(),
+            metrics.clone(),
+            &config.kafka,
+            sources_stop.clone(),
+            &mut tasks,
+        )
+        .await?;
     }
 
     shutdown.cancelled().await;

@@ -1,6 +1,7 @@
 //! Typed configuration: YAML with `${VAR}` / `${VAR:-default}` from the environment, unknown keys
 //! refused with their path, and a validation pass that reports every problem at once.
 
+mod http;
 mod interpolate;
 mod validate;
 
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+pub use http::{pattern_matches, HttpAuthConfig, HttpConfig, HttpSourceConfig, HttpTlsConfig};
 pub use interpolate::interpolate_env;
 pub use validate::valid_topic_name;
 
@@ -74,6 +76,9 @@ pub struct Config {
     /// Dead-letter queue.
     #[serde(default)]
     pub dlq: DlqConfig,
+    /// The HTTP ingest server (REST Proxy and pipeline ingest routes); none = not served.
+    #[serde(default)]
+    pub http: Option<HttpConfig>,
     /// How long a SIGTERM/SIGINT may take to drain and flush before giving up.
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -577,6 +582,8 @@ pub enum SourceConfig {
     Websocket(WebsocketSourceConfig),
     /// A WebSocket server that devices connect to (optionally speaking WRP).
     DeviceWebsocket(crate::source::device::DeviceSourceConfig),
+    /// `POST /ingest/{name}` on the `http:` server.
+    Http(HttpSourceConfig),
 }
 
 /// `source.websocket:`.

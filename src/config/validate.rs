@@ -208,7 +208,7 @@ pub(super) fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
         );
     }
 
-    if c.pipelines.is_empty() {
+    if c.pipelines.is_empty() && c.http.is_none() {
         err(
             "pipelines".into(),
             "no pipelines; add one with a `name`, a `source`, a `topic` (see examples/trades.yaml)"
@@ -269,6 +269,8 @@ pub(super) fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
                     err(e.path, e.message);
                 }
             }
+            // Checked with the `http:` section, in config/http.rs.
+            SourceConfig::Http(_) => {}
         }
         for (j, t) in pl.transforms.iter().enumerate() {
             let mut check_ptr = |field: &str, p: &str| {
@@ -353,4 +355,5 @@ pub(super) fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
             }
         }
     }
+    super::http::validate(c, errors);
 }

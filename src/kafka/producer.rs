@@ -297,6 +297,12 @@ impl KafkaSink {
     /// Hands a record to the producer. With `on_full: block` it waits for room (backpressure);
     /// with `drop_newest` it drops the record, counts it and acks it as dropped.
     pub async fn send(&self, rec: OutRecord, ev: Event) {
+        self.send_to(rec, None, ev).await
+    }
+
+    /// [`KafkaSink::send`] to a given partition (`None`: the partitioner picks), for callers
+    /// that name one (the REST Proxy's `records[i].partition`).
+    pub async fn send_to(&self, rec: OutRecord, partition: Option<i32>, ev: Event) {
         let Event {
             raw,
             headers: input_headers,
@@ -335,6 +341,9 @@ impl KafkaSink {
         }
         if let Some(h) = headers {
             record = record.headers(h);
+        }
+        if let Some(p) = partition {
+            record = record.partition(p);
         }
         loop {
             match self.producer.send(record) {

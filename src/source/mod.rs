@@ -1,6 +1,7 @@
 //! Sources turn bytes from the outside into events; one file per kind.
 
 pub mod device;
+pub mod http;
 pub mod websocket;
 
 use std::sync::Arc;
@@ -24,5 +25,7 @@ pub fn spawn(
     match config {
         SourceConfig::Websocket(ws) => websocket::spawn(ws, pipeline, metrics, stop, tasks),
         SourceConfig::DeviceWebsocket(d) => device::spawn(d, pipeline, metrics, stop, tasks),
+        // Served by the one HTTP server (`http::spawn`, started by `run`).
+        SourceConfig::Http(_) => {}
     }
 }

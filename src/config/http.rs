@@ -1,0 +1,312 @@
+//! `http:` — the HTTP ingest server (REST Proxy v2 `POST /topics/{topic}` and
+//! `POST /ingest/{pipeline}`), and `source.http:` of the pipelines it feeds.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use super::{ByteSize, Config, ConfigError, SourceConfig};
+
+/// Top-level `http:` section.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpConfig {
+    /// Address to listen on, e.g. `0.0.0.0:8082`.
+    pub listen: String,
+    /// Largest request body accepted (413 above it).
+    #[serde(default = "default_max_body")]
+    pub max_body: ByteSize,
+    /// How long a request waits for Kafka to acknowledge its records; records not acknowledged
+    /// by then are answered 503 (they may still be written: at-least-once).
+    #[serde(default = "default_ack_timeout", with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    /// How long a record may wait for room in a full producer buffer before the request is
+    /// answered 429.
+    #[serde(default = "default_max_wait", with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// `Retry-After` sent with 429 and 503 answers.
+    #[serde(default = "default_retry_after", with = "humantime_serde")]
+    pub retry_after: Duration,
+    /// Bearer tokens / API keys and what each may write; none = no authentication.
+    #[serde(default)]
+    pub auth: Vec<HttpAuthConfig>,
+    /// Serve HTTPS with these PEM files.
+    #[serde(default)]
+    pub tls: Option<HttpTlsConfig>,
+}
+
+fn default_max_body() -> ByteSize {
+    ByteSize(10 * 1000 * 1000)
+}
+fn default_ack_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_wait() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_retry_after() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// One accepted token (`Authorization: Bearer T` or `X-API-Key: T`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpAuthConfig {
+    /// A name for logs and templates (`${@token_name}`); default `token<N>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The token itself (write `${ENV_VAR}`), or …
+    #[serde(default, deserialize_with = "string_or_number")]
+    pub token: Option<String>,
+    /// … a file holding it (trailing whitespace is ignored).
+    #[serde(default)]
+    pub token_file: Option<String>,
+    /// Topics it may write through `POST /topics/{topic}`: names, `prefix*` or `*`.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// Pipelines it may feed through `POST /ingest/{pipeline}`: names, `prefix*` or `*`.
+    #[serde(default)]
+    pub pipelines: Vec<String>,
+}
+
+/// `http.tls:` — PEM certificate chain and private key.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpTlsConfig {
+    /// Certificate chain (PEM), leaf first.
+    pub cert_file: String,
+    /// Private key (PEM).
+    pub key_file: String,
+}
+
+/// `source.http:` — a pipeline fed by `POST /ingest/{name}`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct HttpSourceConfig {
+    /// Request headers copied onto every record (and its DLQ record), e.g. `[x-request-id]`.
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// Overrides `http.max_body` for this pipeline.
+    #[serde(default)]
+    pub max_body: Option<ByteSize>,
+}
+
+fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let v = Option::<serde_json::Value>::deserialize(d)?;
+    match v {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s)),
+        Some(serde_json::Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(_) => Err(serde::de::Error::custom("token must be a string")),
+    }
+}
+
+impl HttpAuthConfig {
+    /// The token: inline, or read from `token_file`.
+    pub fn resolve_token(&self) -> Result<String, String> {
+        match (&self.token, &self.token_file) {
+            (Some(t), None) => Ok(t.clone()),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .map(|s| s.trim_end().to_string())
+                .map_err(|e| format!("cannot read token_file `{f}`: {e}")),
+            (Some(_), Some(_)) => Err("set `token` or `token_file`, not both".into()),
+            (None, None) => Err(
+                "no token; set `token: \"${INGEST_TOKEN}\"` or `token_file: /path/to/token`".into(),
+            ),
+        }
+    }
+}
+
+/// Whether `name` matches a pattern: exact, `prefix*`, or `*`.
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => pattern == name,
+    }
+}
+
+pub(super) fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
+    let mut err = |path: String, message: String| errors.push(ConfigError { path, message });
+    let http_pipelines: Vec<(usize, &str)> = c
+        .pipelines
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| matches!(p.source, SourceConfig::Http(_)))
+        .map(|(i, p)| (i, p.name.as_str()))
+        .collect();
+    let Some(h) = &c.http else {
+        for (i, name) in http_pipelines {
+            err(
+                format!("pipelines[{i}].source.http"),
+                format!("pipeline `{name}` is fed over HTTP but there is no top-level `http:` section; add `http: {{ listen: \"0.0.0.0:8082\" }}`"),
+            );
+        }
+        return;
+    };
+    if h.listen.parse::<SocketAddr>().is_err() {
+        err(
+            "http.listen".into(),
+            format!(
+                "`{}` is not an address; write e.g. `0.0.0.0:8082`",
+                h.listen
+            ),
+        );
+    }
+    if c.metrics.enabled && c.metrics.listen == h.listen {
+        err(
+            "http.listen".into(),
+            format!(
+                "`{}` is also metrics.listen; give the HTTP server its own port",
+                h.listen
+            ),
+        );
+    }
+    if h.max_body.0 == 0 {
+        err("http.max_body".into(), "must be more than 0".into());
+    }
+    if h.ack_timeout.is_zero() {
+        err(
+            "http.ack_timeout".into(),
+            "must be more than 0; e.g. `30s`".into(),
+        );
+    }
+    if h.retry_after.is_zero() {
+        err(
+            "http.retry_after".into(),
+            "must be at least 1s (Retry-After is in whole seconds)".into(),
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, a) in h.auth.iter().enumerate() {
+        match a.resolve_token() {
+            Ok(t) if t.is_empty() => err(
+                format!("http.auth[{i}].token"),
+                "empty token (is the environment variable set to an empty value?)".into(),
+            ),
+            Ok(t) if t.len() < 16 => err(
+                format!("http.auth[{i}].token"),
+                format!(
+                    "token of {} characters is too short to be a secret; use at least 16",
+                    t.len()
+                ),
+            ),
+            Ok(t) => {
+                if !seen.insert(t) {
+                    err(
+                        format!("http.auth[{i}].token"),
+                        "the same token is listed twice; merge the entries".into(),
+                    );
+                }
+            }
+            Err(e) => err(
+                format!(
+                    "http.auth[{i}].{}",
+                    if a.token_file.is_some() {
+                        "token_file"
+                    } else {
+                        "token"
+                    }
+                ),
+                e,
+            ),
+        }
+        if a.topics.is_empty() && a.pipelines.is_empty() {
+            err(
+                format!("http.auth[{i}]"),
+                "allows nothing; list `topics: [...]` and/or `pipelines: [...]` (`*` for all)"
+                    .into(),
+            );
+        }
+        for (j, p) in a.pipelines.iter().enumerate() {
+            let known = c.pipelines.iter().any(|pl| {
+                matches!(pl.source, SourceConfig::Http(_)) && pattern_matches(p, &pl.name)
+            });
+            if !known && !p.ends_with('*') {
+                err(
+                    format!("http.auth[{i}].pipelines[{j}]"),
+                    format!("no pipeline named `{p}` has `source: {{ http: {{}} }}`"),
+                );
+            }
+        }
+    }
+    if let Some(tls) = &h.tls {
+        for (field, f) in [("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {
+            if !std::path::Path::new(f).is_file() {
+                err(
+                    format!("http.tls.{field}"),
+                    format!("file `{f}` does not exist"),
+                );
+            }
+        }
+    }
+    for (i, pl) in c.pipelines.iter().enumerate() {
+        if let SourceConfig::Http(s) = &pl.source {
+            if s.max_body.is_some_and(|b| b.0 == 0) {
+                err(
+                    format!("pipelines[{i}].source.http.max_body"),
+                    "must be more than 0".into(),
+                );
+            }
+            for (j, name) in s.headers.iter().enumerate() {
+                if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    err(
+                        format!("pipelines[{i}].source.http.headers[{j}]"),
+                        format!("`{name}` is not an HTTP header name"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, super::super::ConfigErrors> {
+        Config::from_yaml_str(text, "kgate.yaml", &|k| {
+            (k == "TOKEN").then(|| "0123456789abcdef-secret".to_string())
+        })
+    }
+
+    #[test]
+    fn http_section_with_defaults_and_env_token() {
+        let c = load("http:\n  listen: '127.0.0.1:8082'\n  auth:\n    - {token: '${TOKEN}', topics: ['logs.*'], pipelines: [orders]}\npipelines:\n  - name: orders\n    source: {http: {headers: [x-request-id]}}\n    topic: orders\n").unwrap();
+        let h = c.http.unwrap();
+        assert_eq!(h.max_body, ByteSize(10_000_000));
+        assert_eq!(h.ack_timeout, Duration::from_secs(30));
+        assert_eq!(h.max_wait, Duration::from_millis(100));
+        assert_eq!(
+            h.auth[0].resolve_token().unwrap(),
+            "0123456789abcdef-secret"
+        );
+        let SourceConfig::Http(s) = &c.pipelines[0].source else {
+            panic!()
+        };
+        assert_eq!(s.headers, vec!["x-request-id".to_string()]);
+        assert!(pattern_matches("logs.*", "logs.app"));
+        assert!(!pattern_matches("logs.*", "log"));
+        assert!(pattern_matches("*", "x"));
+    }
+
+    #[test]
+    fn http_errors_name_their_path() {
+        let e = load("http:\n  listen: nowhere\n  ack_timeout: 0s\n  tls: {cert_file: /no/cert.pem, key_file: /no/key.pem}\n  auth:\n    - {token: short, topics: ['*']}\n    - {topics: ['*']}\n    - {token: '0123456789abcdefgh', pipelines: [nope]}\npipelines:\n  - name: a\n    source: {http: {headers: ['bad header']}}\n    topic: t\n").unwrap_err();
+        let paths: Vec<&str> = e.errors.iter().map(|e| e.path.as_str()).collect();
+        for want in [
+            "http.listen",
+            "http.ack_timeout",
+            "http.tls.cert_file",
+            "http.tls.key_file",
+            "http.auth[0].token",
+            "http.auth[1].token",
+            "http.auth[2].pipelines[0]",
+            "pipelines[0].source.http.headers[0]",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {paths:?}\n{e}");
+        }
+        let e =
+            load("pipelines:\n  - name: a\n    source: {http: {}}\n    topic: t\n").unwrap_err();
+        assert_eq!(e.errors[0].path, "pipelines[0].source.http");
+        assert!(e.errors[0].message.contains("top-level `http:`"), "{e}");
+        let e = load("http: {listen: '127.0.0.1:1', lisen: x}\npipelines: [{name: a, source: {http: {}}, topic: t}]\n").unwrap_err();
+        assert_eq!(e.errors[0].path, "http.lisen", "{e}");
+    }
+}

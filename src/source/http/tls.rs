@@ -1,0 +1,113 @@
+//! HTTPS for the ingest server with OpenSSL (through `tokio-openssl`): the binary already links
+//! OpenSSL for librdkafka's TLS, so this adds no second TLS stack and no extra crypto build.
+//!
+//! Handshakes run in their own tasks (with a timeout), so that a slow or silent client cannot
+//! hold up accepting others; finished connections are handed to axum through a channel.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use openssl::ssl::{Ssl, SslAcceptor, SslFiletype, SslMethod};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_openssl::SslStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::HttpTlsConfig;
+
+/// How long a client may take to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Builds the server TLS context from PEM files; errors name the file and the fix.
+pub fn acceptor(c: &HttpTlsConfig) -> anyhow::Result<SslAcceptor> {
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
+    b.set_certificate_chain_file(&c.cert_file).map_err(|e| {
+        anyhow::anyhow!(
+            "http.tls.cert_file: cannot load `{}` as a PEM certificate chain: {e}",
+            c.cert_file
+        )
+    })?;
+    b.set_private_key_file(&c.key_file, SslFiletype::PEM)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "http.tls.key_file: cannot load `{}` as a PEM private key: {e}",
+                c.key_file
+            )
+        })?;
+    b.check_private_key().map_err(|e| {
+        anyhow::anyhow!(
+            "http.tls: the key in `{}` does not match the certificate in `{}`: {e}",
+            c.key_file,
+            c.cert_file
+        )
+    })?;
+    Ok(b.build())
+}
+
+/// TLS connections, handshaken, for `axum::serve`.
+pub struct TlsListener {
+    rx: mpsc::Receiver<(SslStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl TlsListener {
+    /// Accepts on `tcp` until `stop`.
+    pub fn new(tcp: TcpListener, acceptor: SslAcceptor, stop: CancellationToken) -> TlsListener {
+        let local = tcp.local_addr().expect("bound listener has an address");
+        let (tx, rx) = mpsc::channel(128);
+        tokio::spawn(async move {
+            loop {
+                let (stream, addr) = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = tcp.accept() => match r {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "HTTPS accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                };
+                let ctx = acceptor.context().to_owned();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let hs = async {
+                        let ssl = Ssl::new(&ctx)?;
+                        let mut s = SslStream::new(ssl, stream)?;
+                        Pin::new(&mut s)
+                            .accept()
+                            .await
+                            .map_err(|e| anyhow::anyhow!("{e}"))?;
+                        Ok::<_, anyhow::Error>(s)
+                    };
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, hs).await {
+                        Ok(Ok(s)) => {
+                            let _ = tx.send((s, addr)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        TlsListener { rx, local }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = SslStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(c) => c,
+            // The acceptor stopped (shutdown): accept nothing more while axum drains.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
