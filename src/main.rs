@@ -133,20 +133,42 @@ async fn main() -> ExitCode {
             }
         }
         Command::Tail(args) => {
-            let kafka = match &args.config {
+            let (kafka, registry) = match &args.config {
                 Some(path) => match kgate::config::Config::load(path) {
-                    Ok(c) => c.kafka,
+                    Ok(c) => (c.kafka, c.schema_registry),
                     Err(e) => {
                         eprint!("{e}");
                         return ExitCode::from(2);
                     }
                 },
-                None => kgate::config::KafkaConfig {
-                    brokers: args.brokers.split(',').map(str::to_string).collect(),
-                    ..Default::default()
-                },
+                None => (
+                    kgate::config::KafkaConfig {
+                        brokers: args.brokers.split(',').map(str::to_string).collect(),
+                        ..Default::default()
+                    },
+                    None,
+                ),
             };
-            match tokio::task::spawn_blocking(move || kgate::tail::tail(&args, &kafka)).await {
+            let registry = match &args.registry {
+                Some(url) => Some(kgate::registry::RegistryConfig::from_url(url)),
+                None => registry,
+            };
+            let avro = match registry.map(|r| kgate::registry::RegistryClient::new(&r)) {
+                Some(Ok(client)) => Some(kgate::tail::AvroDecoding {
+                    cache: kgate::schema_cache::SchemaCache::new(client, None),
+                    runtime: tokio::runtime::Handle::current(),
+                }),
+                Some(Err(e)) => {
+                    eprintln!("kgate tail: {e}");
+                    return ExitCode::from(2);
+                }
+                None => None,
+            };
+            match tokio::task::spawn_blocking(move || {
+                kgate::tail::tail(&args, &kafka, avro.as_ref())
+            })
+            .await
+            {
                 Ok(Ok(_)) => ExitCode::SUCCESS,
                 Ok(Err(e)) => {
                     eprintln!("kgate tail: {e:#}");

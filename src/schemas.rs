@@ -99,6 +99,18 @@ pub enum SchemasCommand {
         #[arg(short, long, value_name = "FILE")]
         file: PathBuf,
     },
+    /// Decode a Confluent wire-format Avro record (magic byte 0, schema id, Avro body) to JSON.
+    ///
+    /// The record is given as hex or base64 (either is recognised), or `-` to read one record
+    /// per line from stdin. The writer schema is fetched by id from the registry (cached).
+    /// Prints `{"id":N,"value":{...}}` per record, unions unwrapped and logical types as text.
+    #[command(
+        after_long_help = "Examples:\n  kgate schemas decode 0000000003020a68656c6c6f\n  kgate tail --topic TradeEvent --registry URL   # decodes Avro records as it prints them"
+    )]
+    Decode {
+        /// The record as hex or base64, or `-` for one per line on stdin.
+        record: String,
+    },
     /// Check whether an Avro schema file may become the next version of a subject.
     ///
     /// Exits 0 when it is compatible with the subject's compatibility level, 1 when it is not
@@ -155,6 +167,36 @@ async fn run(args: &SchemasArgs) -> Result<u8, String> {
     let client = RegistryClient::new(&cfg).map_err(|e| e.to_string())?;
     let err = |e: RegistryError| e.to_string();
     match &args.command {
+        SchemasCommand::Decode { record } => {
+            let cache = crate::schema_cache::SchemaCache::new(client, None);
+            let inputs: Vec<String> = if record == "-" {
+                std::io::stdin()
+                    .lines()
+                    .map_while(Result::ok)
+                    .filter(|l| !l.trim().is_empty())
+                    .collect()
+            } else {
+                vec![record.clone()]
+            };
+            let mut failed = false;
+            for (i, text) in inputs.iter().enumerate() {
+                let bytes =
+                    record_bytes(text.trim()).map_err(|e| format!("record {}: {e}", i + 1))?;
+                match cache.decode(&bytes).await {
+                    Ok((id, value)) => println!("{}", json!({"id": id, "value": value})),
+                    Err(e) => {
+                        failed = true;
+                        if args.json {
+                            println!("{}", json!({"error": e}));
+                        }
+                        eprintln!("kgate schemas decode: record {}: {e}", i + 1);
+                    }
+                }
+            }
+            if failed {
+                return Ok(EXIT_ERROR);
+            }
+        }
         SchemasCommand::List => {
             let mut subjects = client.list_subjects().await.map_err(err)?;
             subjects.sort();
@@ -249,6 +291,24 @@ async fn run(args: &SchemasArgs) -> Result<u8, String> {
 }
 
 /// Reads an .avsc file and parses it as Avro, so that mistakes are reported with the file name.
+/// A record given on the command line: hex (`00000000…`) or base64.
+pub fn record_bytes(text: &str) -> Result<Vec<u8>, String> {
+    let hex = text.strip_prefix("0x").unwrap_or(text);
+    if !hex.is_empty() && hex.len().is_multiple_of(2) && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|e| e.to_string()))
+            .collect();
+    }
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|_| {
+            "not hex or base64; give the record's bytes as hex (e.g. 0000000003…) or base64"
+                .to_string()
+        })
+}
+
 pub fn read_avro(file: &Path) -> Result<String, String> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| format!("cannot read {}: {e}", file.display()))?;

@@ -29,10 +29,26 @@ pub struct TailArgs {
     /// Without --follow: give up when nothing arrived for this long.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub idle: Duration,
+    /// Schema registry (Confluent API URL) to decode Avro records with (else the config's
+    /// `schema_registry:`); records in the Confluent wire format then print as JSON.
+    #[arg(long, value_name = "URL", env = "KGATE_REGISTRY_URL")]
+    pub registry: Option<String>,
+}
+
+/// How `tail` decodes Avro values: the schema cache and a runtime to await it on.
+pub struct AvroDecoding {
+    /// Schemas by id.
+    pub cache: std::sync::Arc<crate::schema_cache::SchemaCache>,
+    /// The runtime the registry client runs on.
+    pub runtime: tokio::runtime::Handle,
 }
 
 /// Prints records as JSON lines: partition, offset, key, headers, value (as JSON when it is).
-pub fn tail(args: &TailArgs, kafka: &KafkaConfig) -> anyhow::Result<u64> {
+pub fn tail(
+    args: &TailArgs,
+    kafka: &KafkaConfig,
+    avro: Option<&AvroDecoding>,
+) -> anyhow::Result<u64> {
     let consumer: BaseConsumer<crate::kafka::QuietContext> =
         crate::kafka::base_client_config(kafka)
             .set("group.id", "kgate-tail")
@@ -76,8 +92,20 @@ pub fn tail(args: &TailArgs, kafka: &KafkaConfig) -> anyhow::Result<u64> {
                     }
                 }
                 let payload = m.payload().unwrap_or_default();
-                let value = serde_json::from_slice::<serde_json::Value>(payload)
-                    .unwrap_or_else(|_| String::from_utf8_lossy(payload).into());
+                let mut schema_id = None;
+                let value = match avro {
+                    Some(a) if payload.len() > 4 && payload[0] == 0 => {
+                        match a.runtime.block_on(a.cache.decode(payload)) {
+                            Ok((id, v)) => {
+                                schema_id = Some(id);
+                                v
+                            }
+                            Err(e) => serde_json::json!({ "avro_decode_error": e }),
+                        }
+                    }
+                    _ => serde_json::from_slice::<serde_json::Value>(payload)
+                        .unwrap_or_else(|_| String::from_utf8_lossy(payload).into()),
+                };
                 let line = serde_json::json!({
                     "partition": m.partition(),
                     "offset": m.offset(),
@@ -85,6 +113,13 @@ pub fn tail(args: &TailArgs, kafka: &KafkaConfig) -> anyhow::Result<u64> {
                     "headers": headers,
                     "value": value,
                 });
+                let line = match (schema_id, line) {
+                    (Some(id), serde_json::Value::Object(mut o)) => {
+                        o.insert("schema_id".into(), id.into());
+                        serde_json::Value::Object(o)
+                    }
+                    (_, l) => l,
+                };
                 println!("{line}");
                 printed += 1;
                 if ends

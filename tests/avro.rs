@@ -58,7 +58,8 @@ fn latest_id(url: &str, subject: &str) -> u64 {
 /// Decodes Kafka values with Python fastavro, fetching writer schemas by id from the registry.
 fn fastavro(url: &str, recs: &[Rec]) -> Vec<(u64, Value)> {
     let script = repo().join("tests/py/avro_decode.py");
-    let mut child = Command::new("python3")
+    let python = std::env::var("KGATE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut child = Command::new(python)
         .arg(script)
         .arg(url)
         .stdin(Stdio::piped())
@@ -179,6 +180,24 @@ fn trade_events_round_trip_through_the_registry() {
         seqs.insert(v["seq"].as_u64().unwrap());
     }
     assert_eq!(seqs, (1..=500).collect::<BTreeSet<u64>>());
+    // kgate's own decoder (`kgate schemas decode`, the one tail and the UI use) reads the same.
+    let hex: String = recs[0].value.iter().map(|b| format!("{b:02x}")).collect();
+    let out = Command::new(kgate_bin())
+        .args(["schemas", "decode", &hex, "--registry", &url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ours: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ours["id"].as_u64(), Some(id));
+    assert_eq!(ours["value"]["seq"], decoded[0].1["seq"]);
+    assert_eq!(
+        ours["value"]["tradeCredential"]["context"],
+        decoded[0].1["tradeCredential"]["context"]
+    );
     let s = stop(&mut gw, 30);
     assert_eq!(s["delivered"], 500);
 }
