@@ -173,6 +173,11 @@ async fn a_full_buffer_answers_busy_to_sources_that_cannot_wait() {
         assert_eq!(rx.await.unwrap(), Fate::Busy);
     }
     assert!(first.try_recv().is_err(), "the accepted record waits");
-    assert_eq!(sink.totals().accepted.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        sink.totals()
+            .accepted
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     assert_eq!(sink.inflight(), 1);
 }

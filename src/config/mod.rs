@@ -14,6 +14,8 @@ use serde::{Deserialize, Deserializer};
 pub use interpolate::interpolate_env;
 pub use validate::valid_topic_name;
 
+pub use crate::source::mqtt::{MqttSourceConfig, MqttTlsConfig, Subscription};
+
 /// One problem in a config file: where it is (a path like `pipelines[0].source.websocket.urls[1]`),
 /// what is wrong, and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -532,6 +534,8 @@ pub enum Format {
 pub enum SourceConfig {
     /// WebSocket client fan-in: one connection per URL.
     Websocket(WebsocketSourceConfig),
+    /// MQTT subscriber with acks after Kafka (see `source/mqtt.rs`).
+    Mqtt(MqttSourceConfig),
 }
 
 /// `source.websocket:`.
@@ -789,7 +793,9 @@ pipelines:
         assert_eq!(c.kafka.producer.acks, Acks::All);
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
         assert_eq!(c.dlq.topic, "events.v1.dlq");
-        let SourceConfig::Websocket(ws) = &c.pipelines[0].source;
+        let SourceConfig::Websocket(ws) = &c.pipelines[0].source else {
+            panic!("websocket source expected")
+        };
         assert_eq!(ws.timeout, Duration::from_secs(5));
         assert_eq!(ws.ping_interval, Duration::from_secs(20));
         assert_eq!(c.pipelines[0].key.as_deref(), Some("${exchange}|${symbol}"));

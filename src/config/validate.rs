@@ -259,6 +259,11 @@ pub(super) fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
                     );
                 }
             }
+            SourceConfig::Mqtt(m) => {
+                for e in crate::source::mqtt::validate(m, &|f| at(&format!("source.mqtt.{f}"))) {
+                    err(e.path, e.message);
+                }
+            }
         }
         for (j, t) in pl.transforms.iter().enumerate() {
             let mut check_ptr = |field: &str, p: &str| {
@@ -290,10 +295,10 @@ pub(super) fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
                             format!("`{fixed}` is not a valid topic name; use letters, digits, `.`, `_` and `-` (at most 249)"),
                         );
                     }
-                } else if pl.format == Format::Raw {
+                } else if t.reads_fields() && pl.format == Format::Raw {
                     err(
                         at("topic"),
-                        "a templated topic needs the event parsed; use `format: json`".into(),
+                        "a topic that reads event fields needs the event parsed; use `format: json` (source values `${@name}` work with `raw`)".into(),
                     );
                 }
             }
@@ -301,9 +306,9 @@ pub(super) fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
         }
         if let Some(k) = &pl.key {
             match Template::parse(k) {
-                Ok(t) if t.fixed().is_none() && pl.format == Format::Raw => err(
+                Ok(t) if t.reads_fields() && pl.format == Format::Raw => err(
                     at("key"),
-                    "a templated key needs the event parsed; use `format: json`".into(),
+                    "a key that reads event fields needs the event parsed; use `format: json` (source values `${@name}` work with `raw`)".into(),
                 ),
                 Ok(_) => {}
                 Err(e) => err(at("key"), e),
@@ -311,9 +316,9 @@ pub(super) fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
         }
         for (h, v) in &pl.headers {
             match Template::parse(v) {
-                Ok(t) if t.fixed().is_none() && pl.format == Format::Raw => err(
+                Ok(t) if t.reads_fields() && pl.format == Format::Raw => err(
                     at(&format!("headers.{h}")),
-                    "a templated header needs the event parsed; use `format: json`".into(),
+                    "a header that reads event fields needs the event parsed; use `format: json` (source values `${@name}` work with `raw`)".into(),
                 ),
                 Ok(_) => {}
                 Err(e) => err(at(&format!("headers.{h}")), e),

@@ -1,5 +1,6 @@
 //! Sources turn bytes from the outside into events; one file per kind.
 
+pub mod mqtt;
 pub mod websocket;
 
 use std::sync::Arc;
@@ -22,5 +23,6 @@ pub fn spawn(
 ) {
     match config {
         SourceConfig::Websocket(ws) => websocket::spawn(ws, pipeline, metrics, stop, tasks),
+        SourceConfig::Mqtt(m) => mqtt::spawn(m, pipeline, metrics, stop, tasks),
     }
 }
