@@ -382,8 +382,9 @@ fn options(c: &MqttSourceConfig, client_id: &str) -> anyhow::Result<MqttOptions>
         .set_receive_maximum(Some(c.max_inflight))
         .set_max_packet_size(Some(c.max_packet_size.0.min(268_435_455) as u32))
         .set_connection_timeout(c.connect_timeout.as_secs().max(1))
-        // Acks are queued without waiting: room for every message the broker may have out.
-        .set_request_channel_capacity(c.max_inflight as usize * 2 + 64);
+        // Room for an ack of every message the broker may have out (acks that do not fit wait
+        // in kgate's outbox).
+        .set_request_channel_capacity(c.max_inflight as usize + 64);
     if !c.clean_session {
         o.set_session_expiry_interval(Some(c.session_expiry.as_secs().min(u32::MAX as u64) as u32));
     }
@@ -545,7 +546,7 @@ impl Source {
                 return;
             }
         };
-        let cap = self.config.max_inflight as usize * 2 + 64;
+        let cap = self.config.max_inflight as usize + 64;
         let (client, mut eventloop) = AsyncClient::new(opts, cap);
         // One task hands events to the pipeline in arrival order, so that the event loop never
         // waits for the producer buffer (pings and acks go on while Kafka is slow).
@@ -560,12 +561,14 @@ impl Source {
         };
         let mut to_pipeline = Some(to_pipeline);
         let mut pending: VecDeque<Pending> = VecDeque::new();
-        let mut conn: u64 = 0;
-        let mut connected = false;
+        let mut st = AckState {
+            conn: 0,
+            connected: false,
+            outbox: VecDeque::new(),
+            want_redelivery: false,
+        };
         let mut backoff = self.config.backoff_initial;
         let mut reconnect_at: Option<tokio::time::Instant> = None;
-        // Set after a fate that was not persisted: reconnect so that the broker resends it.
-        let mut want_redelivery = false;
         let stopped = self.stop.cancelled();
         tokio::pin!(stopped);
         let mut stopping = false;
@@ -573,10 +576,15 @@ impl Source {
         let pipeline_name = self.pipeline.name().clone();
 
         loop {
-            if stopping && pending.is_empty() && (!connected || disconnect_sent) {
+            if self.flush_acks(&client, &mut st) {
+                // Progress: the next failure starts the backoff afresh.
+                backoff = self.config.backoff_initial;
+            }
+            let settled = pending.is_empty() && st.outbox.is_empty();
+            if stopping && settled && (!st.connected || disconnect_sent) {
                 break;
             }
-            if stopping && pending.is_empty() && connected && !disconnect_sent {
+            if stopping && settled && st.connected && !disconnect_sent {
                 // Every handed message is settled and acked: leave cleanly.
                 disconnect_sent = client.try_disconnect().is_ok();
                 if !disconnect_sent {
@@ -584,7 +592,7 @@ impl Source {
                 }
             }
             // While stopping, a lost connection is not made again: the unacked rest is resent to the next run.
-            let can_poll = reconnect_at.is_none() && (connected || !stopping);
+            let can_poll = reconnect_at.is_none() && (st.connected || !stopping);
             tokio::select! {
                 biased;
                 _ = &mut stopped, if !stopping => {
@@ -595,46 +603,42 @@ impl Source {
                 }
                 fate = head_fate(&mut pending) => {
                     let p = pending.pop_front().expect("head exists");
-                    let mut acked = self.settle(&client, p, fate, conn, connected, &mut want_redelivery);
+                    self.settle(p, fate, &mut st);
                     // Acks whose fates are already known go out in the same turn, in order.
                     while let Some(front) = pending.front_mut() {
                         match front.fate.try_recv() {
                             Ok(f) => {
                                 let p = pending.pop_front().expect("front exists");
-                                acked |= self.settle(&client, p, f, conn, connected, &mut want_redelivery);
+                                self.settle(p, f, &mut st);
                             }
                             Err(oneshot::error::TryRecvError::Empty) => break,
                             Err(oneshot::error::TryRecvError::Closed) => {
                                 let p = pending.pop_front().expect("front exists");
-                                self.settle(&client, p, Fate::Failed { message: "the pipeline dropped the event".into() }, conn, connected, &mut want_redelivery);
+                                self.settle(p, Fate::Failed { message: "the pipeline dropped the event".into() }, &mut st);
                             }
                         }
                     }
                     self.m.inflight.set(pending.len() as i64);
-                    if acked {
-                        // Progress: the next failure starts the backoff afresh.
-                        backoff = self.config.backoff_initial;
-                    }
-                    if want_redelivery && connected && !stopping && !self.config.clean_session {
+                    if st.want_redelivery && st.connected && !stopping && !self.config.clean_session {
                         // Brokers resend only on a new connection: drop this one. What is
                         // pending on it is resent too (duplicates in Kafka, nothing lost).
                         tracing::warn!(pipeline = %pipeline_name, "reconnecting so that the broker resends the messages that were not acked");
                         eventloop.clean();
                         self.m.disconnections.inc();
-                        connected = false;
-                        conn += 1;
+                        st.connected = false;
+                        st.conn += 1;
                         reconnect_at = Some(self.jittered(backoff));
                         backoff = (backoff * 2).min(self.config.backoff_max);
                     }
-                    want_redelivery = false;
+                    st.want_redelivery = false;
                 }
                 _ = async { tokio::time::sleep_until(reconnect_at.expect("set")).await }, if reconnect_at.is_some() => {
                     reconnect_at = None;
                 }
                 ev = eventloop.poll(), if can_poll => match ev {
                     Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
-                        connected = true;
-                        conn += 1;
+                        st.connected = true;
+                        st.conn += 1;
                         self.m.connections.inc();
                         tracing::info!(pipeline = %pipeline_name, url = %self.config.url, client_id = %self.client_id, session_present = ack.session_present, "MQTT connected");
                         // A new session has no subscriptions (rumqttc does not restore them);
@@ -667,7 +671,7 @@ impl Source {
                             continue;
                         }
                         if let Some(tx) = &to_pipeline {
-                            let (ev, wait) = self.event(&p, conn);
+                            let (ev, wait) = self.event(&p, st.conn);
                             if let Some(w) = wait {
                                 pending.push_back(w);
                                 self.m.inflight.set(pending.len() as i64);
@@ -684,19 +688,19 @@ impl Source {
                     }
                     Ok(MqttEvent::Outgoing(rumqttc::Outgoing::Disconnect)) if stopping => {
                         disconnect_sent = true;
-                        connected = false;
+                        st.connected = false;
                     }
                     Ok(_) => {}
                     Err(e) => {
                         if stopping && disconnect_sent {
                             break;
                         }
-                        if connected {
+                        if st.connected {
                             self.m.disconnections.inc();
                         }
                         self.m.connection_errors.inc();
-                        connected = false;
-                        conn += 1;
+                        st.connected = false;
+                        st.conn += 1;
                         match &e {
                             ConnectionError::ConnectionRefused(code) => tracing::error!(pipeline = %pipeline_name, url = %self.config.url, client_id = %self.client_id, ?code, "the MQTT broker refused the connection; check username, password and client_id"),
                             _ => tracing::warn!(pipeline = %pipeline_name, url = %self.config.url, error = %e, "MQTT connection failed"),
@@ -778,43 +782,56 @@ impl Source {
         (ev, wait)
     }
 
-    /// Acks a settled message when Kafka holds it and its connection is still the current one;
-    /// says whether it did.
-    fn settle(
-        &self,
-        client: &AsyncClient,
-        p: Pending,
-        fate: Fate,
-        conn: u64,
-        connected: bool,
-        want_redelivery: &mut bool,
-    ) -> bool {
+    /// Queues the ack of a settled message when Kafka holds it and its connection is still
+    /// the current one.
+    fn settle(&self, p: Pending, fate: Fate, st: &mut AckState) {
         if !fate.is_persisted() {
             // Not acked: the broker keeps it and resends it on the next connection.
             self.m.unacked_not_persisted.inc();
             tracing::warn!(pipeline = %self.pipeline.name(), ?fate, "not acking an MQTT message that Kafka does not hold; the broker will resend it");
-            *want_redelivery = true;
-            return false;
+            st.want_redelivery = true;
+            return;
         }
-        if p.conn != conn || !connected {
+        if p.conn != st.conn || !st.connected {
             // Its connection is gone; the broker resends it (a duplicate in Kafka).
             self.m.unacked_reconnected.inc();
-            return false;
+            return;
         }
-        let mut ack = Publish::new("", p.qos, Bytes::new(), None);
-        ack.pkid = p.pkid;
-        match client.try_ack(&ack) {
-            Ok(()) => {
-                self.m.acks.inc();
-                true
-            }
-            Err(e) => {
-                self.m.unacked_reconnected.inc();
-                tracing::warn!(pipeline = %self.pipeline.name(), error = %e, "cannot queue an ack; the broker will resend the message");
-                false
-            }
-        }
+        st.outbox.push_back((p.pkid, p.qos, p.conn));
     }
+
+    /// Hands queued acks to the event loop while its request channel has room (it drains as
+    /// the loop is polled); says whether any went.
+    fn flush_acks(&self, client: &AsyncClient, st: &mut AckState) -> bool {
+        let mut sent = false;
+        while let Some(&(pkid, qos, c)) = st.outbox.front() {
+            if c != st.conn || !st.connected {
+                st.outbox.pop_front();
+                self.m.unacked_reconnected.inc();
+                continue;
+            }
+            let mut ack = Publish::new("", qos, Bytes::new(), None);
+            ack.pkid = pkid;
+            if client.try_ack(&ack).is_err() {
+                break;
+            }
+            st.outbox.pop_front();
+            self.m.acks.inc();
+            sent = true;
+        }
+        sent
+    }
+}
+
+/// What decides whether and where an ack goes.
+struct AckState {
+    /// The current connection's number; bumped on every connect and disconnect.
+    conn: u64,
+    connected: bool,
+    /// Acks in arrival order, waiting for room in the event loop's request channel.
+    outbox: VecDeque<(u16, QoS, u64)>,
+    /// A fate was not persisted: reconnect so that the broker resends.
+    want_redelivery: bool,
 }
 
 #[cfg(test)]
