@@ -120,7 +120,7 @@ fn check_all_landed(recs: &[Rec], n: u64) -> usize {
     let (set, dups) = seqs(recs);
     let got: Vec<u64> = set.iter().map(|(_, s)| *s).collect();
     let missing: Vec<u64> = (1..=n)
-        .filter(|s| set.get(&("pub".into(), *s)).is_none())
+        .filter(|s| !set.contains(&("pub".into(), *s)))
         .collect();
     assert!(
         missing.is_empty(),
