@@ -165,6 +165,18 @@ pub async fn check(path: &Path, timeout: Duration) -> Vec<CheckLine> {
                     ),
                 ));
             }
+            SourceConfig::Mqtt(m) => {
+                let r = crate::source::mqtt::probe(m, &p.name, timeout).await;
+                out.push(line(
+                    r.is_ok(),
+                    format!(
+                        "mqtt {} (pipeline {}): {}",
+                        m.url,
+                        p.name,
+                        r.unwrap_or_else(|e| e)
+                    ),
+                ));
+            }
         }
     }
     out

@@ -68,6 +68,13 @@ pub struct Metrics {
     ws_messages_received: IntCounterVec,
     ws_connection_duration: HistogramVec,
     ws_messages_timeout: IntCounterVec,
+    mqtt_received: IntCounterVec,
+    mqtt_acks: IntCounterVec,
+    mqtt_unacked: IntCounterVec,
+    mqtt_connections: IntCounterVec,
+    mqtt_disconnections: IntCounterVec,
+    mqtt_connection_errors: IntCounterVec,
+    mqtt_inflight: IntGaugeVec,
     device_connections_active: IntGaugeVec,
     device_connections: IntCounterVec,
     device_disconnections: IntCounterVec,
@@ -100,6 +107,28 @@ pub struct TopicMetrics {
     pub delivery_errors: IntCounter,
     /// Records dropped because the buffer was full.
     pub drops: IntCounter,
+}
+
+/// The per-pipeline MQTT series.
+pub struct MqttMetrics {
+    /// Messages received, one counter per subscription (in config order).
+    pub received: Vec<IntCounter>,
+    /// Messages that matched no subscription (e.g. from an older session's filters).
+    pub received_unmatched: IntCounter,
+    /// PUBACKs sent (the message was in Kafka or its DLQ).
+    pub acks: IntCounter,
+    /// Not acked because Kafka does not hold it (dropped, failed): the broker resends it.
+    pub unacked_not_persisted: IntCounter,
+    /// Not acked because its connection ended first: the broker resends it.
+    pub unacked_reconnected: IntCounter,
+    /// Connections made (CONNACK received).
+    pub connections: IntCounter,
+    /// Connections that ended.
+    pub disconnections: IntCounter,
+    /// Failed connects, refused subscriptions and dropped connections.
+    pub connection_errors: IntCounter,
+    /// Messages handed to the pipeline and not acked yet.
+    pub inflight: IntGauge,
 }
 
 /// The per-URL WebSocket series.
@@ -282,6 +311,54 @@ impl Metrics {
                 "Reconnects because no message arrived within the read timeout",
                 &["url"],
             ),
+            mqtt_received: counter(
+                &r,
+                "kgate_mqtt_messages_received_total",
+                "MQTT messages received, by subscription",
+                &["pipeline", "subscription"],
+            ),
+            mqtt_acks: counter(
+                &r,
+                "kgate_mqtt_acks_total",
+                "MQTT messages acknowledged to the broker after Kafka held them (or their DLQ record)",
+                &["pipeline"],
+            ),
+            mqtt_unacked: counter(
+                &r,
+                "kgate_mqtt_unacked_total",
+                "MQTT messages left unacknowledged so that the broker resends them",
+                &["pipeline", "reason"],
+            ),
+            mqtt_connections: counter(
+                &r,
+                "kgate_mqtt_connections_total",
+                "MQTT connections established",
+                &["pipeline"],
+            ),
+            mqtt_disconnections: counter(
+                &r,
+                "kgate_mqtt_disconnections_total",
+                "MQTT connections ended",
+                &["pipeline"],
+            ),
+            mqtt_connection_errors: counter(
+                &r,
+                "kgate_mqtt_connection_errors_total",
+                "MQTT connect failures, connection errors and refused subscriptions",
+                &["pipeline"],
+            ),
+            mqtt_inflight: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "kgate_mqtt_inflight",
+                        "MQTT messages handed to the pipeline and not yet acknowledged",
+                    ),
+                    &["pipeline"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
             device_connections_active: {
                 let g = IntGaugeVec::new(
                     Opts::new(
@@ -395,6 +472,33 @@ impl Metrics {
             disconnections: self.device_disconnections.clone(),
             rejected: self.device_rejected_upgrades.clone(),
             pipeline: pipeline.to_string(),
+        }
+    }
+
+    /// The MQTT series of a pipeline with these subscriptions.
+    pub fn mqtt(
+        &self,
+        pipeline: &str,
+        subscriptions: &[crate::source::mqtt::Subscription],
+    ) -> MqttMetrics {
+        let p = [pipeline];
+        MqttMetrics {
+            received: subscriptions
+                .iter()
+                .map(|s| self.mqtt_received.with_label_values(&[pipeline, &s.topic]))
+                .collect(),
+            received_unmatched: self.mqtt_received.with_label_values(&[pipeline, ""]),
+            acks: self.mqtt_acks.with_label_values(&p),
+            unacked_not_persisted: self
+                .mqtt_unacked
+                .with_label_values(&[pipeline, "not_persisted"]),
+            unacked_reconnected: self
+                .mqtt_unacked
+                .with_label_values(&[pipeline, "reconnected"]),
+            connections: self.mqtt_connections.with_label_values(&p),
+            disconnections: self.mqtt_disconnections.with_label_values(&p),
+            connection_errors: self.mqtt_connection_errors.with_label_values(&p),
+            inflight: self.mqtt_inflight.with_label_values(&p),
         }
     }
 

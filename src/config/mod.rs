@@ -16,6 +16,8 @@ pub use http::{pattern_matches, HttpAuthConfig, HttpConfig, HttpSourceConfig, Ht
 pub use interpolate::interpolate_env;
 pub use validate::valid_topic_name;
 
+pub use crate::source::mqtt::{MqttSourceConfig, MqttTlsConfig, Subscription};
+
 /// One problem in a config file: where it is (a path like `pipelines[0].source.websocket.urls[1]`),
 /// what is wrong, and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -584,6 +586,8 @@ pub enum SourceConfig {
     DeviceWebsocket(crate::source::device::DeviceSourceConfig),
     /// `POST /ingest/{name}` on the `http:` server.
     Http(HttpSourceConfig),
+    /// MQTT subscriber with acks after Kafka (see `source/mqtt.rs`).
+    Mqtt(MqttSourceConfig),
 }
 
 /// `source.websocket:`.

@@ -271,6 +271,11 @@ pub(super) fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
             }
             // Checked with the `http:` section, in config/http.rs.
             SourceConfig::Http(_) => {}
+            SourceConfig::Mqtt(m) => {
+                for e in crate::source::mqtt::validate(m, &|f| at(&format!("source.mqtt.{f}"))) {
+                    err(e.path, e.message);
+                }
+            }
         }
         for (j, t) in pl.transforms.iter().enumerate() {
             let mut check_ptr = |field: &str, p: &str| {

@@ -2,6 +2,7 @@
 
 pub mod device;
 pub mod http;
+pub mod mqtt;
 pub mod websocket;
 
 use std::sync::Arc;
@@ -27,5 +28,6 @@ pub fn spawn(
         SourceConfig::DeviceWebsocket(d) => device::spawn(d, pipeline, metrics, stop, tasks),
         // Served by the one HTTP server (`http::spawn`, started by `run`).
         SourceConfig::Http(_) => {}
+        SourceConfig::Mqtt(m) => mqtt::spawn(m, pipeline, metrics, stop, tasks),
     }
 }

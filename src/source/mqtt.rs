@@ -1,0 +1,944 @@
+//! MQTT source: one MQTT 5 client per pipeline that subscribes to topic filters and turns each
+//! message into an event, acknowledging it to the broker only once Kafka holds it.
+//!
+//! **Acknowledgement.** A QoS 1 message is PUBACKed only after its [`Fate`] is persisted: Kafka
+//! acknowledged the record, or the DLQ record of it. A fate of `Busy`, `Dropped` or `Failed` is
+//! never acked, and neither is a message whose connection ended before its fate was known: with a
+//! persistent session (`clean_session: false`, the default, and a fixed `client_id`) the broker
+//! sends every unacked message again after a reconnect, also after a crash of the gateway. So
+//! nothing the broker accepted is lost, and a message may reach Kafka twice (at-least-once).
+//! After a fate that is not persisted kgate reconnects on purpose, since MQTT brokers only
+//! resend on a new connection.
+//!
+//! **Order.** Acks go out in the order the messages arrived (MQTT 3.1.1 and 5, §4.6: a client
+//! sends PUBACKs in the order of the PUBLISHes): a message whose fate is known waits for those
+//! before it. Fates mostly come back in order anyway, since a pipeline hands events to the
+//! producer in order.
+//!
+//! **Flow control.** kgate asks the broker for at most `max_inflight` unacked messages at a time
+//! (MQTT 5 Receive Maximum). Since acks wait for Kafka, this bounds what kgate holds and is how
+//! backpressure reaches the broker: while Kafka is slow or down, the broker stops sending and
+//! queues messages in the session. The event loop itself never waits for Kafka, so pings and
+//! acks keep flowing.
+//!
+//! **QoS 2** is refused in the config: the Kafka write and the MQTT ack cannot be one
+//! transaction, so delivery to Kafka is at-least-once whatever the QoS; and rumqttc cannot
+//! resume a QoS 2 exchange after a reconnect (a PUBREL of the previous connection ends the new
+//! one, bytebeamio/rumqtt#664). Publishers may still publish at QoS 2: the broker delivers at
+//! the subscription's QoS 1.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::Rng;
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, ConnectionError, Event as MqttEvent, MqttOptions};
+use rumqttc::{TlsConfiguration, Transport};
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ByteSize, ConfigError};
+use crate::event::{Event, Fate, Origin};
+use crate::metrics::{Metrics, MqttMetrics};
+use crate::pipeline::Pipeline;
+
+/// `source.mqtt:` — an MQTT 5 broker, its credentials and the topic filters to subscribe to.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MqttSourceConfig {
+    /// `mqtt://host:1883` or `mqtts://host:8883` (TLS).
+    pub url: String,
+    /// Client id; fixed so that the broker keeps the session across restarts. Default
+    /// `kgate-<pipeline>`. Two clients with one id take the session from each other.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// User name.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password (use `${ENV_VAR}`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// TLS files for `mqtts://` (PEM); without `ca_file` the system's roots are used.
+    #[serde(default)]
+    pub tls: Option<MqttTlsConfig>,
+    /// Topic filters to subscribe to, e.g. `devices/+/telemetry` (a `$share/group/...` filter
+    /// shares the load between gateways).
+    pub subscriptions: Vec<Subscription>,
+    /// Start a new session on every connect: what arrived while kgate was away is not delivered.
+    /// Default false (a persistent session: the broker queues and resends unacked messages).
+    #[serde(default)]
+    pub clean_session: bool,
+    /// How long the broker keeps the session after a disconnect (persistent sessions).
+    #[serde(default = "default_session_expiry", with = "humantime_serde")]
+    pub session_expiry: Duration,
+    /// Ping interval; the broker drops the connection after 1.5 × this without traffic.
+    #[serde(default = "default_keep_alive", with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// Timeout of the TCP + TLS + MQTT handshake.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// First reconnect delay; doubled per failed attempt up to `backoff_max`, with jitter.
+    #[serde(default = "default_backoff_initial", with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    /// Longest reconnect delay.
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// Most messages the broker may send before kgate acks them (MQTT 5 Receive Maximum).
+    #[serde(default = "default_max_inflight")]
+    pub max_inflight: u16,
+    /// Largest message kgate accepts; the broker does not send bigger ones (MQTT 5 Maximum
+    /// Packet Size).
+    #[serde(default = "default_max_packet_size")]
+    pub max_packet_size: ByteSize,
+}
+
+/// One topic filter and the QoS to subscribe with.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Subscription {
+    /// Topic filter with `+` and `#` wildcards.
+    pub topic: String,
+    /// 0 (at most once) or 1 (at least once, the default).
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+}
+
+/// `source.mqtt.tls:` — PEM files.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MqttTlsConfig {
+    /// CA bundle to verify the broker (default: the system's roots).
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// Client certificate (mutual TLS).
+    #[serde(default)]
+    pub cert_file: Option<String>,
+    /// Client key (mutual TLS).
+    #[serde(default)]
+    pub key_file: Option<String>,
+}
+
+fn default_session_expiry() -> Duration {
+    Duration::from_secs(7 * 86400)
+}
+fn default_keep_alive() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_backoff_initial() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_inflight() -> u16 {
+    1000
+}
+fn default_max_packet_size() -> ByteSize {
+    ByteSize(1024 * 1024)
+}
+fn default_qos() -> u8 {
+    1
+}
+
+/// Host, port and whether TLS is used, from an `mqtt://` / `mqtts://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddr {
+    /// Host name or address (IPv6 without brackets).
+    pub host: String,
+    /// Port (default 1883, or 8883 with TLS).
+    pub port: u16,
+    /// `mqtts://` (or `ssl://`).
+    pub tls: bool,
+}
+
+/// Parses `mqtt://host[:port]`, `mqtts://host[:port]` (also `tcp://`, `ssl://`).
+pub fn parse_url(url: &str) -> Result<BrokerAddr, String> {
+    let hint = "write e.g. `mqtt://127.0.0.1:1883` or `mqtts://broker.example:8883`";
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| format!("`{url}` is not an MQTT URL; {hint}"))?;
+    let tls = match scheme {
+        "mqtt" | "tcp" => false,
+        "mqtts" | "ssl" => true,
+        other => {
+            return Err(format!(
+                "`{url}`: scheme `{other}` is not MQTT; use `mqtt://` or `mqtts://` ({hint})"
+            ))
+        }
+    };
+    let authority = rest.trim_end_matches('/');
+    if authority.contains('/') || authority.contains('@') || authority.contains('?') {
+        return Err(format!(
+            "`{url}`: only host and port go in the URL (credentials in `username`/`password`, topics in `subscriptions`); {hint}"
+        ));
+    }
+    let default_port = if tls { 8883 } else { 1883 };
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("`{url}`: unclosed `[` in the host; {hint}"))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p),
+            None if after.is_empty() => None,
+            None => return Err(format!("`{url}` is not an MQTT URL; {hint}")),
+        };
+        (h.to_string(), port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (authority.to_string(), None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("`{url}` has no host; {hint}"));
+    }
+    let port = match port {
+        None => default_port,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("`{url}`: `{p}` is not a port; {hint}"))?,
+    };
+    Ok(BrokerAddr { host, port, tls })
+}
+
+/// Checks a topic filter: `+` and `#` take a whole level, `#` only the last.
+pub fn check_filter(filter: &str) -> Result<(), String> {
+    if filter.is_empty() {
+        return Err("empty topic filter; write e.g. `devices/+/telemetry`".into());
+    }
+    let levels: Vec<&str> = strip_share(filter)?.split('/').collect();
+    for (i, l) in levels.iter().enumerate() {
+        if l.contains('#') && (*l != "#" || i + 1 != levels.len()) {
+            return Err(format!(
+                "`{filter}`: `#` must be a whole level and the last one, e.g. `devices/#`"
+            ));
+        }
+        if l.contains('+') && *l != "+" {
+            return Err(format!(
+                "`{filter}`: `+` must be a whole level, e.g. `devices/+/telemetry`"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The filter without a `$share/<group>/` prefix.
+fn strip_share(filter: &str) -> Result<&str, String> {
+    match filter.strip_prefix("$share/") {
+        None => Ok(filter),
+        Some(rest) => match rest.split_once('/') {
+            Some((group, f)) if !group.is_empty() && !f.is_empty() => Ok(f),
+            _ => Err(format!(
+                "`{filter}`: a shared subscription is `$share/<group>/<filter>`"
+            )),
+        },
+    }
+}
+
+/// Whether `topic` matches `filter` (MQTT wildcards; `$…` topics only match filters that name
+/// their first level).
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    let filter = strip_share(filter).unwrap_or(filter);
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Config checks serde cannot express; `at` turns a field into its path.
+pub(crate) fn validate(c: &MqttSourceConfig, at: &dyn Fn(&str) -> String) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    let mut err = |path: String, message: String| errors.push(ConfigError { path, message });
+    let addr = match parse_url(&c.url) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            err(at("url"), e);
+            None
+        }
+    };
+    if c.subscriptions.is_empty() {
+        err(
+            at("subscriptions"),
+            "no subscriptions; add at least one, e.g. `[{topic: 'devices/+/telemetry', qos: 1}]`"
+                .into(),
+        );
+    }
+    for (i, s) in c.subscriptions.iter().enumerate() {
+        if let Err(e) = check_filter(&s.topic) {
+            err(at(&format!("subscriptions[{i}].topic")), e);
+        }
+        match s.qos {
+            0 | 1 => {}
+            2 => err(
+                at(&format!("subscriptions[{i}].qos")),
+                "QoS 2 is not supported: delivery into Kafka is at-least-once whatever the QoS, and the MQTT client cannot resume a QoS 2 exchange after a reconnect; use `qos: 1` (publishers may still publish at QoS 2)".into(),
+            ),
+            q => err(
+                at(&format!("subscriptions[{i}].qos")),
+                format!("QoS {q} does not exist; use 1 (at least once) or 0 (at most once)"),
+            ),
+        }
+    }
+    if let Some(id) = &c.client_id {
+        if id.is_empty() || id.len() > 65535 {
+            err(
+                at("client_id"),
+                "must be 1 to 65535 bytes; a fixed id is what lets the broker keep the session"
+                    .into(),
+            );
+        }
+    }
+    if c.password.is_some() && c.username.is_none() {
+        err(at("password"), "a password needs a `username` too".into());
+    }
+    if let Some(tls) = &c.tls {
+        if addr.as_ref().is_some_and(|a| !a.tls) {
+            err(
+                at("tls"),
+                format!("TLS settings need an `mqtts://` URL, not `{}`", c.url),
+            );
+        }
+        for (field, file) in [
+            ("ca_file", &tls.ca_file),
+            ("cert_file", &tls.cert_file),
+            ("key_file", &tls.key_file),
+        ] {
+            if let Some(f) = file {
+                if !std::path::Path::new(f).exists() {
+                    err(
+                        at(&format!("tls.{field}")),
+                        format!("file `{f}` does not exist"),
+                    );
+                }
+            }
+        }
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            err(
+                at("tls"),
+                "`cert_file` and `key_file` go together for mutual TLS; set both or neither".into(),
+            );
+        }
+    }
+    if c.keep_alive < Duration::from_secs(5) || c.keep_alive > Duration::from_secs(65535) {
+        err(
+            at("keep_alive"),
+            "must be from 5s to 65535s; e.g. `30s`".into(),
+        );
+    }
+    if c.connect_timeout < Duration::from_secs(1) {
+        err(at("connect_timeout"), "must be at least 1s".into());
+    }
+    if c.backoff_initial.is_zero() || c.backoff_initial > c.backoff_max {
+        err(
+            at("backoff_initial"),
+            "must be more than 0 and at most backoff_max".into(),
+        );
+    }
+    if c.max_inflight == 0 {
+        err(
+            at("max_inflight"),
+            "must be from 1 to 65535; e.g. 1000".into(),
+        );
+    }
+    if c.max_packet_size.0 < 64 || c.max_packet_size.0 > 268_435_455 {
+        err(
+            at("max_packet_size"),
+            "must be from 64 bytes to 256MiB".into(),
+        );
+    }
+    if !c.clean_session && c.session_expiry.as_secs() == 0 {
+        err(
+            at("session_expiry"),
+            "a persistent session needs a session expiry of at least 1s (or set `clean_session: true`)".into(),
+        );
+    }
+    errors
+}
+
+/// Builds the client options from a validated config.
+fn options(c: &MqttSourceConfig, client_id: &str) -> anyhow::Result<MqttOptions> {
+    let addr = parse_url(&c.url).map_err(|e| anyhow::anyhow!(e))?;
+    let mut o = MqttOptions::new(client_id, addr.host.clone(), addr.port);
+    o.set_keep_alive(c.keep_alive)
+        .set_clean_start(c.clean_session)
+        .set_manual_acks(true)
+        .set_receive_maximum(Some(c.max_inflight))
+        .set_max_packet_size(Some(c.max_packet_size.0.min(268_435_455) as u32))
+        .set_connection_timeout(c.connect_timeout.as_secs().max(1))
+        // Room for an ack of every message the broker may have out (acks that do not fit wait
+        // in kgate's outbox).
+        .set_request_channel_capacity(c.max_inflight as usize + 64);
+    if !c.clean_session {
+        o.set_session_expiry_interval(Some(c.session_expiry.as_secs().min(u32::MAX as u64) as u32));
+    }
+    if let Some(user) = &c.username {
+        o.set_credentials(user.clone(), c.password.clone().unwrap_or_default());
+    }
+    if addr.tls {
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(tls_config(c.tls.as_ref())?),
+        )));
+    }
+    Ok(o)
+}
+
+fn tls_config(t: Option<&MqttTlsConfig>) -> anyhow::Result<rustls::ClientConfig> {
+    use anyhow::Context;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    match t.and_then(|t| t.ca_file.as_deref()) {
+        Some(ca) => {
+            for cert in CertificateDer::pem_file_iter(ca)
+                .with_context(|| format!("cannot read CA file {ca}"))?
+            {
+                roots
+                    .add(cert.with_context(|| format!("bad certificate in {ca}"))?)
+                    .with_context(|| format!("unusable CA certificate in {ca}"))?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("TLS setup")?
+    .with_root_certificates(roots);
+    let cfg = match t.and_then(|t| t.cert_file.as_deref().zip(t.key_file.as_deref())) {
+        Some((cert, key)) => {
+            let certs = CertificateDer::pem_file_iter(cert)
+                .with_context(|| format!("cannot read certificate file {cert}"))?
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("bad certificate in {cert}"))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .with_context(|| format!("cannot read a private key from {key}"))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .context("client certificate and key do not fit")?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(cfg)
+}
+
+/// `kgate check`: connects with the configured credentials under a client id of its own (the
+/// gateway's session is left alone) and says how it went.
+pub async fn probe(
+    c: &MqttSourceConfig,
+    pipeline: &str,
+    timeout: Duration,
+) -> Result<String, String> {
+    let id = format!(
+        "{}-check",
+        c.client_id
+            .clone()
+            .unwrap_or_else(|| format!("kgate-{pipeline}"))
+    );
+    let mut check = c.clone();
+    check.clean_session = true;
+    let opts = options(&check, &id).map_err(|e| format!("{e:#}"))?;
+    let (client, mut el) = AsyncClient::new(opts, 10);
+    let started = std::time::Instant::now();
+    let r = tokio::time::timeout(timeout, async {
+        loop {
+            match el.poll().await {
+                Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await;
+    match r {
+        Ok(Ok(())) => {
+            let _ = client.try_disconnect();
+            let _ = tokio::time::timeout(Duration::from_millis(500), el.poll()).await;
+            Ok(format!("connected in {} ms", started.elapsed().as_millis()))
+        }
+        Ok(Err(ConnectionError::ConnectionRefused(code))) => Err(format!(
+            "the broker refused the connection ({code:?}); check username, password and client_id"
+        )),
+        Ok(Err(e)) => Err(format!(
+            "cannot connect: {e}; is the broker running at that address?"
+        )),
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
+}
+
+/// Starts the pipeline's MQTT client task.
+pub fn spawn(
+    c: &MqttSourceConfig,
+    pipeline: Arc<Pipeline>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+    tasks: &mut JoinSet<()>,
+) {
+    let client_id = c
+        .client_id
+        .clone()
+        .unwrap_or_else(|| format!("kgate-{}", pipeline.name()));
+    let m = metrics.mqtt(pipeline.name(), &c.subscriptions);
+    let source = Source {
+        config: c.clone(),
+        client_id,
+        pipeline,
+        m,
+        stop,
+    };
+    tasks.spawn(source.run());
+}
+
+struct Source {
+    config: MqttSourceConfig,
+    client_id: String,
+    pipeline: Arc<Pipeline>,
+    m: MqttMetrics,
+    stop: CancellationToken,
+}
+
+/// A message handed to the pipeline whose fate is awaited before it is acked.
+struct Pending {
+    pkid: u16,
+    qos: QoS,
+    /// The connection it came on: an ack only means something on that one.
+    conn: u64,
+    fate: oneshot::Receiver<Fate>,
+}
+
+/// Waits for the fate of the oldest pending message.
+async fn head_fate(pending: &mut VecDeque<Pending>) -> Fate {
+    match pending.front_mut() {
+        Some(p) => (&mut p.fate).await.unwrap_or(Fate::Failed {
+            message: "the pipeline dropped the event".into(),
+        }),
+        None => std::future::pending().await,
+    }
+}
+
+impl Source {
+    async fn run(self) {
+        let opts = match options(&self.config, &self.client_id) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(pipeline = %self.pipeline.name(), url = %self.config.url, "MQTT source not started: {e:#}");
+                return;
+            }
+        };
+        let cap = self.config.max_inflight as usize + 64;
+        let (client, mut eventloop) = AsyncClient::new(opts, cap);
+        // One task hands events to the pipeline in arrival order, so that the event loop never
+        // waits for the producer buffer (pings and acks go on while Kafka is slow).
+        let (to_pipeline, mut from_source) = mpsc::channel::<Event>(cap);
+        let feeder = {
+            let pipeline = self.pipeline.clone();
+            tokio::spawn(async move {
+                while let Some(ev) = from_source.recv().await {
+                    pipeline.handle(ev).await;
+                }
+            })
+        };
+        let mut to_pipeline = Some(to_pipeline);
+        let mut pending: VecDeque<Pending> = VecDeque::new();
+        let mut st = AckState {
+            conn: 0,
+            connected: false,
+            outbox: VecDeque::new(),
+            want_redelivery: false,
+        };
+        let mut backoff = self.config.backoff_initial;
+        let mut reconnect_at: Option<tokio::time::Instant> = None;
+        let stopped = self.stop.cancelled();
+        tokio::pin!(stopped);
+        let mut stopping = false;
+        let mut disconnect_sent = false;
+        let pipeline_name = self.pipeline.name().clone();
+
+        loop {
+            if self.flush_acks(&client, &mut st) {
+                // Progress: the next failure starts the backoff afresh.
+                backoff = self.config.backoff_initial;
+            }
+            let settled = pending.is_empty() && st.outbox.is_empty();
+            if stopping && settled && (!st.connected || disconnect_sent) {
+                break;
+            }
+            if stopping && settled && st.connected && !disconnect_sent {
+                // Every handed message is settled and acked: leave cleanly.
+                disconnect_sent = client.try_disconnect().is_ok();
+                if !disconnect_sent {
+                    break;
+                }
+            }
+            // While stopping, a lost connection is not made again: the unacked rest is resent to the next run.
+            let can_poll = reconnect_at.is_none() && (st.connected || !stopping);
+            tokio::select! {
+                biased;
+                _ = &mut stopped, if !stopping => {
+                    stopping = true;
+                    // The feeder hands what is queued, then ends.
+                    to_pipeline = None;
+                    tracing::info!(pipeline = %pipeline_name, pending = pending.len(), "MQTT source stopping: settling handed messages");
+                }
+                fate = head_fate(&mut pending) => {
+                    let p = pending.pop_front().expect("head exists");
+                    self.settle(p, fate, &mut st);
+                    // Acks whose fates are already known go out in the same turn, in order.
+                    while let Some(front) = pending.front_mut() {
+                        match front.fate.try_recv() {
+                            Ok(f) => {
+                                let p = pending.pop_front().expect("front exists");
+                                self.settle(p, f, &mut st);
+                            }
+                            Err(oneshot::error::TryRecvError::Empty) => break,
+                            Err(oneshot::error::TryRecvError::Closed) => {
+                                let p = pending.pop_front().expect("front exists");
+                                self.settle(p, Fate::Failed { message: "the pipeline dropped the event".into() }, &mut st);
+                            }
+                        }
+                    }
+                    self.m.inflight.set(pending.len() as i64);
+                    if st.want_redelivery && st.connected && !stopping && !self.config.clean_session {
+                        // Brokers resend only on a new connection: drop this one. What is
+                        // pending on it is resent too (duplicates in Kafka, nothing lost).
+                        tracing::warn!(pipeline = %pipeline_name, "reconnecting so that the broker resends the messages that were not acked");
+                        eventloop.clean();
+                        self.m.disconnections.inc();
+                        st.connected = false;
+                        st.conn += 1;
+                        reconnect_at = Some(self.jittered(backoff));
+                        backoff = (backoff * 2).min(self.config.backoff_max);
+                    }
+                    st.want_redelivery = false;
+                }
+                _ = async { tokio::time::sleep_until(reconnect_at.expect("set")).await }, if reconnect_at.is_some() => {
+                    reconnect_at = None;
+                }
+                ev = eventloop.poll(), if can_poll => match ev {
+                    Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
+                        st.connected = true;
+                        st.conn += 1;
+                        self.m.connections.inc();
+                        tracing::info!(pipeline = %pipeline_name, url = %self.config.url, client_id = %self.client_id, session_present = ack.session_present, "MQTT connected");
+                        // A new session has no subscriptions (rumqttc does not restore them);
+                        // a resumed one keeps them, and subscribing again would resend retained
+                        // messages.
+                        if !ack.session_present {
+                            let filters = self.config.subscriptions.iter().map(|s| {
+                                Filter::new(s.topic.clone(), if s.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce })
+                            });
+                            if let Err(e) = client.try_subscribe_many(filters) {
+                                tracing::warn!(pipeline = %pipeline_name, error = %e, "cannot queue the subscribe request");
+                            }
+                        }
+                    }
+                    Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => {
+                        for (s, code) in self.config.subscriptions.iter().zip(&ack.return_codes) {
+                            use rumqttc::v5::mqttbytes::v5::SubscribeReasonCode as R;
+                            match code {
+                                R::Success(q) => tracing::info!(pipeline = %pipeline_name, filter = %s.topic, granted_qos = ?q, "subscribed"),
+                                other => {
+                                    self.m.connection_errors.inc();
+                                    tracing::error!(pipeline = %pipeline_name, filter = %s.topic, reason = ?other, "the broker refused the subscription; check the filter and the broker's ACL");
+                                }
+                            }
+                        }
+                    }
+                    Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
+                        if stopping {
+                            // Not handed, not acked: the broker resends it to the next run.
+                            continue;
+                        }
+                        if let Some(tx) = &to_pipeline {
+                            let (ev, wait) = self.event(&p, st.conn);
+                            if let Some(w) = wait {
+                                pending.push_back(w);
+                                self.m.inflight.set(pending.len() as i64);
+                            }
+                            // Waits only if the pipeline is `cap` events behind, which the
+                            // Receive Maximum prevents for QoS 1 (QoS 0 has no flow control).
+                            if tx.send(ev).await.is_err() {
+                                tracing::error!(pipeline = %pipeline_name, "the pipeline task ended");
+                            }
+                        }
+                    }
+                    Ok(MqttEvent::Incoming(Packet::Disconnect(d))) => {
+                        tracing::warn!(pipeline = %pipeline_name, reason = ?d.reason_code, "the broker closed the connection");
+                    }
+                    Ok(MqttEvent::Outgoing(rumqttc::Outgoing::Disconnect)) if stopping => {
+                        disconnect_sent = true;
+                        st.connected = false;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        if stopping && disconnect_sent {
+                            break;
+                        }
+                        if st.connected {
+                            self.m.disconnections.inc();
+                        }
+                        self.m.connection_errors.inc();
+                        st.connected = false;
+                        st.conn += 1;
+                        match &e {
+                            ConnectionError::ConnectionRefused(code) => tracing::error!(pipeline = %pipeline_name, url = %self.config.url, client_id = %self.client_id, ?code, "the MQTT broker refused the connection; check username, password and client_id"),
+                            _ => tracing::warn!(pipeline = %pipeline_name, url = %self.config.url, error = %e, "MQTT connection failed"),
+                        }
+                        if stopping {
+                            // The unacked rest is resent to the next run.
+                            continue;
+                        }
+                        reconnect_at = Some(self.jittered(backoff));
+                        backoff = (backoff * 2).min(self.config.backoff_max);
+                    }
+                },
+            }
+        }
+        drop(to_pipeline);
+        let _ = feeder.await;
+        self.m.inflight.set(0);
+        tracing::info!(pipeline = %pipeline_name, "MQTT source stopped");
+    }
+
+    /// When to try again: full jitter in [backoff/2, backoff] so that gateways do not reconnect
+    /// in step.
+    fn jittered(&self, backoff: Duration) -> tokio::time::Instant {
+        let ms = backoff.as_millis() as u64;
+        let wait = Duration::from_millis(rand::rng().random_range(ms / 2..=ms.max(1)));
+        tokio::time::Instant::now() + wait
+    }
+
+    /// The event of a message, and what to wait for before acking it (none for QoS 0).
+    fn event(&self, p: &Publish, conn: u64) -> (Event, Option<Pending>) {
+        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+        if let Some(i) = self
+            .config
+            .subscriptions
+            .iter()
+            .position(|s| filter_matches(&s.topic, &topic))
+        {
+            self.m.received[i].inc();
+        } else {
+            self.m.received_unmatched.inc();
+        }
+        let origin = Origin::now(self.pipeline.name().clone(), Arc::from(topic.as_str()));
+        let payload = Bytes::clone(&p.payload);
+        let (mut ev, wait) = if p.qos == QoS::AtMostOnce {
+            (Event::new(payload, origin), None)
+        } else {
+            let (ev, rx) = Event::with_ack(payload, origin);
+            (
+                ev,
+                Some(Pending {
+                    pkid: p.pkid,
+                    qos: p.qos,
+                    conn,
+                    fate: rx,
+                }),
+            )
+        };
+        for (i, seg) in topic.split('/').enumerate() {
+            ev.meta.insert(format!("topic.{i}"), seg);
+        }
+        ev.meta.insert(
+            "qos",
+            match p.qos {
+                QoS::AtMostOnce => "0",
+                QoS::AtLeastOnce => "1",
+                QoS::ExactlyOnce => "2",
+            },
+        );
+        ev.meta
+            .insert("retain", if p.retain { "true" } else { "false" });
+        ev.meta.insert("topic", topic);
+        if let Some(props) = &p.properties {
+            ev.headers = props
+                .user_properties
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+                .collect();
+        }
+        (ev, wait)
+    }
+
+    /// Queues the ack of a settled message when Kafka holds it and its connection is still
+    /// the current one.
+    fn settle(&self, p: Pending, fate: Fate, st: &mut AckState) {
+        if !fate.is_persisted() {
+            // Not acked: the broker keeps it and resends it on the next connection.
+            self.m.unacked_not_persisted.inc();
+            tracing::warn!(pipeline = %self.pipeline.name(), ?fate, "not acking an MQTT message that Kafka does not hold; the broker will resend it");
+            st.want_redelivery = true;
+            return;
+        }
+        if p.conn != st.conn || !st.connected {
+            // Its connection is gone; the broker resends it (a duplicate in Kafka).
+            self.m.unacked_reconnected.inc();
+            return;
+        }
+        st.outbox.push_back((p.pkid, p.qos, p.conn));
+    }
+
+    /// Hands queued acks to the event loop while its request channel has room (it drains as
+    /// the loop is polled); says whether any went.
+    fn flush_acks(&self, client: &AsyncClient, st: &mut AckState) -> bool {
+        let mut sent = false;
+        while let Some(&(pkid, qos, c)) = st.outbox.front() {
+            if c != st.conn || !st.connected {
+                st.outbox.pop_front();
+                self.m.unacked_reconnected.inc();
+                continue;
+            }
+            let mut ack = Publish::new("", qos, Bytes::new(), None);
+            ack.pkid = pkid;
+            if client.try_ack(&ack).is_err() {
+                break;
+            }
+            st.outbox.pop_front();
+            self.m.acks.inc();
+            sent = true;
+        }
+        sent
+    }
+}
+
+/// What decides whether and where an ack goes.
+struct AckState {
+    /// The current connection's number; bumped on every connect and disconnect.
+    conn: u64,
+    connected: bool,
+    /// Acks in arrival order, waiting for room in the event loop's request channel.
+    outbox: VecDeque<(u16, QoS, u64)>,
+    /// A fate was not persisted: reconnect so that the broker resends.
+    want_redelivery: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            parse_url("mqtt://127.0.0.1:1884").unwrap(),
+            BrokerAddr {
+                host: "127.0.0.1".into(),
+                port: 1884,
+                tls: false
+            }
+        );
+        assert_eq!(parse_url("mqtts://b.example").unwrap().port, 8883);
+        assert!(parse_url("mqtts://b.example").unwrap().tls);
+        assert_eq!(parse_url("mqtt://[::1]:1883").unwrap().host, "::1");
+        assert!(parse_url("http://x:1883")
+            .unwrap_err()
+            .contains("scheme `http`"));
+        assert!(parse_url("mqtt://x:port").is_err());
+        assert!(parse_url("mqtt://u:p@x:1883").is_err());
+        assert!(parse_url("mqtt://x:1883/devices").is_err());
+        assert!(parse_url("mqtt://").is_err());
+        assert!(parse_url("127.0.0.1:1883").is_err());
+    }
+
+    #[test]
+    fn filters() {
+        assert!(check_filter("devices/+/telemetry").is_ok());
+        assert!(check_filter("devices/#").is_ok());
+        assert!(check_filter("#").is_ok());
+        assert!(check_filter("$share/kgate/devices/+/telemetry").is_ok());
+        assert!(check_filter("devices/#/x").is_err());
+        assert!(check_filter("devices/a+").is_err());
+        assert!(check_filter("").is_err());
+        assert!(check_filter("$share/g").is_err());
+
+        assert!(filter_matches(
+            "devices/+/telemetry",
+            "devices/d1/telemetry"
+        ));
+        assert!(!filter_matches("devices/+/telemetry", "devices/d1/status"));
+        assert!(!filter_matches(
+            "devices/+/telemetry",
+            "devices/d1/telemetry/x"
+        ));
+        assert!(filter_matches("devices/#", "devices"));
+        assert!(filter_matches("devices/#", "devices/a/b"));
+        assert!(filter_matches("$share/g/devices/+", "devices/a"));
+        assert!(!filter_matches("#", "$SYS/broker/uptime"));
+        assert!(filter_matches("$SYS/#", "$SYS/broker/uptime"));
+        assert!(filter_matches("a//b", "a//b"));
+    }
+
+    fn load(text: &str) -> Result<crate::config::Config, crate::config::ConfigErrors> {
+        crate::config::Config::from_yaml_str(text, "kgate.yaml", &|_| None)
+    }
+
+    #[test]
+    fn config_defaults_and_errors_with_paths() {
+        let c = load("pipelines:\n  - name: iot\n    source: {mqtt: {url: 'mqtt://127.0.0.1:1883', subscriptions: [{topic: 'devices/+/telemetry'}]}}\n    topic: telemetry.raw\n    key: '${@topic.1}'\n").unwrap();
+        let crate::config::SourceConfig::Mqtt(m) = &c.pipelines[0].source else {
+            panic!("mqtt source expected")
+        };
+        assert_eq!(m.subscriptions[0].qos, 1);
+        assert!(!m.clean_session);
+        assert_eq!(m.max_inflight, 1000);
+        assert_eq!(m.keep_alive, Duration::from_secs(30));
+
+        let e = load("pipelines:\n  - name: a\n    source: {mqtt: {url: 'http://h:1883', subscriptions: [{topic: 'a/#/b', qos: 3}, {topic: x, qos: 2}], tls: {ca_file: /nope.pem}, keep_alive: 1s, max_inflight: 0, clientid: x}}\n    topic: t\n  - name: b\n    source: {mqtt: {url: 'mqtt://h', subscriptions: []}}\n    topic: t\n").unwrap_err();
+        let paths: Vec<&str> = e.errors.iter().map(|e| e.path.as_str()).collect();
+        for want in [
+            "pipelines[0].source.mqtt.clientid",
+            "pipelines[0].source.mqtt.url",
+            "pipelines[0].source.mqtt.subscriptions[0].topic",
+            "pipelines[0].source.mqtt.subscriptions[0].qos",
+            "pipelines[0].source.mqtt.subscriptions[1].qos",
+            "pipelines[0].source.mqtt.tls.ca_file",
+            "pipelines[0].source.mqtt.keep_alive",
+            "pipelines[0].source.mqtt.max_inflight",
+            "pipelines[1].source.mqtt.subscriptions",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {paths:?}\n{e}");
+        }
+        let text = e.to_string();
+        assert!(text.contains("QoS 3 does not exist"), "{text}");
+        assert!(text.contains("QoS 2 is not supported"), "{text}");
+        assert!(text.contains("scheme `http` is not MQTT"), "{text}");
+    }
+
+    #[test]
+    fn raw_payloads_are_keyed_and_routed_by_topic_segments() {
+        let c = load("pipelines:\n  - name: iot\n    source: {mqtt: {url: 'mqtt://h', subscriptions: [{topic: 'devices/+/+'}]}}\n    topic: 'iot.${@topic.2}'\n    key: '${@topic.1}'\n    headers: {qos: '${@qos}'}\n    format: raw\n").unwrap();
+        let p = crate::pipeline::Processor::new(&c.pipelines[0]).unwrap();
+        let meta = crate::transform::Meta::empty()
+            .with("topic.1", "d7")
+            .with("topic.2", "telemetry")
+            .with("qos", "1");
+        let r = p
+            .process(&Bytes::from_static(b"\x01\x02binary"), &meta)
+            .unwrap();
+        assert_eq!(&*r.topic, "iot.telemetry");
+        assert_eq!(r.key.as_deref(), Some(&b"d7"[..]));
+        assert_eq!(&r.value[..], b"\x01\x02binary");
+        assert_eq!(r.headers, vec![("qos".to_string(), b"1".to_vec())]);
+    }
+}
