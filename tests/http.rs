@@ -51,9 +51,15 @@ fn start(brokers: &str, http_extra: &str, kafka_extra: &str, pipelines: &str) ->
 }
 
 impl Gw {
+    /// Waits for `/readyz`, and for the HTTP port to accept connections: `/readyz` can answer
+    /// 200 before the HTTP server is bound (it only says Kafka answers), e.g. while the
+    /// registry client is still being built.
     fn wait_ready(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        while http_get(&self.metrics, "/readyz").map(|r| r.0) != Some(200) {
+        let http_addr = self.http.trim_start_matches("http://").to_string();
+        while http_get(&self.metrics, "/readyz").map(|r| r.0) != Some(200)
+            || std::net::TcpStream::connect(&http_addr).is_err()
+        {
             assert!(
                 Instant::now() < deadline,
                 "kgate not ready; log:\n{}",
