@@ -157,6 +157,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             http_pipelines,
             sink.clone(),
             metrics.clone(),
+            schemas.clone(),
             &config.kafka,
             sources_stop.clone(),
             &mut tasks,

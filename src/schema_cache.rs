@@ -39,8 +39,25 @@ pub struct SchemaCache {
     /// Subjects that could not be loaded lately, so that a stream of records for them does
     /// not become a stream of registry requests.
     failed: Mutex<HashMap<String, (Instant, String)>>,
+    /// (subject, schema text) → id of schemas registered through [`SchemaCache::register`], so
+    /// that a client sending the same schema text with every request (the REST Proxy's
+    /// `value_schema`) costs one registry call, not one per request.
+    registered: RwLock<HashMap<(String, String), u32>>,
     metrics: Option<Arc<Metrics>>,
 }
+
+/// Why [`SchemaCache::register`] failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegisterError {
+    /// The text is not an Avro schema kgate can use (nothing was sent to the registry).
+    Invalid(String),
+    /// The registry refused it (incompatible, …) or could not be reached.
+    Registry(String),
+}
+
+/// At most this many (subject, text) pairs are remembered; beyond, the map starts over (a
+/// client sending ever-new schema texts must not grow it without bound).
+const MAX_REGISTERED: usize = 10_000;
 
 /// How long a failed subject load is remembered before the registry is asked again.
 const RETRY_FAILED_AFTER: Duration = Duration::from_secs(5);
@@ -53,6 +70,7 @@ impl SchemaCache {
             subjects: RwLock::new(HashMap::new()),
             by_id: RwLock::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
+            registered: RwLock::new(HashMap::new()),
             metrics,
         })
     }
@@ -184,6 +202,58 @@ impl SchemaCache {
             .expect("schema cache lock")
             .insert(id, s.clone());
         Ok(s)
+    }
+
+    /// Registers the Avro schema `text` under `subject`, or finds it there (registering a text
+    /// the subject already has returns the existing id), and returns the id with the compiled
+    /// schema (cached by id). The text is parsed first, so that an invalid schema is answered
+    /// without a registry call; a (subject, text) pair seen before is answered from memory.
+    pub async fn register(
+        &self,
+        subject: &str,
+        text: &str,
+    ) -> Result<(u32, Arc<avro::Schema>), RegisterError> {
+        let key = (subject.to_string(), text.to_string());
+        let known = self
+            .registered
+            .read()
+            .expect("schema cache lock")
+            .get(&key)
+            .copied();
+        if let Some(id) = known {
+            if let Some(s) = self.by_id.read().expect("schema cache lock").get(&id) {
+                return Ok((id, s.clone()));
+            }
+        }
+        let schema = Arc::new(avro::Schema::parse(text).map_err(RegisterError::Invalid)?);
+        let id = self
+            .client
+            .register(subject, text)
+            .await
+            .map_err(|e| RegisterError::Registry(e.to_string()))?;
+        // Ids are immutable: a schema already cached under this id is the same schema.
+        let schema = self
+            .by_id
+            .write()
+            .expect("schema cache lock")
+            .entry(id)
+            .or_insert(schema)
+            .clone();
+        let mut reg = self.registered.write().expect("schema cache lock");
+        if reg.len() >= MAX_REGISTERED {
+            reg.clear();
+        }
+        reg.insert(key, id);
+        Ok((id, schema))
+    }
+
+    /// Caches `schema` as the one with id `id`, as if fetched (for tests without a registry).
+    #[cfg(test)]
+    pub(crate) fn insert_by_id(&self, id: u32, schema: avro::Schema) {
+        self.by_id
+            .write()
+            .expect("schema cache lock")
+            .insert(id, Arc::new(schema));
     }
 
     /// Decodes a Confluent wire-format record (magic byte, schema id, Avro body) to JSON.

@@ -294,7 +294,8 @@ async fn run(args: &SchemasArgs) -> Result<u8, String> {
 /// A record given on the command line: hex (`00000000…`) or base64.
 pub fn record_bytes(text: &str) -> Result<Vec<u8>, String> {
     let hex = text.strip_prefix("0x").unwrap_or(text);
-    if !hex.is_empty() && hex.len().is_multiple_of(2) && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !hex.is_empty() && hex.len().is_multiple_of(2) && hex.bytes().all(|b| b.is_ascii_hexdigit())
+    {
         return (0..hex.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|e| e.to_string()))

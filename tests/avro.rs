@@ -6,17 +6,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
-
-fn registry() -> String {
-    std::env::var("KGATE_REGISTRY_URL")
-        .unwrap_or_else(|_| "http://127.0.0.1:8081/apis/ccompat/v7".into())
-}
 
 /// `kgate schemas register SUBJECT --file F` against `url`; panics with its output on failure.
 fn register(url: &str, subject: &str, schema: &str) {
@@ -53,50 +47,6 @@ fn latest_id(url: &str, subject: &str) -> u64 {
     serde_json::from_str::<Value>(&body).unwrap()["id"]
         .as_u64()
         .unwrap()
-}
-
-/// Decodes Kafka values with Python fastavro, fetching writer schemas by id from the registry.
-fn fastavro(url: &str, recs: &[Rec]) -> Vec<(u64, Value)> {
-    let script = repo().join("tests/py/avro_decode.py");
-    let python = std::env::var("KGATE_PYTHON").unwrap_or_else(|_| "python3".into());
-    let mut child = Command::new(python)
-        .arg(script)
-        .arg(url)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    // Written from a thread: the decoder answers line by line, and a full stdout pipe must
-    // not stall it while we are still writing.
-    let mut stdin = child.stdin.take().unwrap();
-    let lines: Vec<String> = recs
-        .iter()
-        .map(|r| r.value.iter().map(|b| format!("{b:02x}")).collect())
-        .collect();
-    let writer = std::thread::spawn(move || {
-        for l in lines {
-            if writeln!(stdin, "{l}").is_err() {
-                return;
-            }
-        }
-    });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    assert!(
-        out.status.success(),
-        "fastavro decoder failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap();
-            assert_eq!(v["trailing"], 0, "trailing bytes after the Avro body: {v}");
-            (v["id"].as_u64().unwrap(), v["value"].clone())
-        })
-        .collect()
 }
 
 fn config(url: &str, metrics_port: u16, dlq: &str, extra: &str, pipelines: &str) -> String {

@@ -51,9 +51,15 @@ fn start(brokers: &str, http_extra: &str, kafka_extra: &str, pipelines: &str) ->
 }
 
 impl Gw {
+    /// Waits for `/readyz`, and for the HTTP port to accept connections: `/readyz` can answer
+    /// 200 before the HTTP server is bound (it only says Kafka answers), e.g. while the
+    /// registry client is still being built.
     fn wait_ready(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        while http_get(&self.metrics, "/readyz").map(|r| r.0) != Some(200) {
+        let http_addr = self.http.trim_start_matches("http://").to_string();
+        while http_get(&self.metrics, "/readyz").map(|r| r.0) != Some(200)
+            || std::net::TcpStream::connect(&http_addr).is_err()
+        {
             assert!(
                 Instant::now() < deadline,
                 "kgate not ready; log:\n{}",
@@ -329,8 +335,13 @@ async fn error_answers_name_the_problem() {
         r#"{"value_schema_id":1,"records":[{"value":1}]}"#,
     )
     .await;
-    assert_eq!(s, 415, "{v}");
-    assert!(v["message"].as_str().unwrap().contains("avro"), "{v}");
+    // No schema_registry in the config: the answer says what to add.
+    assert_eq!((s, v["error_code"].as_u64()), (415, Some(415)), "{v}");
+    let m = v["message"].as_str().unwrap();
+    assert!(
+        m.contains("avro") && m.contains("add `schema_registry: { url:"),
+        "{v}"
+    );
     let (s, _, v) = post(&c, &ingest("orders"), "text/csv", Some(TOKEN), "a,b").await;
     assert_eq!(s, 415, "{v}");
 
@@ -385,6 +396,231 @@ async fn error_answers_name_the_problem() {
             "{route} {status}"
         );
     }
+}
+
+/// Registers `schema` under `subject` with a plain HTTP call to the registry; returns its id.
+async fn register_schema(subject: &str, schema: &str) -> u64 {
+    let r = reqwest::Client::new()
+        .post(format!("{}/subjects/{subject}/versions", registry()))
+        .header("Content-Type", "application/vnd.schemaregistry.v1+json")
+        .body(json!({ "schema": schema }).to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let v: Value = r.json().await.unwrap();
+    assert!(status.is_success(), "register {subject}: {status} {v}");
+    v["id"].as_u64().unwrap()
+}
+
+/// The id of a subject's latest version.
+async fn latest_id(subject: &str) -> u64 {
+    let v: Value = reqwest::get(format!("{}/subjects/{subject}/versions/latest", registry()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["id"].as_u64().unwrap_or_else(|| panic!("{subject}: {v}"))
+}
+
+/// A gateway with `schema_registry:` configured.
+fn start_with_registry(b: &str) -> Gw {
+    start(
+        b,
+        "",
+        &format!("schema_registry:\n  url: '{}'\n", registry()),
+        "",
+    )
+}
+
+/// Confluent's Avro quick-start example, run with curl as documented (host and topic aside):
+/// the schema is registered under `<topic>-value`, the answer names its id, and the record in
+/// Kafka is magic byte 0, that id, and Avro that an independent decoder (fastavro) reads back.
+/// The same schema again finds the same id; `key_schema` text registers `<topic>-key`.
+#[tokio::test(flavor = "multi_thread")]
+async fn rest_proxy_avro_documented_example_registers_and_encodes() {
+    let b = brokers();
+    let gw = start_with_registry(&b);
+    let topic = unique("avrotest");
+    let url = format!("{}/topics/{topic}", gw.http);
+    // From docs.confluent.io, REST Proxy quick start ("Produce and Consume Avro Messages").
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/vnd.kafka.avro.v2+json",
+            "-H",
+            "Accept: application/vnd.kafka.v2+json",
+            "--data",
+            r#"{"value_schema": "{\"type\": \"record\", \"name\": \"User\", \"fields\": [{\"name\": \"name\", \"type\": \"string\"}]}", "records": [{"value": {"name": "testUser"}}]}"#,
+            &url,
+        ])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!("{e}: {text}; log:\n{}", gw.proc.log_text());
+    });
+    let id = latest_id(&format!("{topic}-value")).await;
+    assert_eq!(
+        v,
+        json!({"offsets":[{"partition":0,"offset":0,"error_code":null,"error":null}],"key_schema_id":null,"value_schema_id":id}),
+        "{text}"
+    );
+
+    // The same schema text again (the registry answers the existing id), with string keys.
+    let c = reqwest::Client::new();
+    let body = json!({
+        "key_schema": "\"string\"",
+        "value_schema": "{\"type\": \"record\", \"name\": \"User\", \"fields\": [{\"name\": \"name\", \"type\": \"string\"}]}",
+        "records": [{"key": "u1", "value": {"name": "second"}}, {"value": {"name": "third"}}],
+    });
+    let (s, h, v) = post(
+        &c,
+        &url,
+        "application/vnd.kafka.avro.v2+json",
+        None,
+        body.to_string(),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(h["content-type"], "application/vnd.kafka.v2+json");
+    let key_id = latest_id(&format!("{topic}-key")).await;
+    assert_eq!(v["value_schema_id"], id, "{v}");
+    assert_eq!(v["key_schema_id"], key_id, "{v}");
+    assert_eq!(v["offsets"][1]["offset"], 2, "{v}");
+
+    let recs = consume(&b, &topic, 3, Duration::from_secs(20));
+    assert_eq!(recs.len(), 3);
+    let mut header = vec![0u8];
+    header.extend_from_slice(&(id as u32).to_be_bytes());
+    for r in &recs {
+        assert_eq!(r.value[..5], header[..], "{:?}", r.value);
+    }
+    let decoded = fastavro(&registry(), &recs);
+    assert_eq!(
+        decoded,
+        vec![
+            (id, json!({"name": "testUser"})),
+            (id, json!({"name": "second"})),
+            (id, json!({"name": "third"})),
+        ]
+    );
+    // The key is Avro too (decoded with kgate's decoder and the registered key schema).
+    assert_eq!(recs[0].key, None);
+    assert_eq!(recs[2].key, None);
+    let key = recs[1].key.as_deref().unwrap();
+    let (kid, body) = kgate::avro::unframe(key).unwrap();
+    assert_eq!(u64::from(kid), key_id);
+    let string = kgate::avro::Schema::parse("\"string\"").unwrap();
+    assert_eq!(string.decode(body).unwrap(), json!("u1"));
+}
+
+/// `value_schema_id` of a schema registered beforehand: plain and Avro-JSON-wrapped unions,
+/// field defaults. A record that does not fit fails the whole request (422 `42203`, naming
+/// the record and the field) and nothing of it is written; the REST Proxy's other schema
+/// errors are answered with its codes.
+#[tokio::test(flavor = "multi_thread")]
+async fn rest_proxy_avro_by_id_and_records_that_do_not_fit() {
+    let b = brokers();
+    let gw = start_with_registry(&b);
+    let topic = unique("avroid");
+    create_topic(&b, &topic, 1).await;
+    let url = format!("{}/topics/{topic}", gw.http);
+    let schema = r#"{"type":"record","name":"Reading","namespace":"io.kgate.test","fields":[
+        {"name":"device","type":"string"},
+        {"name":"celsius","type":"double"},
+        {"name":"note","type":["null","string"],"default":null}]}"#;
+    let id = register_schema(&unique("restavro.pre"), schema).await;
+    let c = reqwest::Client::new();
+    let avro = "application/vnd.kafka.avro.v2+json";
+
+    // records[1] does not fit: nothing of the request is written.
+    let bad = json!({"value_schema_id": id, "records": [
+        {"value": {"device": "d1", "celsius": 20.5}},
+        {"value": {"device": "d2", "celsius": "warm"}},
+        {"value": {"device": "d3", "celsius": 1}},
+    ]});
+    let (s, _, v) = post(&c, &url, avro, None, bad.to_string()).await;
+    assert_eq!((s, v["error_code"].as_u64()), (422, Some(42203)), "{v}");
+    let m = v["message"].as_str().unwrap();
+    assert!(
+        m.contains("records[1].value") && m.contains("/celsius") && m.contains("double"),
+        "{v}"
+    );
+
+    let good = json!({"value_schema_id": id, "records": [
+        {"value": {"device": "d1", "celsius": 20.5}},
+        {"value": {"device": "d2", "celsius": 21, "note": {"string": "wrapped"}}},
+        {"value": {"device": "d3", "celsius": -1.25, "note": "plain"}, "partition": 0},
+    ]});
+    let (s, _, v) = post(&c, &url, avro, None, good.to_string()).await;
+    assert_eq!(s, 200, "{v}");
+    // Offset 0: the refused request wrote nothing before it.
+    assert_eq!(
+        v,
+        json!({"offsets": [
+            {"partition":0,"offset":0,"error_code":null,"error":null},
+            {"partition":0,"offset":1,"error_code":null,"error":null},
+            {"partition":0,"offset":2,"error_code":null,"error":null}],
+            "key_schema_id": null, "value_schema_id": id})
+    );
+    let recs = consume(&b, &topic, 3, Duration::from_secs(20));
+    assert_eq!(
+        fastavro(&registry(), &recs),
+        vec![
+            (id, json!({"device":"d1","celsius":20.5,"note":null})),
+            (id, json!({"device":"d2","celsius":21.0,"note":"wrapped"})),
+            (id, json!({"device":"d3","celsius":-1.25,"note":"plain"})),
+        ]
+    );
+
+    // The REST Proxy's other schema errors.
+    for (body, status, code, says) in [
+        (
+            json!({"records": [{"value": {"device": "d"}}]}),
+            422,
+            42202,
+            "value_schema or value_schema_id",
+        ),
+        (
+            json!({"value_schema_id": id, "records": [{"key": "k", "value": {"device": "d", "celsius": 1}}]}),
+            422,
+            42201,
+            "key_schema or key_schema_id",
+        ),
+        (
+            json!({"value_schema": "{\"type\":\"record\",\"name\":\"X\"}", "records": [{"value": {}}]}),
+            422,
+            42205,
+            "Invalid schema: value_schema",
+        ),
+        (
+            json!({"value_schema_id": 999_999_999, "records": [{"value": {}}]}),
+            408,
+            40801,
+            "999999999",
+        ),
+    ] {
+        let (s, _, v) = post(&c, &url, avro, None, body.to_string()).await;
+        assert_eq!((s, v["error_code"].as_u64()), (status, Some(code)), "{v}");
+        assert!(v["message"].as_str().unwrap().contains(says), "{v}");
+    }
+    let (s, _, v) = post(
+        &c,
+        &url,
+        "application/vnd.kafka.protobuf.v2+json",
+        None,
+        r#"{"value_schema_id":1,"records":[{"value":{}}]}"#,
+    )
+    .await;
+    assert_eq!(s, 415, "{v}");
+    // Still nothing but the three records.
+    let (s, _, v) = post(&c, &url, avro, None, good.to_string()).await;
+    assert_eq!((s, &v["offsets"][0]["offset"]), (200, &json!(3)), "{v}");
 }
 
 /// 10,000 records in batches of 100 from 4 concurrent clients: every offset answered 200 holds

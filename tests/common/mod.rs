@@ -293,3 +293,54 @@ pub fn summary(log: &str) -> HashMap<String, u64> {
     }
     out
 }
+
+/// The registry's Confluent API (`KGATE_REGISTRY_URL`, default the local Apicurio).
+pub fn registry() -> String {
+    std::env::var("KGATE_REGISTRY_URL")
+        .unwrap_or_else(|_| "http://127.0.0.1:8081/apis/ccompat/v7".into())
+}
+
+/// Decodes Kafka values with Python fastavro, fetching writer schemas by id from the registry.
+pub fn fastavro(url: &str, recs: &[Rec]) -> Vec<(u64, serde_json::Value)> {
+    let script = repo().join("tests/py/avro_decode.py");
+    // scripts/test points KGATE_PYTHON at a python3 with fastavro.
+    let python = std::env::var("KGATE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut child = Command::new(python)
+        .arg(script)
+        .arg(url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    // Written from a thread: the decoder answers line by line, and a full stdout pipe must
+    // not stall it while we are still writing.
+    let mut stdin = child.stdin.take().unwrap();
+    let lines: Vec<String> = recs
+        .iter()
+        .map(|r| r.value.iter().map(|b| format!("{b:02x}")).collect())
+        .collect();
+    let writer = std::thread::spawn(move || {
+        for l in lines {
+            if writeln!(stdin, "{l}").is_err() {
+                return;
+            }
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(
+        out.status.success(),
+        "fastavro decoder failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["trailing"], 0, "trailing bytes after the Avro body: {v}");
+            (v["id"].as_u64().unwrap(), v["value"].clone())
+        })
+        .collect()
+}

@@ -36,6 +36,7 @@ use crate::event::Fate;
 use crate::kafka::KafkaSink;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
+use crate::schema_cache::SchemaCache;
 
 /// A pipeline fed over HTTP, with its `source.http` settings.
 pub struct HttpPipeline {
@@ -62,6 +63,9 @@ struct Server {
     sink: Arc<KafkaSink>,
     metrics: Arc<Metrics>,
     topics: rest::TopicCache,
+    /// The registry's schemas, for the REST Proxy's `avro` embedded format; `None` without
+    /// `schema_registry:` in the config.
+    schemas: Option<Arc<SchemaCache>>,
 }
 
 /// The client address, for logs, `${@remote_addr}` and the DLQ `source` header.
@@ -82,12 +86,15 @@ impl Connected<axum::serve::IncomingStream<'_, tls::TlsListener>> for Peer {
 
 /// Binds `http.listen` (so that a taken port fails at start) and serves until `stop`; then it
 /// stops accepting and lets in-flight requests finish (they wait for their acks). The server
-/// runs as one task in `tasks`.
+/// runs as one task in `tasks`. `schemas` (when `schema_registry:` is configured) serves the
+/// REST Proxy's `avro` embedded format.
+#[allow(clippy::too_many_arguments)]
 pub async fn spawn(
     config: &HttpConfig,
     pipelines: Vec<HttpPipeline>,
     sink: Arc<KafkaSink>,
     metrics: Arc<Metrics>,
+    schemas: Option<Arc<SchemaCache>>,
     kafka: &KafkaConfig,
     stop: CancellationToken,
     tasks: &mut JoinSet<()>,
@@ -123,6 +130,7 @@ pub async fn spawn(
         sink,
         metrics,
         topics: rest::TopicCache::new(kafka.clone(), stop.clone()),
+        schemas,
     });
     let app = Router::new()
         .route("/topics/{topic}", post(rest::produce))

@@ -4,9 +4,10 @@
 //! Embedded formats: `json` (`application/vnd.kafka.json.v2+json`: keys and values are written
 //! as compact JSON text, as the REST Proxy's JSON serializer does — a string key `"k"` becomes
 //! the bytes `"k"`, quotes included) and `binary` (`application/vnd.kafka.binary.v2+json`, and
-//! the REST Proxy's fallbacks without an embedded format: base64 strings). `avro`, `protobuf`
-//! and `jsonschema` answer 415 until the schema-registry encoders land ([`schema_records`] is
-//! the seam).
+//! the REST Proxy's fallbacks without an embedded format: base64 strings) and `avro`
+//! (`application/vnd.kafka.avro.v2+json`: JSON values encoded with a registry schema in the
+//! Confluent wire format, [`schema_records`]; it needs `schema_registry:` in the config).
+//! `protobuf` and `jsonschema` answer 415.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,9 +28,11 @@ use tokio_util::sync::CancellationToken;
 use super::{
     media_type, overall_status, token_allows, ApiError, Peer, Server, Slot, KAFKA_V2_JSON,
 };
+use crate::avro;
 use crate::config::{valid_topic_name, KafkaConfig};
 use crate::event::{Event, Fate, Origin};
 use crate::kafka::{OutRecord, QuietContext};
+use crate::schema_cache::{RegisterError, SchemaCache};
 
 const ROUTE: &str = "/topics/{topic}";
 
@@ -101,18 +104,164 @@ type Encoded = (Option<Vec<u8>>, Bytes);
 /// Encoded records with the key and value schema ids for the answer.
 type SchemaEncoded = (Vec<Encoded>, Option<i64>, Option<i64>);
 
-/// The seam for schema formats (Avro through the registry, …): turns the records into key and
-/// value bytes, and names the schema ids for the answer. Until the encoders land it answers
-/// 415 with what to use instead.
-fn schema_records(
+/// The schema cache a schema format encodes with, or why the format cannot be served: only
+/// `avro` is built, and it needs `schema_registry:` in the config.
+fn schema_support<'s>(
+    s: &'s Server,
     format: &'static str,
-    _topic: &str,
-    _req: &ProduceRequest<'_>,
+) -> Result<&'s Arc<SchemaCache>, ApiError> {
+    if format != "avro" {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            415,
+            format!("the {format} embedded format (application/vnd.kafka.{format}.v2+json) is not supported yet; send application/vnd.kafka.avro.v2+json, application/vnd.kafka.json.v2+json or application/vnd.kafka.binary.v2+json, or use POST /ingest/{{pipeline}} with a pipeline that encodes"),
+        ));
+    }
+    s.schemas.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            415,
+            "the avro embedded format (application/vnd.kafka.avro.v2+json) encodes through a schema registry, and this kgate has none configured: add `schema_registry: { url: http://127.0.0.1:8081/apis/ccompat/v7 }` (your registry's address) to the config, or send application/vnd.kafka.json.v2+json",
+        )
+    })
+}
+
+/// The schema of keys or values: by id, or registered (or found) under `subject`. `None`
+/// when the request names neither.
+async fn resolve_schema(
+    cache: &SchemaCache,
+    what: &str,
+    subject: &str,
+    text: Option<&str>,
+    id: Option<i64>,
+) -> Result<Option<(u32, Arc<avro::Schema>)>, ApiError> {
+    let failed = |e: String| {
+        // The REST Proxy answers registry failures 408 with error code 40801.
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            40801,
+            format!("Schema registration or lookup failed: {e}; nothing was written"),
+        )
+    };
+    if let Some(id) = id {
+        let id = u32::try_from(id).map_err(|_| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                42205,
+                format!("Invalid schema: {what}_schema_id {id} is not a schema id"),
+            )
+        })?;
+        let schema = cache
+            .schema_by_id(id)
+            .await
+            .map_err(|e| failed(format!("{what}_schema_id {id}: {e}")))?;
+        return Ok(Some((id, schema)));
+    }
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    match cache.register(subject, text).await {
+        Ok(found) => Ok(Some(found)),
+        Err(RegisterError::Invalid(e)) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            42205,
+            format!("Invalid schema: {what}_schema: {e}"),
+        )),
+        Err(RegisterError::Registry(e)) => Err(failed(format!(
+            "{what}_schema under subject {subject}: {e}"
+        ))),
+    }
+}
+
+/// Schema formats (Avro through the registry): turns the records into key and value bytes in
+/// the Confluent wire format, and names the schema ids for the answer. As the REST Proxy does,
+/// a `value_schema`/`key_schema` text is registered under `<topic>-value`/`<topic>-key` (or
+/// found there), a `*_schema_id` is fetched by id, and every record is encoded before any is
+/// written: one that does not fit fails the whole request (422, `42203`).
+async fn schema_records(
+    cache: &SchemaCache,
+    topic: &str,
+    req: &ProduceRequest<'_>,
 ) -> Result<SchemaEncoded, ApiError> {
-    Err(ApiError::new(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        415,
-        format!("the {format} embedded format (application/vnd.kafka.{format}.v2+json) is not supported yet; send application/vnd.kafka.json.v2+json or application/vnd.kafka.binary.v2+json, or use POST /ingest/{{pipeline}} with a pipeline that encodes"),
+    let has_keys = req.records.iter().any(|r| r.key.is_some());
+    let has_values = req.records.iter().any(|r| r.value.is_some());
+    if has_keys && req.key_schema.is_none() && req.key_schema_id.is_none() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            42201,
+            "Request includes keys but does not include key schema: key_schema or key_schema_id is required (the Avro schema text, or the registry id of a schema)",
+        ));
+    }
+    if has_values && req.value_schema.is_none() && req.value_schema_id.is_none() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            42202,
+            "Request includes values but does not include value schema: value_schema or value_schema_id is required (the Avro schema text, or the registry id of a schema)",
+        ));
+    }
+    let key = resolve_schema(
+        cache,
+        "key",
+        &format!("{topic}-key"),
+        req.key_schema.as_deref(),
+        req.key_schema_id,
+    )
+    .await?;
+    let value = resolve_schema(
+        cache,
+        "value",
+        &format!("{topic}-value"),
+        req.value_schema.as_deref(),
+        req.value_schema_id,
+    )
+    .await?;
+    let encode = |i: usize,
+                  what: &str,
+                  raw: Option<&RawValue>,
+                  (id, schema): &(u32, Arc<avro::Schema>)| {
+        let v: Value = match raw {
+            Some(raw) => serde_json::from_str(raw.get()).map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    42203,
+                    format!("Conversion of JSON to Avro failed: records[{i}].{what}: {e}"),
+                )
+            })?,
+            None => Value::Null,
+        };
+        let mut out = Vec::with_capacity(64);
+        avro::frame(*id, &mut out);
+        schema.encode(&v, &mut out).map_err(|m| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                42203,
+                format!("Conversion of JSON to Avro failed: records[{i}].{what} does not fit the {what} schema (id {id}) {m}; nothing of this request was written"),
+            )
+        })?;
+        Ok::<_, ApiError>(out)
+    };
+    let encoded = req
+        .records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            // A null or absent key is no key; a null or absent value is Avro null when there
+            // is a value schema (a union with null takes it), else an empty value.
+            let k = match (&key, r.key) {
+                (Some(ks), Some(raw)) => Some(encode(i, "key", Some(raw), ks)?),
+                _ => None,
+            };
+            let v = match &value {
+                Some(vs) => Bytes::from(encode(i, "value", r.value, vs)?),
+                None => Bytes::new(),
+            };
+            Ok((k, v))
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    Ok((
+        encoded,
+        key.map(|(id, _)| i64::from(id)),
+        value.map(|(id, _)| i64::from(id)),
     ))
 }
 
@@ -260,6 +409,10 @@ async fn produce_inner(
             ),
         ));
     };
+    let schemas = match format {
+        EmbeddedFormat::Schema(f) => Some(schema_support(s, f)?),
+        _ => None,
+    };
     let raw = s.read_body(body, headers, s.config.max_body.0).await?;
     let req: ProduceRequest<'_> = serde_json::from_slice(&raw).map_err(|e| {
         let (status, code) = if e.is_data() {
@@ -283,9 +436,9 @@ async fn produce_inner(
         ));
     }
     s.observe_records(ROUTE, req.records.len());
-    let (encoded, key_schema_id, value_schema_id) = match format {
-        EmbeddedFormat::Schema(f) => schema_records(f, topic, &req)?,
-        f => (encode_plain(f, &req.records)?, None, None),
+    let plain = match schemas {
+        Some(_) => None,
+        None => Some(encode_plain(format, &req.records)?),
     };
     s.check_ready()?;
     let partitions = match s.topics.lookup(topic).await {
@@ -323,6 +476,13 @@ async fn produce_inner(
             }
         }
     }
+
+    // Schemas are registered only once the topic is known to exist, and every record is
+    // encoded before any is written.
+    let (encoded, key_schema_id, value_schema_id) = match schemas {
+        Some(cache) => schema_records(cache, topic, &req).await?,
+        None => (plain.unwrap_or_default(), None, None),
+    };
 
     let topic_arc: Arc<str> = Arc::from(topic);
     let origin = Origin::now(
@@ -607,6 +767,84 @@ mod tests {
             serde_json::from_str(r#"{"records":[{"value":"b2s="},{"value":{"x":1}}]}"#).unwrap();
         let e = encode_plain(EmbeddedFormat::Binary, &req.records).unwrap_err();
         assert!(e.message.contains("records[1].value"), "{}", e.message);
+    }
+
+    /// A cache whose registry is unreachable, holding one schema as id 7.
+    fn offline_cache() -> Arc<SchemaCache> {
+        let client = crate::registry::RegistryClient::from_url("http://127.0.0.1:1").unwrap();
+        let cache = SchemaCache::new(client, None);
+        cache.insert_by_id(
+            7,
+            avro::Schema::parse(
+                r#"{"type":"record","name":"User","fields":[{"name":"name","type":"string"},{"name":"note","type":["null","string"],"default":null}]}"#,
+            )
+            .unwrap(),
+        );
+        cache
+    }
+
+    async fn avro(body: &str) -> Result<SchemaEncoded, ApiError> {
+        let req: ProduceRequest<'_> = serde_json::from_str(body).unwrap();
+        schema_records(&offline_cache(), "t", &req).await
+    }
+
+    #[tokio::test]
+    async fn avro_records_are_encoded_with_the_schema_of_the_id() {
+        let (enc, k, v) = avro(
+            r#"{"value_schema_id":7,"records":[{"value":{"name":"a"}},{"value":{"name":"b","note":{"string":"x"}},"partition":0}]}"#,
+        )
+        .await
+        .unwrap();
+        assert_eq!((k, v), (None, Some(7)));
+        let cache = offline_cache();
+        let (id, got) = cache.decode(&enc[1].1).await.unwrap();
+        assert_eq!(id, 7);
+        assert_eq!(got, json!({"name":"b","note":"x"}));
+        assert_eq!(&enc[0].1[..5], &[0, 0, 0, 0, 7]);
+        assert_eq!(enc[0].0, None);
+    }
+
+    #[tokio::test]
+    async fn avro_errors_are_the_rest_proxys() {
+        let e = avro(r#"{"records":[{"value":{"name":"a"}}]}"#)
+            .await
+            .unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (422, 42202), "{}", e.message);
+        assert!(e.message.contains("value_schema or value_schema_id"));
+        let e = avro(r#"{"value_schema_id":7,"records":[{"key":"k","value":{"name":"a"}}]}"#)
+            .await
+            .unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (422, 42201), "{}", e.message);
+        let e = avro(
+            r#"{"value_schema_id":7,"records":[{"value":{"name":"a"}},{"value":{"name":5}}]}"#,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (422, 42203), "{}", e.message);
+        assert!(
+            e.message.contains("records[1].value")
+                && e.message.contains("at /name: expected string"),
+            "{}",
+            e.message
+        );
+        let e = avro(r#"{"value_schema":"{\"type\":\"recrd\"}","records":[{"value":1}]}"#)
+            .await
+            .unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (422, 42205), "{}", e.message);
+        // The registry is unreachable: the REST Proxy's 408 / 40801.
+        let e = avro(r#"{"value_schema":"\"string\"","records":[{"value":"x"}]}"#)
+            .await
+            .unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (408, 40801), "{}", e.message);
+        assert!(e.message.contains("t-value"), "{}", e.message);
+        let e = avro(r#"{"value_schema_id":-1,"records":[{"value":"x"}]}"#)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, 42205, "{}", e.message);
+        // Values all null and no value schema: empty values, as the REST Proxy allows.
+        let (enc, _, v) = avro(r#"{"records":[{"value":null},{}]}"#).await.unwrap();
+        assert_eq!((enc.len(), v), (2, None));
+        assert!(enc[0].1.is_empty());
     }
 
     #[test]
