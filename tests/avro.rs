@@ -56,33 +56,6 @@ fn config(url: &str, metrics_port: u16, dlq: &str, extra: &str, pipelines: &str)
     )
 }
 
-/// Serves `msgs` to each WebSocket client, `gap` apart.
-async fn serve_messages(msgs: Vec<String>, gap: Duration) -> String {
-    use futures_util::{SinkExt, StreamExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let msgs = msgs.clone();
-            tokio::spawn(async move {
-                let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-                for m in msgs {
-                    if ws
-                        .send(tokio_tungstenite::tungstenite::Message::text(m))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    tokio::time::sleep(gap).await;
-                }
-                while let Some(Ok(_)) = ws.next().await {}
-            });
-        }
-    });
-    format!("ws://{addr}/ws")
-}
-
 /// The trade service's case: synth trade feeds, `@context` renamed, TradeEvent Avro with the
 /// latest version of `<topic>-value`; fastavro reads back exactly what was sent.
 #[test]
@@ -372,15 +345,6 @@ fn a_missing_subject_fails_at_start_with_the_fix() {
         assert!(text.contains(&url), "{cmd}: {text}");
         assert!(text.contains("kgate schemas register"), "{cmd}: {text}");
     }
-}
-
-fn services(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
-    let mut c = Command::new(repo().join("scripts/services"));
-    c.args(args);
-    for (k, v) in envs {
-        c.env(k, v);
-    }
-    c.output().unwrap()
 }
 
 /// The registry stops mid-stream: the cached schema keeps encoding, refresh failures are

@@ -8,7 +8,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use futures_util::{SinkExt, StreamExt};
 
 fn config(brokers: &str, metrics_port: u16, dlq: &str, pipelines: &str) -> String {
     format!(
@@ -126,29 +125,6 @@ fn fan_in_three_feeds_exactly_once_with_keys_and_rename() {
         (s["accepted"], s["delivered"], s["undelivered"]),
         (6000, 6000, 0)
     );
-}
-
-/// A WebSocket server that sends `msgs` to each client (`gap` apart), then keeps the
-/// connection open.
-async fn serve_messages(msgs: Vec<String>, gap: Duration) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let msgs = msgs.clone();
-            tokio::spawn(async move {
-                let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-                for m in msgs {
-                    ws.send(tokio_tungstenite::tungstenite::Message::text(m))
-                        .await
-                        .unwrap();
-                    tokio::time::sleep(gap).await;
-                }
-                while let Some(Ok(_)) = ws.next().await {}
-            });
-        }
-    });
-    format!("ws://{addr}/ws")
 }
 
 /// (b) malformed JSON and a missing key field → DLQ records with their headers; the stream goes on.
@@ -288,15 +264,6 @@ fn sigterm_mid_stream_loses_nothing_received() {
         (1..=accepted).collect::<Vec<_>>(),
         "a gap in the received prefix"
     );
-}
-
-fn services(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
-    let mut c = Command::new(repo().join("scripts/services"));
-    c.args(args);
-    for (k, v) in envs {
-        c.env(k, v);
-    }
-    c.output().unwrap()
 }
 
 /// (d) broker down at start → `check` fails clearly; `run` keeps retrying and flows once the

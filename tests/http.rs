@@ -767,15 +767,6 @@ async fn ingest_object_array_and_ndjson_with_a_bad_line_to_the_dlq() {
     assert_eq!(dl[1].value, b"{\"shop\":\"c\"}");
 }
 
-fn services(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
-    let mut c = Command::new(repo().join("scripts/services"));
-    c.args(args);
-    for (k, v) in envs {
-        c.env(k, v);
-    }
-    c.output().unwrap()
-}
-
 /// With a tiny producer buffer and the broker stopped mid-test, requests are answered 429 or
 /// 503 with Retry-After; after the broker returns every record answered 200 is in Kafka at its
 /// offset, and no record answered 429 is.

@@ -344,3 +344,40 @@ pub fn fastavro(url: &str, recs: &[Rec]) -> Vec<(u64, serde_json::Value)> {
         })
         .collect()
 }
+
+/// A WebSocket server that sends `msgs` to each client (`gap` apart), then keeps the
+/// connection open.
+pub async fn serve_messages(msgs: Vec<String>, gap: Duration) -> String {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let msgs = msgs.clone();
+            tokio::spawn(async move {
+                let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+                for m in msgs {
+                    if ws
+                        .send(tokio_tungstenite::tungstenite::Message::text(m))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    tokio::time::sleep(gap).await;
+                }
+                while let Some(Ok(_)) = ws.next().await {}
+            });
+        }
+    });
+    format!("ws://{addr}/ws")
+}
+
+pub fn services(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
+    let mut c = Command::new(repo().join("scripts/services"));
+    c.args(args);
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
