@@ -40,18 +40,7 @@ pub struct RegistryConfig {
 }
 
 /// `schema_registry.tls:` — PEM files.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct RegistryTlsConfig {
-    /// CA bundle trusted in addition to the system's.
-    #[serde(default)]
-    pub ca_file: Option<String>,
-    /// Client certificate (mutual TLS).
-    #[serde(default)]
-    pub cert_file: Option<String>,
-    /// Client key, PKCS#8 (`BEGIN PRIVATE KEY`), for mutual TLS.
-    #[serde(default)]
-    pub key_file: Option<String>,
-}
+pub type RegistryTlsConfig = crate::config::TlsFiles;
 
 fn default_timeout() -> Duration {
     Duration::from_secs(10)

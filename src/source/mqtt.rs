@@ -107,18 +107,7 @@ pub struct Subscription {
 }
 
 /// `source.mqtt.tls:` — PEM files.
-#[derive(Debug, Clone, Deserialize)]
-pub struct MqttTlsConfig {
-    /// CA bundle to verify the broker (default: the system's roots).
-    #[serde(default)]
-    pub ca_file: Option<String>,
-    /// Client certificate (mutual TLS).
-    #[serde(default)]
-    pub cert_file: Option<String>,
-    /// Client key (mutual TLS).
-    #[serde(default)]
-    pub key_file: Option<String>,
-}
+pub type MqttTlsConfig = crate::config::TlsFiles;
 
 fn default_session_expiry() -> Duration {
     Duration::from_secs(7 * 86400)
