@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use apache_avro::types::Value as AvroValue;
 use apache_avro::writer::datum::GenericDatumWriter;
 use kgate::avro::Schema;
-use kgate::synth::{message, Feed};
+use kgate::cmd::synth::{message, Feed};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde_json::Value;

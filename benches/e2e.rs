@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use kgate::synth::Feed;
+use kgate::cmd::synth::Feed;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -632,7 +632,7 @@ fn payloads(feed: Feed, n: u64) -> Vec<(String, String)> {
     (1..=n)
         .map(|seq| {
             let mut rng = StdRng::seed_from_u64(seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 1);
-            let v = kgate::synth::message(feed, seq, SOURCE_ID, &mut rng);
+            let v = kgate::cmd::synth::message(feed, seq, SOURCE_ID, &mut rng);
             let j: serde_json::Value = serde_json::from_str(&v).expect("synth makes JSON");
             let key = format!(
                 "{}|{}",

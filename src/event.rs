@@ -47,8 +47,8 @@ pub enum Fate {
     },
     /// It was rejected and Kafka acknowledged its DLQ record.
     DeadLettered {
-        /// Why it was rejected (`invalid_json`, `missing_field`, …).
-        error_type: &'static str,
+        /// Why it was rejected.
+        error_type: ErrorType,
         /// The reason in words.
         message: String,
         /// Where the DLQ record landed.
@@ -148,10 +148,77 @@ impl Event {
 /// Why an event was rejected: it goes to the DLQ with these.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
-    /// DLQ `error_type` (`invalid_json`, `missing_field`, …).
-    pub error_type: &'static str,
+    /// Why: the DLQ's `error_type` header.
+    pub error_type: ErrorType,
     /// What was wrong.
     pub message: String,
     /// The topic it was meant for, when known (else the topic template).
     pub source_topic: String,
+}
+
+/// The kinds of rejection: each is the DLQ's `error_type` header and a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorType {
+    /// The input is not JSON (or not what the route expects).
+    InvalidJson,
+    /// A transform could not apply (e.g. a required `rename.from` is missing).
+    TransformFailed,
+    /// A field the topic, key or a header reads is missing or not a scalar.
+    MissingField,
+    /// The rendered topic is not a legal topic name.
+    InvalidTopic,
+    /// The record does not fit its Avro schema.
+    SchemaMismatch,
+    /// The registry could not give the schema of the record's subject.
+    SchemaUnavailable,
+    /// The value could not be encoded otherwise.
+    EncodeFailed,
+    /// Kafka refused the record (too large, not authorized, ...).
+    ProduceFailed,
+    /// A device frame is not a valid WRP message.
+    InvalidWrp,
+}
+
+impl ErrorType {
+    /// The DLQ header text and metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorType::InvalidJson => "invalid_json",
+            ErrorType::TransformFailed => "transform_failed",
+            ErrorType::MissingField => "missing_field",
+            ErrorType::InvalidTopic => "invalid_topic",
+            ErrorType::SchemaMismatch => "schema_mismatch",
+            ErrorType::SchemaUnavailable => "schema_unavailable",
+            ErrorType::EncodeFailed => "encode_failed",
+            ErrorType::ProduceFailed => "produce_failed",
+            ErrorType::InvalidWrp => "invalid_wrp",
+        }
+    }
+
+    /// Whether it is an encoding failure (counted in `kafka_producer_encode_errors_total`).
+    pub fn is_encoding(self) -> bool {
+        matches!(
+            self,
+            ErrorType::SchemaMismatch | ErrorType::SchemaUnavailable | ErrorType::EncodeFailed
+        )
+    }
+}
+
+impl std::fmt::Display for ErrorType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for ErrorType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// Compares with the header text (`error_type == "invalid_json"`), as a DLQ reader would.
+impl PartialEq<&str> for ErrorType {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
 }

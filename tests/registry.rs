@@ -198,7 +198,7 @@ const PIPELINE: &str =
 #[test]
 fn the_config_section_is_typed_and_checked() {
     let env = |_: &str| None;
-    let ok = kgate::config::Config::from_yaml_str(
+    let ok = kgate::gateway::Config::from_yaml_str(
         &format!("{PIPELINE}schema_registry:\n  url: http://127.0.0.1:8081/apis/ccompat/v7\n  timeout: 3s\n  refresh: 1m\n"),
         "k.yaml",
         &env,
@@ -208,7 +208,7 @@ fn the_config_section_is_typed_and_checked() {
     assert_eq!(r.timeout, Duration::from_secs(3));
     assert_eq!(r.refresh, Duration::from_secs(60));
 
-    let e = kgate::config::Config::from_yaml_str(
+    let e = kgate::gateway::Config::from_yaml_str(
         &format!("{PIPELINE}schema_registry:\n  url: http://127.0.0.1:8081\n  password: x\n  tls: {{ca_file: /nonexistent.pem, bogus: 1}}\n"),
         "k.yaml",
         &env,

@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use kgate::config::{Config, KafkaConfig, OnFull};
 use kgate::event::{Ack, Event, Fate, Origin};
+use kgate::gateway::Config;
+use kgate::kafka::{KafkaConfig, OnFull};
 use kgate::metrics::Metrics;
 use kgate::pipeline::Pipeline;
+use kgate::sink::Sink;
 
 fn kafka(brokers: &str) -> KafkaConfig {
     KafkaConfig {
@@ -20,7 +22,7 @@ fn kafka(brokers: &str) -> KafkaConfig {
     }
 }
 
-fn pipeline(topic: &str) -> kgate::config::PipelineConfig {
+fn pipeline(topic: &str) -> kgate::pipeline::PipelineConfig {
     let c = Config::from_yaml_str(
         &format!("pipelines:\n  - name: acks\n    source: {{websocket: {{urls: ['ws://127.0.0.1:1/ws']}}}}\n    topic: {topic}\n    key: '${{id}}'\n"),
         "test.yaml",
@@ -45,7 +47,7 @@ async fn every_event_learns_its_fate_with_partition_and_offset() {
     let topic = unique("acks");
     let dlq = unique("acks.dlq");
     let metrics = Metrics::new(&Default::default());
-    let sink = kgate::kafka::KafkaSink::new(&kafka(&brokers()), &dlq, metrics).unwrap();
+    let sink = kgate::sink::KafkaSink::new(&kafka(&brokers()), &dlq, metrics).unwrap();
     let p = Pipeline::new(&pipeline(&topic), sink.clone()).unwrap();
 
     let (good, good_rx) = event(r#"{"id":"a","n":1}"#);
@@ -113,7 +115,7 @@ async fn a_full_buffer_drops_newest_and_says_so() {
     k.producer.max_buffered_records = 1;
     k.producer.on_full = OnFull::DropNewest;
     let metrics = Metrics::new(&Default::default());
-    let sink = kgate::kafka::KafkaSink::new(&k, "dlq", metrics.clone()).unwrap();
+    let sink = kgate::sink::KafkaSink::new(&k, "dlq", metrics.clone()).unwrap();
     let p = Pipeline::new(&pipeline("full"), sink.clone()).unwrap();
     let mut rxs = Vec::new();
     for _ in 0..5 {
@@ -159,7 +161,7 @@ async fn a_full_buffer_answers_busy_to_sources_that_cannot_wait() {
     let mut k = kafka(&format!("127.0.0.1:{}", free_port()));
     k.producer.max_buffered_records = 1;
     let metrics = Metrics::new(&Default::default());
-    let sink = kgate::kafka::KafkaSink::new(&k, "dlq", metrics.clone()).unwrap();
+    let sink = kgate::sink::KafkaSink::new(&k, "dlq", metrics.clone()).unwrap();
     let p = Pipeline::new(&pipeline("busy"), sink.clone()).unwrap();
     let mut rxs = Vec::new();
     for _ in 0..3 {

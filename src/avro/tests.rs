@@ -86,8 +86,8 @@ fn round(ty: &str, value: Value) -> Value {
 
 /// What the synth `trades` feed sends, after the pipeline's rename of `@context` to `context`.
 fn trade(seq: u64) -> Value {
-    let text = crate::synth::message(
-        crate::synth::Feed::Trades,
+    let text = crate::cmd::synth::message(
+        crate::cmd::synth::Feed::Trades,
         seq,
         "feed-1",
         &mut StdRng::seed_from_u64(seq),

@@ -3,8 +3,8 @@
 //! In a pipeline's `topic`, `key`, `headers` and `set` values, `${field}` names a field of the event instead
 //! (templates, see `transform::template`), so those values are left alone. `$${` writes a literal `${`.
 
+use super::refs::{split_refs, Piece};
 use super::ConfigError;
-use crate::transform::{split_refs, Piece};
 use serde_yaml::Value;
 
 /// Replaces environment references in every string of `value`, except in template fields.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use crate::config::KafkaConfig;
+use super::KafkaConfig;
 
 /// What `check` and `/readyz` learn from the brokers.
 #[derive(Debug, Clone)]

@@ -1,10 +1,26 @@
-//! Kafka: client settings shared by every client, the producing sink, and metadata checks.
+//! Kafka: the `kafka:` and `dlq:` sections, the client settings every client shares (producer,
+//! consumers, admin), its log and error handling, and metadata checks. The producing sink is in
+//! `sink::kafka`.
 
 mod admin;
-mod producer;
+mod config;
 
 pub use admin::{fetch_metadata, BrokerInfo};
-pub use producer::{KafkaSink, OutRecord, Totals};
+pub use config::{
+    Acks, Compression, DlqConfig, KafkaConfig, OnFull, ProducerConfig, SaslConfig, SaslMechanism,
+    SecurityConfig, SecurityProtocol, TlsConfig,
+};
+
+/// Whether `name` is a legal Kafka topic name.
+pub fn valid_topic_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-')
+}
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -12,8 +28,6 @@ use std::time::{Duration, Instant};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, ClientContext};
-
-use crate::config::{KafkaConfig, SecurityConfig};
 
 /// How often the same kind of client error is logged: librdkafka reports a down broker many
 /// times a second, which would drown everything else.
@@ -149,7 +163,7 @@ mod tests {
 
     #[test]
     fn producer_defaults_and_passthrough() {
-        let cfg = crate::config::Config::from_yaml_str(
+        let cfg = crate::gateway::Config::from_yaml_str(
             "kafka:\n  producer:\n    options: {queue.buffering.backpressure.threshold: '5'}\npipelines: [{name: p, source: {websocket: {urls: ['ws://h:1/ws']}}, topic: t}]\n",
             "test.yaml",
             &|_| None,

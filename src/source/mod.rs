@@ -1,4 +1,7 @@
-//! Sources turn bytes from the outside into events; one file per kind.
+//! Sources turn bytes from the outside into events and learn each one's fate through its
+//! [`Ack`](crate::event::Ack). Each kind is a folder (`config.rs` for its section and its checks,
+//! `mod.rs` for its runtime) and one arm of [`SourceConfig`]; this file holds the enum, the one
+//! `match` over it, and the two traits every kind implements.
 
 pub mod device;
 pub mod http;
@@ -6,28 +9,125 @@ pub mod mqtt;
 pub mod websocket;
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+use serde::Deserialize;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::SourceConfig;
+use crate::config::{At, ConfigError};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 
-/// Starts the tasks of a pipeline's source; they stop when `stop` is cancelled, after handing
-/// every event they read to the pipeline.
-pub fn spawn(
-    config: &SourceConfig,
-    pipeline: Arc<Pipeline>,
-    metrics: Arc<Metrics>,
-    stop: CancellationToken,
-    tasks: &mut JoinSet<()>,
-) {
-    match config {
-        SourceConfig::Websocket(ws) => websocket::spawn(ws, pipeline, metrics, stop, tasks),
-        SourceConfig::DeviceWebsocket(d) => device::spawn(d, pipeline, metrics, stop, tasks),
-        // Served by the one HTTP server (`http::spawn`, started by `run`).
-        SourceConfig::Http(_) => {}
-        SourceConfig::Mqtt(m) => mqtt::spawn(m, pipeline, metrics, stop, tasks),
+/// A pipeline's source as written in the config; exactly one kind per pipeline.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceConfig {
+    /// WebSocket client fan-in: one connection per URL.
+    Websocket(websocket::WebsocketSourceConfig),
+    /// A WebSocket server that devices connect to (optionally speaking WRP).
+    DeviceWebsocket(device::DeviceSourceConfig),
+    /// `POST /ingest/{name}` on the `http:` server.
+    Http(http::HttpSourceConfig),
+    /// MQTT subscriber with acks after Kafka.
+    Mqtt(mqtt::MqttSourceConfig),
+}
+
+impl SourceConfig {
+    /// The kind's config, behind the trait every kind implements: the one `match` on kinds.
+    pub fn kind(&self) -> &dyn SourceKind {
+        match self {
+            SourceConfig::Websocket(c) => c,
+            SourceConfig::DeviceWebsocket(c) => c,
+            SourceConfig::Http(c) => c,
+            SourceConfig::Mqtt(c) => c,
+        }
     }
+
+    /// Checks the source's section (at `at`, e.g. `pipelines[0].source`), collecting every
+    /// problem; the source ready to probe or run when there is none.
+    pub fn resolve(&self, at: At<'_>, errors: &mut Vec<ConfigError>) -> Option<Box<dyn Source>> {
+        let kind = self.kind();
+        let path = at.field(kind.name());
+        kind.resolve(At(&path), errors)
+    }
+}
+
+/// A kind of source, implemented by its config type.
+pub trait SourceKind {
+    /// Its key in the config (`websocket`, `mqtt`, ...).
+    fn name(&self) -> &'static str;
+    /// Checks the raw section (at `at`), collecting every problem; when there is none, the
+    /// source with its values parsed (addresses, URLs, filters), which runtime code takes.
+    fn resolve(&self, at: At<'_>, errors: &mut Vec<ConfigError>) -> Option<Box<dyn Source>>;
+    /// Whether its events arrive through the `http:` server (which must then be configured).
+    fn served_over_http(&self) -> bool {
+        false
+    }
+}
+
+/// What a probe needs to know beyond the source itself.
+pub struct ProbeCtx<'a> {
+    /// The pipeline's name.
+    pub pipeline: &'a str,
+    /// How long to wait for each target.
+    pub timeout: Duration,
+    /// The HTTP server's base URL (`http://0.0.0.0:8082`), when there is one.
+    pub http_base: Option<&'a str>,
+}
+
+/// One outcome of a probe (`kgate check` prints it as a line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// Passed?
+    pub ok: bool,
+    /// What was checked and what was found.
+    pub text: String,
+}
+
+impl Probe {
+    /// A passed check.
+    pub fn ok(text: impl Into<String>) -> Probe {
+        Probe {
+            ok: true,
+            text: text.into(),
+        }
+    }
+    /// A failed check.
+    pub fn fail(text: impl Into<String>) -> Probe {
+        Probe {
+            ok: false,
+            text: text.into(),
+        }
+    }
+}
+
+/// What a running source is given.
+pub struct SourceCtx {
+    /// The pipeline its events go to.
+    pub pipeline: Arc<Pipeline>,
+    /// The metrics registry (for the kind's own series).
+    pub metrics: Arc<Metrics>,
+    /// Cancelled at shutdown: stop reading, hand over what was read, return.
+    pub stop: CancellationToken,
+    /// The routes of the one HTTP server: an `http` source registers its pipeline there.
+    pub http_routes: http::Routes,
+}
+
+/// A resolved source, ready to probe (`kgate check`) or run (`kgate run`).
+pub trait Source: Send + Sync + std::fmt::Debug {
+    /// Checks what it reaches (a feed, a broker, a listen address): one [`Probe`] per target.
+    fn probe<'a>(&'a self, ctx: ProbeCtx<'a>) -> BoxFuture<'a, Vec<Probe>>;
+    /// Starts its tasks in `tasks`; they stop when `ctx.stop` is cancelled, after handing every
+    /// event they read to the pipeline.
+    fn spawn(self: Box<Self>, ctx: SourceCtx, tasks: &mut JoinSet<()>);
+}
+
+/// A delay drawn from `[d/2, d]` ("equal jitter"), so that many clients that lost the same
+/// server do not come back in step.
+pub fn jittered(d: Duration) -> Duration {
+    use rand::Rng;
+    let ms = d.as_millis() as u64;
+    Duration::from_millis(rand::rng().random_range(ms / 2..=ms.max(1)))
 }

@@ -1,16 +1,17 @@
 //! Transforms: small pure functions over an event's JSON value.
 
+mod config;
 mod doc;
 mod pointer;
 mod template;
 
 pub use doc::{Doc, TopLevel};
 pub use pointer::{kind, Pointer};
-pub use template::{split_refs, Meta, MissingField, Piece, Template, NO_META};
+pub use template::{Meta, MissingField, Template, NO_META};
 
 use serde_json::Value;
 
-use crate::config::TransformConfig;
+pub use config::TransformConfig;
 
 /// A compiled transform.
 #[derive(Debug, Clone)]

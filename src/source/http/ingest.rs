@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::{media_type, overall_status, token_allows, ApiError, Peer, Server, Slot, JSON};
-use crate::config::Format;
+use crate::encode::Format;
 use crate::event::{Event, Fate, Meta, Origin};
 
 const ROUTE: &str = "/ingest/{pipeline}";

@@ -10,9 +10,15 @@
 //! the last 30 s) or an acknowledgement later than `http.ack_timeout` makes it 503. No record
 //! is ever answered 2xx unless Kafka acknowledged it.
 
+mod config;
 mod ingest;
 pub mod rest;
 mod tls;
+
+pub use config::{
+    pattern_matches, HttpAuthConfig, HttpConfig, HttpServerSettings, HttpSourceConfig,
+    HttpTlsConfig, Token,
+};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -31,12 +37,64 @@ use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{pattern_matches, Format, HttpConfig, HttpSourceConfig, KafkaConfig};
+use std::sync::Mutex;
+
+use futures_util::future::BoxFuture;
+
+use super::{Probe, ProbeCtx, Source, SourceCtx, SourceKind};
+use crate::config::{At, ConfigError};
+use crate::encode::Format;
 use crate::event::Fate;
-use crate::kafka::KafkaSink;
+use crate::kafka::KafkaConfig;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
-use crate::schema_cache::SchemaCache;
+use crate::registry::SchemaCache;
+use crate::sink::Sink;
+
+impl SourceKind for HttpSourceConfig {
+    fn name(&self) -> &'static str {
+        "http"
+    }
+    fn resolve(&self, at: At<'_>, errors: &mut Vec<ConfigError>) -> Option<Box<dyn Source>> {
+        self.check(at, errors)
+            .then(|| Box::new(HttpSource(self.clone())) as Box<dyn Source>)
+    }
+    fn served_over_http(&self) -> bool {
+        true
+    }
+}
+
+/// Resolved `source.http`: the pipeline is served at `POST /ingest/{name}` by the one HTTP
+/// server (started by `run` with every route registered).
+#[derive(Debug)]
+pub struct HttpSource(HttpSourceConfig);
+
+impl Source for HttpSource {
+    fn probe<'a>(&'a self, ctx: ProbeCtx<'a>) -> BoxFuture<'a, Vec<Probe>> {
+        let base = ctx.http_base.unwrap_or("http://?");
+        let p = ctx.pipeline;
+        Box::pin(async move {
+            vec![Probe::ok(format!(
+                "http (pipeline {p}): POST {base}/ingest/{p}"
+            ))]
+        })
+    }
+
+    fn spawn(self: Box<Self>, ctx: SourceCtx, _tasks: &mut JoinSet<()>) {
+        let format = ctx.pipeline.processor().format();
+        ctx.http_routes
+            .lock()
+            .expect("routes lock")
+            .push(HttpPipeline {
+                pipeline: ctx.pipeline,
+                config: self.0,
+                format,
+            });
+    }
+}
+
+/// The `/ingest` routes of the HTTP server, filled in by the `http` sources as they start.
+pub type Routes = Arc<Mutex<Vec<HttpPipeline>>>;
 
 /// A pipeline fed over HTTP, with its `source.http` settings.
 pub struct HttpPipeline {
@@ -48,19 +106,12 @@ pub struct HttpPipeline {
     pub format: Format,
 }
 
-struct Token {
-    name: Arc<str>,
-    secret: Vec<u8>,
-    topics: Vec<String>,
-    pipelines: Vec<String>,
-}
-
 /// What the handlers share.
 struct Server {
     config: HttpConfig,
     tokens: Vec<Token>,
     pipelines: HashMap<String, HttpPipeline>,
-    sink: Arc<KafkaSink>,
+    sink: Arc<dyn Sink>,
     metrics: Arc<Metrics>,
     topics: rest::TopicCache,
     /// The registry's schemas, for the REST Proxy's `avro` embedded format; `None` without
@@ -90,28 +141,18 @@ impl Connected<axum::serve::IncomingStream<'_, tls::TlsListener>> for Peer {
 /// REST Proxy's `avro` embedded format.
 #[allow(clippy::too_many_arguments)]
 pub async fn spawn(
-    config: &HttpConfig,
+    settings: &HttpServerSettings,
     pipelines: Vec<HttpPipeline>,
-    sink: Arc<KafkaSink>,
+    sink: Arc<dyn Sink>,
     metrics: Arc<Metrics>,
     schemas: Option<Arc<SchemaCache>>,
     kafka: &KafkaConfig,
     stop: CancellationToken,
     tasks: &mut JoinSet<()>,
 ) -> anyhow::Result<SocketAddr> {
-    let addr: SocketAddr = config.listen.parse()?;
-    let mut tokens = Vec::new();
-    for (i, a) in config.auth.iter().enumerate() {
-        let secret = a
-            .resolve_token()
-            .map_err(|e| anyhow::anyhow!("http.auth[{i}]: {e}"))?;
-        tokens.push(Token {
-            name: Arc::from(a.name.clone().unwrap_or_else(|| format!("token{i}"))),
-            secret: secret.into_bytes(),
-            topics: a.topics.clone(),
-            pipelines: a.pipelines.clone(),
-        });
-    }
+    let config = &settings.config;
+    let addr = settings.listen;
+    let tokens = settings.tokens.clone();
     let tls = match &config.tls {
         Some(t) => Some(tls::acceptor(t)?),
         None => None,
@@ -492,6 +533,7 @@ fn overall_status(slots: &[Slot], rejected: StatusCode) -> StatusCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::ErrorType;
 
     #[test]
     fn status_prefers_what_the_client_can_act_on() {
@@ -504,7 +546,7 @@ mod tests {
         };
         let dlq = || {
             Slot::Done(Fate::DeadLettered {
-                error_type: "invalid_json",
+                error_type: ErrorType::InvalidJson,
                 message: "x".into(),
                 partition: 0,
                 offset: 1,

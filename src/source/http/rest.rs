@@ -29,10 +29,11 @@ use super::{
     media_type, overall_status, token_allows, ApiError, Peer, Server, Slot, KAFKA_V2_JSON,
 };
 use crate::avro;
-use crate::config::{valid_topic_name, KafkaConfig};
 use crate::event::{Event, Fate, Origin};
-use crate::kafka::{OutRecord, QuietContext};
-use crate::schema_cache::{RegisterError, SchemaCache};
+use crate::kafka::QuietContext;
+use crate::kafka::{valid_topic_name, KafkaConfig};
+use crate::registry::{RegisterError, SchemaCache};
+use crate::sink::OutRecord;
 
 const ROUTE: &str = "/topics/{topic}";
 
@@ -502,10 +503,7 @@ async fn produce_inner(
                     value,
                     headers: Vec::new(),
                 };
-                (
-                    async move { s.sink.send_to(rec, r.partition, ev).await },
-                    rx,
-                )
+                (async move { s.sink.send(rec, r.partition, ev).await }, rx)
             },
         )
         .await;

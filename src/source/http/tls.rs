@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_openssl::SslStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::HttpTlsConfig;
+use super::HttpTlsConfig;
 
 /// How long a client may take to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

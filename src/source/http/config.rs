@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use super::{ByteSize, Config, ConfigError, SourceConfig};
+use crate::config::{At, ByteSize, ConfigError};
 
 /// Top-level `http:` section.
 #[derive(Debug, Clone, Deserialize)]
@@ -122,145 +122,195 @@ pub fn pattern_matches(pattern: &str, name: &str) -> bool {
     }
 }
 
-pub(super) fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
-    let mut err = |path: String, message: String| errors.push(ConfigError { path, message });
-    let http_pipelines: Vec<(usize, &str)> = c
-        .pipelines
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| matches!(p.source, SourceConfig::Http(_)))
-        .map(|(i, p)| (i, p.name.as_str()))
-        .collect();
-    let Some(h) = &c.http else {
-        for (i, name) in http_pipelines {
+impl HttpConfig {
+    /// Checks `http:` (at `at`) against the pipelines it feeds (`http_pipelines`, by name) and
+    /// the metrics address; the server's settings, tokens read, once it is valid.
+    pub fn resolve(
+        &self,
+        at: At<'_>,
+        http_pipelines: &[&str],
+        metrics_listen: Option<&str>,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<HttpServerSettings> {
+        let before = errors.len();
+        let mut tokens = Vec::new();
+        let mut err = |path: String, message: String| errors.push(ConfigError { path, message });
+        if self.listen.parse::<SocketAddr>().is_err() {
             err(
-                format!("pipelines[{i}].source.http"),
-                format!("pipeline `{name}` is fed over HTTP but there is no top-level `http:` section; add `http: {{ listen: \"0.0.0.0:8082\" }}`"),
+                at.field("listen"),
+                format!(
+                    "`{}` is not an address; write e.g. `0.0.0.0:8082`",
+                    self.listen
+                ),
             );
         }
-        return;
-    };
-    if h.listen.parse::<SocketAddr>().is_err() {
-        err(
-            "http.listen".into(),
-            format!(
-                "`{}` is not an address; write e.g. `0.0.0.0:8082`",
-                h.listen
-            ),
-        );
-    }
-    if c.metrics.enabled && c.metrics.listen == h.listen {
-        err(
-            "http.listen".into(),
-            format!(
-                "`{}` is also metrics.listen; give the HTTP server its own port",
-                h.listen
-            ),
-        );
-    }
-    if h.max_body.0 == 0 {
-        err("http.max_body".into(), "must be more than 0".into());
-    }
-    if h.ack_timeout.is_zero() {
-        err(
-            "http.ack_timeout".into(),
-            "must be more than 0; e.g. `30s`".into(),
-        );
-    }
-    if h.retry_after.is_zero() {
-        err(
-            "http.retry_after".into(),
-            "must be at least 1s (Retry-After is in whole seconds)".into(),
-        );
-    }
-    let mut seen = std::collections::HashSet::new();
-    for (i, a) in h.auth.iter().enumerate() {
-        match a.resolve_token() {
-            Ok(t) if t.is_empty() => err(
-                format!("http.auth[{i}].token"),
-                "empty token (is the environment variable set to an empty value?)".into(),
-            ),
-            Ok(t) if t.len() < 16 => err(
-                format!("http.auth[{i}].token"),
+        if metrics_listen == Some(self.listen.as_str()) {
+            err(
+                at.field("listen"),
                 format!(
-                    "token of {} characters is too short to be a secret; use at least 16",
-                    t.len()
+                    "`{}` is also metrics.listen; give the HTTP server its own port",
+                    self.listen
                 ),
-            ),
-            Ok(t) => {
-                if !seen.insert(t) {
-                    err(
-                        format!("http.auth[{i}].token"),
-                        "the same token is listed twice; merge the entries".into(),
-                    );
-                }
-            }
-            Err(e) => err(
-                format!(
-                    "http.auth[{i}].{}",
-                    if a.token_file.is_some() {
-                        "token_file"
-                    } else {
-                        "token"
+            );
+        }
+        if self.max_body.0 == 0 {
+            err(at.field("max_body"), "must be more than 0".into());
+        }
+        if self.ack_timeout.is_zero() {
+            err(
+                at.field("ack_timeout"),
+                "must be more than 0; e.g. `30s`".into(),
+            );
+        }
+        if self.retry_after.is_zero() {
+            err(
+                at.field("retry_after"),
+                "must be at least 1s (Retry-After is in whole seconds)".into(),
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, a) in self.auth.iter().enumerate() {
+            match a.resolve_token() {
+                Ok(t) if t.is_empty() => err(
+                    at.field(&format!("auth[{i}].token")),
+                    "empty token (is the environment variable set to an empty value?)".into(),
+                ),
+                Ok(t) if t.len() < 16 => err(
+                    at.field(&format!("auth[{i}].token")),
+                    format!(
+                        "token of {} characters is too short to be a secret; use at least 16",
+                        t.len()
+                    ),
+                ),
+                Ok(t) => {
+                    tokens.push(Token {
+                        name: std::sync::Arc::from(
+                            a.name.clone().unwrap_or_else(|| format!("token{i}")),
+                        ),
+                        secret: t.clone().into_bytes(),
+                        topics: a.topics.clone(),
+                        pipelines: a.pipelines.clone(),
+                    });
+                    if !seen.insert(t) {
+                        err(
+                            at.field(&format!("auth[{i}].token")),
+                            "the same token is listed twice; merge the entries".into(),
+                        );
                     }
+                }
+                Err(e) => err(
+                    at.field(&format!(
+                        "auth[{i}].{}",
+                        if a.token_file.is_some() {
+                            "token_file"
+                        } else {
+                            "token"
+                        }
+                    )),
+                    e,
                 ),
-                e,
-            ),
-        }
-        if a.topics.is_empty() && a.pipelines.is_empty() {
-            err(
-                format!("http.auth[{i}]"),
-                "allows nothing; list `topics: [...]` and/or `pipelines: [...]` (`*` for all)"
-                    .into(),
-            );
-        }
-        for (j, p) in a.pipelines.iter().enumerate() {
-            let known = c.pipelines.iter().any(|pl| {
-                matches!(pl.source, SourceConfig::Http(_)) && pattern_matches(p, &pl.name)
-            });
-            if !known && !p.ends_with('*') {
+            }
+            if a.topics.is_empty() && a.pipelines.is_empty() {
                 err(
-                    format!("http.auth[{i}].pipelines[{j}]"),
-                    format!("no pipeline named `{p}` has `source: {{ http: {{}} }}`"),
+                    at.field(&format!("auth[{i}]")),
+                    "allows nothing; list `topics: [...]` and/or `pipelines: [...]` (`*` for all)"
+                        .into(),
                 );
             }
-        }
-    }
-    if let Some(tls) = &h.tls {
-        for (field, f) in [("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {
-            if !std::path::Path::new(f).is_file() {
-                err(
-                    format!("http.tls.{field}"),
-                    format!("file `{f}` does not exist"),
-                );
-            }
-        }
-    }
-    for (i, pl) in c.pipelines.iter().enumerate() {
-        if let SourceConfig::Http(s) = &pl.source {
-            if s.max_body.is_some_and(|b| b.0 == 0) {
-                err(
-                    format!("pipelines[{i}].source.http.max_body"),
-                    "must be more than 0".into(),
-                );
-            }
-            for (j, name) in s.headers.iter().enumerate() {
-                if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            for (j, p) in a.pipelines.iter().enumerate() {
+                let known = http_pipelines.iter().any(|name| pattern_matches(p, name));
+                if !known && !p.ends_with('*') {
                     err(
-                        format!("pipelines[{i}].source.http.headers[{j}]"),
-                        format!("`{name}` is not an HTTP header name"),
+                        at.field(&format!("auth[{i}].pipelines[{j}]")),
+                        format!("no pipeline named `{p}` has `source: {{ http: {{}} }}`"),
                     );
                 }
             }
         }
+        if let Some(tls) = &self.tls {
+            for (field, f) in [("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {
+                if !std::path::Path::new(f).is_file() {
+                    err(
+                        at.field(&format!("tls.{field}")),
+                        format!("file `{f}` does not exist"),
+                    );
+                }
+            }
+        }
+        let listen = self.listen.parse::<SocketAddr>().ok()?;
+        (errors.len() == before).then(|| HttpServerSettings {
+            listen,
+            tokens,
+            config: self.clone(),
+        })
+    }
+}
+
+/// Resolved `http:`: the address parsed and the tokens read.
+#[derive(Debug, Clone)]
+pub struct HttpServerSettings {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The accepted tokens.
+    pub tokens: Vec<Token>,
+    /// The section as written (limits, timeouts, TLS files).
+    pub config: HttpConfig,
+}
+
+/// One accepted token, read from `http.auth[i]`.
+#[derive(Clone)]
+pub struct Token {
+    /// For logs and `${@token_name}`.
+    pub name: std::sync::Arc<str>,
+    /// The secret, compared in constant time.
+    pub secret: Vec<u8>,
+    /// Topics it may write (patterns).
+    pub topics: Vec<String>,
+    /// Pipelines it may feed (patterns).
+    pub pipelines: Vec<String>,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret.
+        f.debug_struct("Token")
+            .field("name", &self.name)
+            .field("topics", &self.topics)
+            .field("pipelines", &self.pipelines)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpSourceConfig {
+    /// Checks `source.http` (at `at`).
+    pub(super) fn check(&self, at: At<'_>, errors: &mut Vec<ConfigError>) -> bool {
+        let before = errors.len();
+        if self.max_body.is_some_and(|b| b.0 == 0) {
+            errors.push(ConfigError::new(
+                at.field("max_body"),
+                "must be more than 0",
+            ));
+        }
+        for (j, name) in self.headers.iter().enumerate() {
+            if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                errors.push(ConfigError::new(
+                    at.field(&format!("headers[{j}]")),
+                    format!("`{name}` is not an HTTP header name"),
+                ));
+            }
+        }
+        errors.len() == before
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ConfigErrors;
+    use crate::gateway::Config;
+    use crate::source::SourceConfig;
 
-    fn load(text: &str) -> Result<Config, super::super::ConfigErrors> {
+    fn load(text: &str) -> Result<Config, ConfigErrors> {
         Config::from_yaml_str(text, "kgate.yaml", &|k| {
             (k == "TOKEN").then(|| "0123456789abcdef-secret".to_string())
         })

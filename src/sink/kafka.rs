@@ -2,7 +2,7 @@
 //! metrics and original bytes, so that every accepted event ends delivered, dead-lettered,
 //! dropped (when configured) or reported failed, and nothing in between is forgotten.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,37 +13,12 @@ use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer}
 use rdkafka::{ClientContext, Message};
 use tokio::sync::{mpsc, Notify};
 
-use crate::config::{KafkaConfig, OnFull};
-use crate::event::{Ack, Event, Fate, Origin, Rejection};
+use futures_util::future::BoxFuture;
+
+use super::{OutRecord, Sink, Totals};
+use crate::event::{Ack, ErrorType, Event, Fate, Origin, Rejection};
+use crate::kafka::{KafkaConfig, OnFull};
 use crate::metrics::{Metrics, TopicMetrics};
-
-/// A record ready for Kafka.
-#[derive(Debug, Clone)]
-pub struct OutRecord {
-    /// Target topic.
-    pub topic: Arc<str>,
-    /// Key bytes.
-    pub key: Option<Vec<u8>>,
-    /// Value bytes.
-    pub value: Bytes,
-    /// Headers.
-    pub headers: Vec<(String, Vec<u8>)>,
-}
-
-/// Counts of what became of accepted events, for the shutdown report.
-#[derive(Debug, Default)]
-pub struct Totals {
-    /// Events handed to the sink (records and rejections).
-    pub accepted: AtomicU64,
-    /// Acknowledged by Kafka.
-    pub delivered: AtomicU64,
-    /// Their DLQ record acknowledged by Kafka.
-    pub dead_lettered: AtomicU64,
-    /// Dropped on a full buffer (`on_full: drop_newest`).
-    pub dropped: AtomicU64,
-    /// Neither delivered nor dead-lettered.
-    pub failed: AtomicU64,
-}
 
 /// Why an event goes to the DLQ.
 #[derive(Debug)]
@@ -53,7 +28,7 @@ struct DlqJob {
     input_headers: Vec<(String, Vec<u8>)>,
     origin: Origin,
     ack: Ack,
-    error_type: &'static str,
+    error_type: ErrorType,
     message: String,
     source_topic: String,
 }
@@ -65,7 +40,7 @@ pub(crate) enum Kind {
         input_headers: Vec<(String, Vec<u8>)>,
     },
     Dlq {
-        error_type: &'static str,
+        error_type: ErrorType,
         message: String,
         source_topic: String,
     },
@@ -102,7 +77,7 @@ impl Shared {
 /// The producer context: turns delivery reports into acks, metrics and DLQ jobs.
 pub(crate) struct SinkContext {
     shared: Arc<Shared>,
-    errors: super::ErrorLog,
+    errors: crate::kafka::ErrorLog,
 }
 
 impl ClientContext for SinkContext {
@@ -160,7 +135,7 @@ impl ProducerContext for SinkContext {
                     input_headers,
                     origin,
                     ack,
-                    error_type: "produce_failed",
+                    error_type: ErrorType::ProduceFailed,
                     message: err.to_string(),
                     source_topic,
                 };
@@ -185,7 +160,11 @@ impl ProducerContext for SinkContext {
             ) => {
                 s.metrics
                     .dlq_published
-                    .with_label_values(&[s.dlq_topic.as_str(), source_topic.as_str(), error_type])
+                    .with_label_values(&[
+                        s.dlq_topic.as_str(),
+                        source_topic.as_str(),
+                        error_type.as_str(),
+                    ])
                     .inc();
                 s.totals.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 ack.resolve(Fate::DeadLettered {
@@ -209,7 +188,7 @@ impl ProducerContext for SinkContext {
                     .with_label_values(&[s.dlq_topic.as_str()])
                     .inc();
                 s.totals.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(dlq_topic = %s.dlq_topic, %source_topic, error_type, reason = %message, error = %err,
+                tracing::error!(dlq_topic = %s.dlq_topic, %source_topic, %error_type, reason = %message, error = %err,
                     "the DLQ refused a record: it is lost; check that the DLQ topic exists and accepts writes");
                 ack.resolve(Fate::Failed {
                     message: format!("{error_type}: {message}; DLQ write failed: {err}"),
@@ -247,7 +226,7 @@ impl KafkaSink {
             settled: Notify::new(),
             dlq_tx,
         });
-        let producer: ThreadedProducer<SinkContext> = super::producer_client_config(k)
+        let producer: ThreadedProducer<SinkContext> = crate::kafka::producer_client_config(k)
             .create_with_context(SinkContext {
                 shared: shared.clone(),
                 errors: Default::default(),
@@ -273,36 +252,16 @@ impl KafkaSink {
         }
     }
 
-    /// The counts so far.
-    pub fn totals(&self) -> &Totals {
-        &self.shared.totals
-    }
-
-    /// Records accepted and not settled yet.
-    pub fn inflight(&self) -> i64 {
-        self.shared.inflight.load(Ordering::Acquire)
-    }
-
-    /// The DLQ topic.
-    pub fn dlq_topic(&self) -> &str {
-        &self.shared.dlq_topic
-    }
-
     fn admit(&self) {
         self.shared.inflight.fetch_add(1, Ordering::AcqRel);
         self.shared.metrics.inflight.inc();
         self.shared.totals.accepted.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Hands a record to the producer. With `on_full: block` it waits for room (backpressure);
-    /// with `drop_newest` it drops the record, counts it and acks it as dropped.
-    pub async fn send(&self, rec: OutRecord, ev: Event) {
-        self.send_to(rec, None, ev).await
-    }
-
-    /// [`KafkaSink::send`] to a given partition (`None`: the partitioner picks), for callers
-    /// that name one (the REST Proxy's `records[i].partition`).
-    pub async fn send_to(&self, rec: OutRecord, partition: Option<i32>, ev: Event) {
+    /// Hands a record to the producer, to `partition` when one is named. With `on_full: block`
+    /// it waits for room (backpressure); with `drop_newest` it drops the record, counts it and
+    /// acks it as dropped; with an event's `max_wait` it answers Busy after that long.
+    async fn send_to(&self, rec: OutRecord, partition: Option<i32>, ev: Event) {
         let Event {
             raw,
             headers: input_headers,
@@ -388,7 +347,7 @@ impl KafkaSink {
                         input_headers,
                         origin: op.origin,
                         ack: op.ack,
-                        error_type: "produce_failed",
+                        error_type: ErrorType::ProduceFailed,
                         message: err.to_string(),
                         source_topic: rec.topic.to_string(),
                     })
@@ -400,20 +359,17 @@ impl KafkaSink {
     }
 
     /// Sends rejected input to the DLQ with its original bytes and headers.
-    pub async fn dead_letter(&self, ev: Event, r: Rejection) {
+    async fn reject(&self, ev: Event, r: Rejection) {
         self.shared
             .metrics
             .events_rejected
-            .with_label_values(&[&ev.origin.pipeline, r.error_type])
+            .with_label_values(&[&ev.origin.pipeline, r.error_type.as_str()])
             .inc();
-        if matches!(
-            r.error_type,
-            "schema_mismatch" | "schema_unavailable" | "encode_failed"
-        ) {
+        if r.error_type.is_encoding() {
             self.shared
                 .metrics
                 .encode_errors
-                .with_label_values(&[&r.source_topic, r.error_type])
+                .with_label_values(&[&r.source_topic, r.error_type.as_str()])
                 .inc();
         }
         self.admit();
@@ -445,7 +401,7 @@ impl KafkaSink {
             ("source", source.as_str()),
             ("pipeline", &*job.origin.pipeline),
             ("source_topic", job.source_topic.as_str()),
-            ("error_type", job.error_type),
+            ("error_type", job.error_type.as_str()),
             ("error_message", job.message.as_str()),
             ("received_at", received_at.as_str()),
         ] {
@@ -485,7 +441,7 @@ impl KafkaSink {
                         .with_label_values(&[dlq_topic.as_str()])
                         .inc();
                     self.shared.totals.failed.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(%dlq_topic, error = %err, error_type = job.error_type, "cannot write to the DLQ: the record is lost");
+                    tracing::error!(%dlq_topic, error = %err, error_type = %job.error_type, "cannot write to the DLQ: the record is lost");
                     op.ack.resolve(Fate::Failed {
                         message: format!(
                             "{}: {}; DLQ write failed: {err}",
@@ -500,7 +456,7 @@ impl KafkaSink {
     }
 
     /// Waits until every accepted record is settled or `timeout` passes; returns what is left.
-    pub async fn drain(&self, timeout: Duration) -> i64 {
+    async fn drain_within(&self, timeout: Duration) -> i64 {
         let deadline = Instant::now() + timeout;
         self.shared.draining.store(true, Ordering::Relaxed);
         loop {
@@ -521,5 +477,26 @@ impl KafkaSink {
         let rest = deadline.saturating_duration_since(Instant::now());
         let _ = tokio::task::spawn_blocking(move || producer.flush(rest)).await;
         self.inflight()
+    }
+}
+
+impl Sink for KafkaSink {
+    fn send(&self, rec: OutRecord, partition: Option<i32>, ev: Event) -> BoxFuture<'_, ()> {
+        Box::pin(self.send_to(rec, partition, ev))
+    }
+    fn dead_letter(&self, ev: Event, r: Rejection) -> BoxFuture<'_, ()> {
+        Box::pin(self.reject(ev, r))
+    }
+    fn drain(&self, timeout: Duration) -> BoxFuture<'_, i64> {
+        Box::pin(self.drain_within(timeout))
+    }
+    fn totals(&self) -> &Totals {
+        &self.shared.totals
+    }
+    fn inflight(&self) -> i64 {
+        self.shared.inflight.load(Ordering::Acquire)
+    }
+    fn dlq_topic(&self) -> &str {
+        &self.shared.dlq_topic
     }
 }

@@ -6,7 +6,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::config::KafkaConfig;
+use crate::kafka::KafkaConfig;
 
 /// Arguments of `kgate tail`.
 #[derive(clap::Args, Debug, Clone)]
@@ -38,7 +38,7 @@ pub struct TailArgs {
 /// How `tail` decodes Avro values: the schema cache and a runtime to await it on.
 pub struct AvroDecoding {
     /// Schemas by id.
-    pub cache: std::sync::Arc<crate::schema_cache::SchemaCache>,
+    pub cache: std::sync::Arc<crate::registry::SchemaCache>,
     /// The runtime the registry client runs on.
     pub runtime: tokio::runtime::Handle,
 }

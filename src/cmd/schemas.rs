@@ -148,7 +148,7 @@ pub fn registry_config(args: &SchemasArgs) -> Result<RegistryConfig, String> {
         return Ok(RegistryConfig::from_url(url));
     }
     if let Some(path) = &args.config {
-        let cfg = crate::config::Config::load(path).map_err(|e| e.to_string())?;
+        let cfg = crate::gateway::Config::load(path).map_err(|e| e.to_string())?;
         return cfg.schema_registry.ok_or_else(|| {
             format!(
                 "{} has no `schema_registry:` section; add `schema_registry: {{ url: http://127.0.0.1:8081/apis/ccompat/v7 }}` or pass --registry URL",
@@ -168,7 +168,7 @@ async fn run(args: &SchemasArgs) -> Result<u8, String> {
     let err = |e: RegistryError| e.to_string();
     match &args.command {
         SchemasCommand::Decode { record } => {
-            let cache = crate::schema_cache::SchemaCache::new(client, None);
+            let cache = crate::registry::SchemaCache::new(client, None);
             let inputs: Vec<String> = if record == "-" {
                 std::io::stdin()
                     .lines()

@@ -1,18 +1,35 @@
-//! A pipeline: parse, transform, route, key, encode, then hand to the Kafka sink; anything that
-//! does not fit goes to the DLQ with a reason.
+//! A pipeline: parse, transform, route, key, encode, then hand to the sink; anything that does
+//! not fit goes to the DLQ with a reason. [`Processor`] is the pure part (bytes in, a record or
+//! a rejection out); [`Pipeline`] puts it in front of a [`Sink`].
+
+mod config;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::config::{valid_topic_name, KeyFormat, PipelineConfig};
-use crate::encode::{encoder_for, Encoder};
-use crate::event::Event;
+pub use config::{PipelineConfig, PipelineSpec};
+
+use crate::config::{At, ConfigErrors};
+use crate::encode::{encoder_for, Encoder, Format, KeyFormat};
 pub use crate::event::Rejection;
-use crate::kafka::{KafkaSink, OutRecord};
-use crate::schema_cache::{AvroEncoder, SchemaCache, SCHEMA_UNAVAILABLE};
+use crate::event::{ErrorType, Event};
+use crate::kafka::valid_topic_name;
+use crate::registry::SchemaCache;
+use crate::sink::{OutRecord, Sink};
 use crate::transform::{Doc, Meta, Template, TopLevel, Transform};
+
+/// Why a pipeline could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Its config has problems (each with its path).
+    #[error("{0}")]
+    Invalid(ConfigErrors),
+    /// `format: avro` without a schema cache.
+    #[error("pipeline {0}: format avro needs a `schema_registry:` section with its url")]
+    NoRegistry(String),
+}
 
 /// The pure part of a pipeline: raw input in, a record (or a rejection) out.
 pub struct Processor {
@@ -26,61 +43,60 @@ pub struct Processor {
     headers: Vec<(String, Template)>,
     encoder: Box<dyn Encoder>,
     key_format: KeyFormat,
+    format: Format,
 }
 
 /// A compiled pipeline: its processor and the sink it feeds.
 pub struct Pipeline {
     processor: Processor,
-    sink: Arc<KafkaSink>,
+    sink: Arc<dyn Sink>,
 }
 
 impl Processor {
-    /// Compiles a validated pipeline config (without a schema registry: no `format: avro`).
-    pub fn new(c: &PipelineConfig) -> anyhow::Result<Processor> {
+    /// Compiles a pipeline config (without a schema registry: no `format: avro`).
+    pub fn new(c: &PipelineConfig) -> Result<Processor, BuildError> {
         Processor::with_schemas(c, None)
     }
 
-    /// Compiles a validated pipeline config; `schemas` serves `format: avro`.
+    /// Compiles a pipeline config; `schemas` serves `format: avro`.
     pub fn with_schemas(
         c: &PipelineConfig,
         schemas: Option<Arc<SchemaCache>>,
-    ) -> anyhow::Result<Processor> {
-        let ctx = |what: &str, e: String| anyhow::anyhow!("pipeline {}: {what}: {e}", c.name);
+    ) -> Result<Processor, BuildError> {
+        let mut errors = Vec::new();
+        match c.resolve(At(""), schemas.is_some(), &mut errors) {
+            Some(spec) if errors.is_empty() => Processor::from_spec(spec, schemas),
+            _ => Err(BuildError::Invalid(ConfigErrors {
+                file: format!("pipeline {}", c.name),
+                errors,
+            })),
+        }
+    }
+
+    /// Builds the processor of a resolved pipeline; `schemas` serves `format: avro`.
+    pub fn from_spec(
+        spec: PipelineSpec,
+        schemas: Option<Arc<SchemaCache>>,
+    ) -> Result<Processor, BuildError> {
+        let encoder = encoder_for(spec.format, &spec.avro, schemas)
+            .ok_or_else(|| BuildError::NoRegistry(spec.name.to_string()))?;
         Ok(Processor {
-            name: Arc::from(c.name.as_str()),
-            transforms: c
-                .transforms
-                .iter()
-                .map(Transform::from_config)
-                .collect::<Result<_, _>>()
-                .map_err(|e| ctx("transforms", e))?,
-            topic: Template::parse(&c.topic).map_err(|e| ctx("topic", e))?,
-            topic_text: c.topic.clone(),
-            fixed_topic: Template::parse(&c.topic)
-                .ok()
-                .and_then(|t| t.fixed().map(Arc::from)),
-            key: c
-                .key
-                .as_deref()
-                .map(Template::parse)
-                .transpose()
-                .map_err(|e| ctx("key", e))?,
-            headers: c
-                .headers
-                .iter()
-                .map(|(k, v)| Template::parse(v).map(|t| (k.clone(), t)))
-                .collect::<Result<_, _>>()
-                .map_err(|e| ctx("headers", e))?,
-            encoder: match (encoder_for(c.format), schemas) {
-                (Some(e), _) => e,
-                (None, Some(cache)) => Box::new(AvroEncoder::new(cache, &c.avro)),
-                (None, None) => anyhow::bail!(
-                    "pipeline {}: format avro needs a `schema_registry:` section with its url",
-                    c.name
-                ),
-            },
-            key_format: c.key_format,
+            fixed_topic: spec.topic.fixed().map(Arc::from),
+            name: spec.name,
+            transforms: spec.transforms,
+            topic: spec.topic,
+            topic_text: spec.topic_text,
+            key: spec.key,
+            headers: spec.headers,
+            encoder,
+            key_format: spec.key_format,
+            format: spec.format,
         })
+    }
+
+    /// The output format.
+    pub fn format(&self) -> Format {
+        self.format
     }
 
     /// The pipeline's name.
@@ -145,14 +161,14 @@ impl Processor {
             if top.is_none() {
                 let mut v: Value = serde_json::from_slice(raw).map_err(|e| {
                     reject(
-                        "invalid_json",
+                        ErrorType::InvalidJson,
                         format!("not valid JSON: {e}"),
                         self.topic.fixed(),
                     )
                 })?;
                 for t in &self.transforms {
                     t.apply(&mut v, meta)
-                        .map_err(|e| reject("transform_failed", e, self.topic.fixed()))?;
+                        .map_err(|e| reject(ErrorType::TransformFailed, e, self.topic.fixed()))?;
                     modified = true;
                 }
                 value = Some(v);
@@ -169,7 +185,7 @@ impl Processor {
             None => {
                 let t = self.topic.render(doc, meta).map_err(|m| {
                     reject(
-                        "missing_field",
+                        ErrorType::MissingField,
                         format!(
                             "topic template `{}`: field `{}` is {}",
                             self.topic_text, m.field, m.found
@@ -179,7 +195,7 @@ impl Processor {
                 })?;
                 if !valid_topic_name(&t) {
                     return Err(reject(
-                        "invalid_topic",
+                        ErrorType::InvalidTopic,
                         format!(
                             "topic template `{}` gave `{t}`, which is not a valid topic name",
                             self.topic_text
@@ -195,7 +211,7 @@ impl Processor {
             Some(k) => {
                 let k = k.render(doc, meta).map_err(|m| {
                     reject(
-                        "missing_field",
+                        ErrorType::MissingField,
                         format!("key field `{}` is {}", m.field, m.found),
                         Some(&topic),
                     )
@@ -214,7 +230,7 @@ impl Processor {
         for (name, t) in &self.headers {
             let h = t.render(doc, meta).map_err(|m| {
                 reject(
-                    "missing_field",
+                    ErrorType::MissingField,
                     format!("header `{name}` field `{}` is {}", m.field, m.found),
                     Some(&topic),
                 )
@@ -236,20 +252,16 @@ impl Processor {
 
 impl Pipeline {
     /// Compiles a pipeline feeding `sink`.
-    pub fn new(c: &PipelineConfig, sink: Arc<KafkaSink>) -> anyhow::Result<Pipeline> {
-        Pipeline::with_schemas(c, sink, None)
-    }
-
-    /// Compiles a pipeline feeding `sink`, with the schema cache for `format: avro`.
-    pub fn with_schemas(
-        c: &PipelineConfig,
-        sink: Arc<KafkaSink>,
-        schemas: Option<Arc<SchemaCache>>,
-    ) -> anyhow::Result<Pipeline> {
+    pub fn new(c: &PipelineConfig, sink: Arc<dyn Sink>) -> Result<Pipeline, BuildError> {
         Ok(Pipeline {
-            processor: Processor::with_schemas(c, schemas)?,
+            processor: Processor::new(c)?,
             sink,
         })
+    }
+
+    /// A pipeline of `processor` feeding `sink`.
+    pub fn from_processor(processor: Processor, sink: Arc<dyn Sink>) -> Pipeline {
+        Pipeline { processor, sink }
     }
 
     /// The pipeline's name.
@@ -262,9 +274,22 @@ impl Pipeline {
         &self.processor
     }
 
-    /// The sink it feeds (sources that also write records of their own use it directly).
-    pub fn sink(&self) -> &Arc<KafkaSink> {
-        &self.sink
+    /// Where its rejected events go (the DLQ topic), for answers that name it.
+    pub fn dlq_topic(&self) -> &str {
+        self.sink.dlq_topic()
+    }
+
+    /// Hands a record the source built itself (the REST Proxy's, already encoded) to the sink,
+    /// to `partition` when one is named; its fate reaches `ev`'s ack like any other.
+    pub async fn send(&self, rec: OutRecord, partition: Option<i32>, ev: Event) {
+        self.sink.send(rec, partition, ev).await
+    }
+
+    /// Sends an event the source itself rejected (e.g. a frame that is not valid WRP) to the
+    /// DLQ, counted like the pipeline's own rejections.
+    pub async fn reject(&self, ev: Event, r: Rejection) {
+        tracing::debug!(pipeline = %self.processor.name, error_type = %r.error_type, reason = %r.message, "rejected");
+        self.sink.dead_letter(ev, r).await
     }
 
     /// Processes an event and hands it to Kafka or the DLQ; returns once the sink accepted it
@@ -272,7 +297,7 @@ impl Pipeline {
     pub async fn handle(&self, ev: Event) {
         let mut result = self.processor.process(&ev.raw, &ev.meta);
         if let Err(r) = &result {
-            if r.error_type == SCHEMA_UNAVAILABLE
+            if r.error_type == ErrorType::SchemaUnavailable
                 && self.processor.load_schemas(&r.source_topic).await
             {
                 result = self.processor.process(&ev.raw, &ev.meta);
@@ -285,12 +310,9 @@ impl Pipeline {
                     let templated = std::mem::replace(&mut rec.headers, ev.headers.clone());
                     rec.headers.extend(templated);
                 }
-                self.sink.send(rec, ev).await
+                self.sink.send(rec, None, ev).await
             }
-            Err(r) => {
-                tracing::debug!(pipeline = %self.processor.name, error_type = r.error_type, reason = %r.message, "rejected");
-                self.sink.dead_letter(ev, r).await
-            }
+            Err(r) => self.reject(ev, r).await,
         }
     }
 }
@@ -335,12 +357,12 @@ mod tests {
     fn bad_input_is_rejected_with_a_reason() {
         let p = processor(TRADES);
         let e = p.process_(&Bytes::from_static(b"{not json")).unwrap_err();
-        assert_eq!(e.error_type, "invalid_json");
+        assert_eq!(e.error_type, ErrorType::InvalidJson);
         assert_eq!(e.source_topic, "TradeEvent");
         let e = p
             .process_(&Bytes::from_static(br#"{"feed":"t","exchange":"kraken"}"#))
             .unwrap_err();
-        assert_eq!(e.error_type, "missing_field");
+        assert_eq!(e.error_type, ErrorType::MissingField);
         assert!(e.message.contains("`symbol` is missing"), "{}", e.message);
         let p = processor(
             "name: t\nsource: {websocket: {urls: ['ws://h:1/ws']}}\ntopic: 'ticks.${exchange}'\n",
@@ -348,7 +370,7 @@ mod tests {
         let e = p
             .process_(&Bytes::from_static(br#"{"exchange":"a b"}"#))
             .unwrap_err();
-        assert_eq!(e.error_type, "invalid_topic");
+        assert_eq!(e.error_type, ErrorType::InvalidTopic);
         assert_eq!(
             p.process_(&Bytes::from_static(br#"{"exchange":"kraken"}"#))
                 .unwrap()

@@ -6,47 +6,107 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use rand::Rng;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::WebsocketSourceConfig;
+use futures_util::future::BoxFuture;
+use tokio_tungstenite::tungstenite::http::Uri;
+
+use super::{Probe, ProbeCtx, Source, SourceCtx, SourceKind};
+use crate::config::{At, ConfigError};
 use crate::event::{Event, Origin};
-use crate::metrics::{Metrics, WsMetrics};
+use crate::metrics::WsMetrics;
 use crate::pipeline::Pipeline;
 
-/// Starts one task per URL.
-pub fn spawn(
-    c: &WebsocketSourceConfig,
-    pipeline: Arc<Pipeline>,
-    metrics: Arc<Metrics>,
-    stop: CancellationToken,
-    tasks: &mut JoinSet<()>,
-) {
-    let subscribe: Arc<Vec<String>> = Arc::new(
-        c.subscribe
+mod config;
+
+pub use config::WebsocketSourceConfig;
+
+impl SourceKind for WebsocketSourceConfig {
+    fn name(&self) -> &'static str {
+        "websocket"
+    }
+    fn resolve(&self, at: At<'_>, errors: &mut Vec<ConfigError>) -> Option<Box<dyn Source>> {
+        let urls = self.check(at, errors)?;
+        let subscribe = self
+            .subscribe
             .iter()
             .map(|v| match v {
                 serde_json::Value::String(s) => s.clone(),
                 other => other.to_string(),
             })
-            .collect(),
-    );
-    for url in &c.urls {
-        let feed = Feed {
-            url: Arc::from(url.as_str()),
-            subscribe: subscribe.clone(),
-            config: c.clone(),
-            pipeline: pipeline.clone(),
-            m: metrics.websocket(url),
-            stop: stop.clone(),
-        };
-        tasks.spawn(feed.run());
+            .collect();
+        Some(Box::new(WebsocketSource {
+            urls: urls.into_iter().zip(self.urls.iter().cloned()).collect(),
+            subscribe: Arc::new(subscribe),
+            config: self.clone(),
+        }))
+    }
+}
+
+/// Resolved `source.websocket`: the feeds' URLs parsed, the subscribe messages rendered.
+#[derive(Debug)]
+pub struct WebsocketSource {
+    /// Each feed's URL, parsed and as written (for logs, metrics and the DLQ's `source`).
+    urls: Vec<(Uri, String)>,
+    subscribe: Arc<Vec<String>>,
+    config: WebsocketSourceConfig,
+}
+
+impl Source for WebsocketSource {
+    fn probe<'a>(&'a self, ctx: ProbeCtx<'a>) -> BoxFuture<'a, Vec<Probe>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for (uri, url) in &self.urls {
+                let started = Instant::now();
+                let r = tokio::time::timeout(
+                    ctx.timeout,
+                    tokio_tungstenite::connect_async(uri.clone()),
+                )
+                .await;
+                let p = ctx.pipeline;
+                out.push(match r {
+                    Ok(Ok((mut s, _))) => {
+                        let _ = s.close(None).await;
+                        Probe::ok(format!(
+                            "websocket {url} (pipeline {p}): connected in {} ms",
+                            started.elapsed().as_millis()
+                        ))
+                    }
+                    Ok(Err(e)) => Probe::fail(format!(
+                        "websocket {url} (pipeline {p}): cannot connect: {e}; is the feed running at that address?"
+                    )),
+                    Err(_) => Probe::fail(format!(
+                        "websocket {url} (pipeline {p}): no answer within {:?}",
+                        ctx.timeout
+                    )),
+                });
+            }
+            out
+        })
+    }
+
+    /// One task per URL.
+    fn spawn(self: Box<Self>, ctx: SourceCtx, tasks: &mut JoinSet<()>) {
+        for (uri, url) in &self.urls {
+            let feed = Feed {
+                m: ctx.metrics.websocket(url),
+                uri: uri.clone(),
+                url: Arc::from(url.as_str()),
+                subscribe: self.subscribe.clone(),
+                config: self.config.clone(),
+                pipeline: ctx.pipeline.clone(),
+                stop: ctx.stop.clone(),
+            };
+            tasks.spawn(feed.run());
+        }
     }
 }
 
 struct Feed {
+    uri: Uri,
+    /// The URL as written, for logs, metrics and the DLQ's `source`.
     url: Arc<str>,
     subscribe: Arc<Vec<String>>,
     config: WebsocketSourceConfig,
@@ -75,9 +135,7 @@ impl Feed {
                     }
                 }
             }
-            // Full jitter in [backoff/2, backoff] so that many feeds do not reconnect in step.
-            let ms = backoff.as_millis() as u64;
-            let wait = Duration::from_millis(rand::rng().random_range(ms / 2..=ms.max(1)));
+            let wait = super::jittered(backoff);
             tracing::debug!(url = %self.url, wait_ms = wait.as_millis() as u64, "reconnecting");
             tokio::select! {
                 _ = self.stop.cancelled() => return,
@@ -90,7 +148,7 @@ impl Feed {
     async fn connect_once(&self) -> End {
         let connect = tokio::time::timeout(
             self.config.connect_timeout,
-            tokio_tungstenite::connect_async(&*self.url),
+            tokio_tungstenite::connect_async(self.uri.clone()),
         );
         let ws = tokio::select! {
             _ = self.stop.cancelled() => return End::Stopped,

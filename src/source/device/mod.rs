@@ -19,289 +19,92 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use serde::{Deserialize, Deserializer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ByteSize, ConfigError};
-use crate::event::{Event, Origin, Rejection};
-use crate::metrics::{DeviceMetrics, Metrics};
+use futures_util::future::BoxFuture;
+
+use super::{Probe, ProbeCtx, Source, SourceCtx, SourceKind};
+use crate::config::{At, ConfigError};
+use crate::event::{ErrorType, Event, Origin, Rejection};
+use crate::metrics::DeviceMetrics;
 use crate::pipeline::Pipeline;
+
+mod config;
+
 use crate::transform::Meta;
+#[cfg(test)]
+use config::parse_path;
+use config::Seg;
+pub use config::{DeviceIdFrom, DeviceSourceConfig, WrpConfig, WrpValue};
 
 /// Longest device id accepted (bytes).
 const MAX_DEVICE_ID: usize = 256;
 
-/// `source.device_websocket:` — a WebSocket server that devices connect to.
-#[derive(Debug, Clone, Deserialize)]
-pub struct DeviceSourceConfig {
-    /// Address to listen on, e.g. `0.0.0.0:8090`.
-    pub listen: String,
-    /// Path devices connect to; a whole segment `{name}` matches any one segment, e.g.
-    /// `/devices/{id}`. Other paths are refused with 404.
-    #[serde(default = "default_path")]
-    pub path: String,
-    /// Where the device id comes from: `{header: X-Device-Id}`, `{query: id}` or
-    /// `{path_param: id}` (a `{id}` segment of `path`).
-    pub device_id: DeviceIdFrom,
-    /// Largest frame (and message) a device may send; a bigger one closes the connection (1009).
-    #[serde(default = "default_max_frame")]
-    pub max_frame: ByteSize,
-    /// Nothing from the device (no frame, no pong) for this long → close; 0 = never.
-    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
-    pub idle_timeout: Duration,
-    /// Interval of pings to each device (answered pongs keep it alive); 0 = none.
-    #[serde(default = "default_ping_interval", with = "humantime_serde")]
-    pub ping_interval: Duration,
-    /// Time a client has to complete the upgrade after connecting.
-    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
-    pub handshake_timeout: Duration,
-    /// Devices connected at once; more are refused with 503.
-    #[serde(default = "default_max_connections")]
-    pub max_connections: u64,
-    /// Publish `connect` and `disconnect` events through the pipeline.
-    #[serde(default = "yes")]
-    pub lifecycle_events: bool,
-    /// Decode frames as WRP msgpack messages: `true`, `false` or `{value: payload|message}`.
-    #[serde(default)]
-    pub wrp: WrpConfig,
-}
-
-fn default_path() -> String {
-    "/ws".into()
-}
-fn default_max_frame() -> ByteSize {
-    ByteSize(1024 * 1024)
-}
-fn default_idle_timeout() -> Duration {
-    Duration::from_secs(90)
-}
-fn default_ping_interval() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_handshake_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_max_connections() -> u64 {
-    10_000
-}
-fn yes() -> bool {
-    true
-}
-
-/// Where a device's id is read from during the upgrade.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum DeviceIdFrom {
-    /// A request header, e.g. `X-Webpa-Device-Name`.
-    Header(String),
-    /// A query parameter, e.g. `id` in `/ws?id=dev-1`.
-    Query(String),
-    /// A `{name}` segment of `path`.
-    PathParam(String),
-}
-
-/// `wrp:` — whether frames are WRP messages, and what the record value is.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WrpConfig {
-    /// Decode frames as WRP.
-    pub enabled: bool,
-    /// The record value: the WRP `payload` (default) or the whole msgpack `message`.
-    pub value: WrpValue,
-}
-
-/// The record value of a WRP message.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum WrpValue {
-    /// The `payload` field.
-    #[default]
-    Payload,
-    /// The frame as received (msgpack).
-    Message,
-}
-
-impl<'de> Deserialize<'de> for WrpConfig {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Options {
-            #[serde(default = "yes")]
-            enabled: bool,
-            #[serde(default)]
-            value: WrpValue,
-        }
-        match serde_json::Value::deserialize(d)? {
-            serde_json::Value::Bool(enabled) => Ok(WrpConfig {
-                enabled,
-                value: WrpValue::Payload,
-            }),
-            v @ serde_json::Value::Object(_) => {
-                let o: Options = serde_json::from_value(v).map_err(serde::de::Error::custom)?;
-                Ok(WrpConfig {
-                    enabled: o.enabled,
-                    value: o.value,
-                })
-            }
-            other => Err(serde::de::Error::custom(format!(
-                "wrp must be `true`, `false` or `{{value: payload|message}}`, not {other}"
-            ))),
-        }
+impl SourceKind for DeviceSourceConfig {
+    fn name(&self) -> &'static str {
+        "device_websocket"
+    }
+    fn resolve(&self, at: At<'_>, errors: &mut Vec<ConfigError>) -> Option<Box<dyn Source>> {
+        let (listen, path) = self.check(at, errors)?;
+        Some(Box::new(DeviceSource {
+            config: self.clone(),
+            listen,
+            path,
+        }))
     }
 }
 
-/// One segment of a path pattern.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Seg {
-    Lit(String),
-    Param(String),
+/// Resolved `source.device_websocket`: the address and the path pattern parsed.
+#[derive(Debug)]
+pub struct DeviceSource {
+    config: DeviceSourceConfig,
+    listen: SocketAddr,
+    path: Vec<Seg>,
 }
 
-fn parse_path(p: &str) -> Result<Vec<Seg>, String> {
-    let rest = p
-        .strip_prefix('/')
-        .ok_or_else(|| format!("`{p}` does not start with `/`; write e.g. `/devices/{{id}}`"))?;
-    let mut segs = Vec::new();
-    for s in rest.split('/') {
-        if let Some(name) = s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-            if name.is_empty() || name.contains(['{', '}']) {
-                return Err(format!(
-                    "`{s}` in `{p}` is not a parameter; write `{{name}}`"
-                ));
-            }
-            if segs.iter().any(|x| *x == Seg::Param(name.to_string())) {
-                return Err(format!("parameter `{{{name}}}` appears twice in `{p}`"));
-            }
-            segs.push(Seg::Param(name.to_string()));
-        } else if s.contains(['{', '}']) {
-            return Err(format!(
-                "`{s}` in `{p}`: a parameter is a whole segment, e.g. `/devices/{{id}}`"
-            ));
-        } else {
-            segs.push(Seg::Lit(s.to_string()));
-        }
+impl Source for DeviceSource {
+    /// Binding tells whether `kgate run` could listen there (and frees it at once).
+    fn probe<'a>(&'a self, ctx: ProbeCtx<'a>) -> BoxFuture<'a, Vec<Probe>> {
+        Box::pin(async move {
+            let (listen, path, p) = (self.listen, &self.config.path, ctx.pipeline);
+            vec![match TcpListener::bind(listen).await {
+                Ok(_) => Probe::ok(format!(
+                    "device websocket {listen} (pipeline {p}): address is free; devices connect to ws://{listen}{path}"
+                )),
+                Err(e) => Probe::fail(format!(
+                    "device websocket {listen} (pipeline {p}): cannot listen: {e}; is kgate (or something else) already on that address?"
+                )),
+            }]
+        })
     }
-    Ok(segs)
-}
 
-impl DeviceSourceConfig {
-    /// Checks what serde cannot; `at` is the config path of this source.
-    pub fn validate(&self, at: &str, errors: &mut Vec<ConfigError>) {
-        let mut err = |field: &str, message: String| {
-            errors.push(ConfigError {
-                path: format!("{at}.{field}"),
-                message,
-            })
-        };
-        if self.listen.parse::<SocketAddr>().is_err() {
-            err(
-                "listen",
-                format!(
-                    "`{}` is not an address; write e.g. `0.0.0.0:8090`",
-                    self.listen
-                ),
-            );
-        }
-        let segs = match parse_path(&self.path) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                err("path", e);
-                None
-            }
-        };
-        match &self.device_id {
-            DeviceIdFrom::Header(h) => {
-                if HeaderName::from_bytes(h.as_bytes()).is_err() {
-                    err(
-                        "device_id.header",
-                        format!("`{h}` is not a header name; write e.g. `X-Device-Id`"),
-                    );
-                }
-            }
-            DeviceIdFrom::Query(q) => {
-                if q.is_empty() {
-                    err(
-                        "device_id.query",
-                        "empty; name the query parameter, e.g. `id`".into(),
-                    );
-                }
-            }
-            DeviceIdFrom::PathParam(name) => {
-                if let Some(segs) = &segs {
-                    if !segs.contains(&Seg::Param(name.clone())) {
-                        err(
-                            "device_id.path_param",
-                            format!(
-                                "`path` `{}` has no `{{{name}}}` segment; write e.g. `path: /devices/{{{name}}}`",
-                                self.path
-                            ),
-                        );
-                    }
-                }
-            }
-        }
-        if self.max_frame.0 == 0 || self.max_frame.0 > 1 << 30 {
-            err(
-                "max_frame",
-                format!(
-                    "{} bytes is out of range; use 1 byte to 1GiB, e.g. `1MiB`",
-                    self.max_frame.0
-                ),
-            );
-        }
-        if !self.idle_timeout.is_zero()
-            && !self.ping_interval.is_zero()
-            && self.idle_timeout <= self.ping_interval
-        {
-            err(
-                "idle_timeout",
-                format!(
-                    "{:?} is not longer than ping_interval {:?}, so a quiet device that answers pings is still closed; make it at least twice ping_interval",
-                    self.idle_timeout, self.ping_interval
-                ),
-            );
-        }
-        if self.handshake_timeout.is_zero() {
-            err(
-                "handshake_timeout",
-                "must be more than 0; e.g. `10s`".into(),
-            );
-        }
-        if self.max_connections == 0 {
-            err("max_connections", "must be at least 1".into());
-        }
+    /// The server task; it retries binding `listen` until it can (logging why not).
+    fn spawn(self: Box<Self>, ctx: SourceCtx, tasks: &mut JoinSet<()>) {
+        let server = Arc::new(Server {
+            path: self.path,
+            listen: self.listen,
+            config: self.config,
+            m: ctx.metrics.device(ctx.pipeline.name()),
+            pipeline: ctx.pipeline,
+            stop: ctx.stop,
+            devices: Mutex::new(HashMap::new()),
+            active: AtomicU64::new(0),
+            next_conn: AtomicU64::new(1),
+        });
+        tasks.spawn(server.run());
     }
-}
-
-/// Starts the server task; it retries binding `listen` until it can (logging why not).
-pub fn spawn(
-    c: &DeviceSourceConfig,
-    pipeline: Arc<Pipeline>,
-    metrics: Arc<Metrics>,
-    stop: CancellationToken,
-    tasks: &mut JoinSet<()>,
-) {
-    let server = Arc::new(Server {
-        path: parse_path(&c.path).unwrap_or_default(),
-        config: c.clone(),
-        m: metrics.device(pipeline.name()),
-        pipeline,
-        stop,
-        devices: Mutex::new(HashMap::new()),
-        active: AtomicU64::new(0),
-        next_conn: AtomicU64::new(1),
-    });
-    tasks.spawn(server.run());
 }
 
 struct Server {
     config: DeviceSourceConfig,
+    listen: SocketAddr,
     path: Vec<Seg>,
     pipeline: Arc<Pipeline>,
     m: DeviceMetrics,
@@ -400,7 +203,7 @@ impl Server {
     async fn bind(&self) -> Option<TcpListener> {
         let mut wait = Duration::from_millis(500);
         loop {
-            match TcpListener::bind(&self.config.listen).await {
+            match TcpListener::bind(self.listen).await {
                 Ok(l) => return Some(l),
                 Err(e) => {
                     tracing::error!(pipeline = %self.pipeline.name(), listen = %self.config.listen, error = %e, retry_in = ?wait, "cannot listen for devices; is another process on that address? retrying");
@@ -819,11 +622,11 @@ impl Conn<'_> {
                 ev.headers
                     .push(("device_id".into(), self.device_id.clone().into_bytes()));
                 let r = Rejection {
-                    error_type: "invalid_wrp",
+                    error_type: ErrorType::InvalidWrp,
                     message: format!("not a WRP message: {why}"),
                     source_topic: s.pipeline.processor().topic_template().to_string(),
                 };
-                s.pipeline.sink().dead_letter(ev, r).await
+                s.pipeline.reject(ev, r).await
             }
         }
     }
@@ -840,14 +643,14 @@ mod tests {
 
     fn errors(c: &DeviceSourceConfig) -> Vec<String> {
         let mut e = Vec::new();
-        c.validate("s", &mut e);
+        c.check(At("s"), &mut e);
         e.into_iter().map(|e| e.to_string()).collect()
     }
 
     #[test]
     fn config_errors_name_their_paths() {
         let text = "pipelines:\n  - name: d\n    source: {device_websocket: {listen: 'x', device_id: {query: ''}, wrp: {valeu: message}, pingg: 1s}}\n    topic: 'devices.${@wrp.event_type:-other}'\n    key: '${@device_id}'\n    format: raw\n";
-        let e = crate::config::Config::from_yaml_str(text, "k.yaml", &|_| None).unwrap_err();
+        let e = crate::gateway::Config::from_yaml_str(text, "k.yaml", &|_| None).unwrap_err();
         let paths: Vec<&str> = e.errors.iter().map(|e| e.path.as_str()).collect();
         assert!(
             paths.contains(&"pipelines[0].source.device_websocket.pingg"),
@@ -860,7 +663,7 @@ mod tests {
             "{e}"
         );
         let text = "pipelines:\n  - name: d\n    source: {device_websocket: {listen: 'x', device_id: {query: ''}}}\n    topic: 'devices.${@wrp.event_type:-other}'\n    key: '${@device_id}'\n    format: raw\n";
-        let e = crate::config::Config::from_yaml_str(text, "k.yaml", &|_| None).unwrap_err();
+        let e = crate::gateway::Config::from_yaml_str(text, "k.yaml", &|_| None).unwrap_err();
         let paths: Vec<&str> = e.errors.iter().map(|e| e.path.as_str()).collect();
         // Source values in templates are fine with `format: raw`.
         assert_eq!(

@@ -32,338 +32,94 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rand::Rng;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, ConnectionError, Event as MqttEvent, MqttOptions};
 use rumqttc::{TlsConfiguration, Transport};
-use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ByteSize, ConfigError};
+use futures_util::future::BoxFuture;
+
+use super::{Probe, ProbeCtx, Source, SourceCtx, SourceKind};
+use crate::config::{At, ConfigError};
 use crate::event::{Event, Fate, Origin};
-use crate::metrics::{Metrics, MqttMetrics};
+use crate::metrics::MqttMetrics;
 use crate::pipeline::Pipeline;
 
-/// `source.mqtt:` — an MQTT 5 broker, its credentials and the topic filters to subscribe to.
-#[derive(Debug, Clone, Deserialize)]
-pub struct MqttSourceConfig {
-    /// `mqtt://host:1883` or `mqtts://host:8883` (TLS).
-    pub url: String,
-    /// Client id; fixed so that the broker keeps the session across restarts. Default
-    /// `kgate-<pipeline>`. Two clients with one id take the session from each other.
-    #[serde(default)]
-    pub client_id: Option<String>,
-    /// User name.
-    #[serde(default)]
-    pub username: Option<String>,
-    /// Password (use `${ENV_VAR}`).
-    #[serde(default)]
-    pub password: Option<String>,
-    /// TLS files for `mqtts://` (PEM); without `ca_file` the system's roots are used.
-    #[serde(default)]
-    pub tls: Option<MqttTlsConfig>,
-    /// Topic filters to subscribe to, e.g. `devices/+/telemetry` (a `$share/group/...` filter
-    /// shares the load between gateways).
-    pub subscriptions: Vec<Subscription>,
-    /// Start a new session on every connect: what arrived while kgate was away is not delivered.
-    /// Default false (a persistent session: the broker queues and resends unacked messages).
-    #[serde(default)]
-    pub clean_session: bool,
-    /// How long the broker keeps the session after a disconnect (persistent sessions).
-    #[serde(default = "default_session_expiry", with = "humantime_serde")]
-    pub session_expiry: Duration,
-    /// Ping interval; the broker drops the connection after 1.5 × this without traffic.
-    #[serde(default = "default_keep_alive", with = "humantime_serde")]
-    pub keep_alive: Duration,
-    /// Timeout of the TCP + TLS + MQTT handshake.
-    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// First reconnect delay; doubled per failed attempt up to `backoff_max`, with jitter.
-    #[serde(default = "default_backoff_initial", with = "humantime_serde")]
-    pub backoff_initial: Duration,
-    /// Longest reconnect delay.
-    #[serde(default = "default_backoff_max", with = "humantime_serde")]
-    pub backoff_max: Duration,
-    /// Most messages the broker may send before kgate acks them (MQTT 5 Receive Maximum).
-    #[serde(default = "default_max_inflight")]
-    pub max_inflight: u16,
-    /// Largest message kgate accepts; the broker does not send bigger ones (MQTT 5 Maximum
-    /// Packet Size).
-    #[serde(default = "default_max_packet_size")]
-    pub max_packet_size: ByteSize,
-}
+mod config;
 
-/// One topic filter and the QoS to subscribe with.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Subscription {
-    /// Topic filter with `+` and `#` wildcards.
-    pub topic: String,
-    /// 0 (at most once) or 1 (at least once, the default).
-    #[serde(default = "default_qos")]
-    pub qos: u8,
-}
+pub use config::{
+    check_filter, filter_matches, parse_url, BrokerAddr, MqttSourceConfig, MqttTlsConfig,
+    Subscription,
+};
 
-/// `source.mqtt.tls:` — PEM files.
-pub type MqttTlsConfig = crate::config::TlsFiles;
-
-fn default_session_expiry() -> Duration {
-    Duration::from_secs(7 * 86400)
-}
-fn default_keep_alive() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_backoff_initial() -> Duration {
-    Duration::from_millis(500)
-}
-fn default_backoff_max() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_max_inflight() -> u16 {
-    1000
-}
-fn default_max_packet_size() -> ByteSize {
-    ByteSize(1024 * 1024)
-}
-fn default_qos() -> u8 {
-    1
-}
-
-/// Host, port and whether TLS is used, from an `mqtt://` / `mqtts://` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerAddr {
-    /// Host name or address (IPv6 without brackets).
-    pub host: String,
-    /// Port (default 1883, or 8883 with TLS).
-    pub port: u16,
-    /// `mqtts://` (or `ssl://`).
-    pub tls: bool,
-}
-
-/// Parses `mqtt://host[:port]`, `mqtts://host[:port]` (also `tcp://`, `ssl://`).
-pub fn parse_url(url: &str) -> Result<BrokerAddr, String> {
-    let hint = "write e.g. `mqtt://127.0.0.1:1883` or `mqtts://broker.example:8883`";
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| format!("`{url}` is not an MQTT URL; {hint}"))?;
-    let tls = match scheme {
-        "mqtt" | "tcp" => false,
-        "mqtts" | "ssl" => true,
-        other => {
-            return Err(format!(
-                "`{url}`: scheme `{other}` is not MQTT; use `mqtt://` or `mqtts://` ({hint})"
-            ))
-        }
-    };
-    let authority = rest.trim_end_matches('/');
-    if authority.contains('/') || authority.contains('@') || authority.contains('?') {
-        return Err(format!(
-            "`{url}`: only host and port go in the URL (credentials in `username`/`password`, topics in `subscriptions`); {hint}"
-        ));
+impl SourceKind for MqttSourceConfig {
+    fn name(&self) -> &'static str {
+        "mqtt"
     }
-    let default_port = if tls { 8883 } else { 1883 };
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, after) = v6
-            .split_once(']')
-            .ok_or_else(|| format!("`{url}`: unclosed `[` in the host; {hint}"))?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => Some(p),
-            None if after.is_empty() => None,
-            None => return Err(format!("`{url}` is not an MQTT URL; {hint}")),
+    fn resolve(&self, at: At<'_>, errors: &mut Vec<ConfigError>) -> Option<Box<dyn Source>> {
+        let addr = config::check(self, at, errors)?;
+        Some(Box::new(MqttSource {
+            config: self.clone(),
+            addr,
+        }))
+    }
+}
+
+/// Resolved `source.mqtt`: the broker's address parsed.
+#[derive(Debug)]
+pub struct MqttSource {
+    config: MqttSourceConfig,
+    addr: BrokerAddr,
+}
+
+impl Source for MqttSource {
+    fn probe<'a>(&'a self, ctx: ProbeCtx<'a>) -> BoxFuture<'a, Vec<Probe>> {
+        Box::pin(async move {
+            let r = probe(&self.config, &self.addr, ctx.pipeline, ctx.timeout).await;
+            let text = format!(
+                "mqtt {} (pipeline {}): {}",
+                self.config.url,
+                ctx.pipeline,
+                r.as_ref().unwrap_or_else(|e| e)
+            );
+            vec![if r.is_ok() {
+                Probe::ok(text)
+            } else {
+                Probe::fail(text)
+            }]
+        })
+    }
+
+    /// The pipeline's MQTT client task.
+    fn spawn(self: Box<Self>, ctx: SourceCtx, tasks: &mut JoinSet<()>) {
+        let c = self.config;
+        let client_id = c
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("kgate-{}", ctx.pipeline.name()));
+        let filters: Vec<&str> = c.subscriptions.iter().map(|s| s.topic.as_str()).collect();
+        let m = ctx.metrics.mqtt(ctx.pipeline.name(), &filters);
+        let client = Client {
+            config: c,
+            addr: self.addr,
+            client_id,
+            pipeline: ctx.pipeline,
+            m,
+            stop: ctx.stop,
         };
-        (h.to_string(), port)
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), Some(p)),
-            None => (authority.to_string(), None),
-        }
-    };
-    if host.is_empty() {
-        return Err(format!("`{url}` has no host; {hint}"));
-    }
-    let port = match port {
-        None => default_port,
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| format!("`{url}`: `{p}` is not a port; {hint}"))?,
-    };
-    Ok(BrokerAddr { host, port, tls })
-}
-
-/// Checks a topic filter: `+` and `#` take a whole level, `#` only the last.
-pub fn check_filter(filter: &str) -> Result<(), String> {
-    if filter.is_empty() {
-        return Err("empty topic filter; write e.g. `devices/+/telemetry`".into());
-    }
-    let levels: Vec<&str> = strip_share(filter)?.split('/').collect();
-    for (i, l) in levels.iter().enumerate() {
-        if l.contains('#') && (*l != "#" || i + 1 != levels.len()) {
-            return Err(format!(
-                "`{filter}`: `#` must be a whole level and the last one, e.g. `devices/#`"
-            ));
-        }
-        if l.contains('+') && *l != "+" {
-            return Err(format!(
-                "`{filter}`: `+` must be a whole level, e.g. `devices/+/telemetry`"
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The filter without a `$share/<group>/` prefix.
-fn strip_share(filter: &str) -> Result<&str, String> {
-    match filter.strip_prefix("$share/") {
-        None => Ok(filter),
-        Some(rest) => match rest.split_once('/') {
-            Some((group, f)) if !group.is_empty() && !f.is_empty() => Ok(f),
-            _ => Err(format!(
-                "`{filter}`: a shared subscription is `$share/<group>/<filter>`"
-            )),
-        },
+        tasks.spawn(client.run());
     }
 }
 
-/// Whether `topic` matches `filter` (MQTT wildcards; `$…` topics only match filters that name
-/// their first level).
-pub fn filter_matches(filter: &str, topic: &str) -> bool {
-    let filter = strip_share(filter).unwrap_or(filter);
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
-
-/// Config checks serde cannot express; `at` turns a field into its path.
-pub(crate) fn validate(c: &MqttSourceConfig, at: &dyn Fn(&str) -> String) -> Vec<ConfigError> {
-    let mut errors = Vec::new();
-    let mut err = |path: String, message: String| errors.push(ConfigError { path, message });
-    let addr = match parse_url(&c.url) {
-        Ok(a) => Some(a),
-        Err(e) => {
-            err(at("url"), e);
-            None
-        }
-    };
-    if c.subscriptions.is_empty() {
-        err(
-            at("subscriptions"),
-            "no subscriptions; add at least one, e.g. `[{topic: 'devices/+/telemetry', qos: 1}]`"
-                .into(),
-        );
-    }
-    for (i, s) in c.subscriptions.iter().enumerate() {
-        if let Err(e) = check_filter(&s.topic) {
-            err(at(&format!("subscriptions[{i}].topic")), e);
-        }
-        match s.qos {
-            0 | 1 => {}
-            2 => err(
-                at(&format!("subscriptions[{i}].qos")),
-                "QoS 2 is not supported: delivery into Kafka is at-least-once whatever the QoS, and the MQTT client cannot resume a QoS 2 exchange after a reconnect; use `qos: 1` (publishers may still publish at QoS 2)".into(),
-            ),
-            q => err(
-                at(&format!("subscriptions[{i}].qos")),
-                format!("QoS {q} does not exist; use 1 (at least once) or 0 (at most once)"),
-            ),
-        }
-    }
-    if let Some(id) = &c.client_id {
-        if id.is_empty() || id.len() > 65535 {
-            err(
-                at("client_id"),
-                "must be 1 to 65535 bytes; a fixed id is what lets the broker keep the session"
-                    .into(),
-            );
-        }
-    }
-    if c.password.is_some() && c.username.is_none() {
-        err(at("password"), "a password needs a `username` too".into());
-    }
-    if let Some(tls) = &c.tls {
-        if addr.as_ref().is_some_and(|a| !a.tls) {
-            err(
-                at("tls"),
-                format!("TLS settings need an `mqtts://` URL, not `{}`", c.url),
-            );
-        }
-        for (field, file) in [
-            ("ca_file", &tls.ca_file),
-            ("cert_file", &tls.cert_file),
-            ("key_file", &tls.key_file),
-        ] {
-            if let Some(f) = file {
-                if !std::path::Path::new(f).exists() {
-                    err(
-                        at(&format!("tls.{field}")),
-                        format!("file `{f}` does not exist"),
-                    );
-                }
-            }
-        }
-        if tls.cert_file.is_some() != tls.key_file.is_some() {
-            err(
-                at("tls"),
-                "`cert_file` and `key_file` go together for mutual TLS; set both or neither".into(),
-            );
-        }
-    }
-    if c.keep_alive < Duration::from_secs(5) || c.keep_alive > Duration::from_secs(65535) {
-        err(
-            at("keep_alive"),
-            "must be from 5s to 65535s; e.g. `30s`".into(),
-        );
-    }
-    if c.connect_timeout < Duration::from_secs(1) {
-        err(at("connect_timeout"), "must be at least 1s".into());
-    }
-    if c.backoff_initial.is_zero() || c.backoff_initial > c.backoff_max {
-        err(
-            at("backoff_initial"),
-            "must be more than 0 and at most backoff_max".into(),
-        );
-    }
-    if c.max_inflight == 0 {
-        err(
-            at("max_inflight"),
-            "must be from 1 to 65535; e.g. 1000".into(),
-        );
-    }
-    if c.max_packet_size.0 < 64 || c.max_packet_size.0 > 268_435_455 {
-        err(
-            at("max_packet_size"),
-            "must be from 64 bytes to 256MiB".into(),
-        );
-    }
-    if !c.clean_session && c.session_expiry.as_secs() == 0 {
-        err(
-            at("session_expiry"),
-            "a persistent session needs a session expiry of at least 1s (or set `clean_session: true`)".into(),
-        );
-    }
-    errors
-}
-
-/// Builds the client options from a validated config.
-fn options(c: &MqttSourceConfig, client_id: &str) -> anyhow::Result<MqttOptions> {
-    let addr = parse_url(&c.url).map_err(|e| anyhow::anyhow!(e))?;
+/// Builds the client options from a resolved config.
+fn options(
+    c: &MqttSourceConfig,
+    addr: &BrokerAddr,
+    client_id: &str,
+) -> anyhow::Result<MqttOptions> {
     let mut o = MqttOptions::new(client_id, addr.host.clone(), addr.port);
     o.set_keep_alive(c.keep_alive)
         .set_clean_start(c.clean_session)
@@ -434,8 +190,9 @@ fn tls_config(t: Option<&MqttTlsConfig>) -> anyhow::Result<rustls::ClientConfig>
 
 /// `kgate check`: connects with the configured credentials under a client id of its own (the
 /// gateway's session is left alone) and says how it went.
-pub async fn probe(
+async fn probe(
     c: &MqttSourceConfig,
+    addr: &BrokerAddr,
     pipeline: &str,
     timeout: Duration,
 ) -> Result<String, String> {
@@ -447,7 +204,7 @@ pub async fn probe(
     );
     let mut check = c.clone();
     check.clean_session = true;
-    let opts = options(&check, &id).map_err(|e| format!("{e:#}"))?;
+    let opts = options(&check, addr, &id).map_err(|e| format!("{e:#}"))?;
     let (client, mut el) = AsyncClient::new(opts, 10);
     let started = std::time::Instant::now();
     let r = tokio::time::timeout(timeout, async {
@@ -476,31 +233,9 @@ pub async fn probe(
     }
 }
 
-/// Starts the pipeline's MQTT client task.
-pub fn spawn(
-    c: &MqttSourceConfig,
-    pipeline: Arc<Pipeline>,
-    metrics: Arc<Metrics>,
-    stop: CancellationToken,
-    tasks: &mut JoinSet<()>,
-) {
-    let client_id = c
-        .client_id
-        .clone()
-        .unwrap_or_else(|| format!("kgate-{}", pipeline.name()));
-    let m = metrics.mqtt(pipeline.name(), &c.subscriptions);
-    let source = Source {
-        config: c.clone(),
-        client_id,
-        pipeline,
-        m,
-        stop,
-    };
-    tasks.spawn(source.run());
-}
-
-struct Source {
+struct Client {
     config: MqttSourceConfig,
+    addr: BrokerAddr,
     client_id: String,
     pipeline: Arc<Pipeline>,
     m: MqttMetrics,
@@ -526,9 +261,9 @@ async fn head_fate(pending: &mut VecDeque<Pending>) -> Fate {
     }
 }
 
-impl Source {
+impl Client {
     async fn run(self) {
-        let opts = match options(&self.config, &self.client_id) {
+        let opts = match options(&self.config, &self.addr, &self.client_id) {
             Ok(o) => o,
             Err(e) => {
                 tracing::error!(pipeline = %self.pipeline.name(), url = %self.config.url, "MQTT source not started: {e:#}");
@@ -713,9 +448,7 @@ impl Source {
     /// When to try again: full jitter in [backoff/2, backoff] so that gateways do not reconnect
     /// in step.
     fn jittered(&self, backoff: Duration) -> tokio::time::Instant {
-        let ms = backoff.as_millis() as u64;
-        let wait = Duration::from_millis(rand::rng().random_range(ms / 2..=ms.max(1)));
-        tokio::time::Instant::now() + wait
+        tokio::time::Instant::now() + super::jittered(backoff)
     }
 
     /// The event of a message, and what to wait for before acking it (none for QoS 0).
@@ -878,14 +611,14 @@ mod tests {
         assert!(filter_matches("a//b", "a//b"));
     }
 
-    fn load(text: &str) -> Result<crate::config::Config, crate::config::ConfigErrors> {
-        crate::config::Config::from_yaml_str(text, "kgate.yaml", &|_| None)
+    fn load(text: &str) -> Result<crate::gateway::Config, crate::config::ConfigErrors> {
+        crate::gateway::Config::from_yaml_str(text, "kgate.yaml", &|_| None)
     }
 
     #[test]
     fn config_defaults_and_errors_with_paths() {
         let c = load("pipelines:\n  - name: iot\n    source: {mqtt: {url: 'mqtt://127.0.0.1:1883', subscriptions: [{topic: 'devices/+/telemetry'}]}}\n    topic: telemetry.raw\n    key: '${@topic.1}'\n").unwrap();
-        let crate::config::SourceConfig::Mqtt(m) = &c.pipelines[0].source else {
+        let crate::source::SourceConfig::Mqtt(m) = &c.pipelines[0].source else {
             panic!("mqtt source expected")
         };
         assert_eq!(m.subscriptions[0].qos, 1);

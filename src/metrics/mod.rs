@@ -17,6 +17,10 @@ use prometheus::{
 };
 use tokio_util::sync::CancellationToken;
 
+mod config;
+
+pub use config::MetricsConfig;
+
 /// Latency buckets from 1 ms to 60 s.
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -476,16 +480,13 @@ impl Metrics {
     }
 
     /// The MQTT series of a pipeline with these subscriptions.
-    pub fn mqtt(
-        &self,
-        pipeline: &str,
-        subscriptions: &[crate::source::mqtt::Subscription],
-    ) -> MqttMetrics {
+    /// `filters` are the subscriptions' topic filters, in config order.
+    pub fn mqtt(&self, pipeline: &str, filters: &[&str]) -> MqttMetrics {
         let p = [pipeline];
         MqttMetrics {
-            received: subscriptions
+            received: filters
                 .iter()
-                .map(|s| self.mqtt_received.with_label_values(&[pipeline, &s.topic]))
+                .map(|f| self.mqtt_received.with_label_values(&[pipeline, f]))
                 .collect(),
             received_unmatched: self.mqtt_received.with_label_values(&[pipeline, ""]),
             acks: self.mqtt_acks.with_label_values(&p),

@@ -1,0 +1,163 @@
+//! `kgate check`: the config, the brokers, the topics, the registry and every source, one
+//! [`Probe`] per check; the command prints them as they come.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::gateway::{Config, Gateway};
+use crate::kafka::fetch_metadata;
+use crate::pipeline::Processor;
+use crate::registry::{RegistryClient, RegistryConfig, SchemaCache};
+use crate::source::{Probe, ProbeCtx};
+use crate::transform::Template;
+
+/// Prints a probe's line (`ok  ` or `FAIL`).
+pub fn print(p: &Probe) {
+    println!("{} {}", if p.ok { "ok  " } else { "FAIL" }, p.text);
+}
+
+/// Runs every check; `each` sees each one as it completes (the command prints it). Returns
+/// them all (all passed = all `ok`).
+pub async fn check(path: &Path, timeout: Duration, each: &mut dyn FnMut(&Probe)) -> Vec<Probe> {
+    let mut out = Vec::new();
+    let mut line = |p: Probe, out: &mut Vec<Probe>| {
+        each(&p);
+        out.push(p);
+    };
+    let gateway = match Gateway::load(path) {
+        Ok(g) => {
+            line(
+                Probe::ok(format!(
+                    "config {}: {} pipeline(s)",
+                    path.display(),
+                    g.pipelines.len()
+                )),
+                &mut out,
+            );
+            g
+        }
+        Err(e) => {
+            for err in &e.errors {
+                line(Probe::fail(format!("config {}: {err}", e.file)), &mut out);
+            }
+            return out;
+        }
+    };
+    for p in check_kafka(&gateway.config, timeout).await {
+        line(p, &mut out);
+    }
+    if let Some(rc) = &gateway.config.schema_registry {
+        for p in check_registry(&gateway.config, rc).await {
+            line(p, &mut out);
+        }
+    }
+    let http_base = gateway.http.as_ref().map(|h| {
+        let scheme = if h.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", h.config.listen)
+    });
+    for plan in &gateway.pipelines {
+        let ctx = ProbeCtx {
+            pipeline: &plan.spec.name,
+            timeout,
+            http_base: http_base.as_deref(),
+        };
+        for p in plan.source.probe(ctx).await {
+            line(p, &mut out);
+        }
+    }
+    out
+}
+
+/// The brokers answer, and each fixed topic exists or will be auto-created.
+async fn check_kafka(config: &Config, timeout: Duration) -> Vec<Probe> {
+    let mut out = Vec::new();
+    let brokers = config.kafka.brokers.join(",");
+    match fetch_metadata(&config.kafka, timeout).await {
+        Ok(info) => {
+            out.push(Probe::ok(format!(
+                "kafka {brokers}: {} broker(s) answered: {}",
+                info.brokers.len(),
+                info.brokers.join(", ")
+            )));
+            let mut topics: Vec<(String, String)> = config
+                .pipelines
+                .iter()
+                .map(|p| (p.topic.clone(), format!("pipelines.{}.topic", p.name)))
+                .collect();
+            topics.push((config.dlq.topic.clone(), "dlq.topic".into()));
+            for (topic, field) in topics {
+                let fixed = Template::parse(&topic)
+                    .ok()
+                    .and_then(|t| t.fixed().map(str::to_string));
+                out.push(match (fixed, info.auto_create) {
+                    (Some(t), _) if info.topics.contains_key(&t) => Probe::ok(
+                        format!("topic {t} ({field}) exists with {} partition(s)", info.topics[&t]),
+                    ),
+                    (Some(t), Some(true)) => Probe::ok(
+                        format!("topic {t} ({field}) does not exist yet; the broker creates it on first write (auto.create.topics.enable=true)"),
+                    ),
+                    (Some(t), auto) => Probe::fail(
+                        format!(
+                            "topic {t} ({field}) does not exist{}; create it: kafka-topics.sh --create --topic {t} --bootstrap-server {brokers}",
+                            if auto == Some(false) { " and the broker does not auto-create topics" } else { "" }
+                        ),
+                    ),
+                    (None, Some(true)) => Probe::ok(
+                        format!("topic template `{topic}` ({field}): topics are made per event; the broker auto-creates them"),
+                    ),
+                    (None, _) => Probe::ok(
+                        format!("topic template `{topic}` ({field}): topics are made per event; make sure each exists (the broker does not auto-create)"),
+                    ),
+                });
+            }
+        }
+        Err(e) => out.push(Probe::fail(format!("kafka {brokers}: {e}"))),
+    }
+    out
+}
+
+/// The registry answers, and each Avro pipeline with a fixed topic finds its subjects.
+async fn check_registry(config: &Config, rc: &RegistryConfig) -> Vec<Probe> {
+    let mut out = Vec::new();
+    let client = match RegistryClient::new(rc) {
+        Ok(c) => c,
+        Err(e) => {
+            out.push(Probe::fail(format!("schema registry {}: {e}", rc.url)));
+            return out;
+        }
+    };
+    match client.list_subjects().await {
+        Ok(s) => out.push(Probe::ok(format!(
+            "schema registry {}: {} subject(s)",
+            rc.url,
+            s.len()
+        ))),
+        Err(e) => {
+            out.push(Probe::fail(format!("schema registry: {e}")));
+            return out;
+        }
+    }
+    let cache = SchemaCache::new(client, None);
+    for pc in &config.pipelines {
+        let Ok(p) = Processor::with_schemas(pc, Some(cache.clone())) else {
+            continue;
+        };
+        let Some(topic) = p.fixed_topic() else {
+            continue;
+        };
+        for subject in p.subjects(topic) {
+            out.push(match cache.load(&subject).await {
+                Ok(l) => Probe::ok(format!(
+                    "schema {subject} (pipeline {}): version {}, id {}",
+                    pc.name, l.version, l.id
+                )),
+                Err(e) => Probe::fail(format!("schema (pipeline {}): {e}", pc.name)),
+            });
+        }
+    }
+    out
+}

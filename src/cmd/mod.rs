@@ -1,0 +1,140 @@
+//! The commands of the `kgate` binary: each parses nothing (clap did), runs the library and
+//! prints; `main.rs` calls one `main` here per subcommand. The library outside `cmd/` prints
+//! nothing.
+
+pub mod check;
+pub mod run;
+pub mod schemas;
+pub mod synth;
+pub mod tail;
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::gateway::{Config, Gateway};
+use crate::kafka::KafkaConfig;
+use crate::registry::{RegistryClient, RegistryConfig, SchemaCache};
+
+/// Cancels the token on the first SIGINT or SIGTERM.
+pub fn on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        token.cancel();
+    });
+}
+
+/// `kgate run --config F`: exits 0 when nothing accepted was left undelivered, 1 when something
+/// was, 2 when the config has errors.
+pub async fn run_main(config: &Path) -> ExitCode {
+    let gateway = match Gateway::load(config) {
+        Ok(g) => g,
+        Err(e) => {
+            eprint!("{e}");
+            eprintln!(
+                "(run `kgate check --config {}` to check brokers and sources too)",
+                config.display()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let token = CancellationToken::new();
+    on_signal(token.clone());
+    match run::run(gateway, token).await {
+        Ok(s) if s.undelivered == 0 && s.failed == 0 => ExitCode::SUCCESS,
+        Ok(s) => {
+            eprintln!("kgate: not everything accepted reached Kafka: {s}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("kgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `kgate check --config F`: one line per check; exits 1 if any failed.
+pub async fn check_main(config: &Path, timeout: Duration) -> ExitCode {
+    let lines = check::check(config, timeout, &mut check::print).await;
+    let failed = lines.iter().filter(|l| !l.ok).count();
+    if failed == 0 {
+        println!("all {} checks passed", lines.len());
+        ExitCode::SUCCESS
+    } else {
+        println!("{failed} of {} checks failed", lines.len());
+        ExitCode::FAILURE
+    }
+}
+
+/// `kgate tail`: the brokers and registry from `--config` or the flags.
+pub async fn tail_main(args: tail::TailArgs) -> ExitCode {
+    let (kafka, registry) = match &args.config {
+        Some(path) => match Config::load(path) {
+            Ok(c) => (c.kafka, c.schema_registry),
+            Err(e) => {
+                eprint!("{e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => (
+            KafkaConfig {
+                brokers: args.brokers.split(',').map(str::to_string).collect(),
+                ..Default::default()
+            },
+            None,
+        ),
+    };
+    let registry = match &args.registry {
+        Some(url) => Some(RegistryConfig::from_url(url)),
+        None => registry,
+    };
+    let avro = match registry.map(|r| RegistryClient::new(&r)) {
+        Some(Ok(client)) => Some(tail::AvroDecoding {
+            cache: SchemaCache::new(client, None),
+            runtime: tokio::runtime::Handle::current(),
+        }),
+        Some(Err(e)) => {
+            eprintln!("kgate tail: {e}");
+            return ExitCode::from(2);
+        }
+        None => None,
+    };
+    match tokio::task::spawn_blocking(move || tail::tail(&args, &kafka, avro.as_ref())).await {
+        Ok(Ok(_)) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            eprintln!("kgate tail: {e:#}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("kgate tail: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `kgate synth`: serves until SIGINT/SIGTERM (or `--count` is sent with `--exit-when-done`).
+pub async fn synth_main(args: synth::SynthArgs) -> ExitCode {
+    let token = CancellationToken::new();
+    on_signal(token.clone());
+    match synth::serve(args, token).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kgate synth: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

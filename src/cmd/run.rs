@@ -1,0 +1,220 @@
+//! `kgate run`: metrics, the sink, the pipelines and their sources; then an orderly shutdown.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::gateway::Gateway;
+use crate::kafka::{fetch_metadata, KafkaConfig};
+use crate::metrics::{self, Metrics};
+use crate::pipeline::{Pipeline, Processor};
+use crate::registry::{RegistryClient, SchemaCache};
+use crate::sink::{KafkaSink, Sink};
+use crate::source::{http, SourceCtx};
+
+/// What a run did, reported at shutdown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Events handed to the sink.
+    pub accepted: u64,
+    /// Acknowledged by Kafka.
+    pub delivered: u64,
+    /// Written to the DLQ.
+    pub dead_lettered: u64,
+    /// Dropped on a full buffer.
+    pub dropped: u64,
+    /// Neither delivered nor dead-lettered.
+    pub failed: u64,
+    /// Still unacknowledged when the shutdown timeout ran out.
+    pub undelivered: u64,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "accepted {}, delivered {}, dead-lettered {}, dropped {}, failed {}, undelivered {}",
+            self.accepted,
+            self.delivered,
+            self.dead_lettered,
+            self.dropped,
+            self.failed,
+            self.undelivered
+        )
+    }
+}
+
+/// How often `/readyz` refreshes broker metadata.
+const METADATA_EVERY: Duration = Duration::from_secs(10);
+
+/// Runs every pipeline until `shutdown` is cancelled, then stops the sources, drains the
+/// pipelines and flushes the producer within `shutdown_timeout`.
+pub async fn run(gateway: Gateway, shutdown: CancellationToken) -> anyhow::Result<Summary> {
+    let Gateway {
+        config,
+        metrics_listen,
+        http: http_settings,
+        pipelines: plans,
+    } = gateway;
+    let metrics = Metrics::new(&config.metrics.labels);
+    let server_stop = CancellationToken::new();
+    let server = match metrics_listen {
+        Some(addr) => {
+            let h = metrics::serve(addr, metrics.clone(), server_stop.clone()).await?;
+            tracing::info!("metrics at http://{addr}/metrics (health: /healthz, /readyz)");
+            Some(h)
+        }
+        None => None,
+    };
+
+    let sink: Arc<dyn Sink> = KafkaSink::new(&config.kafka, &config.dlq.topic, metrics.clone())?;
+    let watcher_stop = CancellationToken::new();
+    watch_brokers(config.kafka.clone(), metrics.clone(), watcher_stop.clone());
+
+    let schemas = match &config.schema_registry {
+        Some(rc) => Some(SchemaCache::new(
+            RegistryClient::new(rc)?,
+            Some(metrics.clone()),
+        )),
+        None => None,
+    };
+    let mut started = Vec::with_capacity(plans.len());
+    for plan in plans {
+        let name = plan.spec.name.clone();
+        let topic = plan.spec.topic_text.clone();
+        let processor = Processor::from_spec(plan.spec, schemas.clone())?;
+        if let Some(cache) = &schemas {
+            load_fixed_subjects(&processor, cache).await?;
+        }
+        let pipeline = Arc::new(Pipeline::from_processor(processor, sink.clone()));
+        started.push((pipeline, plan.source, name, topic));
+    }
+    let refresher_stop = CancellationToken::new();
+    if let (Some(cache), Some(rc)) = (&schemas, &config.schema_registry) {
+        cache.spawn_refresher(rc.refresh, refresher_stop.clone());
+    }
+
+    let sources_stop = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let http_routes = http::Routes::default();
+    for (pipeline, source, name, topic) in started {
+        source.spawn(
+            SourceCtx {
+                pipeline,
+                metrics: metrics.clone(),
+                stop: sources_stop.clone(),
+                http_routes: http_routes.clone(),
+            },
+            &mut tasks,
+        );
+        tracing::info!(pipeline = %name, %topic, "pipeline started");
+    }
+
+    if let Some(h) = &http_settings {
+        let routes = std::mem::take(&mut *http_routes.lock().expect("routes lock"));
+        // In `tasks`: on shutdown it stops accepting and lets in-flight requests get their acks.
+        http::spawn(
+            h,
+            routes,
+            sink.clone(),
+            metrics.clone(),
+            schemas.clone(),
+            &config.kafka,
+            sources_stop.clone(),
+            &mut tasks,
+        )
+        .await?;
+    }
+
+    shutdown.cancelled().await;
+    let started = Instant::now();
+    let deadline = started + config.shutdown_timeout;
+    tracing::info!(
+        inflight = sink.inflight(),
+        timeout = ?config.shutdown_timeout,
+        "shutting down: stopping sources, then flushing"
+    );
+    sources_stop.cancel();
+    let joined = tokio::time::timeout_at(deadline.into(), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if joined.is_err() {
+        tracing::warn!("sources did not stop in time (is Kafka down with the buffer full?)");
+        tasks.abort_all();
+    }
+    let left = sink
+        .drain(deadline.saturating_duration_since(Instant::now()))
+        .await;
+    watcher_stop.cancel();
+    refresher_stop.cancel();
+    let t = sink.totals();
+    let summary = Summary {
+        accepted: t.accepted.load(Ordering::Relaxed),
+        delivered: t.delivered.load(Ordering::Relaxed),
+        dead_lettered: t.dead_lettered.load(Ordering::Relaxed),
+        dropped: t.dropped.load(Ordering::Relaxed),
+        failed: t.failed.load(Ordering::Relaxed),
+        undelivered: left.max(0) as u64,
+    };
+    server_stop.cancel();
+    if let Some(h) = server {
+        let _ = h.await;
+    }
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "shutdown complete: {summary}"
+    );
+    Ok(summary)
+}
+
+/// Fetches broker metadata every [`METADATA_EVERY`] for `/readyz`, logging when Kafka goes
+/// away and comes back.
+fn watch_brokers(k: KafkaConfig, m: Arc<Metrics>, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let mut warned = false;
+        loop {
+            match fetch_metadata(&k, Duration::from_secs(5)).await {
+                Ok(info) => {
+                    if warned || !m.is_ready() {
+                        tracing::info!(brokers = ?info.brokers, "Kafka is reachable");
+                    }
+                    warned = false;
+                    m.mark_metadata_ok();
+                }
+                Err(e) => {
+                    if !warned {
+                        tracing::warn!("{e}; records are kept and sources wait until it is back");
+                        warned = true;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(METADATA_EVERY) => {}
+            }
+        }
+    });
+}
+
+/// Fetches the schemas of a pipeline with a fixed topic now, so that a missing subject or an
+/// unreachable registry stops the start with the fix; templated topics load theirs when first
+/// met.
+async fn load_fixed_subjects(p: &Processor, cache: &SchemaCache) -> anyhow::Result<()> {
+    let Some(topic) = p.fixed_topic() else {
+        return Ok(());
+    };
+    for subject in p.subjects(topic) {
+        let l = cache
+            .load(&subject)
+            .await
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("pipeline {}", p.name()))?;
+        tracing::info!(pipeline = %p.name(), subject = %subject, version = l.version, id = l.id, "schema loaded");
+    }
+    Ok(())
+}

@@ -1,0 +1,303 @@
+//! The config file's root: the sections each component owns (`kafka:`, `metrics:`, `dlq:`,
+//! `http:`, `schema_registry:`, `pipelines:`), checked together into a [`Gateway`] whose parts
+//! are resolved (addresses parsed, templates compiled, tokens read) for `run` and `check`.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::{self, At, ConfigError, ConfigErrors};
+use crate::kafka::{DlqConfig, KafkaConfig};
+use crate::metrics::MetricsConfig;
+use crate::pipeline::{PipelineConfig, PipelineSpec};
+use crate::registry::RegistryConfig;
+use crate::source::http::{HttpConfig, HttpServerSettings};
+use crate::source::Source;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    /// Kafka connection and producer settings.
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    /// Prometheus metrics and health endpoints.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// Dead-letter queue.
+    #[serde(default)]
+    pub dlq: DlqConfig,
+    /// The HTTP ingest server (REST Proxy and pipeline ingest routes); none = not served.
+    #[serde(default)]
+    pub http: Option<HttpConfig>,
+    /// How long a SIGTERM/SIGINT may take to drain and flush before giving up.
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// The pipelines: each a source, transforms, a topic, a key and a format.
+    #[serde(default)]
+    pub pipelines: Vec<PipelineConfig>,
+    /// The Confluent-compatible schema registry (for Avro).
+    #[serde(default)]
+    pub schema_registry: Option<RegistryConfig>,
+}
+
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// A config file, checked and resolved: what `kgate run` and `kgate check` take.
+#[derive(Debug)]
+pub struct Gateway {
+    /// The file as written.
+    pub config: Config,
+    /// Where `/metrics` is served (`None`: `metrics.enabled: false`).
+    pub metrics_listen: Option<SocketAddr>,
+    /// The HTTP server, when `http:` is configured.
+    pub http: Option<HttpServerSettings>,
+    /// The pipelines, in config order.
+    pub pipelines: Vec<PipelinePlan>,
+}
+
+/// One pipeline, resolved: its processing and its source.
+#[derive(Debug)]
+pub struct PipelinePlan {
+    /// Transforms, topic, key, headers and format, compiled.
+    pub spec: PipelineSpec,
+    /// Its source, ready to probe or run.
+    pub source: Box<dyn Source>,
+}
+
+impl Gateway {
+    /// Reads, interpolates, parses and resolves a config file, reporting every error found.
+    pub fn load(path: &Path) -> Result<Gateway, ConfigErrors> {
+        let text = config::read(path)?;
+        Gateway::from_yaml_str(&text, &path.display().to_string(), &|k| {
+            std::env::var(k).ok()
+        })
+    }
+
+    /// Parses and resolves config text; `env` looks up environment variables.
+    pub fn from_yaml_str(
+        text: &str,
+        file: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Gateway, ConfigErrors> {
+        let mut errors = Vec::new();
+        let parsed: Option<Config> = config::parse(text, env, &mut errors);
+        let resolved = parsed.and_then(|c| c.resolve(&mut errors));
+        match resolved {
+            Some(g) if errors.is_empty() => Ok(g),
+            _ => Err(ConfigErrors {
+                file: file.to_string(),
+                errors,
+            }),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, interpolates, parses and checks a config file, reporting every error found.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        Gateway::load(path).map(|g| g.config)
+    }
+
+    /// Parses and checks config text; `env` looks up environment variables.
+    pub fn from_yaml_str(
+        text: &str,
+        file: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigErrors> {
+        Gateway::from_yaml_str(text, file, env).map(|g| g.config)
+    }
+
+    /// Checks every section, each by the component that owns it, collecting every problem;
+    /// the resolved gateway when there is none.
+    pub fn resolve(self, errors: &mut Vec<ConfigError>) -> Option<Gateway> {
+        let before = errors.len();
+        if let Some(r) = &self.schema_registry {
+            crate::registry::validate_config(r, "schema_registry", errors);
+        }
+        self.kafka.validate(At("kafka"), errors);
+        let metrics_listen = self.metrics.resolve(At("metrics"), errors);
+        self.dlq.validate(At("dlq"), errors);
+        if self.pipelines.is_empty() && self.http.is_none() {
+            errors.push(ConfigError::new(
+                "pipelines",
+                "no pipelines; add one with a `name`, a `source`, a `topic` (see examples/trades.yaml)",
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut pipelines = Vec::with_capacity(self.pipelines.len());
+        for (i, pl) in self.pipelines.iter().enumerate() {
+            let at = format!("pipelines[{i}]");
+            let at = At(&at);
+            if pl.name.trim().is_empty() {
+                errors.push(ConfigError::new(
+                    at.field("name"),
+                    "empty; give the pipeline a name",
+                ));
+            } else if !names.insert(pl.name.as_str()) {
+                errors.push(ConfigError::new(
+                    at.field("name"),
+                    format!(
+                        "`{}` is used by an earlier pipeline; names must be unique",
+                        pl.name
+                    ),
+                ));
+            }
+            let source = pl.source.resolve(At(&at.field("source")), errors);
+            let spec = pl.resolve(at, self.schema_registry.is_some(), errors);
+            if let (Some(spec), Some(source)) = (spec, source) {
+                pipelines.push(PipelinePlan { spec, source });
+            }
+        }
+        let http_pipelines: Vec<(usize, &str)> = self
+            .pipelines
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.source.kind().served_over_http())
+            .map(|(i, p)| (i, p.name.as_str()))
+            .collect();
+        let http = match &self.http {
+            Some(h) => {
+                let names: Vec<&str> = http_pipelines.iter().map(|(_, n)| *n).collect();
+                let metrics = self.metrics.enabled.then_some(self.metrics.listen.as_str());
+                h.resolve(At("http"), &names, metrics, errors)
+            }
+            None => {
+                for (i, name) in http_pipelines {
+                    errors.push(ConfigError::new(
+                        format!("pipelines[{i}].source.http"),
+                        format!("pipeline `{name}` is fed over HTTP but there is no top-level `http:` section; add `http: {{ listen: \"0.0.0.0:8082\" }}`"),
+                    ));
+                }
+                None
+            }
+        };
+        (errors.len() == before).then_some(Gateway {
+            metrics_listen,
+            http,
+            pipelines,
+            config: self,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ByteSize;
+    use crate::kafka::{Acks, SecurityProtocol};
+    use crate::source::SourceConfig;
+
+    fn load(text: &str) -> Result<Config, ConfigErrors> {
+        Config::from_yaml_str(text, "kgate.yaml", &|k| {
+            (k == "PW").then(|| "secret".to_string())
+        })
+    }
+
+    const OK: &str = "
+kafka:
+  brokers: ['127.0.0.1:9092']
+  producer: {max_buffered_bytes: 64MiB, linger_ms: 5}
+metrics: {listen: '127.0.0.1:9100', labels: {did_provider: 'did:key'}}
+shutdown_timeout: 10s
+pipelines:
+  - name: trades
+    source: {websocket: {urls: ['ws://127.0.0.1:4200/ws'], timeout: 5s}}
+    transforms:
+      - rename: {from: /tradeCredential/@context, to: /tradeCredential/context}
+    topic: TradeEvent
+    key: '${exchange}|${symbol}'
+";
+
+    #[test]
+    fn a_good_config_loads_with_defaults() {
+        let c = load(OK).unwrap();
+        assert_eq!(
+            c.kafka.producer.max_buffered_bytes,
+            ByteSize(64 * 1024 * 1024)
+        );
+        assert_eq!(c.kafka.producer.max_buffered_records, 10_000);
+        assert_eq!(c.kafka.producer.acks, Acks::All);
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(c.dlq.topic, "events.v1.dlq");
+        let SourceConfig::Websocket(ws) = &c.pipelines[0].source else {
+            panic!("a websocket source")
+        };
+        assert_eq!(ws.timeout, Duration::from_secs(5));
+        assert_eq!(ws.ping_interval, Duration::from_secs(20));
+        assert_eq!(c.pipelines[0].key.as_deref(), Some("${exchange}|${symbol}"));
+    }
+
+    #[test]
+    fn every_error_is_listed_with_its_path() {
+        let text = "
+kafka:
+  brokers: ['nohost']
+  producer:
+    lingr_ms: 5
+    options: {acks: '1'}
+metrics: {listen: 'nowhere'}
+pipelines:
+  - name: a
+    source: {websocket: {urls: ['http://x/ws'], pingg: 1s}}
+    topic: 'bad topic'
+    key: '${unclosed'
+  - name: a
+    source: {websocket: {urls: []}}
+    transforms: [{remove: {path: 'no-slash'}}]
+    topic: ok
+    password: '${NOT_SET}'
+";
+        let e = load(text).unwrap_err();
+        let paths: Vec<&str> = e.errors.iter().map(|e| e.path.as_str()).collect();
+        for want in [
+            "pipelines[1].password",
+            "kafka.producer.lingr_ms",
+            "pipelines[0].source.websocket.pingg",
+            "kafka.brokers[0]",
+            "kafka.producer.options.acks",
+            "metrics.listen",
+            "pipelines[0].source.websocket.urls[0]",
+            "pipelines[0].topic",
+            "pipelines[0].key",
+            "pipelines[1].name",
+            "pipelines[1].source.websocket.urls",
+            "pipelines[1].transforms[0].remove.path",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {paths:?}\n{e}");
+        }
+        let text = e.to_string();
+        assert!(text.contains("kgate.yaml has"), "{text}");
+        assert!(text.contains("NOT_SET is not set"), "{text}");
+    }
+
+    #[test]
+    fn type_errors_name_their_path() {
+        let e = load("pipelines:\n  - name: a\n    source: {websocket: {urls: ['ws://h:1/ws'], timeout: soon}}\n    topic: t\n").unwrap_err();
+        assert_eq!(e.errors.len(), 1, "{e}");
+        assert_eq!(e.errors[0].path, "pipelines[0].source.websocket.timeout");
+        let e = load("kafka: {producer: {acks: 2}}\npipelines: []\n").unwrap_err();
+        assert_eq!(e.errors[0].path, "kafka.producer.acks");
+        assert!(e.errors[0].message.contains("`all`, `1` or `0`"));
+    }
+
+    #[test]
+    fn secrets_come_from_the_environment() {
+        let c = load(&format!("kafka:\n  security: {{protocol: SASL_SSL, sasl: {{mechanism: SCRAM-SHA-512, username: u, password: '${{PW}}'}}}}\n{}", OK.split_once("metrics").map(|(_, r)| format!("metrics{r}")).unwrap())).unwrap();
+        let sec = c.kafka.security.unwrap();
+        assert_eq!(sec.protocol, SecurityProtocol::SaslSsl);
+        assert_eq!(sec.sasl.unwrap().password, "secret");
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(ByteSize::parse("100MB"), Ok(ByteSize(100_000_000)));
+        assert_eq!(ByteSize::parse("64 KiB"), Ok(ByteSize(65536)));
+        assert_eq!(ByteSize::parse("1024"), Ok(ByteSize(1024)));
+        assert!(ByteSize::parse("5 parsecs").is_err());
+    }
+}

@@ -1,0 +1,74 @@
+//! `metrics:` — where Prometheus scrapes and which constant labels every series carries.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+use crate::config::{yes, At, ConfigError};
+
+/// `metrics:` — Prometheus endpoint and health checks.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MetricsConfig {
+    /// Serve metrics at all.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    #[serde(default = "default_metrics_listen")]
+    pub listen: String,
+    /// Constant labels put on every series.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            listen: default_metrics_listen(),
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_metrics_listen() -> String {
+    "0.0.0.0:9000".into()
+}
+
+impl MetricsConfig {
+    /// Checks `metrics:` (at `at`); the address to serve on (`None` when disabled) once valid.
+    pub fn resolve(&self, at: At<'_>, errors: &mut Vec<ConfigError>) -> Option<SocketAddr> {
+        let listen = match (self.enabled, self.listen.parse::<SocketAddr>()) {
+            (false, _) => None,
+            (true, Ok(a)) => Some(a),
+            (true, Err(_)) => {
+                errors.push(ConfigError::new(
+                    at.field("listen"),
+                    format!(
+                        "`{}` is not an address; write e.g. `0.0.0.0:9000`",
+                        self.listen
+                    ),
+                ));
+                None
+            }
+        };
+        for name in self.labels.keys() {
+            let ok = name
+                .chars()
+                .next()
+                .map(|ch| ch.is_ascii_alphabetic() || ch == '_')
+                .unwrap_or(false)
+                && name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+                && !name.starts_with("__");
+            if !ok {
+                errors.push(ConfigError::new(
+                    at.field(&format!("labels.{name}")),
+                    "not a valid Prometheus label name; use letters, digits and `_`, not starting with a digit",
+                ));
+            }
+        }
+        listen
+    }
+}

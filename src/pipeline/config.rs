@@ -1,0 +1,208 @@
+//! `pipelines[]:` — a pipeline as written (its source, transforms, topic, key, headers and
+//! format), and its resolution into a [`PipelineSpec`] that the runtime takes: templates and
+//! transforms compiled once, every problem collected with its path.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::config::{At, ConfigError};
+use crate::encode::{AvroConfig, Format, KeyFormat};
+use crate::kafka::valid_topic_name;
+use crate::registry::SubjectStrategy;
+use crate::source::SourceConfig;
+use crate::transform::{Pointer, Template, Transform, TransformConfig};
+
+/// One pipeline: source → transforms → topic/key/headers → format → Kafka.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PipelineConfig {
+    /// Unique name, used in metrics, logs and DLQ headers.
+    pub name: String,
+    /// Where events come from.
+    pub source: SourceConfig,
+    /// Changes applied to each event, in order.
+    #[serde(default)]
+    pub transforms: Vec<TransformConfig>,
+    /// Target topic: a fixed name or a template like `ticks.${exchange}`.
+    pub topic: String,
+    /// Record key: a template like `${exchange}|${symbol}`, or a fixed string. None: no key.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Record headers: name → template.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// `json` (validated and re-serialized when transformed), `avro` (through the schema
+    /// registry, Confluent wire format) or `raw` (bytes as received).
+    #[serde(default)]
+    pub format: Format,
+    /// With `format: avro`: how the value's subject is named.
+    #[serde(default)]
+    pub avro: AvroConfig,
+    /// How the rendered key is written: `string` (its UTF-8 bytes), `json` (a JSON string) or
+    /// `avro` (subject `<topic>-key`, Confluent wire format).
+    #[serde(default)]
+    pub key_format: KeyFormat,
+}
+
+/// A pipeline's processing, resolved: what [`Processor`](super::Processor) runs.
+#[derive(Debug, Clone)]
+pub struct PipelineSpec {
+    /// Its name.
+    pub name: Arc<str>,
+    /// Compiled transforms, in order.
+    pub transforms: Vec<Transform>,
+    /// The topic template (fixed when it has no `${}`).
+    pub topic: Template,
+    /// The topic as written (the DLQ's `source_topic` before routing).
+    pub topic_text: String,
+    /// The key template.
+    pub key: Option<Template>,
+    /// Header name → template.
+    pub headers: Vec<(String, Template)>,
+    /// Output format.
+    pub format: Format,
+    /// Avro subject settings (with `format: avro`).
+    pub avro: AvroConfig,
+    /// How keys are written.
+    pub key_format: KeyFormat,
+}
+
+const NEEDS_PARSED: &str =
+    "needs the event parsed; use `format: json` (source values `${@name}` work with raw)";
+
+impl PipelineConfig {
+    /// Checks everything but the source (at `at`, e.g. `pipelines[0]`); `has_registry` says
+    /// whether `schema_registry:` is configured. The compiled spec when there is no problem.
+    pub fn resolve(
+        &self,
+        at: At<'_>,
+        has_registry: bool,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<PipelineSpec> {
+        let before = errors.len();
+        let mut err = |path: String, message: String| errors.push(ConfigError { path, message });
+        let mut transforms = Vec::with_capacity(self.transforms.len());
+        for (j, t) in self.transforms.iter().enumerate() {
+            let mut ok = true;
+            let mut check_ptr = |field: &str, p: &str| {
+                if let Err(e) = Pointer::parse(p) {
+                    err(at.field(&format!("transforms[{j}].{field}")), e);
+                    ok = false;
+                }
+            };
+            match t {
+                TransformConfig::Rename { from, to, .. } => {
+                    check_ptr("rename.from", from);
+                    check_ptr("rename.to", to);
+                }
+                TransformConfig::Set { path, .. } => check_ptr("set.path", path),
+                TransformConfig::Remove { path } => check_ptr("remove.path", path),
+            }
+            if ok {
+                match Transform::from_config(t) {
+                    Ok(t) => transforms.push(t),
+                    Err(e) => err(at.field(&format!("transforms[{j}]")), e),
+                }
+            }
+        }
+        if self.key_format == KeyFormat::Avro && self.format != Format::Avro {
+            err(
+                at.field("key_format"),
+                "`avro` keys go with Avro values; set `format: avro` or use `key_format: string`"
+                    .into(),
+            );
+        }
+        if self.format == Format::Avro && !has_registry {
+            err(
+                at.field("format"),
+                "`avro` encodes through a schema registry; add `schema_registry: { url: http://127.0.0.1:8081/apis/ccompat/v7 }`".into(),
+            );
+        }
+        if self.format == Format::Avro
+            && self.avro.subject_strategy != SubjectStrategy::TopicName
+            && self.avro.record.is_none()
+            && self.avro.subject.is_none()
+        {
+            err(
+                at.field("avro.record"),
+                "the record_name strategies need the record's full name, e.g. `record: io.kgate.trades.TradeEvent`".into(),
+            );
+        }
+        if self.format == Format::Raw && !self.transforms.is_empty() {
+            err(
+                at.field("transforms"),
+                "format `raw` passes bytes through unparsed, so transforms cannot apply; use `format: json`".into(),
+            );
+        }
+        let raw = self.format == Format::Raw;
+        let topic = match Template::parse(&self.topic) {
+            Ok(t) => {
+                if let Some(fixed) = t.fixed() {
+                    if !valid_topic_name(fixed) {
+                        err(
+                            at.field("topic"),
+                            format!("`{fixed}` is not a valid topic name; use letters, digits, `.`, `_` and `-` (at most 249)"),
+                        );
+                    }
+                } else if raw && t.reads_fields() {
+                    err(
+                        at.field("topic"),
+                        format!("a topic template over event fields {NEEDS_PARSED}"),
+                    );
+                }
+                Some(t)
+            }
+            Err(e) => {
+                err(at.field("topic"), e);
+                None
+            }
+        };
+        let mut template = |field: String, text: &str, what: &str| match Template::parse(text) {
+            Ok(t) if t.reads_fields() && raw => {
+                err(
+                    field,
+                    format!("a {what} template over event fields {NEEDS_PARSED}"),
+                );
+                None
+            }
+            Ok(t) => Some(t),
+            Err(e) => {
+                err(field, e);
+                None
+            }
+        };
+        let key = self
+            .key
+            .as_deref()
+            .map(|k| template(at.field("key"), k, "key"));
+        let headers: Vec<_> = self
+            .headers
+            .iter()
+            .map(|(h, v)| {
+                (
+                    h.clone(),
+                    template(at.field(&format!("headers.{h}")), v, "header"),
+                )
+            })
+            .collect();
+        if errors.len() != before {
+            return None;
+        }
+        Some(PipelineSpec {
+            name: Arc::from(self.name.as_str()),
+            transforms,
+            topic: topic?,
+            topic_text: self.topic.clone(),
+            // Every template parsed (no error was added), so nothing is lost here.
+            key: key.flatten(),
+            headers: headers
+                .into_iter()
+                .filter_map(|(h, t)| Some((h, t?)))
+                .collect(),
+            format: self.format,
+            avro: self.avro.clone(),
+            key_format: self.key_format,
+        })
+    }
+}

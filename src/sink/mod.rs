@@ -1,0 +1,65 @@
+//! Sinks take what a pipeline made of an event and answer its [`Ack`](crate::event::Ack): a
+//! record is delivered, or a rejection is dead-lettered, and the source learns which. Kafka is the
+//! first sink ([`KafkaSink`]); [`MemorySink`] keeps records in memory so that the pipeline → sink
+//! → ack path can be tested without a broker.
+
+mod kafka;
+mod memory;
+
+pub use kafka::KafkaSink;
+pub use memory::MemorySink;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+
+use crate::event::{Event, Rejection};
+
+/// A record ready for Kafka.
+#[derive(Debug, Clone)]
+pub struct OutRecord {
+    /// Target topic.
+    pub topic: Arc<str>,
+    /// Key bytes.
+    pub key: Option<Vec<u8>>,
+    /// Value bytes.
+    pub value: Bytes,
+    /// Headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Counts of what became of accepted events, for the shutdown report.
+#[derive(Debug, Default)]
+pub struct Totals {
+    /// Events handed to the sink (records and rejections).
+    pub accepted: AtomicU64,
+    /// Acknowledged by Kafka.
+    pub delivered: AtomicU64,
+    /// Their DLQ record acknowledged by Kafka.
+    pub dead_lettered: AtomicU64,
+    /// Dropped on a full buffer (`on_full: drop_newest`).
+    pub dropped: AtomicU64,
+    /// Neither delivered nor dead-lettered.
+    pub failed: AtomicU64,
+}
+
+/// Where records go. Every call settles the event's [`Ack`](crate::event::Ack) exactly once,
+/// now or later (when the sink's destination acknowledged it).
+pub trait Sink: Send + Sync {
+    /// Takes a record made from `ev`; `partition` names one (`None`: the sink picks). Returns
+    /// once the record is accepted (which may wait for buffer room: backpressure).
+    fn send(&self, rec: OutRecord, partition: Option<i32>, ev: Event) -> BoxFuture<'_, ()>;
+    /// Takes an event that was rejected, to keep it with its reason (the DLQ).
+    fn dead_letter(&self, ev: Event, r: Rejection) -> BoxFuture<'_, ()>;
+    /// Waits until everything accepted is settled or `timeout` passes; returns how many are not.
+    fn drain(&self, timeout: Duration) -> BoxFuture<'_, i64>;
+    /// The counts so far.
+    fn totals(&self) -> &Totals;
+    /// Events accepted and not settled yet.
+    fn inflight(&self) -> i64;
+    /// Where rejected events go (the DLQ topic), for messages that name it.
+    fn dlq_topic(&self) -> &str;
+}

@@ -1,0 +1,259 @@
+//! `source.device_websocket:` — the server devices connect to: where, which path, where the
+//! device id comes from, the limits, and WRP; with its checks (address and path parsed once).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use tokio_tungstenite::tungstenite::http::HeaderName;
+
+use crate::config::{yes, At, ByteSize, ConfigError};
+
+/// `source.device_websocket:` — a WebSocket server that devices connect to.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeviceSourceConfig {
+    /// Address to listen on, e.g. `0.0.0.0:8090`.
+    pub listen: String,
+    /// Path devices connect to; a whole segment `{name}` matches any one segment, e.g.
+    /// `/devices/{id}`. Other paths are refused with 404.
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// Where the device id comes from: `{header: X-Device-Id}`, `{query: id}` or
+    /// `{path_param: id}` (a `{id}` segment of `path`).
+    pub device_id: DeviceIdFrom,
+    /// Largest frame (and message) a device may send; a bigger one closes the connection (1009).
+    #[serde(default = "default_max_frame")]
+    pub max_frame: ByteSize,
+    /// Nothing from the device (no frame, no pong) for this long → close; 0 = never.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Interval of pings to each device (answered pongs keep it alive); 0 = none.
+    #[serde(default = "default_ping_interval", with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// Time a client has to complete the upgrade after connecting.
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Devices connected at once; more are refused with 503.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u64,
+    /// Publish `connect` and `disconnect` events through the pipeline.
+    #[serde(default = "yes")]
+    pub lifecycle_events: bool,
+    /// Decode frames as WRP msgpack messages: `true`, `false` or `{value: payload|message}`.
+    #[serde(default)]
+    pub wrp: WrpConfig,
+}
+
+fn default_path() -> String {
+    "/ws".into()
+}
+fn default_max_frame() -> ByteSize {
+    ByteSize(1024 * 1024)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(90)
+}
+fn default_ping_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_connections() -> u64 {
+    10_000
+}
+
+/// Where a device's id is read from during the upgrade.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceIdFrom {
+    /// A request header, e.g. `X-Webpa-Device-Name`.
+    Header(String),
+    /// A query parameter, e.g. `id` in `/ws?id=dev-1`.
+    Query(String),
+    /// A `{name}` segment of `path`.
+    PathParam(String),
+}
+
+/// `wrp:` — whether frames are WRP messages, and what the record value is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WrpConfig {
+    /// Decode frames as WRP.
+    pub enabled: bool,
+    /// The record value: the WRP `payload` (default) or the whole msgpack `message`.
+    pub value: WrpValue,
+}
+
+/// The record value of a WRP message.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WrpValue {
+    /// The `payload` field.
+    #[default]
+    Payload,
+    /// The frame as received (msgpack).
+    Message,
+}
+
+impl<'de> Deserialize<'de> for WrpConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Options {
+            #[serde(default = "yes")]
+            enabled: bool,
+            #[serde(default)]
+            value: WrpValue,
+        }
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Bool(enabled) => Ok(WrpConfig {
+                enabled,
+                value: WrpValue::Payload,
+            }),
+            v @ serde_json::Value::Object(_) => {
+                let o: Options = serde_json::from_value(v).map_err(serde::de::Error::custom)?;
+                Ok(WrpConfig {
+                    enabled: o.enabled,
+                    value: o.value,
+                })
+            }
+            other => Err(serde::de::Error::custom(format!(
+                "wrp must be `true`, `false` or `{{value: payload|message}}`, not {other}"
+            ))),
+        }
+    }
+}
+
+/// One segment of a path pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Seg {
+    /// A fixed segment.
+    Lit(String),
+    /// `{name}`: any one segment.
+    Param(String),
+}
+
+pub(super) fn parse_path(p: &str) -> Result<Vec<Seg>, String> {
+    let rest = p
+        .strip_prefix('/')
+        .ok_or_else(|| format!("`{p}` does not start with `/`; write e.g. `/devices/{{id}}`"))?;
+    let mut segs = Vec::new();
+    for s in rest.split('/') {
+        if let Some(name) = s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            if name.is_empty() || name.contains(['{', '}']) {
+                return Err(format!(
+                    "`{s}` in `{p}` is not a parameter; write `{{name}}`"
+                ));
+            }
+            if segs.iter().any(|x| *x == Seg::Param(name.to_string())) {
+                return Err(format!("parameter `{{{name}}}` appears twice in `{p}`"));
+            }
+            segs.push(Seg::Param(name.to_string()));
+        } else if s.contains(['{', '}']) {
+            return Err(format!(
+                "`{s}` in `{p}`: a parameter is a whole segment, e.g. `/devices/{{id}}`"
+            ));
+        } else {
+            segs.push(Seg::Lit(s.to_string()));
+        }
+    }
+    Ok(segs)
+}
+
+impl DeviceSourceConfig {
+    /// Checks what serde cannot (at `at`); the listen address and the path's segments once the
+    /// section is valid.
+    pub(super) fn check(
+        &self,
+        at: At<'_>,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<(SocketAddr, Vec<Seg>)> {
+        let before = errors.len();
+        let mut err = |field: &str, message: String| {
+            errors.push(ConfigError {
+                path: at.field(field),
+                message,
+            })
+        };
+        let listen = self.listen.parse::<SocketAddr>().ok();
+        if listen.is_none() {
+            err(
+                "listen",
+                format!(
+                    "`{}` is not an address; write e.g. `0.0.0.0:8090`",
+                    self.listen
+                ),
+            );
+        }
+        let segs = match parse_path(&self.path) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                err("path", e);
+                None
+            }
+        };
+        match &self.device_id {
+            DeviceIdFrom::Header(h) => {
+                if HeaderName::from_bytes(h.as_bytes()).is_err() {
+                    err(
+                        "device_id.header",
+                        format!("`{h}` is not a header name; write e.g. `X-Device-Id`"),
+                    );
+                }
+            }
+            DeviceIdFrom::Query(q) => {
+                if q.is_empty() {
+                    err(
+                        "device_id.query",
+                        "empty; name the query parameter, e.g. `id`".into(),
+                    );
+                }
+            }
+            DeviceIdFrom::PathParam(name) => {
+                if let Some(segs) = &segs {
+                    if !segs.contains(&Seg::Param(name.clone())) {
+                        err(
+                            "device_id.path_param",
+                            format!(
+                                "`path` `{}` has no `{{{name}}}` segment; write e.g. `path: /devices/{{{name}}}`",
+                                self.path
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        if self.max_frame.0 == 0 || self.max_frame.0 > 1 << 30 {
+            err(
+                "max_frame",
+                format!(
+                    "{} bytes is out of range; use 1 byte to 1GiB, e.g. `1MiB`",
+                    self.max_frame.0
+                ),
+            );
+        }
+        if !self.idle_timeout.is_zero()
+            && !self.ping_interval.is_zero()
+            && self.idle_timeout <= self.ping_interval
+        {
+            err(
+                "idle_timeout",
+                format!(
+                    "{:?} is not longer than ping_interval {:?}, so a quiet device that answers pings is still closed; make it at least twice ping_interval",
+                    self.idle_timeout, self.ping_interval
+                ),
+            );
+        }
+        if self.handshake_timeout.is_zero() {
+            err(
+                "handshake_timeout",
+                "must be more than 0; e.g. `10s`".into(),
+            );
+        }
+        if self.max_connections == 0 {
+            err("max_connections", "must be at least 1".into());
+        }
+        let (listen, segs) = (listen?, segs?);
+        (errors.len() == before).then_some((listen, segs))
+    }
+}
