@@ -117,10 +117,11 @@ pub async fn run(gateway: Gateway, shutdown: CancellationToken) -> anyhow::Resul
     if let Some(h) = &http_settings {
         let routes = std::mem::take(&mut *http_routes.lock().expect("routes lock"));
         // In `tasks`: on shutdown it stops accepting and lets in-flight requests get their acks.
+        let rest = Arc::new(Pipeline::passthrough("rest-proxy", sink.clone()));
         http::spawn(
             h,
             routes,
-            sink.clone(),
+            rest,
             metrics.clone(),
             schemas.clone(),
             &config.kafka,

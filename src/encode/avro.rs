@@ -27,6 +27,20 @@ pub struct AvroConfig {
     pub subject: Option<String>,
 }
 
+/// A value in the Confluent wire format: magic byte, the schema's registry id, the Avro body.
+/// The one place records are framed (pipelines and the REST Proxy route both call it); the
+/// error says what did not fit, where.
+pub fn confluent_avro(
+    id: u32,
+    schema: &avro::Schema,
+    v: &Value,
+) -> Result<Vec<u8>, avro::Mismatch> {
+    let mut out = Vec::with_capacity(64);
+    avro::frame(id, &mut out);
+    schema.encode(v, &mut out)?;
+    Ok(out)
+}
+
 /// Encodes values (and keys) as Avro with the latest version of their subject.
 pub struct AvroEncoder {
     cache: Arc<SchemaCache>,
@@ -80,16 +94,13 @@ impl AvroEncoder {
     }
 
     fn write(l: &Latest, v: &Value, what: &str) -> Result<Vec<u8>, EncodeError> {
-        let mut out = Vec::with_capacity(64);
-        avro::frame(l.id, &mut out);
-        l.schema.encode(v, &mut out).map_err(|m| EncodeError {
+        confluent_avro(l.id, &l.schema, v).map_err(|m| EncodeError {
             error_type: ErrorType::SchemaMismatch,
             message: format!(
                 "{what} does not fit subject {} version {} (id {}): {m}",
                 l.subject, l.version, l.id
             ),
-        })?;
-        Ok(out)
+        })
     }
 }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 
 use super::KafkaConfig;
 
@@ -19,8 +20,32 @@ pub struct BrokerInfo {
     pub auto_create: Option<bool>,
 }
 
+/// Why broker metadata could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    /// The client could not even be created (bad settings).
+    #[error("cannot create a Kafka client: {0}")]
+    Client(#[source] KafkaError),
+    /// No broker answered in time.
+    #[error("cannot reach Kafka at {brokers} within {timeout:?}: {source}; is the broker running (scripts/services up) and are kafka.brokers and kafka.security right?")]
+    Unreachable {
+        /// The bootstrap servers tried.
+        brokers: String,
+        /// How long it waited.
+        timeout: Duration,
+        /// What librdkafka said.
+        source: KafkaError,
+    },
+    /// The blocking task did not complete (the runtime is shutting down).
+    #[error("the metadata request was cancelled: {0}")]
+    Cancelled(#[from] tokio::task::JoinError),
+}
+
 /// Fetches cluster metadata and the broker's topic auto-creation setting.
-pub async fn fetch_metadata(k: &KafkaConfig, timeout: Duration) -> anyhow::Result<BrokerInfo> {
+pub async fn fetch_metadata(
+    k: &KafkaConfig,
+    timeout: Duration,
+) -> Result<BrokerInfo, MetadataError> {
     let kc = k.clone();
     let (brokers, topics, first) =
         tokio::task::spawn_blocking(move || fetch_blocking(&kc, timeout)).await??;
@@ -37,17 +62,18 @@ pub async fn fetch_metadata(k: &KafkaConfig, timeout: Duration) -> anyhow::Resul
 
 type Fetched = (Vec<String>, HashMap<String, usize>, Option<i32>);
 
-fn fetch_blocking(k: &KafkaConfig, timeout: Duration) -> anyhow::Result<Fetched> {
+fn fetch_blocking(k: &KafkaConfig, timeout: Duration) -> Result<Fetched, MetadataError> {
     let consumer: BaseConsumer<super::QuietContext> = super::base_client_config(k)
         .create_with_context(Default::default())
-        .map_err(|e| anyhow::anyhow!("cannot create a Kafka client: {e}"))?;
-    let md = consumer.fetch_metadata(None, timeout).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot reach Kafka at {} within {:?}: {e}; is the broker running (scripts/services up) and are kafka.brokers and kafka.security right?",
-            k.brokers.join(","),
-            timeout
-        )
-    })?;
+        .map_err(MetadataError::Client)?;
+    let md =
+        consumer
+            .fetch_metadata(None, timeout)
+            .map_err(|source| MetadataError::Unreachable {
+                brokers: k.brokers.join(","),
+                timeout,
+                source,
+            })?;
     let brokers = md
         .brokers()
         .iter()

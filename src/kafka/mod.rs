@@ -5,7 +5,7 @@
 mod admin;
 mod config;
 
-pub use admin::{fetch_metadata, BrokerInfo};
+pub use admin::{fetch_metadata, BrokerInfo, MetadataError};
 pub use config::{
     Acks, Compression, DlqConfig, KafkaConfig, OnFull, ProducerConfig, SaslConfig, SaslMechanism,
     SecurityConfig, SecurityProtocol, TlsConfig,

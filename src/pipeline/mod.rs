@@ -12,7 +12,7 @@ use serde_json::Value;
 pub use config::{PipelineConfig, PipelineSpec};
 
 use crate::config::{At, ConfigErrors};
-use crate::encode::{encoder_for, Encoder, Format, KeyFormat};
+use crate::encode::{encoder_for, Encoder, Format, KeyFormat, RawEncoder};
 pub use crate::event::Rejection;
 use crate::event::{ErrorType, Event};
 use crate::kafka::valid_topic_name;
@@ -264,6 +264,26 @@ impl Pipeline {
         Pipeline { processor, sink }
     }
 
+    /// A pipeline for sources that build their records themselves (the REST Proxy route, which
+    /// encodes per its embedded format and names partitions): they hand records over with
+    /// [`Pipeline::send`]. Raw input given to [`Pipeline::handle`] passes through unchanged to
+    /// the topic the source names in `${@topic}`.
+    pub fn passthrough(name: &str, sink: Arc<dyn Sink>) -> Pipeline {
+        let processor = Processor {
+            name: Arc::from(name),
+            transforms: Vec::new(),
+            topic: Template::meta("topic"),
+            topic_text: "${@topic}".into(),
+            fixed_topic: None,
+            key: None,
+            headers: Vec::new(),
+            encoder: Box::new(RawEncoder),
+            key_format: KeyFormat::String,
+            format: Format::Raw,
+        };
+        Pipeline { processor, sink }
+    }
+
     /// The pipeline's name.
     pub fn name(&self) -> &Arc<str> {
         &self.processor.name
@@ -386,5 +406,153 @@ mod tests {
         let r = p.process_(&Bytes::from_static(b"\x00not json")).unwrap();
         assert_eq!(&r.value[..], b"\x00not json");
         assert_eq!(r.key.as_deref(), Some(&b"fixed"[..]));
+    }
+
+    /// The pipeline → sink → ack path, without a broker.
+    mod fates {
+        use super::*;
+        use crate::event::{Fate, Origin};
+        use crate::sink::MemorySink;
+        use std::sync::atomic::Ordering;
+
+        fn pipeline(yaml: &str, sink: Arc<MemorySink>) -> Pipeline {
+            let c: PipelineConfig = crate::config::from_yaml(yaml).unwrap();
+            Pipeline::new(&c, sink).unwrap()
+        }
+
+        async fn fate_of(p: &Pipeline, raw: &'static str) -> Fate {
+            let (ev, rx) = Event::with_ack(
+                Bytes::from_static(raw.as_bytes()),
+                Origin::now(p.name().clone(), Arc::from("test")),
+            );
+            p.handle(ev).await;
+            rx.await.expect("the ack is answered")
+        }
+
+        #[tokio::test]
+        async fn each_event_learns_its_fate() {
+            let sink = Arc::new(MemorySink::new());
+            let p = pipeline(TRADES, sink.clone());
+            let good = r#"{"feed":"t","exchange":"kraken","symbol":"BTC-USD","tradeCredential":{"@context":[1]}}"#;
+            assert_eq!(
+                fate_of(&p, good).await,
+                Fate::Delivered {
+                    topic: "TradeEvent".into(),
+                    partition: 0,
+                    offset: 0
+                }
+            );
+            match fate_of(&p, r#"{"feed":"t","exchange":"kraken"}"#).await {
+                Fate::DeadLettered {
+                    error_type,
+                    message,
+                    ..
+                } => {
+                    assert_eq!(error_type, ErrorType::MissingField);
+                    assert!(message.contains("`symbol` is missing"), "{message}");
+                }
+                other => panic!("expected dead-lettered, got {other:?}"),
+            }
+            match fate_of(&p, "{oops").await {
+                Fate::DeadLettered { error_type, .. } => {
+                    assert_eq!(error_type, ErrorType::InvalidJson)
+                }
+                other => panic!("expected dead-lettered, got {other:?}"),
+            }
+            assert_eq!(
+                fate_of(&p, good).await,
+                Fate::Delivered {
+                    topic: "TradeEvent".into(),
+                    partition: 0,
+                    offset: 1
+                }
+            );
+            let records = sink.records();
+            assert_eq!(records.len(), 2);
+            assert_eq!(
+                records[0].record.key.as_deref(),
+                Some(&b"kraken|BTC-USD"[..])
+            );
+            let rejected = sink.rejections();
+            assert_eq!(rejected.len(), 2);
+            // The DLQ keeps the bytes as received and the topic the event was meant for.
+            assert_eq!(&rejected[1].1[..], b"{oops");
+            assert_eq!(rejected[1].0.source_topic, "TradeEvent");
+            let t = sink.totals();
+            assert_eq!(t.accepted.load(Ordering::Relaxed), 4);
+            assert_eq!(t.delivered.load(Ordering::Relaxed), 2);
+            assert_eq!(t.dead_lettered.load(Ordering::Relaxed), 2);
+        }
+
+        #[tokio::test]
+        async fn input_headers_go_first_and_a_full_sink_drops() {
+            let sink = Arc::new(MemorySink::with_capacity(1));
+            let p = pipeline(
+                "name: t\nsource: {websocket: {urls: ['ws://h:1/ws']}}\ntopic: t\nheaders: {app: kgate}\n",
+                sink.clone(),
+            );
+            let (mut ev, rx) = Event::with_ack(
+                Bytes::from_static(b"{}"),
+                Origin::now(p.name().clone(), Arc::from("test")),
+            );
+            ev.headers.push(("x-request-id".into(), b"r1".to_vec()));
+            p.handle(ev).await;
+            assert!(matches!(rx.await.unwrap(), Fate::Delivered { .. }));
+            let h = &sink.records()[0].record.headers;
+            assert_eq!(h[0].0, "x-request-id");
+            assert_eq!(h[1].0, "app");
+            assert_eq!(fate_of(&p, "{}").await, Fate::Dropped);
+            assert_eq!(sink.totals().dropped.load(Ordering::Relaxed), 1);
+        }
+
+        #[tokio::test]
+        async fn built_records_and_source_rejections_go_through_the_pipeline() {
+            let sink = Arc::new(MemorySink::new());
+            let p = Pipeline::passthrough("rest-proxy", sink.clone());
+            let (ev, rx) = Event::with_ack(
+                Bytes::from_static(b"v"),
+                Origin::now(p.name().clone(), Arc::from("test")),
+            );
+            let rec = OutRecord {
+                topic: Arc::from("orders"),
+                key: Some(b"k".to_vec()),
+                value: Bytes::from_static(b"v"),
+                headers: Vec::new(),
+            };
+            p.send(rec, Some(2), ev).await;
+            assert_eq!(
+                rx.await.unwrap(),
+                Fate::Delivered {
+                    topic: "orders".into(),
+                    partition: 2,
+                    offset: 0
+                }
+            );
+            let (ev, rx) = Event::with_ack(
+                Bytes::from_static(b"\x81"),
+                Origin::now(p.name().clone(), Arc::from("test")),
+            );
+            let r = Rejection {
+                error_type: ErrorType::InvalidWrp,
+                message: "not msgpack".into(),
+                source_topic: "devices".into(),
+            };
+            p.reject(ev, r).await;
+            assert!(matches!(
+                rx.await.unwrap(),
+                Fate::DeadLettered {
+                    error_type: ErrorType::InvalidWrp,
+                    ..
+                }
+            ));
+            // Raw input handed to it passes through to the topic the source names.
+            let mut meta = Meta::empty();
+            meta.insert("topic", "logs");
+            let r = p
+                .processor()
+                .process(&Bytes::from_static(b"x"), &meta)
+                .unwrap();
+            assert_eq!(&*r.topic, "logs");
+        }
     }
 }

@@ -206,6 +206,11 @@ pub struct KafkaSink {
     on_full: OnFull,
 }
 
+/// The producer could not be created (librdkafka refused a setting).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot create the Kafka producer: {0}; check kafka.producer.options")]
+pub struct ProducerError(#[source] KafkaError);
+
 /// How long to wait before retrying a send into a full buffer.
 const FULL_RETRY: Duration = Duration::from_millis(2);
 
@@ -215,7 +220,7 @@ impl KafkaSink {
         k: &KafkaConfig,
         dlq_topic: &str,
         metrics: Arc<Metrics>,
-    ) -> anyhow::Result<Arc<KafkaSink>> {
+    ) -> Result<Arc<KafkaSink>, ProducerError> {
         let (dlq_tx, dlq_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             metrics,
@@ -231,11 +236,7 @@ impl KafkaSink {
                 shared: shared.clone(),
                 errors: Default::default(),
             })
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot create the Kafka producer: {e}; check kafka.producer.options"
-                )
-            })?;
+            .map_err(ProducerError)?;
         let sink = Arc::new(KafkaSink {
             producer,
             shared,

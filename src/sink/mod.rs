@@ -6,7 +6,7 @@
 mod kafka;
 mod memory;
 
-pub use kafka::KafkaSink;
+pub use kafka::{KafkaSink, ProducerError};
 pub use memory::MemorySink;
 
 use std::sync::atomic::AtomicU64;

@@ -131,6 +131,16 @@ impl Template {
         Ok(Template { parts })
     }
 
+    /// The template of one source value, `${@name}`.
+    pub fn meta(name: &str) -> Template {
+        Template {
+            parts: vec![Part::Meta {
+                name: name.to_string(),
+                default: None,
+            }],
+        }
+    }
+
     /// The value when the template has no fields.
     pub fn fixed(&self) -> Option<&str> {
         match self.parts.as_slice() {

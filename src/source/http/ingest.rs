@@ -255,7 +255,7 @@ async fn ingest_inner(
         })
         .await;
 
-    let dlq = s.sink.dlq_topic();
+    let dlq = s.rest.dlq_topic();
     let (mut accepted, mut rejected) = (0, 0);
     let results: Vec<Value> = slots
         .iter()

@@ -49,7 +49,6 @@ use crate::kafka::KafkaConfig;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::registry::SchemaCache;
-use crate::sink::Sink;
 
 impl SourceKind for HttpSourceConfig {
     fn name(&self) -> &'static str {
@@ -93,6 +92,22 @@ impl Source for HttpSource {
     }
 }
 
+/// Why the HTTP server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// `http.tls` files are unusable.
+    #[error(transparent)]
+    Tls(tls::TlsError),
+    /// The address is taken or not ours.
+    #[error("cannot listen for HTTP on {addr}: {source}; set http.listen to a free address")]
+    Bind {
+        /// `http.listen`.
+        addr: SocketAddr,
+        /// The OS's reason.
+        source: std::io::Error,
+    },
+}
+
 /// The `/ingest` routes of the HTTP server, filled in by the `http` sources as they start.
 pub type Routes = Arc<Mutex<Vec<HttpPipeline>>>;
 
@@ -111,7 +126,8 @@ struct Server {
     config: HttpConfig,
     tokens: Vec<Token>,
     pipelines: HashMap<String, HttpPipeline>,
-    sink: Arc<dyn Sink>,
+    /// The REST Proxy route's pipeline (records built by the route, see `Pipeline::passthrough`).
+    rest: Arc<Pipeline>,
     metrics: Arc<Metrics>,
     topics: rest::TopicCache,
     /// The registry's schemas, for the REST Proxy's `avro` embedded format; `None` without
@@ -143,24 +159,26 @@ impl Connected<axum::serve::IncomingStream<'_, tls::TlsListener>> for Peer {
 pub async fn spawn(
     settings: &HttpServerSettings,
     pipelines: Vec<HttpPipeline>,
-    sink: Arc<dyn Sink>,
+    rest: Arc<Pipeline>,
     metrics: Arc<Metrics>,
     schemas: Option<Arc<SchemaCache>>,
     kafka: &KafkaConfig,
     stop: CancellationToken,
     tasks: &mut JoinSet<()>,
-) -> anyhow::Result<SocketAddr> {
+) -> Result<SocketAddr, ServeError> {
     let config = &settings.config;
     let addr = settings.listen;
     let tokens = settings.tokens.clone();
     let tls = match &config.tls {
-        Some(t) => Some(tls::acceptor(t)?),
+        Some(t) => Some(tls::acceptor(t).map_err(ServeError::Tls)?),
         None => None,
     };
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        anyhow::anyhow!("cannot listen for HTTP on {addr}: {e}; set http.listen to a free address")
-    })?;
-    let local = listener.local_addr()?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind { addr, source })?;
     let server = Arc::new(Server {
         config: config.clone(),
         tokens,
@@ -168,7 +186,7 @@ pub async fn spawn(
             .into_iter()
             .map(|p| (p.pipeline.name().to_string(), p))
             .collect(),
-        sink,
+        rest,
         metrics,
         topics: rest::TopicCache::new(kafka.clone(), stop.clone()),
         schemas,

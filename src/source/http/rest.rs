@@ -29,6 +29,7 @@ use super::{
     media_type, overall_status, token_allows, ApiError, Peer, Server, Slot, KAFKA_V2_JSON,
 };
 use crate::avro;
+use crate::encode::avro::confluent_avro;
 use crate::event::{Event, Fate, Origin};
 use crate::kafka::QuietContext;
 use crate::kafka::{valid_topic_name, KafkaConfig};
@@ -230,16 +231,13 @@ async fn schema_records(
             })?,
             None => Value::Null,
         };
-        let mut out = Vec::with_capacity(64);
-        avro::frame(*id, &mut out);
-        schema.encode(&v, &mut out).map_err(|m| {
+        confluent_avro(*id, schema, &v).map_err(|m| {
             ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 42203,
                 format!("Conversion of JSON to Avro failed: records[{i}].{what} does not fit the {what} schema (id {id}) {m}; nothing of this request was written"),
             )
-        })?;
-        Ok::<_, ApiError>(out)
+        })
     };
     let encoded = req
         .records
@@ -487,7 +485,7 @@ async fn produce_inner(
 
     let topic_arc: Arc<str> = Arc::from(topic);
     let origin = Origin::now(
-        Arc::from("rest-proxy"),
+        s.rest.name().clone(),
         Arc::from(format!("{}", peer.0).as_str()),
     );
     let slots = s
@@ -503,7 +501,7 @@ async fn produce_inner(
                     value,
                     headers: Vec::new(),
                 };
-                (async move { s.sink.send(rec, r.partition, ev).await }, rx)
+                (async move { s.rest.send(rec, r.partition, ev).await }, rx)
             },
         )
         .await;
@@ -514,7 +512,7 @@ async fn produce_inner(
     {
         s.topics.written(topic);
     }
-    let dlq = s.sink.dlq_topic();
+    let dlq = s.rest.dlq_topic();
     let offsets: Vec<Value> = slots
         .iter()
         .map(|slot| match slot {

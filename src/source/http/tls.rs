@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Duration;
 
+use openssl::error::ErrorStack;
 use openssl::ssl::{Ssl, SslAcceptor, SslFiletype, SslMethod};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -19,28 +20,58 @@ use super::HttpTlsConfig;
 /// How long a client may take to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why the server's TLS context could not be built; each names the file and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// OpenSSL could not start a context.
+    #[error("cannot set up TLS: {0}")]
+    Setup(#[source] ErrorStack),
+    /// The certificate chain file.
+    #[error("http.tls.cert_file: cannot load `{file}` as a PEM certificate chain: {source}")]
+    Cert {
+        /// The file.
+        file: String,
+        /// OpenSSL's reason.
+        source: ErrorStack,
+    },
+    /// The private key file.
+    #[error("http.tls.key_file: cannot load `{file}` as a PEM private key: {source}")]
+    Key {
+        /// The file.
+        file: String,
+        /// OpenSSL's reason.
+        source: ErrorStack,
+    },
+    /// Key and certificate are not a pair.
+    #[error("http.tls: the key in `{key}` does not match the certificate in `{cert}`: {source}")]
+    Mismatch {
+        /// The key file.
+        key: String,
+        /// The certificate file.
+        cert: String,
+        /// OpenSSL's reason.
+        source: ErrorStack,
+    },
+}
+
 /// Builds the server TLS context from PEM files; errors name the file and the fix.
-pub fn acceptor(c: &HttpTlsConfig) -> anyhow::Result<SslAcceptor> {
-    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
-    b.set_certificate_chain_file(&c.cert_file).map_err(|e| {
-        anyhow::anyhow!(
-            "http.tls.cert_file: cannot load `{}` as a PEM certificate chain: {e}",
-            c.cert_file
-        )
-    })?;
-    b.set_private_key_file(&c.key_file, SslFiletype::PEM)
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "http.tls.key_file: cannot load `{}` as a PEM private key: {e}",
-                c.key_file
-            )
+pub fn acceptor(c: &HttpTlsConfig) -> Result<SslAcceptor, TlsError> {
+    let mut b =
+        SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(TlsError::Setup)?;
+    b.set_certificate_chain_file(&c.cert_file)
+        .map_err(|source| TlsError::Cert {
+            file: c.cert_file.clone(),
+            source,
         })?;
-    b.check_private_key().map_err(|e| {
-        anyhow::anyhow!(
-            "http.tls: the key in `{}` does not match the certificate in `{}`: {e}",
-            c.key_file,
-            c.cert_file
-        )
+    b.set_private_key_file(&c.key_file, SslFiletype::PEM)
+        .map_err(|source| TlsError::Key {
+            file: c.key_file.clone(),
+            source,
+        })?;
+    b.check_private_key().map_err(|source| TlsError::Mismatch {
+        key: c.key_file.clone(),
+        cert: c.cert_file.clone(),
+        source,
     })?;
     Ok(b.build())
 }
@@ -73,13 +104,10 @@ impl TlsListener {
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     let hs = async {
-                        let ssl = Ssl::new(&ctx)?;
-                        let mut s = SslStream::new(ssl, stream)?;
-                        Pin::new(&mut s)
-                            .accept()
-                            .await
-                            .map_err(|e| anyhow::anyhow!("{e}"))?;
-                        Ok::<_, anyhow::Error>(s)
+                        let ssl = Ssl::new(&ctx).map_err(|e| e.to_string())?;
+                        let mut s = SslStream::new(ssl, stream).map_err(|e| e.to_string())?;
+                        Pin::new(&mut s).accept().await.map_err(|e| e.to_string())?;
+                        Ok::<_, String>(s)
                     };
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, hs).await {
                         Ok(Ok(s)) => {
