@@ -12,10 +12,10 @@ use serde::Deserialize;
 use crate::config::{self, At, ConfigError, ConfigErrors};
 use crate::kafka::{DlqConfig, KafkaConfig};
 use crate::metrics::MetricsConfig;
-use crate::pipeline::{PipelineConfig, PipelineSpec};
+use crate::pipeline::PipelineSpec;
 use crate::registry::RegistryConfig;
 use crate::source::http::{HttpConfig, HttpServerSettings};
-use crate::source::Source;
+use crate::source::{Source, SourceConfig};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -46,6 +46,9 @@ pub struct Config {
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(30)
 }
+
+/// A pipeline as written in the file, with its source.
+pub type PipelineConfig = crate::pipeline::PipelineConfig<SourceConfig>;
 
 /// A config file, checked and resolved: what `kgate run` and `kgate check` take.
 #[derive(Debug)]

@@ -22,7 +22,7 @@ fn kafka(brokers: &str) -> KafkaConfig {
     }
 }
 
-fn pipeline(topic: &str) -> kgate::pipeline::PipelineConfig {
+fn pipeline(topic: &str) -> kgate::gateway::PipelineConfig {
     let c = Config::from_yaml_str(
         &format!("pipelines:\n  - name: acks\n    source: {{websocket: {{urls: ['ws://127.0.0.1:1/ws']}}}}\n    topic: {topic}\n    key: '${{id}}'\n"),
         "test.yaml",

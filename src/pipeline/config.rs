@@ -1,5 +1,6 @@
 //! `pipelines[]:` — a pipeline as written (its source, transforms, topic, key, headers and
-//! format), and its resolution into a [`PipelineSpec`] that the runtime takes: templates and
+//! format; generic over the source's section, which `gateway` plugs in, so that pipelines do not
+//! depend on the sources that feed them), and its resolution into a [`PipelineSpec`] that the runtime takes: templates and
 //! transforms compiled once, every problem collected with its path.
 
 use std::collections::BTreeMap;
@@ -11,16 +12,15 @@ use crate::config::{At, ConfigError};
 use crate::encode::{AvroConfig, Format, KeyFormat};
 use crate::kafka::valid_topic_name;
 use crate::registry::SubjectStrategy;
-use crate::source::SourceConfig;
 use crate::transform::{Pointer, Template, Transform, TransformConfig};
 
 /// One pipeline: source → transforms → topic/key/headers → format → Kafka.
 #[derive(Debug, Clone, Deserialize)]
-pub struct PipelineConfig {
+pub struct PipelineConfig<S> {
     /// Unique name, used in metrics, logs and DLQ headers.
     pub name: String,
     /// Where events come from.
-    pub source: SourceConfig,
+    pub source: S,
     /// Changes applied to each event, in order.
     #[serde(default)]
     pub transforms: Vec<TransformConfig>,
@@ -71,7 +71,7 @@ pub struct PipelineSpec {
 const NEEDS_PARSED: &str =
     "needs the event parsed; use `format: json` (source values `${@name}` work with raw)";
 
-impl PipelineConfig {
+impl<S> PipelineConfig<S> {
     /// Checks everything but the source (at `at`, e.g. `pipelines[0]`); `has_registry` says
     /// whether `schema_registry:` is configured. The compiled spec when there is no problem.
     pub fn resolve(

@@ -54,13 +54,13 @@ pub struct Pipeline {
 
 impl Processor {
     /// Compiles a pipeline config (without a schema registry: no `format: avro`).
-    pub fn new(c: &PipelineConfig) -> Result<Processor, BuildError> {
+    pub fn new<S>(c: &PipelineConfig<S>) -> Result<Processor, BuildError> {
         Processor::with_schemas(c, None)
     }
 
     /// Compiles a pipeline config; `schemas` serves `format: avro`.
-    pub fn with_schemas(
-        c: &PipelineConfig,
+    pub fn with_schemas<S>(
+        c: &PipelineConfig<S>,
         schemas: Option<Arc<SchemaCache>>,
     ) -> Result<Processor, BuildError> {
         let mut errors = Vec::new();
@@ -252,7 +252,7 @@ impl Processor {
 
 impl Pipeline {
     /// Compiles a pipeline feeding `sink`.
-    pub fn new(c: &PipelineConfig, sink: Arc<dyn Sink>) -> Result<Pipeline, BuildError> {
+    pub fn new<S>(c: &PipelineConfig<S>, sink: Arc<dyn Sink>) -> Result<Pipeline, BuildError> {
         Ok(Pipeline {
             processor: Processor::new(c)?,
             sink,
@@ -348,7 +348,7 @@ mod tests {
     }
 
     fn processor(yaml: &str) -> Processor {
-        let c: PipelineConfig = crate::config::from_yaml(yaml).unwrap();
+        let c: PipelineConfig<serde_json::Value> = crate::config::from_yaml(yaml).unwrap();
         Processor::new(&c).unwrap()
     }
 
@@ -416,7 +416,7 @@ mod tests {
         use std::sync::atomic::Ordering;
 
         fn pipeline(yaml: &str, sink: Arc<MemorySink>) -> Pipeline {
-            let c: PipelineConfig = crate::config::from_yaml(yaml).unwrap();
+            let c: PipelineConfig<serde_json::Value> = crate::config::from_yaml(yaml).unwrap();
             Pipeline::new(&c, sink).unwrap()
         }
 
