@@ -48,7 +48,7 @@ use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
-/// kgate's latency buckets (src/metrics.rs), in seconds, used to bucket the raw latencies too.
+/// kgate's latency buckets (src/metrics/mod.rs), in seconds, used to bucket the raw latencies too.
 const KGATE_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
