@@ -70,73 +70,114 @@ pub async fn run(gateway: Gateway, shutdown: CancellationToken) -> anyhow::Resul
         }
         None => None,
     };
-
     let sink: Arc<dyn Sink> = KafkaSink::new(&config.kafka, &config.dlq.topic, metrics.clone())?;
-    let watcher_stop = CancellationToken::new();
-    watch_brokers(config.kafka.clone(), metrics.clone(), watcher_stop.clone());
-
+    // Stopped once everything is flushed: the broker watcher and the schema refresher.
+    let background_stop = CancellationToken::new();
+    watch_brokers(
+        config.kafka.clone(),
+        metrics.clone(),
+        background_stop.clone(),
+    );
     let schemas = match &config.schema_registry {
-        Some(rc) => Some(SchemaCache::new(
-            RegistryClient::new(rc)?,
-            Some(metrics.clone()),
-        )),
+        Some(rc) => {
+            let cache = SchemaCache::new(RegistryClient::new(rc)?, Some(metrics.clone()));
+            Some(cache)
+        }
         None => None,
     };
+    let pipelines = build_pipelines(plans, &sink, schemas.as_ref()).await?;
+    if let (Some(cache), Some(rc)) = (&schemas, &config.schema_registry) {
+        cache.spawn_refresher(rc.refresh, background_stop.clone());
+    }
+
+    let sources_stop = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let http_routes = start_sources(pipelines, &metrics, &sources_stop, &mut tasks);
+    if let Some(h) = &http_settings {
+        let routes = std::mem::take(&mut *http_routes.lock().expect("routes lock"));
+        let served = http::Served {
+            pipelines: routes,
+            rest: Arc::new(Pipeline::passthrough("rest-proxy", sink.clone())),
+            metrics: metrics.clone(),
+            schemas: schemas.clone(),
+            kafka: config.kafka.clone(),
+        };
+        // In `tasks`: on shutdown it stops accepting and lets in-flight requests get their acks.
+        http::spawn(h, served, sources_stop.clone(), &mut tasks).await?;
+    }
+
+    shutdown.cancelled().await;
+    let summary = stop(config.shutdown_timeout, &*sink, sources_stop, tasks).await;
+    background_stop.cancel();
+    server_stop.cancel();
+    if let Some(h) = server {
+        let _ = h.await;
+    }
+    Ok(summary)
+}
+
+/// A started pipeline: its name and topic (for the log), the pipeline, its source.
+type Started = (
+    Arc<Pipeline>,
+    Box<dyn crate::source::Source>,
+    Arc<str>,
+    String,
+);
+
+/// Builds each pipeline's processor (loading the schemas of fixed topics now) in front of `sink`.
+async fn build_pipelines(
+    plans: Vec<crate::gateway::PipelinePlan>,
+    sink: &Arc<dyn Sink>,
+    schemas: Option<&Arc<SchemaCache>>,
+) -> anyhow::Result<Vec<Started>> {
     let mut started = Vec::with_capacity(plans.len());
     for plan in plans {
         let name = plan.spec.name.clone();
         let topic = plan.spec.topic_text.clone();
-        let processor = Processor::from_spec(plan.spec, schemas.clone())?;
-        if let Some(cache) = &schemas {
+        let processor = Processor::from_spec(plan.spec, schemas.cloned())?;
+        if let Some(cache) = schemas {
             load_fixed_subjects(&processor, cache).await?;
         }
         let pipeline = Arc::new(Pipeline::from_processor(processor, sink.clone()));
         started.push((pipeline, plan.source, name, topic));
     }
-    let refresher_stop = CancellationToken::new();
-    if let (Some(cache), Some(rc)) = (&schemas, &config.schema_registry) {
-        cache.spawn_refresher(rc.refresh, refresher_stop.clone());
-    }
+    Ok(started)
+}
 
-    let sources_stop = CancellationToken::new();
-    let mut tasks = JoinSet::new();
+/// Spawns every pipeline's source; returns the `/ingest` routes the `http` sources registered.
+fn start_sources(
+    pipelines: Vec<Started>,
+    metrics: &Arc<Metrics>,
+    stop: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> http::Routes {
     let http_routes = http::Routes::default();
-    for (pipeline, source, name, topic) in started {
-        source.spawn(
-            SourceCtx {
-                pipeline,
-                metrics: metrics.clone(),
-                stop: sources_stop.clone(),
-                http_routes: http_routes.clone(),
-            },
-            &mut tasks,
-        );
+    for (pipeline, source, name, topic) in pipelines {
+        let ctx = SourceCtx {
+            pipeline,
+            metrics: metrics.clone(),
+            stop: stop.clone(),
+            http_routes: http_routes.clone(),
+        };
+        source.spawn(ctx, tasks);
         tracing::info!(pipeline = %name, %topic, "pipeline started");
     }
+    http_routes
+}
 
-    if let Some(h) = &http_settings {
-        let routes = std::mem::take(&mut *http_routes.lock().expect("routes lock"));
-        // In `tasks`: on shutdown it stops accepting and lets in-flight requests get their acks.
-        let rest = Arc::new(Pipeline::passthrough("rest-proxy", sink.clone()));
-        http::spawn(
-            h,
-            routes,
-            rest,
-            metrics.clone(),
-            schemas.clone(),
-            &config.kafka,
-            sources_stop.clone(),
-            &mut tasks,
-        )
-        .await?;
-    }
-
-    shutdown.cancelled().await;
+/// The orderly shutdown: stop the sources (they hand over what they read), wait for them, then
+/// for every accepted record to settle, all within `timeout`; the summary is logged.
+async fn stop(
+    timeout: Duration,
+    sink: &dyn Sink,
+    sources_stop: CancellationToken,
+    mut tasks: JoinSet<()>,
+) -> Summary {
     let started = Instant::now();
-    let deadline = started + config.shutdown_timeout;
+    let deadline = started + timeout;
     tracing::info!(
         inflight = sink.inflight(),
-        timeout = ?config.shutdown_timeout,
+        ?timeout,
         "shutting down: stopping sources, then flushing"
     );
     sources_stop.cancel();
@@ -151,8 +192,6 @@ pub async fn run(gateway: Gateway, shutdown: CancellationToken) -> anyhow::Resul
     let left = sink
         .drain(deadline.saturating_duration_since(Instant::now()))
         .await;
-    watcher_stop.cancel();
-    refresher_stop.cancel();
     let t = sink.totals();
     let summary = Summary {
         accepted: t.accepted.load(Ordering::Relaxed),
@@ -162,15 +201,11 @@ pub async fn run(gateway: Gateway, shutdown: CancellationToken) -> anyhow::Resul
         failed: t.failed.load(Ordering::Relaxed),
         undelivered: left.max(0) as u64,
     };
-    server_stop.cancel();
-    if let Some(h) = server {
-        let _ = h.await;
-    }
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "shutdown complete: {summary}"
     );
-    Ok(summary)
+    summary
 }
 
 /// Fetches broker metadata every [`METADATA_EVERY`] for `/readyz`, logging when Kafka goes

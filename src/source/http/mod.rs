@@ -151,21 +151,37 @@ impl Connected<axum::serve::IncomingStream<'_, tls::TlsListener>> for Peer {
     }
 }
 
+/// What the HTTP server serves.
+pub struct Served {
+    /// The `/ingest` routes (the pipelines whose source is `http`).
+    pub pipelines: Vec<HttpPipeline>,
+    /// The REST Proxy route's pipeline.
+    pub rest: Arc<Pipeline>,
+    /// For the request metrics and `/readyz`'s state.
+    pub metrics: Arc<Metrics>,
+    /// The registry's schemas for the REST Proxy's `avro` embedded format (`None` without
+    /// `schema_registry:`).
+    pub schemas: Option<Arc<SchemaCache>>,
+    /// For the REST Proxy's topic lookups.
+    pub kafka: KafkaConfig,
+}
+
 /// Binds `http.listen` (so that a taken port fails at start) and serves until `stop`; then it
 /// stops accepting and lets in-flight requests finish (they wait for their acks). The server
-/// runs as one task in `tasks`. `schemas` (when `schema_registry:` is configured) serves the
-/// REST Proxy's `avro` embedded format.
-#[allow(clippy::too_many_arguments)]
+/// runs as one task in `tasks`.
 pub async fn spawn(
     settings: &HttpServerSettings,
-    pipelines: Vec<HttpPipeline>,
-    rest: Arc<Pipeline>,
-    metrics: Arc<Metrics>,
-    schemas: Option<Arc<SchemaCache>>,
-    kafka: &KafkaConfig,
+    served: Served,
     stop: CancellationToken,
     tasks: &mut JoinSet<()>,
 ) -> Result<SocketAddr, ServeError> {
+    let Served {
+        pipelines,
+        rest,
+        metrics,
+        schemas,
+        kafka,
+    } = served;
     let config = &settings.config;
     let addr = settings.listen;
     let tokens = settings.tokens.clone();
@@ -188,7 +204,7 @@ pub async fn spawn(
             .collect(),
         rest,
         metrics,
-        topics: rest::TopicCache::new(kafka.clone(), stop.clone()),
+        topics: rest::TopicCache::new(kafka, stop.clone()),
         schemas,
     });
     let app = Router::new()
