@@ -18,7 +18,8 @@ use crate::source::http::{HttpConfig, HttpServerSettings};
 use crate::source::Source;
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Config {
     /// Kafka connection and producer settings.
     #[serde(default)]
@@ -33,6 +34,7 @@ pub struct Config {
     #[serde(default)]
     pub http: Option<HttpConfig>,
     /// How long a SIGTERM/SIGINT may take to drain and flush before giving up.
+    #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     /// The pipelines: each a source, transforms, a topic, a key and a format.

@@ -9,7 +9,8 @@ use serde::{Deserialize, Deserializer};
 use crate::config::{yaml_brief, yes, At, ByteSize, ConfigError};
 
 /// `kafka:` — brokers, security and producer settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Bootstrap brokers, `host:port`.
     #[serde(default = "default_brokers")]
@@ -44,7 +45,8 @@ fn default_client_id() -> String {
 }
 
 /// `kafka.security:` — how to talk to the brokers.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct SecurityConfig {
     /// `PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`.
     #[serde(default)]
@@ -58,7 +60,10 @@ pub struct SecurityConfig {
 }
 
 /// Kafka security protocol.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
+#[schemars(transform = accept_aliases)]
 pub enum SecurityProtocol {
     /// No TLS, no SASL.
     #[default]
@@ -73,6 +78,24 @@ pub enum SecurityProtocol {
     /// SASL over TLS.
     #[serde(rename = "SASL_SSL", alias = "sasl_ssl")]
     SaslSsl,
+}
+
+/// The schema of [`SecurityProtocol`] takes serde's `alias` (lowercase) spellings too, after the
+/// documented one.
+fn accept_aliases(schema: &mut schemars::Schema) {
+    let variants = schema.get_mut("oneOf").and_then(|v| v.as_array_mut());
+    for v in variants
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_object_mut())
+    {
+        if let Some(serde_json::Value::String(name)) = v.remove("const") {
+            v.insert(
+                "enum".into(),
+                serde_json::json!([name, name.to_lowercase()]),
+            );
+        }
+    }
 }
 
 impl SecurityProtocol {
@@ -95,7 +118,8 @@ impl SecurityProtocol {
 }
 
 /// `kafka.security.sasl:`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct SaslConfig {
     /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
     pub mechanism: SaslMechanism,
@@ -106,7 +130,7 @@ pub struct SaslConfig {
 }
 
 /// SASL mechanism.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub enum SaslMechanism {
     /// SASL/PLAIN.
     #[serde(rename = "PLAIN")]
@@ -131,7 +155,8 @@ impl SaslMechanism {
 }
 
 /// `kafka.security.tls:` — PEM files.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct TlsConfig {
     /// CA bundle to verify the brokers.
     #[serde(default)]
@@ -151,7 +176,8 @@ pub struct TlsConfig {
 }
 
 /// `kafka.producer:` — typed settings for the common producer knobs.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct ProducerConfig {
     /// `all`, `1` or `0`.
     #[serde(default)]
@@ -170,9 +196,11 @@ pub struct ProducerConfig {
     pub batch_size: u64,
     /// How long a record may wait for the broker before it is given up (to the DLQ).
     /// `0` (the default) means never: during an outage records wait and sources are blocked.
+    #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default, with = "humantime_serde")]
     pub message_timeout: Duration,
     /// Timeout of one produce request.
+    #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
     /// Bound of records accepted and not yet acknowledged by Kafka.
@@ -266,8 +294,31 @@ impl<'de> Deserialize<'de> for Acks {
     }
 }
 
+// Written back (as the schema's default) in the librdkafka spelling the loader reads.
+impl serde::Serialize for Acks {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl schemars::JsonSchema for Acks {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Acks".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        // What the hand-written Deserialize takes: YAML strings and numbers alike.
+        schemars::json_schema!({
+            "description": "Producer acknowledgement level: `all` (or `-1`: every in-sync replica), `1` (the leader only) or `0` (none); a string or a number.",
+            "enum": ["all", "-1", "1", "0", -1, 1, 0],
+        })
+    }
+}
+
 /// Producer compression codec.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     /// No compression.
@@ -297,7 +348,9 @@ impl Compression {
 }
 
 /// What a pipeline does when the producer buffer is full.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum OnFull {
     /// Wait for room: the source stops reading (backpressure).
@@ -308,7 +361,8 @@ pub enum OnFull {
 }
 
 /// `dlq:` — where rejected input goes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct DlqConfig {
     /// Topic of the dead-letter queue.
     #[serde(default = "default_dlq_topic")]

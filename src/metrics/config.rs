@@ -8,7 +8,8 @@ use serde::Deserialize;
 use crate::config::{yes, At, ConfigError};
 
 /// `metrics:` — Prometheus endpoint and health checks.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Serve metrics at all.
     #[serde(default = "yes")]

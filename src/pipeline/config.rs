@@ -15,7 +15,8 @@ use crate::source::SourceConfig;
 use crate::transform::{Pointer, Template, Transform, TransformConfig};
 
 /// One pipeline: source → transforms → topic/key/headers → format → Kafka.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct PipelineConfig {
     /// Unique name, used in metrics, logs and DLQ headers.
     pub name: String,

@@ -9,7 +9,8 @@ use serde::{Deserialize, Deserializer};
 use crate::config::{At, ByteSize, ConfigError};
 
 /// Top-level `http:` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct HttpConfig {
     /// Address to listen on, e.g. `0.0.0.0:8082`.
     pub listen: String,
@@ -18,13 +19,16 @@ pub struct HttpConfig {
     pub max_body: ByteSize,
     /// How long a request waits for Kafka to acknowledge its records; records not acknowledged
     /// by then are answered 503 (they may still be written: at-least-once).
+    #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_ack_timeout", with = "humantime_serde")]
     pub ack_timeout: Duration,
     /// How long a record may wait for room in a full producer buffer before the request is
     /// answered 429.
+    #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_max_wait", with = "humantime_serde")]
     pub max_wait: Duration,
     /// `Retry-After` sent with 429 and 503 answers.
+    #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_retry_after", with = "humantime_serde")]
     pub retry_after: Duration,
     /// Bearer tokens / API keys and what each may write; none = no authentication.
@@ -49,7 +53,8 @@ fn default_retry_after() -> Duration {
 }
 
 /// One accepted token (`Authorization: Bearer T` or `X-API-Key: T`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct HttpAuthConfig {
     /// A name for logs and templates (`${@token_name}`); default `token<N>`.
     #[serde(default)]
@@ -69,7 +74,8 @@ pub struct HttpAuthConfig {
 }
 
 /// `http.tls:` — PEM certificate chain and private key.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct HttpTlsConfig {
     /// Certificate chain (PEM), leaf first.
     pub cert_file: String,
@@ -78,7 +84,8 @@ pub struct HttpTlsConfig {
 }
 
 /// `source.http:` — a pipeline fed by `POST /ingest/{name}`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct HttpSourceConfig {
     /// Request headers copied onto every record (and its DLQ record), e.g. `[x-request-id]`.
     #[serde(default)]

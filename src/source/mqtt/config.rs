@@ -8,7 +8,8 @@ use serde::Deserialize;
 use crate::config::{At, ByteSize, ConfigError};
 
 /// `source.mqtt:` — an MQTT 5 broker, its credentials and the topic filters to subscribe to.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct MqttSourceConfig {
     /// `mqtt://host:1883` or `mqtts://host:8883` (TLS).
     pub url: String,
@@ -33,18 +34,23 @@ pub struct MqttSourceConfig {
     #[serde(default)]
     pub clean_session: bool,
     /// How long the broker keeps the session after a disconnect (persistent sessions).
+    #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_session_expiry", with = "humantime_serde")]
     pub session_expiry: Duration,
     /// Ping interval; the broker drops the connection after 1.5 × this without traffic.
+    #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_keep_alive", with = "humantime_serde")]
     pub keep_alive: Duration,
     /// Timeout of the TCP + TLS + MQTT handshake.
+    #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// First reconnect delay; doubled per failed attempt up to `backoff_max`, with jitter.
+    #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_backoff_initial", with = "humantime_serde")]
     pub backoff_initial: Duration,
     /// Longest reconnect delay.
+    #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_backoff_max", with = "humantime_serde")]
     pub backoff_max: Duration,
     /// Most messages the broker may send before kgate acks them (MQTT 5 Receive Maximum).
@@ -57,7 +63,8 @@ pub struct MqttSourceConfig {
 }
 
 /// One topic filter and the QoS to subscribe with.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Subscription {
     /// Topic filter with `+` and `#` wildcards.
     pub topic: String,
