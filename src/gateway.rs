@@ -27,7 +27,7 @@ pub struct Config {
     /// Prometheus metrics and health endpoints.
     #[serde(default)]
     pub metrics: MetricsConfig,
-    /// Dead-letter queue.
+    /// Dead-letter queue: where input that cannot be delivered as configured goes.
     #[serde(default)]
     pub dlq: DlqConfig,
     /// The HTTP ingest server (REST Proxy and pipeline ingest routes); none = not served.

@@ -12,13 +12,13 @@ use crate::config::{yaml_brief, yes, At, ByteSize, ConfigError};
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct KafkaConfig {
-    /// Bootstrap brokers, `host:port`.
+    /// Bootstrap brokers, each `host:port`.
     #[serde(default = "default_brokers")]
     pub brokers: Vec<String>,
     /// Client id the brokers see.
     #[serde(default = "default_client_id")]
     pub client_id: String,
-    /// TLS and SASL.
+    /// TLS and SASL; none = plaintext.
     #[serde(default)]
     pub security: Option<SecurityConfig>,
     /// Producer settings.
@@ -44,14 +44,15 @@ fn default_client_id() -> String {
     "kgate".into()
 }
 
-/// `kafka.security:` — how to talk to the brokers.
+/// `kafka.security:` — how to talk to the brokers: TLS, SASL or both.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct SecurityConfig {
-    /// `PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`.
+    /// `PLAINTEXT`, `SSL` (TLS), `SASL_PLAINTEXT` or `SASL_SSL` (SASL over TLS); lowercase
+    /// spellings work too.
     #[serde(default)]
     pub protocol: SecurityProtocol,
-    /// SASL credentials (for the SASL_* protocols).
+    /// SASL credentials: needed by the `SASL_*` protocols, refused with the others.
     #[serde(default)]
     pub sasl: Option<SaslConfig>,
     /// TLS files (for SSL and SASL_SSL).
@@ -117,7 +118,7 @@ impl SecurityProtocol {
     }
 }
 
-/// `kafka.security.sasl:`.
+/// `kafka.security.sasl:` — the SASL mechanism and credentials.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct SaslConfig {
@@ -125,7 +126,7 @@ pub struct SaslConfig {
     pub mechanism: SaslMechanism,
     /// User name.
     pub username: String,
-    /// Password (use `${ENV_VAR}`).
+    /// Password (write `${ENV_VAR}` rather than the secret).
     pub password: String,
 }
 
@@ -154,17 +155,17 @@ impl SaslMechanism {
     }
 }
 
-/// `kafka.security.tls:` — PEM files.
+/// `kafka.security.tls:` — PEM files and host name verification.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct TlsConfig {
-    /// CA bundle to verify the brokers.
+    /// CA bundle (PEM) to verify the brokers.
     #[serde(default)]
     pub ca: Option<String>,
-    /// Client certificate (mutual TLS).
+    /// Client certificate (PEM) for mutual TLS; goes with `key`.
     #[serde(default)]
     pub cert: Option<String>,
-    /// Client key (mutual TLS).
+    /// Client key (PEM) for mutual TLS; goes with `cert`.
     #[serde(default)]
     pub key: Option<String>,
     /// Password of the client key.
@@ -179,23 +180,26 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct ProducerConfig {
-    /// `all`, `1` or `0`.
+    /// `all` (every in-sync replica; `-1` too), `1` (the leader) or `0` (none); idempotence
+    /// needs `all`.
     #[serde(default)]
     pub acks: Acks,
-    /// Idempotent producer (no duplicates from retries; forces acks=all).
+    /// Idempotent producer: no duplicates from retries. Needs `acks: all`; set `false` to use
+    /// acks `1` or `0`.
     #[serde(default = "yes")]
     pub idempotence: bool,
-    /// `none`, `gzip`, `snappy`, `lz4` or `zstd`.
+    /// Compression codec: `none`, `gzip`, `snappy`, `lz4` or `zstd`.
     #[serde(default)]
     pub compression: Compression,
-    /// How long to wait to fill a batch.
+    /// How long to wait to fill a batch, in milliseconds (0 to 900000).
     #[serde(default = "default_linger_ms")]
     pub linger_ms: u64,
-    /// Maximum batch size in bytes.
+    /// Maximum batch size in bytes (1 to 2147483647).
     #[serde(default = "default_batch_size")]
     pub batch_size: u64,
-    /// How long a record may wait for the broker before it is given up (to the DLQ).
-    /// `0` (the default) means never: during an outage records wait and sources are blocked.
+    /// How long a record may wait for the broker before it is given up (to the DLQ); longer than
+    /// `linger_ms`. `0s` (the default) means never: during an outage records wait and sources
+    /// are blocked.
     #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default, with = "humantime_serde")]
     pub message_timeout: Duration,
@@ -203,16 +207,19 @@ pub struct ProducerConfig {
     #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// Bound of records accepted and not yet acknowledged by Kafka.
+    /// Bound of records accepted and not yet acknowledged by Kafka (1 to 2147483647).
     #[serde(default = "default_max_buffered_records")]
     pub max_buffered_records: u64,
-    /// Bound of bytes accepted and not yet acknowledged by Kafka (e.g. `100MB`).
+    /// Bound of bytes accepted and not yet acknowledged by Kafka, e.g. `100MB` (1KiB to 2TiB).
     #[serde(default = "default_max_buffered_bytes")]
     pub max_buffered_bytes: ByteSize,
-    /// What to do when the buffer is full: `block` the source or `drop_newest`.
+    /// What a pipeline does when the buffer is full: `block` (backpressure: its source stops
+    /// reading) or `drop_newest` (the record is dropped and counted).
     #[serde(default)]
     pub on_full: OnFull,
-    /// Any other librdkafka producer property, passed through as is.
+    /// Any other librdkafka producer property, passed through as is, e.g.
+    /// `{"queue.buffering.backpressure.threshold": "2"}`; a key that a typed field owns (`acks`,
+    /// `linger.ms`, ...) is refused with the field to use.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
 }
@@ -364,7 +371,7 @@ pub enum OnFull {
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct DlqConfig {
-    /// Topic of the dead-letter queue.
+    /// Topic of the dead-letter queue (records with their original bytes and the reason).
     #[serde(default = "default_dlq_topic")]
     pub topic: String,
 }

@@ -18,17 +18,18 @@ pub struct RegistryConfig {
     /// HTTP basic auth user (Confluent Cloud: the API key).
     #[serde(default)]
     pub username: Option<String>,
-    /// HTTP basic auth password (use `${ENV_VAR}`).
+    /// HTTP basic auth password (write `${ENV_VAR}`); needs `username`.
     #[serde(default)]
     pub password: Option<String>,
-    /// TLS files for an `https://` registry (PEM).
+    /// TLS files for an `https://` registry (PEM; the client key in PKCS#8).
     #[serde(default)]
     pub tls: Option<RegistryTlsConfig>,
     /// Timeout of one request (connect + answer).
     #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
-    /// How long a subject's latest schema is used before it is looked up again.
+    /// How long a subject's latest schema is used before it is looked up again: a version
+    /// registered meanwhile is used from the next refresh on, with no restart (at least `1s`).
     #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_refresh", with = "humantime_serde")]
     pub refresh: Duration,

@@ -22,14 +22,16 @@ pub struct DeviceSourceConfig {
     /// Where the device id comes from: `{header: X-Device-Id}`, `{query: id}` or
     /// `{path_param: id}` (a `{id}` segment of `path`).
     pub device_id: DeviceIdFrom,
-    /// Largest frame (and message) a device may send; a bigger one closes the connection (1009).
+    /// Largest frame (and message) a device may send, up to 1GiB; a bigger one closes the
+    /// connection (1009, `frame_too_large`).
     #[serde(default = "default_max_frame")]
     pub max_frame: ByteSize,
-    /// Nothing from the device (no frame, no pong) for this long → close; 0 = never.
+    /// Nothing from the device (no frame, no pong) for this long → close; `0s` = never. Longer
+    /// than `ping_interval`, else a quiet device that answers pings is closed.
     #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
-    /// Interval of pings to each device (answered pongs keep it alive); 0 = none.
+    /// Interval of pings to each device (answered pongs keep it alive); `0s` = none.
     #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_ping_interval", with = "humantime_serde")]
     pub ping_interval: Duration,

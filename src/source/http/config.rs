@@ -8,13 +8,14 @@ use serde::{Deserialize, Deserializer};
 
 use crate::config::{At, ByteSize, ConfigError};
 
-/// Top-level `http:` section.
+/// `http:` — the HTTP ingest server: `POST /topics/{topic}` (REST Proxy v2) and
+/// `POST /ingest/{pipeline}` on one port.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Address to listen on, e.g. `0.0.0.0:8082`.
+    /// Address to listen on, e.g. `0.0.0.0:8082` (not the `metrics.listen` one).
     pub listen: String,
-    /// Largest request body accepted (413 above it).
+    /// Largest request body accepted (413 above it), e.g. `10MB`.
     #[serde(default = "default_max_body")]
     pub max_body: ByteSize,
     /// How long a request waits for Kafka to acknowledge its records; records not acknowledged
@@ -31,10 +32,11 @@ pub struct HttpConfig {
     #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_retry_after", with = "humantime_serde")]
     pub retry_after: Duration,
-    /// Bearer tokens / API keys and what each may write; none = no authentication.
+    /// Bearer tokens / API keys and what each may write; none = the routes are open (no
+    /// authentication).
     #[serde(default)]
     pub auth: Vec<HttpAuthConfig>,
-    /// Serve HTTPS with these PEM files.
+    /// Serve HTTPS with these PEM files; none = plain HTTP.
     #[serde(default)]
     pub tls: Option<HttpTlsConfig>,
 }
@@ -59,10 +61,10 @@ pub struct HttpAuthConfig {
     /// A name for logs and templates (`${@token_name}`); default `token<N>`.
     #[serde(default)]
     pub name: Option<String>,
-    /// The token itself (write `${ENV_VAR}`), or …
+    /// The token, at least 16 characters (write `${ENV_VAR}`); or `token_file`.
     #[serde(default, deserialize_with = "string_or_number")]
     pub token: Option<String>,
-    /// … a file holding it (trailing whitespace is ignored).
+    /// A file holding the token, instead of `token` (trailing whitespace is ignored).
     #[serde(default)]
     pub token_file: Option<String>,
     /// Topics it may write through `POST /topics/{topic}`: names, `prefix*` or `*`.
@@ -83,7 +85,8 @@ pub struct HttpTlsConfig {
     pub key_file: String,
 }
 
-/// `source.http:` — a pipeline fed by `POST /ingest/{name}`.
+/// `source.http:` — a pipeline fed by `POST /ingest/{pipeline}` on the top-level `http:` server
+/// (which must be configured).
 #[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct HttpSourceConfig {

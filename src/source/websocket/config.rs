@@ -8,15 +8,16 @@ use tokio_tungstenite::tungstenite::http::Uri;
 
 use crate::config::{At, ConfigError};
 
+/// `source.websocket:` — WebSocket feeds that kgate connects to and reads.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct WebsocketSourceConfig {
-    /// `ws://` or `wss://` URLs, read concurrently.
+    /// `ws://` or `wss://` URLs, read concurrently: one connection each.
     pub urls: Vec<String>,
     /// Messages sent after every (re)connect: strings as is, mappings as JSON.
     #[serde(default)]
     pub subscribe: Vec<serde_json::Value>,
-    /// Interval of WebSocket pings (0 = none).
+    /// Interval of WebSocket pings; `0s` = none.
     #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_ping", with = "humantime_serde")]
     pub ping_interval: Duration,
@@ -24,7 +25,7 @@ pub struct WebsocketSourceConfig {
     #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_ws_timeout", with = "humantime_serde")]
     pub timeout: Duration,
-    /// First reconnect delay; doubled up to `backoff_max`, with jitter.
+    /// First reconnect delay; doubled per failed attempt up to `backoff_max`, with jitter.
     #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_backoff_initial", with = "humantime_serde")]
     pub backoff_initial: Duration,
