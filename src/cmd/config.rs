@@ -28,6 +28,12 @@ The schema knows the shape of the file (keys, types, allowed values, defaults); 
 --config kgate.yaml` also checks what it cannot: addresses, files, templates, brokers, sources.
 An editor checks the text as written: `${VAR}` is expanded only when kgate reads the file.";
 
+/// The first line of README.md's generated block: the text up to the next marker is
+/// [`reference`]'s output.
+pub const BEGIN_MARKER: &str = "<!-- BEGIN GENERATED: kgate config reference -->";
+/// The line that ends README.md's generated block.
+pub const END_MARKER: &str = "<!-- END GENERATED -->";
+
 /// `kgate config`: arguments.
 #[derive(Debug, Args)]
 #[command(after_long_help = EXAMPLES)]
@@ -50,7 +56,8 @@ pub enum ConfigCommand {
     Schema,
     /// Print the Markdown configuration reference: a table of keys per section.
     ///
-    /// Every key of every section with its type, default and description.
+    /// Every key of every section with its type, default and description: the text of
+    /// README.md's "Configuration reference" (scripts/config-reference rewrites it there).
     #[command(after_long_help = "Example:\n  kgate config reference > CONFIGURATION.md")]
     Reference,
 }
@@ -495,6 +502,35 @@ mod tests {
         let mut errors = Vec::new();
         crate::config::parse::<Config>(text, &|_| None, &mut errors);
         errors.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn readme_reference_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+        let readme = std::fs::read_to_string(path).expect("README.md");
+        let begin = readme
+            .find(&format!("{BEGIN_MARKER}\n"))
+            .map(|i| i + BEGIN_MARKER.len() + 1)
+            .unwrap_or_else(|| panic!("README.md has no `{BEGIN_MARKER}` line"));
+        let end = readme[begin..]
+            .find(&format!("\n{END_MARKER}\n"))
+            .map(|i| begin + i + 1)
+            .unwrap_or_else(|| {
+                panic!("README.md has no `{END_MARKER}` line after the begin marker")
+            });
+        let (written, generated) = (&readme[begin..end], reference());
+        if written != generated {
+            let first = written
+                .lines()
+                .zip(generated.lines())
+                .find(|(w, g)| w != g)
+                .map(|(w, g)| format!("\n  README.md: {w}\n  generated: {g}"))
+                .unwrap_or_default();
+            panic!(
+                "README.md's configuration reference differs from `kgate config reference`; \
+                 regenerate it with scripts/config-reference{first}"
+            );
+        }
     }
 
     #[test]
