@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use schemars::generate::SchemaSettings;
-use schemars::transform::RecursiveTransform;
+use schemars::transform::{RecursiveTransform, RemoveRefSiblings};
 use schemars::Schema;
 #[cfg(test)]
 use serde_json::json;
@@ -81,9 +81,17 @@ pub fn main(args: ConfigArgs) -> ExitCode {
 
 /// The JSON Schema (draft 07, which every yaml-language-server reads) of the config file.
 pub fn schema() -> Value {
-    let settings = SchemaSettings::draft07().with_transform(RecursiveTransform(markdown_docs));
+    let mut settings = SchemaSettings::draft07();
+    // Draft 07 ignores the siblings of a `$ref`, so schemars moves a field's `$ref` into an
+    // `allOf` to keep its description and default; yaml-language-server then shows the
+    // referenced type's doc on hover instead of the field's. It reads `$ref` siblings as they
+    // are (and they are only annotations), so they stay.
+    settings.transforms.retain(|t| !t.is::<RemoveRefSiblings>());
+    let settings = settings.with_transform(RecursiveTransform(markdown_docs));
     let mut root = settings.into_generator().into_root_schema_for::<Config>();
-    root.insert("title".into(), "kgate configuration".into());
+    // schemars titles the root after the type; yaml-language-server would head every hover
+    // with it.
+    root.remove("title");
     root.to_value()
 }
 

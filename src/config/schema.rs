@@ -25,6 +25,8 @@ impl JsonSchema for HumanDuration {
             "description": "A duration: a number and a unit, e.g. `500ms`, `30s`, `5m`, `7d`, `1h 30m` (a string; `0s` for none).",
             "type": "string",
             "pattern": pattern,
+            // yaml-language-server's message instead of the regex.
+            "patternErrorMessage": "not a duration; write e.g. `30s`, `500ms`, `5m` or `1h 30m`",
         })
     }
 }

@@ -84,11 +84,12 @@ impl JsonSchema for ByteSize {
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
             "description": "A size: a number of bytes, or a string like `100MB`, `64KiB`, `1GB` (KB, MB, GB are powers of 1000; KiB, MiB, GiB of 1024).",
-            "anyOf": [
+            "oneOf": [
                 { "type": "integer", "minimum": 0 },
                 {
                     "type": "string",
-                    "pattern": r"^\s*([0-9]+\.?[0-9]*|\.[0-9]+)\s*([bB]|[kKmMgG]([iI]?[bB])?)?\s*$"
+                    "pattern": r"^\s*([0-9]+\.?[0-9]*|\.[0-9]+)\s*([bB]|[kKmMgG]([iI]?[bB])?)?\s*$",
+                    "patternErrorMessage": "not a size; write e.g. `100MB`, `64KiB` or a number of bytes",
                 }
             ]
         })

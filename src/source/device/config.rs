@@ -153,10 +153,15 @@ impl schemars::JsonSchema for WrpConfig {
 
     fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
         // What the hand-written Deserialize takes: a flag, or the options (unknown keys refused).
-        let value = generator.subschema_for::<WrpValue>();
+        let mut value = generator.subschema_for::<WrpValue>();
+        value.insert(
+            "description".into(),
+            "The record value: the WRP `payload` or the whole msgpack `message`.".into(),
+        );
+        value.insert("default".into(), "payload".into());
         schemars::json_schema!({
             "description": "Whether frames are WRP messages: `true`, `false`, or `{value: payload|message}` (`enabled` defaults to true in this form).",
-            "anyOf": [
+            "oneOf": [
                 { "type": "boolean" },
                 {
                     "type": "object",
@@ -166,11 +171,7 @@ impl schemars::JsonSchema for WrpConfig {
                             "type": "boolean",
                             "default": true,
                         },
-                        "value": {
-                            "description": "The record value: the WRP `payload` or the whole msgpack `message`.",
-                            "allOf": [value],
-                            "default": "payload",
-                        },
+                        "value": value,
                     },
                     "additionalProperties": false,
                 }
