@@ -38,6 +38,7 @@ pub struct Config {
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     /// The pipelines: each a source, transforms, a topic, a key and a format.
+    #[schemars(extend("default" = []))]
     #[serde(default)]
     pub pipelines: Vec<PipelineConfig>,
     /// The Confluent-compatible schema registry (for Avro).

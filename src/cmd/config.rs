@@ -705,6 +705,35 @@ mod tests {
         }
         assert!(checked > 40, "only {checked} defaults found");
 
+        // An optional key without a default is an Option or a section of its own; any other
+        // (a new field whose type is not Serialize) needs `#[schemars(extend("default" = ..))]`.
+        let mut objects = vec![("Config".to_string(), &schema)];
+        objects.extend(defs.iter().map(|(n, d)| (n.clone(), d)));
+        for (name, def) in objects {
+            let Some(props) = def.get("properties").and_then(Value::as_object) else {
+                continue;
+            };
+            let required = def["required"].as_array().cloned().unwrap_or_default();
+            for (key, prop) in props {
+                if prop.get("default").is_some() || required.contains(&Value::from(key.as_str())) {
+                    continue;
+                }
+                let nullable = prop["anyOf"]
+                    .as_array()
+                    .is_some_and(|alts| alts.iter().any(|a| a["type"] == "null"))
+                    || prop["type"]
+                        .as_array()
+                        .is_some_and(|t| t.contains(&"null".into()));
+                let section = ref_name(prop)
+                    .and_then(|r| defs.get(r))
+                    .is_some_and(|d| d.get("properties").is_some());
+                assert!(
+                    nullable || section,
+                    "{name}.{key} is optional but its default is not in the schema"
+                );
+            }
+        }
+
         let ws = "source: {websocket: {urls: ['ws://h:1/']}}";
         let text = format!(
             "shutdown_timeout: '30s'\nkafka: {{producer: {{acks: all, max_buffered_bytes: 100MiB, message_timeout: 0s}}}}\n\

@@ -23,6 +23,7 @@ pub struct PipelineConfig {
     /// Where events come from: exactly one kind.
     pub source: SourceConfig,
     /// Changes applied to each parsed event, in order (not with `format: raw`).
+    #[schemars(extend("default" = []))]
     #[serde(default)]
     pub transforms: Vec<TransformConfig>,
     /// Target topic: a fixed name or a template like `ticks.${exchange}` (here `${...}` is an

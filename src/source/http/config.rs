@@ -34,6 +34,7 @@ pub struct HttpConfig {
     pub retry_after: Duration,
     /// Bearer tokens / API keys and what each may write; none = the routes are open (no
     /// authentication).
+    #[schemars(extend("default" = []))]
     #[serde(default)]
     pub auth: Vec<HttpAuthConfig>,
     /// Serve HTTPS with these PEM files; none = plain HTTP.
