@@ -9,8 +9,6 @@ use clap::{Args, Subcommand};
 use schemars::generate::SchemaSettings;
 use schemars::transform::{RecursiveTransform, RemoveRefSiblings};
 use schemars::Schema;
-#[cfg(test)]
-use serde_json::json;
 use serde_json::{Map, Value};
 
 use crate::gateway::Config;
@@ -486,6 +484,8 @@ fn cell(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn validator() -> jsonschema::Validator {
