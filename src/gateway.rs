@@ -18,7 +18,8 @@ use crate::source::http::{HttpConfig, HttpServerSettings};
 use crate::source::{Source, SourceConfig};
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Config {
     /// Kafka connection and producer settings.
     #[serde(default)]
@@ -26,16 +27,18 @@ pub struct Config {
     /// Prometheus metrics and health endpoints.
     #[serde(default)]
     pub metrics: MetricsConfig,
-    /// Dead-letter queue.
+    /// Dead-letter queue: where input that cannot be delivered as configured goes.
     #[serde(default)]
     pub dlq: DlqConfig,
     /// The HTTP ingest server (REST Proxy and pipeline ingest routes); none = not served.
     #[serde(default)]
     pub http: Option<HttpConfig>,
     /// How long a SIGTERM/SIGINT may take to drain and flush before giving up.
+    #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     /// The pipelines: each a source, transforms, a topic, a key and a format.
+    #[schemars(extend("default" = []))]
     #[serde(default)]
     pub pipelines: Vec<PipelineConfig>,
     /// The Confluent-compatible schema registry (for Avro).

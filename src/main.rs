@@ -55,6 +55,11 @@ enum Command {
     /// Talks to a Confluent-compatible schema registry (Confluent, Apicurio's /apis/ccompat/v7,
     /// Karapace, Redpanda).
     Schemas(cmd::schemas::SchemasArgs),
+    /// The config file's JSON Schema (for editors) and its Markdown reference.
+    ///
+    /// Both are generated from the same source as the loader, so they list exactly the keys,
+    /// types and defaults that `kgate run` reads.
+    Config(cmd::config::ConfigArgs),
 }
 
 fn init_logging() {
@@ -80,5 +85,6 @@ async fn main() -> ExitCode {
         Command::Tail(args) => cmd::tail_main(args).await,
         Command::Schemas(args) => ExitCode::from(cmd::schemas::main(args).await),
         Command::Synth(args) => cmd::synth_main(args).await,
+        Command::Config(args) => cmd::config::main(args),
     }
 }

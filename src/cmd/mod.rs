@@ -3,6 +3,7 @@
 //! nothing.
 
 pub mod check;
+pub mod config;
 pub mod run;
 pub mod schemas;
 pub mod synth;

@@ -6,6 +6,7 @@
 
 mod interpolate;
 mod refs;
+mod schema;
 mod size;
 mod tls;
 
@@ -16,6 +17,7 @@ use serde::de::DeserializeOwned;
 
 pub use interpolate::interpolate_env;
 pub use refs::{split_refs, Piece};
+pub use schema::HumanDuration;
 pub(crate) use size::yaml_brief;
 pub use size::ByteSize;
 pub use tls::TlsFiles;

@@ -1,6 +1,9 @@
 //! Byte counts written as `100MB`, `64KiB` or a plain number.
 
-use serde::{Deserialize, Deserializer};
+use std::borrow::Cow;
+
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A byte count: a number, or a string like `100MB`, `64KiB`, `1GB`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +51,48 @@ impl<'de> Deserialize<'de> for ByteSize {
                 yaml_brief(&v)
             ))),
         }
+    }
+}
+
+// Written back (as a schema default) in the largest unit that is exact, so that `100MiB` reads
+// as the config would say it rather than as 104857600.
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        const UNITS: [(&str, u64); 6] = [
+            ("GiB", 1 << 30),
+            ("GB", 1_000_000_000),
+            ("MiB", 1 << 20),
+            ("MB", 1_000_000),
+            ("KiB", 1 << 10),
+            ("KB", 1_000),
+        ];
+        match UNITS
+            .iter()
+            .find(|(_, m)| self.0 != 0 && self.0.is_multiple_of(*m))
+        {
+            Some((unit, m)) => s.serialize_str(&format!("{}{unit}", self.0 / m)),
+            None => s.serialize_u64(self.0),
+        }
+    }
+}
+
+impl JsonSchema for ByteSize {
+    fn schema_name() -> Cow<'static, str> {
+        "ByteSize".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A size: a number of bytes, or a string like `100MB`, `64KiB`, `1GB` (KB, MB, GB are powers of 1000; KiB, MiB, GiB of 1024).",
+            "oneOf": [
+                { "type": "integer", "minimum": 0 },
+                {
+                    "type": "string",
+                    "pattern": r"^\s*([0-9]+\.?[0-9]*|\.[0-9]+)\s*([bB]|[kKmMgG]([iI]?[bB])?)?\s*$",
+                    "patternErrorMessage": "not a size; write e.g. `100MB`, `64KiB` or a number of bytes",
+                }
+            ]
+        })
     }
 }
 

@@ -4,7 +4,8 @@ use serde::Deserialize;
 
 /// PEM files for a TLS client: `{ca_file, cert_file, key_file}` (the schema registry's and an
 /// MQTT broker's `tls:`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct TlsFiles {
     /// CA bundle trusted in addition to (registry) or instead of (MQTT) the system's roots.
     #[serde(default)]

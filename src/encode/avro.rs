@@ -13,7 +13,8 @@ use crate::event::ErrorType;
 use crate::registry::{Latest, SchemaCache, SubjectStrategy};
 
 /// `pipelines[].avro:` — the subject whose latest version encodes the values.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct AvroConfig {
     /// `topic_name` (`<topic>-value`, the default), `record_name` (`<record>`) or
     /// `topic_record_name` (`<topic>-<record>`).

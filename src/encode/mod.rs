@@ -18,7 +18,9 @@ use crate::event::ErrorType;
 use crate::registry::SchemaCache;
 
 /// How keys are written.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyFormat {
     /// The rendered key's UTF-8 bytes.
@@ -31,7 +33,9 @@ pub enum KeyFormat {
 }
 
 /// Output encoding.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// JSON.

@@ -9,15 +9,16 @@ use serde::{Deserialize, Deserializer};
 use crate::config::{yaml_brief, yes, At, ByteSize, ConfigError};
 
 /// `kafka:` — brokers, security and producer settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct KafkaConfig {
-    /// Bootstrap brokers, `host:port`.
+    /// Bootstrap brokers, each `host:port`.
     #[serde(default = "default_brokers")]
     pub brokers: Vec<String>,
     /// Client id the brokers see.
     #[serde(default = "default_client_id")]
     pub client_id: String,
-    /// TLS and SASL.
+    /// TLS and SASL; none = plaintext.
     #[serde(default)]
     pub security: Option<SecurityConfig>,
     /// Producer settings.
@@ -43,13 +44,15 @@ fn default_client_id() -> String {
     "kgate".into()
 }
 
-/// `kafka.security:` — how to talk to the brokers.
-#[derive(Debug, Clone, Deserialize)]
+/// `kafka.security:` — how to talk to the brokers: TLS, SASL or both.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct SecurityConfig {
-    /// `PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`.
+    /// `PLAINTEXT`, `SSL` (TLS), `SASL_PLAINTEXT` or `SASL_SSL` (SASL over TLS); lowercase
+    /// spellings work too.
     #[serde(default)]
     pub protocol: SecurityProtocol,
-    /// SASL credentials (for the SASL_* protocols).
+    /// SASL credentials: needed by the `SASL_*` protocols, refused with the others.
     #[serde(default)]
     pub sasl: Option<SaslConfig>,
     /// TLS files (for SSL and SASL_SSL).
@@ -58,7 +61,10 @@ pub struct SecurityConfig {
 }
 
 /// Kafka security protocol.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
+#[schemars(transform = accept_aliases)]
 pub enum SecurityProtocol {
     /// No TLS, no SASL.
     #[default]
@@ -73,6 +79,24 @@ pub enum SecurityProtocol {
     /// SASL over TLS.
     #[serde(rename = "SASL_SSL", alias = "sasl_ssl")]
     SaslSsl,
+}
+
+/// The schema of [`SecurityProtocol`] takes serde's `alias` (lowercase) spellings too, after the
+/// documented one.
+fn accept_aliases(schema: &mut schemars::Schema) {
+    let variants = schema.get_mut("oneOf").and_then(|v| v.as_array_mut());
+    for v in variants
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_object_mut())
+    {
+        if let Some(serde_json::Value::String(name)) = v.remove("const") {
+            v.insert(
+                "enum".into(),
+                serde_json::json!([name, name.to_lowercase()]),
+            );
+        }
+    }
 }
 
 impl SecurityProtocol {
@@ -94,19 +118,20 @@ impl SecurityProtocol {
     }
 }
 
-/// `kafka.security.sasl:`.
-#[derive(Debug, Clone, Deserialize)]
+/// `kafka.security.sasl:` — the SASL mechanism and credentials.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct SaslConfig {
     /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
     pub mechanism: SaslMechanism,
     /// User name.
     pub username: String,
-    /// Password (use `${ENV_VAR}`).
+    /// Password (write `${ENV_VAR}` rather than the secret).
     pub password: String,
 }
 
 /// SASL mechanism.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub enum SaslMechanism {
     /// SASL/PLAIN.
     #[serde(rename = "PLAIN")]
@@ -130,16 +155,17 @@ impl SaslMechanism {
     }
 }
 
-/// `kafka.security.tls:` — PEM files.
-#[derive(Debug, Clone, Deserialize)]
+/// `kafka.security.tls:` — PEM files and host name verification.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct TlsConfig {
-    /// CA bundle to verify the brokers.
+    /// CA bundle (PEM) to verify the brokers.
     #[serde(default)]
     pub ca: Option<String>,
-    /// Client certificate (mutual TLS).
+    /// Client certificate (PEM) for mutual TLS; goes with `key`.
     #[serde(default)]
     pub cert: Option<String>,
-    /// Client key (mutual TLS).
+    /// Client key (PEM) for mutual TLS; goes with `cert`.
     #[serde(default)]
     pub key: Option<String>,
     /// Password of the client key.
@@ -151,40 +177,49 @@ pub struct TlsConfig {
 }
 
 /// `kafka.producer:` — typed settings for the common producer knobs.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct ProducerConfig {
-    /// `all`, `1` or `0`.
+    /// `all` (every in-sync replica; `-1` too), `1` (the leader) or `0` (none); idempotence
+    /// needs `all`.
     #[serde(default)]
     pub acks: Acks,
-    /// Idempotent producer (no duplicates from retries; forces acks=all).
+    /// Idempotent producer: no duplicates from retries. Needs `acks: all`; set `false` to use
+    /// acks `1` or `0`.
     #[serde(default = "yes")]
     pub idempotence: bool,
-    /// `none`, `gzip`, `snappy`, `lz4` or `zstd`.
+    /// Compression codec: `none`, `gzip`, `snappy`, `lz4` or `zstd`.
     #[serde(default)]
     pub compression: Compression,
-    /// How long to wait to fill a batch.
+    /// How long to wait to fill a batch, in milliseconds (0 to 900000).
     #[serde(default = "default_linger_ms")]
     pub linger_ms: u64,
-    /// Maximum batch size in bytes.
+    /// Maximum batch size in bytes (1 to 2147483647).
     #[serde(default = "default_batch_size")]
     pub batch_size: u64,
-    /// How long a record may wait for the broker before it is given up (to the DLQ).
-    /// `0` (the default) means never: during an outage records wait and sources are blocked.
+    /// How long a record may wait for the broker before it is given up (to the DLQ); longer than
+    /// `linger_ms`. `0s` (the default) means never: during an outage records wait and sources
+    /// are blocked.
+    #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default, with = "humantime_serde")]
     pub message_timeout: Duration,
     /// Timeout of one produce request.
+    #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// Bound of records accepted and not yet acknowledged by Kafka.
+    /// Bound of records accepted and not yet acknowledged by Kafka (1 to 2147483647).
     #[serde(default = "default_max_buffered_records")]
     pub max_buffered_records: u64,
-    /// Bound of bytes accepted and not yet acknowledged by Kafka (e.g. `100MB`).
+    /// Bound of bytes accepted and not yet acknowledged by Kafka, e.g. `100MB` (1KiB to 2TiB).
     #[serde(default = "default_max_buffered_bytes")]
     pub max_buffered_bytes: ByteSize,
-    /// What to do when the buffer is full: `block` the source or `drop_newest`.
+    /// What a pipeline does when the buffer is full: `block` (backpressure: its source stops
+    /// reading) or `drop_newest` (the record is dropped and counted).
     #[serde(default)]
     pub on_full: OnFull,
-    /// Any other librdkafka producer property, passed through as is.
+    /// Any other librdkafka producer property, passed through as is, e.g.
+    /// `{"queue.buffering.backpressure.threshold": "2"}`; a key that a typed field owns (`acks`,
+    /// `linger.ms`, ...) is refused with the field to use.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
 }
@@ -266,8 +301,31 @@ impl<'de> Deserialize<'de> for Acks {
     }
 }
 
+// Written back (as the schema's default) in the librdkafka spelling the loader reads.
+impl serde::Serialize for Acks {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl schemars::JsonSchema for Acks {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Acks".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        // What the hand-written Deserialize takes: YAML strings and numbers alike.
+        schemars::json_schema!({
+            "description": "Producer acknowledgement level: `all` (or `-1`: every in-sync replica), `1` (the leader only) or `0` (none); a string or a number.",
+            "enum": ["all", "-1", "1", "0", -1, 1, 0],
+        })
+    }
+}
+
 /// Producer compression codec.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     /// No compression.
@@ -297,7 +355,9 @@ impl Compression {
 }
 
 /// What a pipeline does when the producer buffer is full.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum OnFull {
     /// Wait for room: the source stops reading (backpressure).
@@ -308,9 +368,10 @@ pub enum OnFull {
 }
 
 /// `dlq:` — where rejected input goes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct DlqConfig {
-    /// Topic of the dead-letter queue.
+    /// Topic of the dead-letter queue (records with their original bytes and the reason).
     #[serde(default = "default_dlq_topic")]
     pub topic: String,
 }

@@ -8,15 +8,17 @@ use serde::Deserialize;
 use crate::config::{yes, At, ConfigError};
 
 /// `metrics:` — Prometheus endpoint and health checks.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// Serve metrics at all.
+    /// Serve metrics and the health endpoints at all.
     #[serde(default = "yes")]
     pub enabled: bool,
-    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    /// Address of `/metrics` (and `/`), `/healthz` and `/readyz`.
     #[serde(default = "default_metrics_listen")]
     pub listen: String,
-    /// Constant labels put on every series.
+    /// Constant labels put on every series, e.g. `{did_provider: "did:key"}`; names are letters,
+    /// digits and `_`.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
 }

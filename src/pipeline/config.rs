@@ -15,25 +15,28 @@ use crate::registry::SubjectStrategy;
 use crate::transform::{Pointer, Template, Transform, TransformConfig};
 
 /// One pipeline: source → transforms → topic/key/headers → format → Kafka.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct PipelineConfig<S> {
     /// Unique name, used in metrics, logs and DLQ headers.
     pub name: String,
-    /// Where events come from.
+    /// Where events come from: exactly one kind.
     pub source: S,
-    /// Changes applied to each event, in order.
+    /// Changes applied to each parsed event, in order (not with `format: raw`).
+    #[schemars(extend("default" = []))]
     #[serde(default)]
     pub transforms: Vec<TransformConfig>,
-    /// Target topic: a fixed name or a template like `ticks.${exchange}`.
+    /// Target topic: a fixed name or a template like `ticks.${exchange}` (here `${...}` is an
+    /// event field or a source value, not an environment variable).
     pub topic: String,
-    /// Record key: a template like `${exchange}|${symbol}`, or a fixed string. None: no key.
+    /// Record key: a template like `${exchange}|${symbol}`, or a fixed string; none = no key.
     #[serde(default)]
     pub key: Option<String>,
-    /// Record headers: name → template.
+    /// Record headers: name → template, e.g. `{feed: "${feed}"}`.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// `json` (validated and re-serialized when transformed), `avro` (through the schema
-    /// registry, Confluent wire format) or `raw` (bytes as received).
+    /// `json` (validated; re-serialized only when transformed), `avro` (through the schema
+    /// registry, Confluent wire format) or `raw` (bytes as received, unparsed).
     #[serde(default)]
     pub format: Format,
     /// With `format: avro`: how the value's subject is named.

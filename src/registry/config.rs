@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::ConfigError;
 
 /// `schema_registry:` — where the Confluent-compatible schema registry is and how to talk to it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct RegistryConfig {
     /// Base URL of the Confluent-compatible API, e.g. `http://127.0.0.1:8081` (Confluent) or
     /// `http://127.0.0.1:8080/apis/ccompat/v7` (Apicurio).
@@ -17,16 +18,19 @@ pub struct RegistryConfig {
     /// HTTP basic auth user (Confluent Cloud: the API key).
     #[serde(default)]
     pub username: Option<String>,
-    /// HTTP basic auth password (use `${ENV_VAR}`).
+    /// HTTP basic auth password (write `${ENV_VAR}`); needs `username`.
     #[serde(default)]
     pub password: Option<String>,
-    /// TLS files for an `https://` registry (PEM).
+    /// TLS files for an `https://` registry (PEM; the client key in PKCS#8).
     #[serde(default)]
     pub tls: Option<RegistryTlsConfig>,
     /// Timeout of one request (connect + answer).
+    #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
-    /// How long a subject's latest schema is used before it is looked up again.
+    /// How long a subject's latest schema is used before it is looked up again: a version
+    /// registered meanwhile is used from the next refresh on, with no restart (at least `1s`).
+    #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_refresh", with = "humantime_serde")]
     pub refresh: Duration,
 }
@@ -194,7 +198,9 @@ pub(super) fn key_format_problem(pem: &str, file: &str) -> Option<String> {
 // ------------------------------------------------------------------------------------- naming
 
 /// How a subject name is made from a topic and a record (Confluent's `*SubjectNameStrategy`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum SubjectStrategy {
     /// `<topic>-value` / `<topic>-key` (the default of Confluent's serializers).

@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 
 /// A pipeline's source as written in the config; exactly one kind per pipeline.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceConfig {
     /// WebSocket client fan-in: one connection per URL.

@@ -2,7 +2,9 @@
 
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Deserialize)]
+/// One transform of a parsed event: `rename`, `set` or `remove`, each at a JSON pointer.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 #[serde(rename_all = "snake_case")]
 pub enum TransformConfig {
     /// Move a value from one JSON pointer to another.
@@ -19,7 +21,7 @@ pub enum TransformConfig {
     Set {
         /// Target pointer.
         path: String,
-        /// Any JSON value.
+        /// Any JSON value; a string is a template (`${field}`, `${@name}`).
         value: serde_json::Value,
     },
     /// Remove the value at a JSON pointer (missing is fine).

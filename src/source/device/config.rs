@@ -10,7 +10,8 @@ use tokio_tungstenite::tungstenite::http::HeaderName;
 use crate::config::{yes, At, ByteSize, ConfigError};
 
 /// `source.device_websocket:` — a WebSocket server that devices connect to.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct DeviceSourceConfig {
     /// Address to listen on, e.g. `0.0.0.0:8090`.
     pub listen: String,
@@ -21,16 +22,21 @@ pub struct DeviceSourceConfig {
     /// Where the device id comes from: `{header: X-Device-Id}`, `{query: id}` or
     /// `{path_param: id}` (a `{id}` segment of `path`).
     pub device_id: DeviceIdFrom,
-    /// Largest frame (and message) a device may send; a bigger one closes the connection (1009).
+    /// Largest frame (and message) a device may send, up to 1GiB; a bigger one closes the
+    /// connection (1009, `frame_too_large`).
     #[serde(default = "default_max_frame")]
     pub max_frame: ByteSize,
-    /// Nothing from the device (no frame, no pong) for this long → close; 0 = never.
+    /// Nothing from the device (no frame, no pong) for this long → close; `0s` = never. Longer
+    /// than `ping_interval`, else a quiet device that answers pings is closed.
+    #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
-    /// Interval of pings to each device (answered pongs keep it alive); 0 = none.
+    /// Interval of pings to each device (answered pongs keep it alive); `0s` = none.
+    #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_ping_interval", with = "humantime_serde")]
     pub ping_interval: Duration,
     /// Time a client has to complete the upgrade after connecting.
+    #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
     pub handshake_timeout: Duration,
     /// Devices connected at once; more are refused with 503.
@@ -64,7 +70,7 @@ fn default_max_connections() -> u64 {
 }
 
 /// Where a device's id is read from during the upgrade.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeviceIdFrom {
     /// A request header, e.g. `X-Webpa-Device-Name`.
@@ -85,7 +91,9 @@ pub struct WrpConfig {
 }
 
 /// The record value of a WRP message.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum WrpValue {
     /// The `payload` field.
@@ -121,6 +129,54 @@ impl<'de> Deserialize<'de> for WrpConfig {
                 "wrp must be `true`, `false` or `{{value: payload|message}}`, not {other}"
             ))),
         }
+    }
+}
+
+// Written back (as the schema's default) in the shortest form the loader reads.
+impl serde::Serialize for WrpConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        if self.value == WrpValue::Payload {
+            return s.serialize_bool(self.enabled);
+        }
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("enabled", &self.enabled)?;
+        m.serialize_entry("value", &self.value)?;
+        m.end()
+    }
+}
+
+impl schemars::JsonSchema for WrpConfig {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "WrpConfig".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        // What the hand-written Deserialize takes: a flag, or the options (unknown keys refused).
+        let mut value = generator.subschema_for::<WrpValue>();
+        value.insert(
+            "description".into(),
+            "The record value: the WRP `payload` or the whole msgpack `message`.".into(),
+        );
+        value.insert("default".into(), "payload".into());
+        schemars::json_schema!({
+            "description": "Whether frames are WRP messages: `true`, `false`, or `{value: payload|message}` (`enabled` defaults to true in this form).",
+            "oneOf": [
+                { "type": "boolean" },
+                {
+                    "type": "object",
+                    "properties": {
+                        "enabled": {
+                            "description": "Decode frames as WRP.",
+                            "type": "boolean",
+                            "default": true,
+                        },
+                        "value": value,
+                    },
+                    "additionalProperties": false,
+                }
+            ]
+        })
     }
 }
 

@@ -8,29 +8,36 @@ use serde::{Deserialize, Deserializer};
 
 use crate::config::{At, ByteSize, ConfigError};
 
-/// Top-level `http:` section.
-#[derive(Debug, Clone, Deserialize)]
+/// `http:` — the HTTP ingest server: `POST /topics/{topic}` (REST Proxy v2) and
+/// `POST /ingest/{pipeline}` on one port.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Address to listen on, e.g. `0.0.0.0:8082`.
+    /// Address to listen on, e.g. `0.0.0.0:8082` (not the `metrics.listen` one).
     pub listen: String,
-    /// Largest request body accepted (413 above it).
+    /// Largest request body accepted (413 above it), e.g. `10MB`.
     #[serde(default = "default_max_body")]
     pub max_body: ByteSize,
     /// How long a request waits for Kafka to acknowledge its records; records not acknowledged
     /// by then are answered 503 (they may still be written: at-least-once).
+    #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_ack_timeout", with = "humantime_serde")]
     pub ack_timeout: Duration,
     /// How long a record may wait for room in a full producer buffer before the request is
     /// answered 429.
+    #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_max_wait", with = "humantime_serde")]
     pub max_wait: Duration,
     /// `Retry-After` sent with 429 and 503 answers.
+    #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_retry_after", with = "humantime_serde")]
     pub retry_after: Duration,
-    /// Bearer tokens / API keys and what each may write; none = no authentication.
+    /// Bearer tokens / API keys and what each may write; none = the routes are open (no
+    /// authentication).
+    #[schemars(extend("default" = []))]
     #[serde(default)]
     pub auth: Vec<HttpAuthConfig>,
-    /// Serve HTTPS with these PEM files.
+    /// Serve HTTPS with these PEM files; none = plain HTTP.
     #[serde(default)]
     pub tls: Option<HttpTlsConfig>,
 }
@@ -49,15 +56,16 @@ fn default_retry_after() -> Duration {
 }
 
 /// One accepted token (`Authorization: Bearer T` or `X-API-Key: T`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct HttpAuthConfig {
     /// A name for logs and templates (`${@token_name}`); default `token<N>`.
     #[serde(default)]
     pub name: Option<String>,
-    /// The token itself (write `${ENV_VAR}`), or …
+    /// The token, at least 16 characters (write `${ENV_VAR}`); or `token_file`.
     #[serde(default, deserialize_with = "string_or_number")]
     pub token: Option<String>,
-    /// … a file holding it (trailing whitespace is ignored).
+    /// A file holding the token, instead of `token` (trailing whitespace is ignored).
     #[serde(default)]
     pub token_file: Option<String>,
     /// Topics it may write through `POST /topics/{topic}`: names, `prefix*` or `*`.
@@ -69,7 +77,8 @@ pub struct HttpAuthConfig {
 }
 
 /// `http.tls:` — PEM certificate chain and private key.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct HttpTlsConfig {
     /// Certificate chain (PEM), leaf first.
     pub cert_file: String,
@@ -77,8 +86,10 @@ pub struct HttpTlsConfig {
     pub key_file: String,
 }
 
-/// `source.http:` — a pipeline fed by `POST /ingest/{name}`.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `source.http:` — a pipeline fed by `POST /ingest/{pipeline}` on the top-level `http:` server
+/// (which must be configured).
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct HttpSourceConfig {
     /// Request headers copied onto every record (and its DLQ record), e.g. `[x-request-id]`.
     #[serde(default)]

@@ -8,7 +8,8 @@ use serde::Deserialize;
 use crate::config::{At, ByteSize, ConfigError};
 
 /// `source.mqtt:` — an MQTT 5 broker, its credentials and the topic filters to subscribe to.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct MqttSourceConfig {
     /// `mqtt://host:1883` or `mqtts://host:8883` (TLS).
     pub url: String,
@@ -19,7 +20,7 @@ pub struct MqttSourceConfig {
     /// User name.
     #[serde(default)]
     pub username: Option<String>,
-    /// Password (use `${ENV_VAR}`).
+    /// Password (write `${ENV_VAR}`); needs `username`.
     #[serde(default)]
     pub password: Option<String>,
     /// TLS files for `mqtts://` (PEM); without `ca_file` the system's roots are used.
@@ -32,36 +33,45 @@ pub struct MqttSourceConfig {
     /// Default false (a persistent session: the broker queues and resends unacked messages).
     #[serde(default)]
     pub clean_session: bool,
-    /// How long the broker keeps the session after a disconnect (persistent sessions).
+    /// How long the broker keeps the session after a disconnect (persistent sessions: at least
+    /// `1s`).
+    #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_session_expiry", with = "humantime_serde")]
     pub session_expiry: Duration,
-    /// Ping interval; the broker drops the connection after 1.5 × this without traffic.
+    /// Ping interval, `5s` to `65535s`; the broker drops the connection after 1.5 × this
+    /// without traffic.
+    #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_keep_alive", with = "humantime_serde")]
     pub keep_alive: Duration,
     /// Timeout of the TCP + TLS + MQTT handshake.
+    #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// First reconnect delay; doubled per failed attempt up to `backoff_max`, with jitter.
+    #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_backoff_initial", with = "humantime_serde")]
     pub backoff_initial: Duration,
     /// Longest reconnect delay.
+    #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_backoff_max", with = "humantime_serde")]
     pub backoff_max: Duration,
     /// Most messages the broker may send before kgate acks them (MQTT 5 Receive Maximum).
     #[serde(default = "default_max_inflight")]
     pub max_inflight: u16,
-    /// Largest message kgate accepts; the broker does not send bigger ones (MQTT 5 Maximum
-    /// Packet Size).
+    /// Largest message kgate accepts, 64 bytes to 256MiB; the broker does not send bigger ones
+    /// (MQTT 5 Maximum Packet Size).
     #[serde(default = "default_max_packet_size")]
     pub max_packet_size: ByteSize,
 }
 
 /// One topic filter and the QoS to subscribe with.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Subscription {
     /// Topic filter with `+` and `#` wildcards.
     pub topic: String,
-    /// 0 (at most once) or 1 (at least once, the default).
+    /// 0 (at most once) or 1 (at least once, the default); 2 is refused (delivery into Kafka
+    /// is at-least-once whatever the QoS).
     #[serde(default = "default_qos")]
     pub qos: u8,
 }

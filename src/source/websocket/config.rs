@@ -8,26 +8,33 @@ use tokio_tungstenite::tungstenite::http::Uri;
 
 use crate::config::{At, ConfigError};
 
-#[derive(Debug, Clone, Deserialize)]
+/// `source.websocket:` — WebSocket feeds that kgate connects to and reads.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct WebsocketSourceConfig {
-    /// `ws://` or `wss://` URLs, read concurrently.
+    /// `ws://` or `wss://` URLs, read concurrently: one connection each.
     pub urls: Vec<String>,
     /// Messages sent after every (re)connect: strings as is, mappings as JSON.
     #[serde(default)]
     pub subscribe: Vec<serde_json::Value>,
-    /// Interval of WebSocket pings (0 = none).
+    /// Interval of WebSocket pings; `0s` = none.
+    #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_ping", with = "humantime_serde")]
     pub ping_interval: Duration,
     /// No message for this long → reconnect (counted in `…_messages_timeout_total`).
+    #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_ws_timeout", with = "humantime_serde")]
     pub timeout: Duration,
-    /// First reconnect delay; doubled up to `backoff_max`, with jitter.
+    /// First reconnect delay; doubled per failed attempt up to `backoff_max`, with jitter.
+    #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_backoff_initial", with = "humantime_serde")]
     pub backoff_initial: Duration,
     /// Longest reconnect delay.
+    #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_backoff_max", with = "humantime_serde")]
     pub backoff_max: Duration,
     /// Timeout of the TCP + WebSocket handshake.
+    #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
 }
