@@ -662,17 +662,30 @@ async fn readyz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     }
 }
 
+/// Why the metrics endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The address is taken or not ours.
+    // The cause sits inside the message, before the fix, so it is not also `source()`: a
+    // `{:#}` chain would print it twice.
+    #[error("cannot listen for metrics on {addr}: {error}; set metrics.listen to a free address (or metrics.enabled: false)")]
+    Listen {
+        /// `metrics.listen`.
+        addr: SocketAddr,
+        /// Why the bind failed.
+        error: std::io::Error,
+    },
+}
+
 /// Binds the metrics address (so that a taken port fails at start) and serves until `shutdown`.
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot listen for metrics on {addr}: {e}; set metrics.listen to a free address (or metrics.enabled: false)"
-        )
-    })?;
+) -> Result<tokio::task::JoinHandle<()>, ServeError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|error| ServeError::Listen { addr, error })?;
     let app = Router::new()
         .route("/", get(metrics_handler))
         .route("/metrics", get(metrics_handler))
@@ -711,5 +724,25 @@ mod tests {
         assert!(!m.is_ready());
         m.mark_metadata_ok();
         assert!(m.is_ready());
+    }
+
+    #[tokio::test]
+    async fn a_taken_metrics_address_names_the_cause_once_and_the_fix() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let m = Metrics::new(&Default::default());
+        let e = serve(addr, m, CancellationToken::new()).await.unwrap_err();
+        // No `source()`: a chain printer (`{:#}`, as `kgate run` prints) shows the cause once.
+        assert!(std::error::Error::source(&e).is_none());
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!("cannot listen for metrics on {addr}: ")),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("; set metrics.listen to a free address (or metrics.enabled: false)"),
+            "{text}"
+        );
+        assert!(text.contains("os error"), "{text}");
     }
 }
