@@ -36,6 +36,8 @@ use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, ConnectionError, Event as MqttEvent, MqttOptions};
 use rumqttc::{TlsConfiguration, Transport};
+use rustls::pki_types::pem::{Error as PemError, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -114,12 +116,50 @@ impl Source for MqttSource {
     }
 }
 
+/// Why `source.mqtt.tls` cannot be used; each message names the file.
+#[derive(Debug, thiserror::Error)]
+enum TlsError {
+    /// `ca_file` cannot be read.
+    #[error("cannot read CA file {path}")]
+    ReadCa { path: String, source: PemError },
+    /// A certificate in `ca_file` or `cert_file` is not PEM.
+    #[error("bad certificate in {path}")]
+    BadCertificate { path: String, source: PemError },
+    /// rustls refuses a certificate of `ca_file`.
+    #[error("unusable CA certificate in {path}")]
+    UnusableCa { path: String, source: rustls::Error },
+    /// The crypto provider supports no default protocol version.
+    #[error("TLS setup")]
+    Setup(#[source] rustls::Error),
+    /// `cert_file` cannot be read.
+    #[error("cannot read certificate file {path}")]
+    ReadCertificate { path: String, source: PemError },
+    /// `key_file` cannot be read or holds no key.
+    #[error("cannot read a private key from {path}")]
+    ReadKey { path: String, source: PemError },
+    /// rustls refuses the client certificate and key.
+    #[error("client certificate and key do not fit")]
+    ClientAuth(#[source] rustls::Error),
+}
+
+/// `e` and its causes joined by `: `, as `{:#}` prints an anyhow error.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 /// Builds the client options from a resolved config.
 fn options(
     c: &MqttSourceConfig,
     addr: &BrokerAddr,
     client_id: &str,
-) -> anyhow::Result<MqttOptions> {
+) -> Result<MqttOptions, TlsError> {
     let mut o = MqttOptions::new(client_id, addr.host.clone(), addr.port);
     o.set_keep_alive(c.keep_alive)
         .set_clean_start(c.clean_session)
@@ -144,19 +184,45 @@ fn options(
     Ok(o)
 }
 
-fn tls_config(t: Option<&MqttTlsConfig>) -> anyhow::Result<rustls::ClientConfig> {
-    use anyhow::Context;
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+fn tls_config(t: Option<&MqttTlsConfig>) -> Result<rustls::ClientConfig, TlsError> {
+    let roots = root_store(t.and_then(|t| t.ca_file.as_deref()))?;
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(TlsError::Setup)?
+    .with_root_certificates(roots);
+    let cfg = match t.and_then(|t| t.cert_file.as_deref().zip(t.key_file.as_deref())) {
+        Some((cert, key)) => {
+            let (certs, key) = client_identity(cert, key)?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(TlsError::ClientAuth)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(cfg)
+}
+
+/// The CAs of `ca_file`, or the system's when there is none.
+fn root_store(ca_file: Option<&str>) -> Result<rustls::RootCertStore, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
-    match t.and_then(|t| t.ca_file.as_deref()) {
+    match ca_file {
         Some(ca) => {
-            for cert in CertificateDer::pem_file_iter(ca)
-                .with_context(|| format!("cannot read CA file {ca}"))?
-            {
-                roots
-                    .add(cert.with_context(|| format!("bad certificate in {ca}"))?)
-                    .with_context(|| format!("unusable CA certificate in {ca}"))?;
+            let path = || ca.to_string();
+            let certs = CertificateDer::pem_file_iter(ca).map_err(|source| TlsError::ReadCa {
+                path: path(),
+                source,
+            })?;
+            for cert in certs {
+                let cert = cert.map_err(|source| TlsError::BadCertificate {
+                    path: path(),
+                    source,
+                })?;
+                roots.add(cert).map_err(|source| TlsError::UnusableCa {
+                    path: path(),
+                    source,
+                })?;
             }
         }
         None => {
@@ -165,27 +231,29 @@ fn tls_config(t: Option<&MqttTlsConfig>) -> anyhow::Result<rustls::ClientConfig>
             }
         }
     }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .context("TLS setup")?
-    .with_root_certificates(roots);
-    let cfg = match t.and_then(|t| t.cert_file.as_deref().zip(t.key_file.as_deref())) {
-        Some((cert, key)) => {
-            let certs = CertificateDer::pem_file_iter(cert)
-                .with_context(|| format!("cannot read certificate file {cert}"))?
-                .collect::<Result<Vec<_>, _>>()
-                .with_context(|| format!("bad certificate in {cert}"))?;
-            let key = PrivateKeyDer::from_pem_file(key)
-                .with_context(|| format!("cannot read a private key from {key}"))?;
-            builder
-                .with_client_auth_cert(certs, key)
-                .context("client certificate and key do not fit")?
-        }
-        None => builder.with_no_client_auth(),
-    };
-    Ok(cfg)
+    Ok(roots)
+}
+
+/// The client certificate chain and key for mutual TLS.
+fn client_identity(
+    cert: &str,
+    key: &str,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|source| TlsError::ReadCertificate {
+            path: cert.to_string(),
+            source,
+        })?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::BadCertificate {
+            path: cert.to_string(),
+            source,
+        })?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::ReadKey {
+        path: key.to_string(),
+        source,
+    })?;
+    Ok((certs, key))
 }
 
 /// `kgate check`: connects with the configured credentials under a client id of its own (the
@@ -204,7 +272,7 @@ async fn probe(
     );
     let mut check = c.clone();
     check.clean_session = true;
-    let opts = options(&check, addr, &id).map_err(|e| format!("{e:#}"))?;
+    let opts = options(&check, addr, &id).map_err(|e| with_causes(&e))?;
     let (client, mut el) = AsyncClient::new(opts, 10);
     let started = std::time::Instant::now();
     let r = tokio::time::timeout(timeout, async {
@@ -266,7 +334,7 @@ impl Client {
         let opts = match options(&self.config, &self.addr, &self.client_id) {
             Ok(o) => o,
             Err(e) => {
-                tracing::error!(pipeline = %self.pipeline.name(), url = %self.config.url, "MQTT source not started: {e:#}");
+                tracing::error!(pipeline = %self.pipeline.name(), url = %self.config.url, "MQTT source not started: {}", with_causes(&e));
                 return;
             }
         };
@@ -609,6 +677,42 @@ mod tests {
         assert!(!filter_matches("#", "$SYS/broker/uptime"));
         assert!(filter_matches("$SYS/#", "$SYS/broker/uptime"));
         assert!(filter_matches("a//b", "a//b"));
+    }
+
+    #[test]
+    fn tls_errors_name_the_file_and_keep_the_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.pem");
+        std::fs::write(
+            &bad,
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let bad = bad.to_str().unwrap();
+        let text = |ca: Option<&str>, cert: Option<&str>, key: Option<&str>| {
+            let files = MqttTlsConfig {
+                ca_file: ca.map(String::from),
+                cert_file: cert.map(String::from),
+                key_file: key.map(String::from),
+            };
+            with_causes(&tls_config(Some(&files)).unwrap_err())
+        };
+        let missing = text(Some("/nonexistent/ca.pem"), None, None);
+        assert!(
+            missing.starts_with("cannot read CA file /nonexistent/ca.pem: ")
+                && missing.contains("(os error 2)"),
+            "{missing}"
+        );
+        let garbled = text(Some(bad), None, None);
+        assert!(
+            garbled.starts_with(&format!("bad certificate in {bad}: ")),
+            "{garbled}"
+        );
+        let no_cert = text(None, Some("/nonexistent/c.pem"), Some(bad));
+        assert!(
+            no_cert.starts_with("cannot read certificate file /nonexistent/c.pem: "),
+            "{no_cert}"
+        );
     }
 
     fn load(text: &str) -> Result<crate::gateway::Config, crate::config::ConfigErrors> {
