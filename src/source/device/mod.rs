@@ -134,6 +134,20 @@ struct Refusal {
     message: String,
 }
 
+impl Refusal {
+    fn new(status: StatusCode, reason: &'static str, message: String) -> Refusal {
+        Refusal {
+            status,
+            reason,
+            message,
+        }
+    }
+
+    fn bad_request(reason: &'static str, message: String) -> Refusal {
+        Refusal::new(StatusCode::BAD_REQUEST, reason, message)
+    }
+}
+
 /// Why a connection ended (the `reason` label and the disconnect event's `reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum EndReason {
@@ -219,30 +233,42 @@ impl Server {
 
     /// Checks an upgrade request: the path, the device id, the connection limit.
     fn admit(&self, req: &Request) -> Result<String, Refusal> {
-        let refuse = |status, reason, message: String| Refusal {
-            status,
-            reason,
-            message,
-        };
-        let uri = req.uri();
-        let segs: Vec<&str> = uri.path().trim_start_matches('/').split('/').collect();
+        let segs = self.match_path(req.uri().path())?;
+        let (found, what) = self.find_device_id(req, &segs);
+        let id = checked_device_id(found, &what)?;
+        self.check_room()?;
+        Ok(id)
+    }
+
+    /// The segments of `path` when it matches the configured pattern.
+    fn match_path<'p>(&self, path: &'p str) -> Result<Vec<&'p str>, Refusal> {
+        let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let matches = segs.len() == self.path.len()
             && self.path.iter().zip(&segs).all(|(p, s)| match p {
                 Seg::Lit(l) => l == s,
                 Seg::Param(_) => !s.is_empty(),
             });
         if !matches {
-            return Err(refuse(
+            return Err(Refusal::new(
                 StatusCode::NOT_FOUND,
                 "unknown_path",
                 format!(
-                    "no device endpoint at {}; connect to {}",
-                    uri.path(),
+                    "no device endpoint at {path}; connect to {}",
                     self.config.path
                 ),
             ));
         }
-        let (found, what) = match &self.config.device_id {
+        Ok(segs)
+    }
+
+    /// The device id where `device_id` says it is (none when absent; an error when it is not
+    /// text), and how to name that place to the client.
+    fn find_device_id(
+        &self,
+        req: &Request,
+        segs: &[&str],
+    ) -> (Option<Result<String, &'static str>>, String) {
+        match &self.config.device_id {
             DeviceIdFrom::Header(h) => (
                 req.headers().get(h.as_str()).map(|v| {
                     v.to_str()
@@ -252,7 +278,7 @@ impl Server {
                 format!("header {h}"),
             ),
             DeviceIdFrom::Query(q) => (
-                uri.query().and_then(|qs| {
+                req.uri().query().and_then(|qs| {
                     form_urlencoded::parse(qs.as_bytes())
                         .find(|(k, _)| k == q)
                         .map(|(_, v)| Ok(v.into_owned()))
@@ -266,42 +292,13 @@ impl Server {
                     .map(|i| percent_decode(segs[i]).ok_or("not UTF-8 once percent-decoded")),
                 format!("path segment `{{{name}}}` of {}", self.config.path),
             ),
-        };
-        let id = match found {
-            None => {
-                return Err(refuse(
-                    StatusCode::BAD_REQUEST,
-                    "missing_device_id",
-                    format!("missing device id: send it in the {what}"),
-                ))
-            }
-            Some(Ok(id)) if id.trim().is_empty() => {
-                return Err(refuse(
-                    StatusCode::BAD_REQUEST,
-                    "missing_device_id",
-                    format!("missing device id: the {what} is empty"),
-                ))
-            }
-            Some(Ok(id)) => id,
-            Some(Err(why)) => {
-                return Err(refuse(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_device_id",
-                    format!("invalid device id in the {what}: {why}"),
-                ))
-            }
-        };
-        if id.len() > MAX_DEVICE_ID || id.chars().any(char::is_control) {
-            return Err(refuse(
-                StatusCode::BAD_REQUEST,
-                "invalid_device_id",
-                format!(
-                    "invalid device id in the {what}: at most {MAX_DEVICE_ID} bytes and no control characters"
-                ),
-            ));
         }
+    }
+
+    /// Refuses a device beyond `max_connections`.
+    fn check_room(&self) -> Result<(), Refusal> {
         if self.active.load(Ordering::Acquire) >= self.config.max_connections {
-            return Err(refuse(
+            return Err(Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too_many_connections",
                 format!(
@@ -310,9 +307,10 @@ impl Server {
                 ),
             ));
         }
-        Ok(id)
+        Ok(())
     }
 
+    /// Upgrades one TCP connection (or refuses it) and serves the device on it.
     async fn serve(self: Arc<Self>, tcp: TcpStream, addr: SocketAddr) {
         let _ = tcp.set_nodelay(true);
         let mut admitted: Option<String> = None;
@@ -326,50 +324,21 @@ impl Server {
                     Ok(resp)
                 }
                 Err(r) => {
-                    // Counted before the answer is written, so that a client that saw its
-                    // refusal also sees it counted.
-                    self.m.rejected(r.reason);
                     refused = true;
-                    tracing::info!(remote_addr = %addr, path = %req.uri().path(), reason = r.reason, "device upgrade refused: {}", r.message);
-                    let body = format!("{}\n", r.message);
-                    let mut e = ErrorResponse::new(Some(body.clone()));
-                    *e.status_mut() = r.status;
-                    let h = e.headers_mut();
-                    h.insert(
-                        "content-type",
-                        HeaderValue::from_static("text/plain; charset=utf-8"),
-                    );
-                    h.insert("content-length", body.len().into());
-                    h.insert("connection", HeaderValue::from_static("close"));
-                    Err(e)
+                    Err(self.refuse(r, req, addr))
                 }
             }
         };
-        let max = self.config.max_frame.0 as usize;
-        let ws_config = WebSocketConfig::default()
-            .max_frame_size(Some(max))
-            .max_message_size(Some(max));
         let handshake = tokio::time::timeout(
             self.config.handshake_timeout,
-            tokio_tungstenite::accept_hdr_async_with_config(tcp, callback, Some(ws_config)),
+            tokio_tungstenite::accept_hdr_async_with_config(tcp, callback, Some(self.ws_config())),
         );
         let result = tokio::select! {
             _ = self.stop.cancelled() => return,
             r = handshake => r,
         };
-        let ws = match result {
-            Ok(Ok(ws)) => ws,
-            Ok(Err(e)) => {
-                if !refused {
-                    tracing::debug!(remote_addr = %addr, error = %e, "not a WebSocket upgrade");
-                    self.m.rejected("bad_handshake");
-                }
-                return;
-            }
-            Err(_) => {
-                self.m.rejected("handshake_timeout");
-                return;
-            }
+        let Some(ws) = self.upgraded(result, refused, addr) else {
+            return;
         };
         let Some(device_id) = admitted else {
             return;
@@ -382,7 +351,98 @@ impl Server {
         .run(ws)
         .await;
     }
+
+    /// Counts and logs a refused upgrade, and the HTTP answer that tells the client why.
+    fn refuse(&self, r: Refusal, req: &Request, addr: SocketAddr) -> ErrorResponse {
+        // Counted before the answer is written, so that a client that saw its
+        // refusal also sees it counted.
+        self.m.rejected(r.reason);
+        tracing::info!(remote_addr = %addr, path = %req.uri().path(), reason = r.reason, "device upgrade refused: {}", r.message);
+        let body = format!("{}\n", r.message);
+        let mut e = ErrorResponse::new(Some(body.clone()));
+        *e.status_mut() = r.status;
+        let h = e.headers_mut();
+        h.insert(
+            "content-type",
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert("content-length", body.len().into());
+        h.insert("connection", HeaderValue::from_static("close"));
+        e
+    }
+
+    /// Frames and messages up to `max_frame`.
+    fn ws_config(&self) -> WebSocketConfig {
+        let max = self.config.max_frame.0 as usize;
+        WebSocketConfig::default()
+            .max_frame_size(Some(max))
+            .max_message_size(Some(max))
+    }
+
+    /// The socket of a completed upgrade; a failed or timed-out one is counted (a refusal
+    /// was counted already).
+    fn upgraded(
+        &self,
+        result: Result<Result<Ws, WsError>, tokio::time::error::Elapsed>,
+        refused: bool,
+        addr: SocketAddr,
+    ) -> Option<Ws> {
+        match result {
+            Ok(Ok(ws)) => Some(ws),
+            Ok(Err(e)) => {
+                if !refused {
+                    tracing::debug!(remote_addr = %addr, error = %e, "not a WebSocket upgrade");
+                    self.m.rejected("bad_handshake");
+                }
+                None
+            }
+            Err(_) => {
+                self.m.rejected("handshake_timeout");
+                None
+            }
+        }
+    }
 }
+
+/// The device id found by [`Server::find_device_id`], if it is one (`what` names where it
+/// was looked for).
+fn checked_device_id(
+    found: Option<Result<String, &'static str>>,
+    what: &str,
+) -> Result<String, Refusal> {
+    let id = match found {
+        None => {
+            return Err(Refusal::bad_request(
+                "missing_device_id",
+                format!("missing device id: send it in the {what}"),
+            ))
+        }
+        Some(Ok(id)) if id.trim().is_empty() => {
+            return Err(Refusal::bad_request(
+                "missing_device_id",
+                format!("missing device id: the {what} is empty"),
+            ))
+        }
+        Some(Ok(id)) => id,
+        Some(Err(why)) => {
+            return Err(Refusal::bad_request(
+                "invalid_device_id",
+                format!("invalid device id in the {what}: {why}"),
+            ))
+        }
+    };
+    if id.len() > MAX_DEVICE_ID || id.chars().any(char::is_control) {
+        return Err(Refusal::bad_request(
+            "invalid_device_id",
+            format!(
+                "invalid device id in the {what}: at most {MAX_DEVICE_ID} bytes and no control characters"
+            ),
+        ));
+    }
+    Ok(id)
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
 
 /// One device connection.
 struct Conn<'a> {
@@ -392,7 +452,7 @@ struct Conn<'a> {
 }
 
 impl Conn<'_> {
-    async fn run(self, ws: tokio_tungstenite::WebSocketStream<TcpStream>) {
+    async fn run(self, ws: Ws) {
         let s = self.server;
         let conn_id = s.next_conn.fetch_add(1, Ordering::Relaxed);
         let replaced = s.stop.child_token();
