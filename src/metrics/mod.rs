@@ -49,12 +49,7 @@ pub const READY_WINDOW: Duration = Duration::from_secs(30);
 /// All series kgate exports.
 pub struct Metrics {
     registry: Registry,
-    producer_requests: IntCounterVec,
-    producer_request_failures: IntCounterVec,
-    producer_request_duration: HistogramVec,
-    messages_published: IntCounterVec,
-    delivery_errors: IntCounterVec,
-    queue_drops: IntCounterVec,
+    producer: ProducerFamilies,
     /// `kafka_dlq_published_total{dlq_topic,source_topic,error_type}`.
     pub dlq_published: IntCounterVec,
     /// `kafka_dlq_failures_total{dlq_topic}`: DLQ records Kafka refused.
@@ -66,25 +61,9 @@ pub struct Metrics {
     pub encode_errors: IntCounterVec,
     /// `kgate_schema_refresh_errors_total{subject}`: failed refreshes of a cached schema.
     pub schema_refresh_errors: IntCounterVec,
-    ws_connections: IntCounterVec,
-    ws_disconnections: IntCounterVec,
-    ws_connection_errors: IntCounterVec,
-    ws_messages_received: IntCounterVec,
-    ws_connection_duration: HistogramVec,
-    ws_messages_timeout: IntCounterVec,
-    mqtt_received: IntCounterVec,
-    mqtt_acks: IntCounterVec,
-    mqtt_unacked: IntCounterVec,
-    mqtt_connections: IntCounterVec,
-    mqtt_disconnections: IntCounterVec,
-    mqtt_connection_errors: IntCounterVec,
-    mqtt_inflight: IntGaugeVec,
-    device_connections_active: IntGaugeVec,
-    device_connections: IntCounterVec,
-    device_disconnections: IntCounterVec,
-    device_frames: IntCounterVec,
-    device_rejected_upgrades: IntCounterVec,
-    device_connection_duration: HistogramVec,
+    ws: WsFamilies,
+    mqtt: MqttFamilies,
+    device: DeviceFamilies,
     /// `kgate_producer_inflight_records`: accepted, not yet acknowledged.
     pub inflight: IntGauge,
     /// `http_requests_total{route,status}`: answered HTTP ingest requests.
@@ -189,6 +168,12 @@ fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterV
     c
 }
 
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
 fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str], b: &[f64]) -> HistogramVec {
     let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(b.to_vec()), labels)
         .expect("valid metric");
@@ -196,237 +181,357 @@ fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str], b: &[f64]) -
     h
 }
 
-impl Metrics {
-    /// A registry whose every series carries `labels`.
-    pub fn new(labels: &std::collections::BTreeMap<String, String>) -> Arc<Metrics> {
-        let consts: HashMap<String, String> =
-            labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let r = Registry::new_custom(None, (!consts.is_empty()).then_some(consts))
-            .expect("valid constant labels");
-        let inflight = IntGauge::new(
-            "kgate_producer_inflight_records",
-            "Records accepted and not yet acknowledged by Kafka",
-        )
-        .expect("valid metric");
-        r.register(Box::new(inflight.clone()))
-            .expect("unique metric");
-        Arc::new(Metrics {
-            producer_requests: counter(
-                &r,
+/// A registry whose every series carries `labels`.
+fn registry(labels: &std::collections::BTreeMap<String, String>) -> Registry {
+    let consts: HashMap<String, String> =
+        labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    Registry::new_custom(None, (!consts.is_empty()).then_some(consts))
+        .expect("valid constant labels")
+}
+
+/// `kgate_producer_inflight_records`.
+fn producer_inflight(r: &Registry) -> IntGauge {
+    let inflight = IntGauge::new(
+        "kgate_producer_inflight_records",
+        "Records accepted and not yet acknowledged by Kafka",
+    )
+    .expect("valid metric");
+    r.register(Box::new(inflight.clone()))
+        .expect("unique metric");
+    inflight
+}
+
+/// The `{topic}` families behind [`TopicMetrics`].
+struct ProducerFamilies {
+    requests: IntCounterVec,
+    failures: IntCounterVec,
+    duration: HistogramVec,
+    published: IntCounterVec,
+    delivery_errors: IntCounterVec,
+    drops: IntCounterVec,
+}
+
+impl ProducerFamilies {
+    fn register(r: &Registry) -> ProducerFamilies {
+        ProducerFamilies {
+            requests: counter(
+                r,
                 "kafka_producer_requests_total",
                 "Records handed to the Kafka producer",
                 &["topic"],
             ),
-            producer_request_failures: counter(
-                &r,
+            failures: counter(
+                r,
                 "kafka_producer_request_failures_total",
                 "Records the Kafka producer could not deliver",
                 &["topic"],
             ),
-            producer_request_duration: histogram(
-                &r,
+            duration: histogram(
+                r,
                 "kafka_producer_request_duration_seconds",
                 "Time from accepting a record to Kafka's acknowledgement",
                 &["topic"],
                 LATENCY_BUCKETS,
             ),
-            messages_published: counter(
-                &r,
+            published: counter(
+                r,
                 "kafka_messages_published_total",
                 "Records acknowledged by Kafka",
                 &["topic"],
             ),
             delivery_errors: counter(
-                &r,
+                r,
                 "kafka_delivery_errors_total",
                 "Delivery errors reported by Kafka",
                 &["topic"],
             ),
-            queue_drops: counter(
-                &r,
+            drops: counter(
+                r,
                 "kafka_producer_queue_drops_total",
                 "Records dropped because the producer buffer was full (on_full: drop_newest)",
                 &["topic"],
             ),
+        }
+    }
+}
+
+/// The dead-letter families (public fields of [`Metrics`]).
+struct RejectFamilies {
+    dlq_published: IntCounterVec,
+    dlq_failures: IntCounterVec,
+    events_rejected: IntCounterVec,
+    encode_errors: IntCounterVec,
+}
+
+impl RejectFamilies {
+    fn register(r: &Registry) -> RejectFamilies {
+        RejectFamilies {
             dlq_published: counter(
-                &r,
+                r,
                 "kafka_dlq_published_total",
                 "Records written to the dead-letter queue",
                 &["dlq_topic", "source_topic", "error_type"],
             ),
             dlq_failures: counter(
-                &r,
+                r,
                 "kafka_dlq_failures_total",
                 "Dead-letter records Kafka did not accept",
                 &["dlq_topic"],
             ),
             events_rejected: counter(
-                &r,
+                r,
                 "kgate_events_rejected_total",
                 "Input rejected by a pipeline (sent to the DLQ)",
                 &["pipeline", "error_type"],
             ),
             encode_errors: counter(
-                &r,
+                r,
                 "kafka_producer_encode_errors_total",
                 "Events that could not be encoded for their topic (sent to the DLQ)",
                 &["topic", "error_type"],
             ),
-            schema_refresh_errors: counter(
-                &r,
-                "kgate_schema_refresh_errors_total",
-                "Failed refreshes of a cached schema (the cached version stays in use)",
-                &["subject"],
-            ),
-            ws_connections: counter(
-                &r,
+        }
+    }
+}
+
+/// `kgate_schema_refresh_errors_total`.
+fn schema_refresh_errors(r: &Registry) -> IntCounterVec {
+    counter(
+        r,
+        "kgate_schema_refresh_errors_total",
+        "Failed refreshes of a cached schema (the cached version stays in use)",
+        &["subject"],
+    )
+}
+
+/// The `{url}` families behind [`WsMetrics`].
+struct WsFamilies {
+    connections: IntCounterVec,
+    disconnections: IntCounterVec,
+    connection_errors: IntCounterVec,
+    messages_received: IntCounterVec,
+    connection_duration: HistogramVec,
+    messages_timeout: IntCounterVec,
+}
+
+impl WsFamilies {
+    fn register(r: &Registry) -> WsFamilies {
+        WsFamilies {
+            connections: counter(
+                r,
                 "kafka_producer_websocket_connections_total",
                 "WebSocket connections established",
                 &["url"],
             ),
-            ws_disconnections: counter(
-                &r,
+            disconnections: counter(
+                r,
                 "kafka_producer_websocket_disconnections_total",
                 "WebSocket connections ended",
                 &["url"],
             ),
-            ws_connection_errors: counter(
-                &r,
+            connection_errors: counter(
+                r,
                 "kafka_producer_websocket_connection_errors_total",
                 "WebSocket connect or read errors",
                 &["url"],
             ),
-            ws_messages_received: counter(
-                &r,
+            messages_received: counter(
+                r,
                 "kafka_producer_websocket_messages_received_total",
                 "WebSocket messages received",
                 &["url"],
             ),
-            ws_connection_duration: histogram(
-                &r,
+            connection_duration: histogram(
+                r,
                 "kafka_producer_websocket_connection_duration_seconds",
                 "How long WebSocket connections lasted",
                 &["url"],
                 CONNECTION_BUCKETS,
             ),
-            ws_messages_timeout: counter(
-                &r,
+            messages_timeout: counter(
+                r,
                 "kafka_producer_websocket_messages_timeout_total",
                 "Reconnects because no message arrived within the read timeout",
                 &["url"],
             ),
-            mqtt_received: counter(
-                &r,
+        }
+    }
+}
+
+/// The `{pipeline}` families behind [`MqttMetrics`].
+struct MqttFamilies {
+    received: IntCounterVec,
+    acks: IntCounterVec,
+    unacked: IntCounterVec,
+    connections: IntCounterVec,
+    disconnections: IntCounterVec,
+    connection_errors: IntCounterVec,
+    inflight: IntGaugeVec,
+}
+
+impl MqttFamilies {
+    fn register(r: &Registry) -> MqttFamilies {
+        MqttFamilies {
+            received: counter(
+                r,
                 "kgate_mqtt_messages_received_total",
                 "MQTT messages received, by subscription",
                 &["pipeline", "subscription"],
             ),
-            mqtt_acks: counter(
-                &r,
+            acks: counter(
+                r,
                 "kgate_mqtt_acks_total",
                 "MQTT messages acknowledged to the broker after Kafka held them (or their DLQ record)",
                 &["pipeline"],
             ),
-            mqtt_unacked: counter(
-                &r,
+            unacked: counter(
+                r,
                 "kgate_mqtt_unacked_total",
                 "MQTT messages left unacknowledged so that the broker resends them",
                 &["pipeline", "reason"],
             ),
-            mqtt_connections: counter(
-                &r,
+            connections: counter(
+                r,
                 "kgate_mqtt_connections_total",
                 "MQTT connections established",
                 &["pipeline"],
             ),
-            mqtt_disconnections: counter(
-                &r,
+            disconnections: counter(
+                r,
                 "kgate_mqtt_disconnections_total",
                 "MQTT connections ended",
                 &["pipeline"],
             ),
-            mqtt_connection_errors: counter(
-                &r,
+            connection_errors: counter(
+                r,
                 "kgate_mqtt_connection_errors_total",
                 "MQTT connect failures, connection errors and refused subscriptions",
                 &["pipeline"],
             ),
-            mqtt_inflight: {
-                let g = IntGaugeVec::new(
-                    Opts::new(
-                        "kgate_mqtt_inflight",
-                        "MQTT messages handed to the pipeline and not yet acknowledged",
-                    ),
-                    &["pipeline"],
-                )
-                .expect("valid metric");
-                r.register(Box::new(g.clone())).expect("unique metric");
-                g
-            },
-            device_connections_active: {
-                let g = IntGaugeVec::new(
-                    Opts::new(
-                        "kgate_device_connections_active",
-                        "Devices connected to a device WebSocket server now",
-                    ),
-                    &["pipeline"],
-                )
-                .expect("valid metric");
-                r.register(Box::new(g.clone())).expect("unique metric");
-                g
-            },
-            device_connections: counter(
-                &r,
+            inflight: gauge(
+                r,
+                "kgate_mqtt_inflight",
+                "MQTT messages handed to the pipeline and not yet acknowledged",
+                &["pipeline"],
+            ),
+        }
+    }
+}
+
+/// The `{pipeline}` families behind [`DeviceMetrics`].
+struct DeviceFamilies {
+    active: IntGaugeVec,
+    connections: IntCounterVec,
+    disconnections: IntCounterVec,
+    frames: IntCounterVec,
+    rejected_upgrades: IntCounterVec,
+    connection_duration: HistogramVec,
+}
+
+impl DeviceFamilies {
+    fn register(r: &Registry) -> DeviceFamilies {
+        DeviceFamilies {
+            active: gauge(
+                r,
+                "kgate_device_connections_active",
+                "Devices connected to a device WebSocket server now",
+                &["pipeline"],
+            ),
+            connections: counter(
+                r,
                 "kgate_device_connections_total",
                 "Device WebSocket connections accepted (upgrade completed)",
                 &["pipeline"],
             ),
-            device_disconnections: counter(
-                &r,
+            disconnections: counter(
+                r,
                 "kgate_device_disconnections_total",
                 "Device WebSocket connections ended, by reason",
                 &["pipeline", "reason"],
             ),
-            device_frames: counter(
-                &r,
+            frames: counter(
+                r,
                 "kgate_device_frames_total",
                 "Text and binary frames read from devices",
                 &["pipeline"],
             ),
-            device_rejected_upgrades: counter(
-                &r,
+            rejected_upgrades: counter(
+                r,
                 "kgate_device_rejected_upgrades_total",
                 "Device connections refused before or during the WebSocket upgrade, by reason",
                 &["pipeline", "reason"],
             ),
-            device_connection_duration: histogram(
-                &r,
+            connection_duration: histogram(
+                r,
                 "kgate_device_connection_duration_seconds",
                 "How long device WebSocket connections lasted",
                 &["pipeline"],
                 CONNECTION_BUCKETS,
             ),
-            http_requests: counter(
-                &r,
+        }
+    }
+}
+
+/// The HTTP ingest families (public fields of [`Metrics`]).
+struct HttpFamilies {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    records_per_request: HistogramVec,
+}
+
+impl HttpFamilies {
+    fn register(r: &Registry) -> HttpFamilies {
+        HttpFamilies {
+            requests: counter(
+                r,
                 "http_requests_total",
                 "HTTP ingest requests answered, by route and status code",
                 &["route", "status"],
             ),
-            http_request_duration: histogram(
-                &r,
+            duration: histogram(
+                r,
                 "http_request_duration_seconds",
                 "HTTP ingest request time, from receipt to the answer (which waits for Kafka)",
                 &["route"],
                 LATENCY_BUCKETS,
             ),
-            http_records_per_request: histogram(
-                &r,
+            records_per_request: histogram(
+                r,
                 "http_records_per_request",
                 "Records in each well-formed HTTP ingest request",
                 &["route"],
                 RECORDS_BUCKETS,
             ),
+        }
+    }
+}
+
+impl Metrics {
+    /// A registry whose every series carries `labels`.
+    pub fn new(labels: &std::collections::BTreeMap<String, String>) -> Arc<Metrics> {
+        let r = registry(labels);
+        let inflight = producer_inflight(&r);
+        let producer = ProducerFamilies::register(&r);
+        let rejects = RejectFamilies::register(&r);
+        let schema_refresh_errors = schema_refresh_errors(&r);
+        let ws = WsFamilies::register(&r);
+        let mqtt = MqttFamilies::register(&r);
+        let device = DeviceFamilies::register(&r);
+        let http = HttpFamilies::register(&r);
+        Arc::new(Metrics {
+            producer,
+            dlq_published: rejects.dlq_published,
+            dlq_failures: rejects.dlq_failures,
+            events_rejected: rejects.events_rejected,
+            encode_errors: rejects.encode_errors,
+            schema_refresh_errors,
+            ws,
+            mqtt,
+            device,
             inflight,
+            http_requests: http.requests,
+            http_request_duration: http.duration,
+            http_records_per_request: http.records_per_request,
             topics: Mutex::new(HashMap::new()),
             last_metadata_ok: AtomicU64::new(0),
             registry: r,
@@ -440,13 +545,14 @@ impl Metrics {
             return t.clone();
         }
         let l = [topic];
+        let p = &self.producer;
         let t = Arc::new(TopicMetrics {
-            requests: self.producer_requests.with_label_values(&l),
-            failures: self.producer_request_failures.with_label_values(&l),
-            duration: self.producer_request_duration.with_label_values(&l),
-            published: self.messages_published.with_label_values(&l),
-            delivery_errors: self.delivery_errors.with_label_values(&l),
-            drops: self.queue_drops.with_label_values(&l),
+            requests: p.requests.with_label_values(&l),
+            failures: p.failures.with_label_values(&l),
+            duration: p.duration.with_label_values(&l),
+            published: p.published.with_label_values(&l),
+            delivery_errors: p.delivery_errors.with_label_values(&l),
+            drops: p.drops.with_label_values(&l),
         });
         map.insert(topic.to_string(), t.clone());
         t
@@ -455,26 +561,28 @@ impl Metrics {
     /// The per-URL WebSocket series of `url`.
     pub fn websocket(&self, url: &str) -> WsMetrics {
         let l = [url];
+        let w = &self.ws;
         WsMetrics {
-            connections: self.ws_connections.with_label_values(&l),
-            disconnections: self.ws_disconnections.with_label_values(&l),
-            connection_errors: self.ws_connection_errors.with_label_values(&l),
-            messages_received: self.ws_messages_received.with_label_values(&l),
-            connection_duration: self.ws_connection_duration.with_label_values(&l),
-            messages_timeout: self.ws_messages_timeout.with_label_values(&l),
+            connections: w.connections.with_label_values(&l),
+            disconnections: w.disconnections.with_label_values(&l),
+            connection_errors: w.connection_errors.with_label_values(&l),
+            messages_received: w.messages_received.with_label_values(&l),
+            connection_duration: w.connection_duration.with_label_values(&l),
+            messages_timeout: w.messages_timeout.with_label_values(&l),
         }
     }
 
     /// The device WebSocket server series of `pipeline`.
     pub fn device(&self, pipeline: &str) -> DeviceMetrics {
         let l = [pipeline];
+        let d = &self.device;
         DeviceMetrics {
-            active: self.device_connections_active.with_label_values(&l),
-            connections: self.device_connections.with_label_values(&l),
-            frames: self.device_frames.with_label_values(&l),
-            connection_duration: self.device_connection_duration.with_label_values(&l),
-            disconnections: self.device_disconnections.clone(),
-            rejected: self.device_rejected_upgrades.clone(),
+            active: d.active.with_label_values(&l),
+            connections: d.connections.with_label_values(&l),
+            frames: d.frames.with_label_values(&l),
+            connection_duration: d.connection_duration.with_label_values(&l),
+            disconnections: d.disconnections.clone(),
+            rejected: d.rejected_upgrades.clone(),
             pipeline: pipeline.to_string(),
         }
     }
@@ -483,23 +591,20 @@ impl Metrics {
     /// `filters` are the subscriptions' topic filters, in config order.
     pub fn mqtt(&self, pipeline: &str, filters: &[&str]) -> MqttMetrics {
         let p = [pipeline];
+        let m = &self.mqtt;
         MqttMetrics {
             received: filters
                 .iter()
-                .map(|f| self.mqtt_received.with_label_values(&[pipeline, f]))
+                .map(|f| m.received.with_label_values(&[pipeline, f]))
                 .collect(),
-            received_unmatched: self.mqtt_received.with_label_values(&[pipeline, ""]),
-            acks: self.mqtt_acks.with_label_values(&p),
-            unacked_not_persisted: self
-                .mqtt_unacked
-                .with_label_values(&[pipeline, "not_persisted"]),
-            unacked_reconnected: self
-                .mqtt_unacked
-                .with_label_values(&[pipeline, "reconnected"]),
-            connections: self.mqtt_connections.with_label_values(&p),
-            disconnections: self.mqtt_disconnections.with_label_values(&p),
-            connection_errors: self.mqtt_connection_errors.with_label_values(&p),
-            inflight: self.mqtt_inflight.with_label_values(&p),
+            received_unmatched: m.received.with_label_values(&[pipeline, ""]),
+            acks: m.acks.with_label_values(&p),
+            unacked_not_persisted: m.unacked.with_label_values(&[pipeline, "not_persisted"]),
+            unacked_reconnected: m.unacked.with_label_values(&[pipeline, "reconnected"]),
+            connections: m.connections.with_label_values(&p),
+            disconnections: m.disconnections.with_label_values(&p),
+            connection_errors: m.connection_errors.with_label_values(&p),
+            inflight: m.inflight.with_label_values(&p),
         }
     }
 
@@ -557,17 +662,30 @@ async fn readyz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     }
 }
 
+/// Why the metrics endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The address is taken or not ours.
+    // The cause sits inside the message, before the fix, so it is not also `source()`: a
+    // `{:#}` chain would print it twice.
+    #[error("cannot listen for metrics on {addr}: {error}; set metrics.listen to a free address (or metrics.enabled: false)")]
+    Listen {
+        /// `metrics.listen`.
+        addr: SocketAddr,
+        /// Why the bind failed.
+        error: std::io::Error,
+    },
+}
+
 /// Binds the metrics address (so that a taken port fails at start) and serves until `shutdown`.
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot listen for metrics on {addr}: {e}; set metrics.listen to a free address (or metrics.enabled: false)"
-        )
-    })?;
+) -> Result<tokio::task::JoinHandle<()>, ServeError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|error| ServeError::Listen { addr, error })?;
     let app = Router::new()
         .route("/", get(metrics_handler))
         .route("/metrics", get(metrics_handler))
@@ -606,5 +724,25 @@ mod tests {
         assert!(!m.is_ready());
         m.mark_metadata_ok();
         assert!(m.is_ready());
+    }
+
+    #[tokio::test]
+    async fn a_taken_metrics_address_names_the_cause_once_and_the_fix() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let m = Metrics::new(&Default::default());
+        let e = serve(addr, m, CancellationToken::new()).await.unwrap_err();
+        // No `source()`: a chain printer (`{:#}`, as `kgate run` prints) shows the cause once.
+        assert!(std::error::Error::source(&e).is_none());
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!("cannot listen for metrics on {addr}: ")),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("; set metrics.listen to a free address (or metrics.enabled: false)"),
+            "{text}"
+        );
+        assert!(text.contains("os error"), "{text}");
     }
 }

@@ -134,6 +134,20 @@ struct Refusal {
     message: String,
 }
 
+impl Refusal {
+    fn new(status: StatusCode, reason: &'static str, message: String) -> Refusal {
+        Refusal {
+            status,
+            reason,
+            message,
+        }
+    }
+
+    fn bad_request(reason: &'static str, message: String) -> Refusal {
+        Refusal::new(StatusCode::BAD_REQUEST, reason, message)
+    }
+}
+
 /// Why a connection ended (the `reason` label and the disconnect event's `reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum EndReason {
@@ -219,30 +233,42 @@ impl Server {
 
     /// Checks an upgrade request: the path, the device id, the connection limit.
     fn admit(&self, req: &Request) -> Result<String, Refusal> {
-        let refuse = |status, reason, message: String| Refusal {
-            status,
-            reason,
-            message,
-        };
-        let uri = req.uri();
-        let segs: Vec<&str> = uri.path().trim_start_matches('/').split('/').collect();
+        let segs = self.match_path(req.uri().path())?;
+        let (found, what) = self.find_device_id(req, &segs);
+        let id = checked_device_id(found, &what)?;
+        self.check_room()?;
+        Ok(id)
+    }
+
+    /// The segments of `path` when it matches the configured pattern.
+    fn match_path<'p>(&self, path: &'p str) -> Result<Vec<&'p str>, Refusal> {
+        let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let matches = segs.len() == self.path.len()
             && self.path.iter().zip(&segs).all(|(p, s)| match p {
                 Seg::Lit(l) => l == s,
                 Seg::Param(_) => !s.is_empty(),
             });
         if !matches {
-            return Err(refuse(
+            return Err(Refusal::new(
                 StatusCode::NOT_FOUND,
                 "unknown_path",
                 format!(
-                    "no device endpoint at {}; connect to {}",
-                    uri.path(),
+                    "no device endpoint at {path}; connect to {}",
                     self.config.path
                 ),
             ));
         }
-        let (found, what) = match &self.config.device_id {
+        Ok(segs)
+    }
+
+    /// The device id where `device_id` says it is (none when absent; an error when it is not
+    /// text), and how to name that place to the client.
+    fn find_device_id(
+        &self,
+        req: &Request,
+        segs: &[&str],
+    ) -> (Option<Result<String, &'static str>>, String) {
+        match &self.config.device_id {
             DeviceIdFrom::Header(h) => (
                 req.headers().get(h.as_str()).map(|v| {
                     v.to_str()
@@ -252,7 +278,7 @@ impl Server {
                 format!("header {h}"),
             ),
             DeviceIdFrom::Query(q) => (
-                uri.query().and_then(|qs| {
+                req.uri().query().and_then(|qs| {
                     form_urlencoded::parse(qs.as_bytes())
                         .find(|(k, _)| k == q)
                         .map(|(_, v)| Ok(v.into_owned()))
@@ -266,42 +292,13 @@ impl Server {
                     .map(|i| percent_decode(segs[i]).ok_or("not UTF-8 once percent-decoded")),
                 format!("path segment `{{{name}}}` of {}", self.config.path),
             ),
-        };
-        let id = match found {
-            None => {
-                return Err(refuse(
-                    StatusCode::BAD_REQUEST,
-                    "missing_device_id",
-                    format!("missing device id: send it in the {what}"),
-                ))
-            }
-            Some(Ok(id)) if id.trim().is_empty() => {
-                return Err(refuse(
-                    StatusCode::BAD_REQUEST,
-                    "missing_device_id",
-                    format!("missing device id: the {what} is empty"),
-                ))
-            }
-            Some(Ok(id)) => id,
-            Some(Err(why)) => {
-                return Err(refuse(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_device_id",
-                    format!("invalid device id in the {what}: {why}"),
-                ))
-            }
-        };
-        if id.len() > MAX_DEVICE_ID || id.chars().any(char::is_control) {
-            return Err(refuse(
-                StatusCode::BAD_REQUEST,
-                "invalid_device_id",
-                format!(
-                    "invalid device id in the {what}: at most {MAX_DEVICE_ID} bytes and no control characters"
-                ),
-            ));
         }
+    }
+
+    /// Refuses a device beyond `max_connections`.
+    fn check_room(&self) -> Result<(), Refusal> {
         if self.active.load(Ordering::Acquire) >= self.config.max_connections {
-            return Err(refuse(
+            return Err(Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too_many_connections",
                 format!(
@@ -310,9 +307,10 @@ impl Server {
                 ),
             ));
         }
-        Ok(id)
+        Ok(())
     }
 
+    /// Upgrades one TCP connection (or refuses it) and serves the device on it.
     async fn serve(self: Arc<Self>, tcp: TcpStream, addr: SocketAddr) {
         let _ = tcp.set_nodelay(true);
         let mut admitted: Option<String> = None;
@@ -326,50 +324,21 @@ impl Server {
                     Ok(resp)
                 }
                 Err(r) => {
-                    // Counted before the answer is written, so that a client that saw its
-                    // refusal also sees it counted.
-                    self.m.rejected(r.reason);
                     refused = true;
-                    tracing::info!(remote_addr = %addr, path = %req.uri().path(), reason = r.reason, "device upgrade refused: {}", r.message);
-                    let body = format!("{}\n", r.message);
-                    let mut e = ErrorResponse::new(Some(body.clone()));
-                    *e.status_mut() = r.status;
-                    let h = e.headers_mut();
-                    h.insert(
-                        "content-type",
-                        HeaderValue::from_static("text/plain; charset=utf-8"),
-                    );
-                    h.insert("content-length", body.len().into());
-                    h.insert("connection", HeaderValue::from_static("close"));
-                    Err(e)
+                    Err(self.refuse(r, req, addr))
                 }
             }
         };
-        let max = self.config.max_frame.0 as usize;
-        let ws_config = WebSocketConfig::default()
-            .max_frame_size(Some(max))
-            .max_message_size(Some(max));
         let handshake = tokio::time::timeout(
             self.config.handshake_timeout,
-            tokio_tungstenite::accept_hdr_async_with_config(tcp, callback, Some(ws_config)),
+            tokio_tungstenite::accept_hdr_async_with_config(tcp, callback, Some(self.ws_config())),
         );
         let result = tokio::select! {
             _ = self.stop.cancelled() => return,
             r = handshake => r,
         };
-        let ws = match result {
-            Ok(Ok(ws)) => ws,
-            Ok(Err(e)) => {
-                if !refused {
-                    tracing::debug!(remote_addr = %addr, error = %e, "not a WebSocket upgrade");
-                    self.m.rejected("bad_handshake");
-                }
-                return;
-            }
-            Err(_) => {
-                self.m.rejected("handshake_timeout");
-                return;
-            }
+        let Some(ws) = self.upgraded(result, refused, addr) else {
+            return;
         };
         let Some(device_id) = admitted else {
             return;
@@ -382,7 +351,100 @@ impl Server {
         .run(ws)
         .await;
     }
+
+    /// Counts and logs a refused upgrade, and the HTTP answer that tells the client why.
+    fn refuse(&self, r: Refusal, req: &Request, addr: SocketAddr) -> ErrorResponse {
+        // Counted before the answer is written, so that a client that saw its
+        // refusal also sees it counted.
+        self.m.rejected(r.reason);
+        tracing::info!(remote_addr = %addr, path = %req.uri().path(), reason = r.reason, "device upgrade refused: {}", r.message);
+        let body = format!("{}\n", r.message);
+        let mut e = ErrorResponse::new(Some(body.clone()));
+        *e.status_mut() = r.status;
+        let h = e.headers_mut();
+        h.insert(
+            "content-type",
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert("content-length", body.len().into());
+        h.insert("connection", HeaderValue::from_static("close"));
+        e
+    }
+
+    /// Frames and messages up to `max_frame`.
+    fn ws_config(&self) -> WebSocketConfig {
+        let max = self.config.max_frame.0 as usize;
+        WebSocketConfig::default()
+            .max_frame_size(Some(max))
+            .max_message_size(Some(max))
+    }
+
+    /// The socket of a completed upgrade; a failed or timed-out one is counted (a refusal
+    /// was counted already).
+    fn upgraded(
+        &self,
+        result: Result<Result<Ws, WsError>, tokio::time::error::Elapsed>,
+        refused: bool,
+        addr: SocketAddr,
+    ) -> Option<Ws> {
+        match result {
+            Ok(Ok(ws)) => Some(ws),
+            Ok(Err(e)) => {
+                if !refused {
+                    tracing::debug!(remote_addr = %addr, error = %e, "not a WebSocket upgrade");
+                    self.m.rejected("bad_handshake");
+                }
+                None
+            }
+            Err(_) => {
+                self.m.rejected("handshake_timeout");
+                None
+            }
+        }
+    }
 }
+
+/// The device id found by [`Server::find_device_id`], if it is one (`what` names where it
+/// was looked for).
+fn checked_device_id(
+    found: Option<Result<String, &'static str>>,
+    what: &str,
+) -> Result<String, Refusal> {
+    let id = match found {
+        None => {
+            return Err(Refusal::bad_request(
+                "missing_device_id",
+                format!("missing device id: send it in the {what}"),
+            ))
+        }
+        Some(Ok(id)) if id.trim().is_empty() => {
+            return Err(Refusal::bad_request(
+                "missing_device_id",
+                format!("missing device id: the {what} is empty"),
+            ))
+        }
+        Some(Ok(id)) => id,
+        Some(Err(why)) => {
+            return Err(Refusal::bad_request(
+                "invalid_device_id",
+                format!("invalid device id in the {what}: {why}"),
+            ))
+        }
+    };
+    if id.len() > MAX_DEVICE_ID || id.chars().any(char::is_control) {
+        return Err(Refusal::bad_request(
+            "invalid_device_id",
+            format!(
+                "invalid device id in the {what}: at most {MAX_DEVICE_ID} bytes and no control characters"
+            ),
+        ));
+    }
+    Ok(id)
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+type WsTx = futures_util::stream::SplitSink<Ws, Message>;
+type WsRx = futures_util::stream::SplitStream<Ws>;
 
 /// One device connection.
 struct Conn<'a> {
@@ -391,14 +453,104 @@ struct Conn<'a> {
     addr: SocketAddr,
 }
 
+/// A connection that holds its device id: what its events and its end report.
+struct Live {
+    conn_id: u64,
+    /// Cancelled when a newer connection of the same device replaces this one, or on shutdown.
+    replaced: CancellationToken,
+    started: Instant,
+    connected_at: SystemTime,
+    remote: String,
+    /// `device_id@remote_addr`: the origin of its events.
+    source: Arc<str>,
+    /// The template values every event of this connection carries.
+    base: Meta,
+    frames: u64,
+    bytes: u64,
+    /// The code of the device's close frame.
+    close_code: Option<u16>,
+}
+
+/// What one wait of a connection came to.
+enum Step {
+    /// Keep reading.
+    Next,
+    /// The connection ended; nothing more to send.
+    End(EndReason, String),
+    /// End it with a close frame of ours.
+    Close(EndReason, CloseCode, String),
+}
+
+/// `d`, or in effect never when it is zero (the setting is off).
+fn or_never(d: Duration) -> Duration {
+    if d.is_zero() {
+        Duration::from_secs(86400 * 365)
+    } else {
+        d
+    }
+}
+
 impl Conn<'_> {
-    async fn run(self, ws: tokio_tungstenite::WebSocketStream<TcpStream>) {
-        let s = self.server;
-        let conn_id = s.next_conn.fetch_add(1, Ordering::Relaxed);
-        let replaced = s.stop.child_token();
+    /// Serves the device until it closes, idles out, fails, is replaced or kgate stops, with
+    /// its `connect` and `disconnect` events around that.
+    async fn run(self, ws: Ws) {
         let finished = CancellationToken::new();
         // Dropped last: whoever replaces this connection waits for its disconnect event.
         let _finished = finished.clone().drop_guard();
+        let mut live = self.open(finished).await;
+        let (mut tx, mut rx) = ws.split();
+        let (reason, detail) = self.read_frames(&mut live, &mut tx, &mut rx).await;
+        if reason == EndReason::Closed {
+            // Flushes the close reply tungstenite queued when the device's close frame arrived.
+            let _ = tokio::time::timeout(Duration::from_secs(1), tx.close()).await;
+        }
+        self.close(&live, reason, detail).await;
+    }
+
+    /// Takes the device id over, counts the connection and publishes its `connect` event.
+    async fn open(&self, finished: CancellationToken) -> Live {
+        let s = self.server;
+        let (conn_id, replaced) = self.take_over(finished).await;
+        s.active.fetch_add(1, Ordering::AcqRel);
+        s.m.active.inc();
+        s.m.connections.inc();
+        let remote = self.addr.to_string();
+        let mut base = Meta::empty();
+        base.insert("device_id", self.device_id.clone());
+        base.insert("remote_addr", remote.clone());
+        let live = Live {
+            conn_id,
+            replaced,
+            started: Instant::now(),
+            connected_at: SystemTime::now(),
+            source: Arc::from(format!("{}@{remote}", self.device_id)),
+            remote,
+            base,
+            frames: 0,
+            bytes: 0,
+            close_code: None,
+        };
+        tracing::debug!(device_id = %self.device_id, remote_addr = %live.remote, "device connected");
+        if s.config.lifecycle_events {
+            let body = serde_json::json!({
+                "event": "connect",
+                "device_id": self.device_id,
+                "remote_addr": live.remote,
+                "time": rfc3339(live.connected_at),
+            });
+            self.lifecycle(&live.base, &live.source, "connect", body)
+                .await;
+        }
+        live
+    }
+
+    /// Registers this connection as the holder of its device id; the id's older connection
+    /// is closed, and awaited for a while. Returns the connection's number and the token that
+    /// closes it.
+    async fn take_over(&self, finished: CancellationToken) -> (u64, CancellationToken) {
+        let s = self.server;
+        let conn_id = s.next_conn.fetch_add(1, Ordering::Relaxed);
+        let replaced = s.stop.child_token();
         let older = s.devices.lock().expect("device registry").insert(
             self.device_id.clone(),
             Holder {
@@ -413,122 +565,118 @@ impl Conn<'_> {
             // So that consumers see the old connection's disconnect before the new connect.
             let _ = tokio::time::timeout(REPLACE_WAIT, older.finished.cancelled()).await;
         }
-        s.active.fetch_add(1, Ordering::AcqRel);
-        s.m.active.inc();
-        s.m.connections.inc();
-        let started = Instant::now();
-        let connected_at = SystemTime::now();
-        let remote = self.addr.to_string();
-        let source: Arc<str> = Arc::from(format!("{}@{remote}", self.device_id));
-        tracing::debug!(device_id = %self.device_id, remote_addr = %remote, "device connected");
+        (conn_id, replaced)
+    }
 
-        let mut base = Meta::empty();
-        base.insert("device_id", self.device_id.clone());
-        base.insert("remote_addr", remote.clone());
-        let wrp = s.config.wrp;
-        if s.config.lifecycle_events {
-            let body = serde_json::json!({
-                "event": "connect",
-                "device_id": self.device_id,
-                "remote_addr": remote,
-                "time": rfc3339(connected_at),
-            });
-            self.lifecycle(&base, &source, "connect", body).await;
-        }
-
-        let (mut tx, mut rx) = ws.split();
-        let mut frames = 0u64;
-        let mut bytes = 0u64;
-        let mut close_code: Option<u16> = None;
-        let (reason, detail) = 'conn: {
-            let ping_every = if s.config.ping_interval.is_zero() {
-                Duration::from_secs(86400 * 365)
-            } else {
-                s.config.ping_interval
-            };
-            let mut ping =
-                tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-            let idle_for = if s.config.idle_timeout.is_zero() {
-                Duration::from_secs(86400 * 365)
-            } else {
-                s.config.idle_timeout
-            };
-            let idle = tokio::time::sleep(idle_for);
-            tokio::pin!(idle);
-            let mut last_heard = tokio::time::Instant::now();
-            loop {
-                let (why, code, text): (EndReason, Option<CloseCode>, String) = tokio::select! {
-                    biased;
-                    _ = replaced.cancelled() => if s.stop.is_cancelled() {
-                        (EndReason::Shutdown, Some(CloseCode::Away), "kgate is shutting down".into())
+    /// Reads frames into the pipeline, pings, and watches for idleness and replacement until
+    /// the connection ends; says why it ended.
+    async fn read_frames(
+        &self,
+        live: &mut Live,
+        tx: &mut WsTx,
+        rx: &mut WsRx,
+    ) -> (EndReason, String) {
+        let s = self.server;
+        let ping_every = or_never(s.config.ping_interval);
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+        let idle_for = or_never(s.config.idle_timeout);
+        let idle = tokio::time::sleep(idle_for);
+        tokio::pin!(idle);
+        let mut last_heard = tokio::time::Instant::now();
+        loop {
+            let step = tokio::select! {
+                biased;
+                _ = live.replaced.cancelled() => self.replaced_step(),
+                _ = &mut idle => {
+                    let deadline = last_heard + idle_for;
+                    if deadline > tokio::time::Instant::now() {
+                        idle.as_mut().reset(deadline);
+                        Step::Next
                     } else {
-                        (EndReason::Replaced, Some(CloseCode::Policy), "replaced by a newer connection of the same device".into())
-                    },
-                    _ = &mut idle => {
-                        let deadline = last_heard + idle_for;
-                        if deadline > tokio::time::Instant::now() {
-                            idle.as_mut().reset(deadline);
-                            continue;
-                        }
-                        (EndReason::IdleTimeout, Some(CloseCode::Normal), format!("nothing received for {idle_for:?}"))
+                        Step::Close(EndReason::IdleTimeout, CloseCode::Normal, format!("nothing received for {idle_for:?}"))
                     }
-                    _ = ping.tick() => {
-                        // A device that reads nothing would block the write (and this task) for good.
-                        match tokio::time::timeout(ping_every, tx.send(Message::Ping(Bytes::new()))).await {
-                            Ok(Ok(())) => continue,
-                            Ok(Err(e)) => break 'conn (EndReason::Error, format!("ping failed: {e}")),
-                            Err(_) => break 'conn (EndReason::Error, format!("ping not written within {ping_every:?}: the device reads nothing")),
-                        }
-                    }
-                    r = rx.next() => match r {
-                        None => break 'conn (EndReason::Closed, "connection closed".into()),
-                        Some(Err(WsError::Capacity(e))) => (EndReason::FrameTooLarge, Some(CloseCode::Size), format!("{e} (max_frame {} bytes)", s.config.max_frame.0)),
-                        Some(Err(e)) => break 'conn (EndReason::Error, format!("read failed: {e}")),
-                        Some(Ok(msg)) => {
-                            last_heard = tokio::time::Instant::now();
-                            let raw = match msg {
-                                Message::Text(t) => Bytes::from(t),
-                                Message::Binary(b) => b,
-                                Message::Close(frame) => {
-                                    close_code = frame.as_ref().map(|f| u16::from(f.code));
-                                    break 'conn (EndReason::Closed, frame.map(|f| f.reason.to_string()).unwrap_or_default());
-                                }
-                                _ => continue,
-                            };
-                            frames += 1;
-                            bytes += raw.len() as u64;
-                            s.m.frames.inc();
-                            let origin = Origin::now(s.pipeline.name().clone(), source.clone());
-                            // Awaits while the producer buffer is full: this device is not read meanwhile.
-                            self.frame(raw, origin, &base, wrp).await;
-                            continue;
-                        }
-                    }
-                };
-                if let Some(code) = code {
-                    let frame = CloseFrame {
-                        code,
-                        reason: text.clone().into(),
-                    };
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(1),
-                        tx.send(Message::Close(Some(frame))),
-                    )
-                    .await;
                 }
-                break 'conn (why, text);
+                _ = ping.tick() => send_ping(tx, ping_every).await,
+                r = rx.next() => {
+                    if let Some(Ok(_)) = r {
+                        last_heard = tokio::time::Instant::now();
+                    }
+                    self.on_read(live, r).await
+                }
+            };
+            match step {
+                Step::Next => {}
+                Step::End(why, text) => return (why, text),
+                Step::Close(why, code, text) => {
+                    send_close(tx, code, &text).await;
+                    return (why, text);
+                }
             }
-        };
-        if reason == EndReason::Closed {
-            // Flushes the close reply tungstenite queued when the device's close frame arrived.
-            let _ = tokio::time::timeout(Duration::from_secs(1), tx.close()).await;
         }
+    }
 
+    /// How a connection closed by its token ends: kgate stops, or a newer one replaced it.
+    fn replaced_step(&self) -> Step {
+        if self.server.stop.is_cancelled() {
+            Step::Close(
+                EndReason::Shutdown,
+                CloseCode::Away,
+                "kgate is shutting down".into(),
+            )
+        } else {
+            Step::Close(
+                EndReason::Replaced,
+                CloseCode::Policy,
+                "replaced by a newer connection of the same device".into(),
+            )
+        }
+    }
+
+    /// Hands a text or binary frame to the pipeline; a close, the end of the stream or a read
+    /// error ends the connection.
+    async fn on_read(&self, live: &mut Live, r: Option<Result<Message, WsError>>) -> Step {
+        let s = self.server;
+        let msg = match r {
+            None => return Step::End(EndReason::Closed, "connection closed".into()),
+            Some(Err(WsError::Capacity(e))) => {
+                return Step::Close(
+                    EndReason::FrameTooLarge,
+                    CloseCode::Size,
+                    format!("{e} (max_frame {} bytes)", s.config.max_frame.0),
+                )
+            }
+            Some(Err(e)) => return Step::End(EndReason::Error, format!("read failed: {e}")),
+            Some(Ok(msg)) => msg,
+        };
+        let raw = match msg {
+            Message::Text(t) => Bytes::from(t),
+            Message::Binary(b) => b,
+            Message::Close(frame) => {
+                live.close_code = frame.as_ref().map(|f| u16::from(f.code));
+                let reason = frame.map(|f| f.reason.to_string()).unwrap_or_default();
+                return Step::End(EndReason::Closed, reason);
+            }
+            _ => return Step::Next,
+        };
+        live.frames += 1;
+        live.bytes += raw.len() as u64;
+        s.m.frames.inc();
+        let origin = Origin::now(s.pipeline.name().clone(), live.source.clone());
+        // Awaits while the producer buffer is full: this device is not read meanwhile.
+        self.frame(raw, origin, &live.base, s.config.wrp).await;
+        Step::Next
+    }
+
+    /// Gives the device id up (unless a newer connection holds it), counts the end and
+    /// publishes the `disconnect` event.
+    async fn close(&self, live: &Live, reason: EndReason, detail: String) {
+        let s = self.server;
         {
             let mut devices = s.devices.lock().expect("device registry");
             if devices
                 .get(&self.device_id)
-                .is_some_and(|h| h.conn == conn_id)
+                .is_some_and(|h| h.conn == live.conn_id)
             {
                 devices.remove(&self.device_id);
             }
@@ -536,29 +684,42 @@ impl Conn<'_> {
         s.active.fetch_sub(1, Ordering::AcqRel);
         s.m.active.dec();
         s.m.disconnected(reason.as_str());
-        let elapsed = started.elapsed();
+        let elapsed = live.started.elapsed();
         s.m.connection_duration.observe(elapsed.as_secs_f64());
-        tracing::debug!(device_id = %self.device_id, reason = reason.as_str(), %detail, frames, "device disconnected");
+        tracing::debug!(device_id = %self.device_id, reason = reason.as_str(), %detail, frames = live.frames, "device disconnected");
         if s.config.lifecycle_events {
-            let mut body = serde_json::json!({
-                "event": "disconnect",
-                "device_id": self.device_id,
-                "remote_addr": remote,
-                "time": rfc3339(SystemTime::now()),
-                "connected_at": rfc3339(connected_at),
-                "duration_ms": elapsed.as_millis() as u64,
-                "frames": frames,
-                "bytes": bytes,
-                "reason": reason.as_str(),
-            });
-            if !detail.is_empty() {
-                body["detail"] = detail.into();
-            }
-            if let Some(c) = close_code {
-                body["close_code"] = c.into();
-            }
-            self.lifecycle(&base, &source, "disconnect", body).await;
+            let body = self.disconnect_body(live, reason, detail, elapsed);
+            self.lifecycle(&live.base, &live.source, "disconnect", body)
+                .await;
         }
+    }
+
+    /// The body of the `disconnect` event.
+    fn disconnect_body(
+        &self,
+        live: &Live,
+        reason: EndReason,
+        detail: String,
+        elapsed: Duration,
+    ) -> serde_json::Value {
+        let mut body = serde_json::json!({
+            "event": "disconnect",
+            "device_id": self.device_id,
+            "remote_addr": live.remote,
+            "time": rfc3339(SystemTime::now()),
+            "connected_at": rfc3339(live.connected_at),
+            "duration_ms": elapsed.as_millis() as u64,
+            "frames": live.frames,
+            "bytes": live.bytes,
+            "reason": reason.as_str(),
+        });
+        if !detail.is_empty() {
+            body["detail"] = detail.into();
+        }
+        if let Some(c) = live.close_code {
+            body["close_code"] = c.into();
+        }
+        body
     }
 
     /// Publishes a `connect` or `disconnect` event through the pipeline.
@@ -630,6 +791,29 @@ impl Conn<'_> {
             }
         }
     }
+}
+
+/// Pings the device, giving the write `ping_every` at most.
+async fn send_ping(tx: &mut WsTx, ping_every: Duration) -> Step {
+    // A device that reads nothing would block the write (and this task) for good.
+    match tokio::time::timeout(ping_every, tx.send(Message::Ping(Bytes::new()))).await {
+        Ok(Ok(())) => Step::Next,
+        Ok(Err(e)) => Step::End(EndReason::Error, format!("ping failed: {e}")),
+        Err(_) => Step::End(
+            EndReason::Error,
+            format!("ping not written within {ping_every:?}: the device reads nothing"),
+        ),
+    }
+}
+
+/// Sends our close frame, giving the write a second at most.
+async fn send_close(tx: &mut WsTx, code: CloseCode, text: &str) {
+    let frame = CloseFrame {
+        code,
+        reason: text.to_string().into(),
+    };
+    let _ =
+        tokio::time::timeout(Duration::from_secs(1), tx.send(Message::Close(Some(frame)))).await;
 }
 
 #[cfg(test)]

@@ -116,6 +116,32 @@ fn strings<'a>(key: &str, v: &ValueRef<'a>) -> Result<Vec<&'a str>, Invalid> {
 
 /// Decodes one frame as a WRP msgpack message.
 pub fn decode(frame: &Bytes) -> Result<Decoded, Invalid> {
+    let mut f = Fields::new();
+    for (k, val) in &top_level_map(frame)? {
+        let key = match k {
+            ValueRef::String(s) => s.as_str().unwrap_or_default(),
+            _ => continue,
+        };
+        f.read(frame, key, val)?;
+    }
+    let msg_type = f
+        .msg_type
+        .ok_or_else(|| Invalid("no `msg_type` field".into()))?;
+    let type_name = msg_type_name(msg_type).ok_or_else(|| {
+        Invalid(format!(
+            "unknown msg_type {msg_type}; WRP types are 2 to 11"
+        ))
+    })?;
+    Ok(Decoded {
+        msg_type,
+        headers: f.headers(msg_type),
+        meta: f.meta(msg_type, type_name),
+        payload: f.payload,
+    })
+}
+
+/// The fields of the single msgpack map that is the whole frame.
+fn top_level_map(frame: &Bytes) -> Result<Vec<(ValueRef<'_>, ValueRef<'_>)>, Invalid> {
     let mut rd: &[u8] = frame;
     let v = rmpv::decode::read_value_ref_with_max_depth(&mut rd, MAX_DEPTH)
         .map_err(|e| Invalid(format!("not msgpack: {e}")))?;
@@ -125,160 +151,192 @@ pub fn decode(frame: &Bytes) -> Result<Decoded, Invalid> {
             rd.len()
         )));
     }
-    let ValueRef::Map(fields) = v else {
-        return Err(Invalid(format!(
+    match v {
+        ValueRef::Map(fields) => Ok(fields),
+        other => Err(Invalid(format!(
             "a WRP message is a msgpack map, not {}",
-            kind(&v)
-        )));
-    };
+            kind(&other)
+        ))),
+    }
+}
 
-    let mut d = Decoded::default();
-    let mut msg_type = None;
-    // Headers in a fixed order whatever the key order of the message.
-    let mut simple: [(&str, Option<String>); 12] = [
-        ("source", None),
-        ("dest", None),
-        ("transaction_uuid", None),
-        ("content_type", None),
-        ("accept", None),
-        ("status", None),
-        ("rdr", None),
-        ("path", None),
-        ("session_id", None),
-        ("qos", None),
-        ("service_name", None),
-        ("url", None),
-    ];
-    let mut wrp_headers = Vec::new();
-    let mut metadata = Vec::new();
-    let mut partner_ids = Vec::new();
-    let mut spans = None;
-    for (k, val) in &fields {
-        let key = match k {
-            ValueRef::String(s) => s.as_str().unwrap_or_default(),
-            _ => continue,
-        };
+/// The fields of a WRP message that kgate uses, as read so far.
+struct Fields<'a> {
+    msg_type: Option<i64>,
+    payload: Bytes,
+    /// Headers in a fixed order whatever the key order of the message.
+    simple: [(&'static str, Option<String>); 12],
+    wrp_headers: Vec<&'a str>,
+    metadata: Vec<(&'a str, &'a str)>,
+    partner_ids: Vec<&'a str>,
+    spans: Option<String>,
+}
+
+impl<'a> Fields<'a> {
+    fn new() -> Fields<'a> {
+        Fields {
+            msg_type: None,
+            payload: Bytes::new(),
+            simple: [
+                ("source", None),
+                ("dest", None),
+                ("transaction_uuid", None),
+                ("content_type", None),
+                ("accept", None),
+                ("status", None),
+                ("rdr", None),
+                ("path", None),
+                ("session_id", None),
+                ("qos", None),
+                ("service_name", None),
+                ("url", None),
+            ],
+            wrp_headers: Vec::new(),
+            metadata: Vec::new(),
+            partner_ids: Vec::new(),
+            spans: None,
+        }
+    }
+
+    /// Takes one field of the message; `frame` is what `val` borrows from.
+    fn read(&mut self, frame: &Bytes, key: &str, val: &ValueRef<'a>) -> Result<(), Invalid> {
         match key {
-            "msg_type" => msg_type = Some(int(key, val)?),
-            "payload" => {
-                d.payload = match val {
-                    ValueRef::Binary(b) => frame.slice_ref(b),
-                    ValueRef::String(s) => frame.slice_ref(s.as_bytes()),
-                    ValueRef::Nil => Bytes::new(),
-                    other => {
-                        return Err(Invalid(format!(
-                            "field `payload` is {}, not binary or a string",
-                            kind(other)
-                        )))
-                    }
-                }
-            }
-            "headers" => wrp_headers = strings(key, val)?,
-            "partner_ids" => partner_ids = strings(key, val)?,
-            "metadata" => match val {
-                ValueRef::Map(m) => {
-                    for (mk, mv) in m {
-                        let mk = string("metadata key", mk)?;
-                        metadata.push((mk, string(&format!("metadata.{mk}"), mv)?));
-                    }
-                }
-                ValueRef::Nil => {}
-                other => {
-                    return Err(Invalid(format!(
-                        "field `metadata` is {}, not a map of strings",
-                        kind(other)
-                    )))
-                }
-            },
+            "msg_type" => self.msg_type = Some(int(key, val)?),
+            "payload" => self.payload = payload(frame, val)?,
+            "headers" => self.wrp_headers = strings(key, val)?,
+            "partner_ids" => self.partner_ids = strings(key, val)?,
+            "metadata" => self.metadata.extend(metadata(val)?),
             "spans" => {
-                let rows = match val {
-                    ValueRef::Array(rows) => rows
-                        .iter()
-                        .map(|r| strings(key, r))
-                        .collect::<Result<Vec<_>, _>>()?,
-                    ValueRef::Nil => Vec::new(),
-                    other => {
-                        return Err(Invalid(format!(
-                            "field `spans` is {}, not an array of arrays",
-                            kind(other)
-                        )))
-                    }
-                };
-                if !rows.is_empty() {
-                    spans = Some(serde_json::to_string(&rows).unwrap_or_default());
+                if let Some(s) = spans(key, val)? {
+                    self.spans = Some(s);
                 }
             }
             "status" | "rdr" | "qos" => {
                 if !matches!(val, ValueRef::Nil) {
                     let n = int(key, val)?;
-                    if let Some(slot) = simple.iter_mut().find(|(n2, _)| *n2 == key) {
-                        slot.1 = Some(n.to_string());
-                    }
+                    self.set_simple(key, n.to_string());
                 }
             }
             _ => {
-                if let Some(slot) = simple.iter_mut().find(|(n, _)| *n == key) {
-                    if !matches!(val, ValueRef::Nil) {
-                        slot.1 = Some(string(key, val)?.to_string());
-                    }
+                if self.simple.iter().any(|(n, _)| *n == key) && !matches!(val, ValueRef::Nil) {
+                    self.set_simple(key, string(key, val)?.to_string());
                 }
                 // Anything else (include_spans, fields of later versions) is not ours to judge.
             }
         }
+        Ok(())
     }
-    let msg_type = msg_type.ok_or_else(|| Invalid("no `msg_type` field".into()))?;
-    let type_name = msg_type_name(msg_type).ok_or_else(|| {
-        Invalid(format!(
-            "unknown msg_type {msg_type}; WRP types are 2 to 11"
-        ))
-    })?;
-    d.msg_type = msg_type;
 
-    let mut header = |name: &str, value: &str| {
-        d.headers
-            .push((format!("wrp-{name}"), value.as_bytes().to_vec()))
+    fn set_simple(&mut self, key: &str, value: String) {
+        if let Some(slot) = self.simple.iter_mut().find(|(n, _)| *n == key) {
+            slot.1 = Some(value);
+        }
+    }
+
+    /// The Kafka headers: `wrp-msg-type`, the simple fields in their fixed order, then the
+    /// partner ids, WRP headers, metadata and spans.
+    fn headers(&self, msg_type: i64) -> Vec<(String, Vec<u8>)> {
+        let mut headers = Vec::new();
+        let mut header = |name: &str, value: &str| {
+            headers.push((format!("wrp-{name}"), value.as_bytes().to_vec()))
+        };
+        header("msg-type", &msg_type.to_string());
+        for (name, value) in &self.simple {
+            if let Some(v) = value {
+                header(&name.replace('_', "-"), v);
+            }
+        }
+        if !self.partner_ids.is_empty() {
+            header("partner-ids", &self.partner_ids.join(","));
+        }
+        for h in &self.wrp_headers {
+            header("header", h);
+        }
+        for (k, v) in &self.metadata {
+            header(&format!("meta-{k}"), v);
+        }
+        if let Some(s) = &self.spans {
+            header("spans", s);
+        }
+        headers
+    }
+
+    /// The template values (`wrp.*`).
+    fn meta(&self, msg_type: i64, type_name: &str) -> Meta {
+        let mut meta = Meta::empty();
+        meta.insert("wrp.msg_type", msg_type.to_string());
+        meta.insert("wrp.msg_type_name", type_name);
+        for (name, value) in &self.simple {
+            if let Some(v) = value {
+                meta.insert(format!("wrp.{name}"), v.clone());
+            }
+        }
+        if let Some(dest) = &self.simple[1].1 {
+            if let Some(s) = scheme(dest) {
+                meta.insert("wrp.dest_scheme", s);
+            }
+            if let Some(t) = event_type(dest) {
+                meta.insert("wrp.event_type", t);
+            }
+        }
+        if !self.partner_ids.is_empty() {
+            meta.insert("wrp.partner_ids", self.partner_ids.join(","));
+        }
+        for (k, v) in &self.metadata {
+            meta.insert(format!("wrp.metadata.{k}"), *v);
+        }
+        meta
+    }
+}
+
+/// `payload`: binary or a string, sharing the frame's memory.
+fn payload(frame: &Bytes, val: &ValueRef<'_>) -> Result<Bytes, Invalid> {
+    match val {
+        ValueRef::Binary(b) => Ok(frame.slice_ref(b)),
+        ValueRef::String(s) => Ok(frame.slice_ref(s.as_bytes())),
+        ValueRef::Nil => Ok(Bytes::new()),
+        other => Err(Invalid(format!(
+            "field `payload` is {}, not binary or a string",
+            kind(other)
+        ))),
+    }
+}
+
+/// `metadata`: a map of strings to strings.
+fn metadata<'a>(val: &ValueRef<'a>) -> Result<Vec<(&'a str, &'a str)>, Invalid> {
+    match val {
+        ValueRef::Map(m) => {
+            let mut metadata = Vec::new();
+            for (mk, mv) in m {
+                let mk = string("metadata key", mk)?;
+                metadata.push((mk, string(&format!("metadata.{mk}"), mv)?));
+            }
+            Ok(metadata)
+        }
+        ValueRef::Nil => Ok(Vec::new()),
+        other => Err(Invalid(format!(
+            "field `metadata` is {}, not a map of strings",
+            kind(other)
+        ))),
+    }
+}
+
+/// `spans`: an array of arrays of strings, as JSON (none when empty).
+fn spans(key: &str, val: &ValueRef<'_>) -> Result<Option<String>, Invalid> {
+    let rows = match val {
+        ValueRef::Array(rows) => rows
+            .iter()
+            .map(|r| strings(key, r))
+            .collect::<Result<Vec<_>, _>>()?,
+        ValueRef::Nil => Vec::new(),
+        other => {
+            return Err(Invalid(format!(
+                "field `spans` is {}, not an array of arrays",
+                kind(other)
+            )))
+        }
     };
-    header("msg-type", &msg_type.to_string());
-    for (name, value) in &simple {
-        if let Some(v) = value {
-            header(&name.replace('_', "-"), v);
-        }
-    }
-    if !partner_ids.is_empty() {
-        header("partner-ids", &partner_ids.join(","));
-    }
-    for h in &wrp_headers {
-        header("header", h);
-    }
-    for (k, v) in &metadata {
-        header(&format!("meta-{k}"), v);
-    }
-    if let Some(s) = &spans {
-        header("spans", s);
-    }
-
-    d.meta.insert("wrp.msg_type", msg_type.to_string());
-    d.meta.insert("wrp.msg_type_name", type_name);
-    for (name, value) in &simple {
-        if let Some(v) = value {
-            d.meta.insert(format!("wrp.{name}"), v.clone());
-        }
-    }
-    if let Some(dest) = &simple[1].1 {
-        if let Some(s) = scheme(dest) {
-            d.meta.insert("wrp.dest_scheme", s);
-        }
-        if let Some(t) = event_type(dest) {
-            d.meta.insert("wrp.event_type", t);
-        }
-    }
-    if !partner_ids.is_empty() {
-        d.meta.insert("wrp.partner_ids", partner_ids.join(","));
-    }
-    for (k, v) in &metadata {
-        d.meta.insert(format!("wrp.metadata.{k}"), *v);
-    }
-    Ok(d)
+    Ok((!rows.is_empty()).then(|| serde_json::to_string(&rows).unwrap_or_default()))
 }
 
 #[cfg(test)]

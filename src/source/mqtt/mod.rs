@@ -28,14 +28,17 @@
 //! the subscription's QoS 1.
 
 use std::collections::VecDeque;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish};
+use rumqttc::v5::mqttbytes::v5::{ConnAck, Filter, Packet, Publish, SubAck, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, ConnectionError, Event as MqttEvent, MqttOptions};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event as MqttEvent, EventLoop, MqttOptions};
 use rumqttc::{TlsConfiguration, Transport};
+use rustls::pki_types::pem::{Error as PemError, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -114,12 +117,50 @@ impl Source for MqttSource {
     }
 }
 
+/// Why `source.mqtt.tls` cannot be used; each message names the file.
+#[derive(Debug, thiserror::Error)]
+enum TlsError {
+    /// `ca_file` cannot be read.
+    #[error("cannot read CA file {path}")]
+    ReadCa { path: String, source: PemError },
+    /// A certificate in `ca_file` or `cert_file` is not PEM.
+    #[error("bad certificate in {path}")]
+    BadCertificate { path: String, source: PemError },
+    /// rustls refuses a certificate of `ca_file`.
+    #[error("unusable CA certificate in {path}")]
+    UnusableCa { path: String, source: rustls::Error },
+    /// The crypto provider supports no default protocol version.
+    #[error("TLS setup")]
+    Setup(#[source] rustls::Error),
+    /// `cert_file` cannot be read.
+    #[error("cannot read certificate file {path}")]
+    ReadCertificate { path: String, source: PemError },
+    /// `key_file` cannot be read or holds no key.
+    #[error("cannot read a private key from {path}")]
+    ReadKey { path: String, source: PemError },
+    /// rustls refuses the client certificate and key.
+    #[error("client certificate and key do not fit")]
+    ClientAuth(#[source] rustls::Error),
+}
+
+/// `e` and its causes joined by `: `, as `{:#}` prints an anyhow error.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 /// Builds the client options from a resolved config.
 fn options(
     c: &MqttSourceConfig,
     addr: &BrokerAddr,
     client_id: &str,
-) -> anyhow::Result<MqttOptions> {
+) -> Result<MqttOptions, TlsError> {
     let mut o = MqttOptions::new(client_id, addr.host.clone(), addr.port);
     o.set_keep_alive(c.keep_alive)
         .set_clean_start(c.clean_session)
@@ -144,19 +185,45 @@ fn options(
     Ok(o)
 }
 
-fn tls_config(t: Option<&MqttTlsConfig>) -> anyhow::Result<rustls::ClientConfig> {
-    use anyhow::Context;
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+fn tls_config(t: Option<&MqttTlsConfig>) -> Result<rustls::ClientConfig, TlsError> {
+    let roots = root_store(t.and_then(|t| t.ca_file.as_deref()))?;
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(TlsError::Setup)?
+    .with_root_certificates(roots);
+    let cfg = match t.and_then(|t| t.cert_file.as_deref().zip(t.key_file.as_deref())) {
+        Some((cert, key)) => {
+            let (certs, key) = client_identity(cert, key)?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(TlsError::ClientAuth)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(cfg)
+}
+
+/// The CAs of `ca_file`, or the system's when there is none.
+fn root_store(ca_file: Option<&str>) -> Result<rustls::RootCertStore, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
-    match t.and_then(|t| t.ca_file.as_deref()) {
+    match ca_file {
         Some(ca) => {
-            for cert in CertificateDer::pem_file_iter(ca)
-                .with_context(|| format!("cannot read CA file {ca}"))?
-            {
-                roots
-                    .add(cert.with_context(|| format!("bad certificate in {ca}"))?)
-                    .with_context(|| format!("unusable CA certificate in {ca}"))?;
+            let path = || ca.to_string();
+            let certs = CertificateDer::pem_file_iter(ca).map_err(|source| TlsError::ReadCa {
+                path: path(),
+                source,
+            })?;
+            for cert in certs {
+                let cert = cert.map_err(|source| TlsError::BadCertificate {
+                    path: path(),
+                    source,
+                })?;
+                roots.add(cert).map_err(|source| TlsError::UnusableCa {
+                    path: path(),
+                    source,
+                })?;
             }
         }
         None => {
@@ -165,27 +232,29 @@ fn tls_config(t: Option<&MqttTlsConfig>) -> anyhow::Result<rustls::ClientConfig>
             }
         }
     }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .context("TLS setup")?
-    .with_root_certificates(roots);
-    let cfg = match t.and_then(|t| t.cert_file.as_deref().zip(t.key_file.as_deref())) {
-        Some((cert, key)) => {
-            let certs = CertificateDer::pem_file_iter(cert)
-                .with_context(|| format!("cannot read certificate file {cert}"))?
-                .collect::<Result<Vec<_>, _>>()
-                .with_context(|| format!("bad certificate in {cert}"))?;
-            let key = PrivateKeyDer::from_pem_file(key)
-                .with_context(|| format!("cannot read a private key from {key}"))?;
-            builder
-                .with_client_auth_cert(certs, key)
-                .context("client certificate and key do not fit")?
-        }
-        None => builder.with_no_client_auth(),
-    };
-    Ok(cfg)
+    Ok(roots)
+}
+
+/// The client certificate chain and key for mutual TLS.
+fn client_identity(
+    cert: &str,
+    key: &str,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|source| TlsError::ReadCertificate {
+            path: cert.to_string(),
+            source,
+        })?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::BadCertificate {
+            path: cert.to_string(),
+            source,
+        })?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::ReadKey {
+        path: key.to_string(),
+        source,
+    })?;
+    Ok((certs, key))
 }
 
 /// `kgate check`: connects with the configured credentials under a client id of its own (the
@@ -204,7 +273,7 @@ async fn probe(
     );
     let mut check = c.clone();
     check.clean_session = true;
-    let opts = options(&check, addr, &id).map_err(|e| format!("{e:#}"))?;
+    let opts = options(&check, addr, &id).map_err(|e| with_causes(&e))?;
     let (client, mut el) = AsyncClient::new(opts, 10);
     let started = std::time::Instant::now();
     let r = tokio::time::timeout(timeout, async {
@@ -251,198 +320,284 @@ struct Pending {
     fate: oneshot::Receiver<Fate>,
 }
 
+/// The fate of a message whose event the pipeline dropped without settling it.
+fn dropped() -> Fate {
+    Fate::Failed {
+        message: "the pipeline dropped the event".into(),
+    }
+}
+
 /// Waits for the fate of the oldest pending message.
 async fn head_fate(pending: &mut VecDeque<Pending>) -> Fate {
     match pending.front_mut() {
-        Some(p) => (&mut p.fate).await.unwrap_or(Fate::Failed {
-            message: "the pipeline dropped the event".into(),
-        }),
+        Some(p) => (&mut p.fate).await.unwrap_or_else(|_| dropped()),
         None => std::future::pending().await,
     }
 }
 
+/// What the event loop carries from one turn to the next.
+struct RunState {
+    client: AsyncClient,
+    eventloop: EventLoop,
+    /// To the feeder task; `None` once stopping.
+    to_pipeline: Option<mpsc::Sender<Event>>,
+    /// Handed messages whose fate is awaited, in arrival order.
+    pending: VecDeque<Pending>,
+    acks: AckState,
+    backoff: Duration,
+    /// Until then the event loop is not polled (no connect is tried).
+    reconnect_at: Option<tokio::time::Instant>,
+    stopping: bool,
+    disconnect_sent: bool,
+}
+
+impl RunState {
+    /// Once stopping and every handed message is settled and acked: leaves, after a clean
+    /// DISCONNECT while still connected.
+    fn leave_when_settled(&mut self) -> ControlFlow<()> {
+        let settled = self.pending.is_empty() && self.acks.outbox.is_empty();
+        if !self.stopping || !settled {
+            return ControlFlow::Continue(());
+        }
+        if !self.acks.connected || self.disconnect_sent {
+            return ControlFlow::Break(());
+        }
+        // Every handed message is settled and acked: leave cleanly.
+        self.disconnect_sent = self.client.try_disconnect().is_ok();
+        if self.disconnect_sent {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break(())
+        }
+    }
+}
+
 impl Client {
+    /// Connects, hands each message to the pipeline and acks it once Kafka holds it, until
+    /// `stop`; then settles what was handed before it leaves.
     async fn run(self) {
         let opts = match options(&self.config, &self.addr, &self.client_id) {
             Ok(o) => o,
             Err(e) => {
-                tracing::error!(pipeline = %self.pipeline.name(), url = %self.config.url, "MQTT source not started: {e:#}");
+                tracing::error!(pipeline = %self.pipeline.name(), url = %self.config.url, "MQTT source not started: {}", with_causes(&e));
                 return;
             }
         };
         let cap = self.config.max_inflight as usize + 64;
-        let (client, mut eventloop) = AsyncClient::new(opts, cap);
-        // One task hands events to the pipeline in arrival order, so that the event loop never
-        // waits for the producer buffer (pings and acks go on while Kafka is slow).
-        let (to_pipeline, mut from_source) = mpsc::channel::<Event>(cap);
-        let feeder = {
-            let pipeline = self.pipeline.clone();
-            tokio::spawn(async move {
-                while let Some(ev) = from_source.recv().await {
-                    pipeline.handle(ev).await;
-                }
-            })
+        let (client, eventloop) = AsyncClient::new(opts, cap);
+        let (to_pipeline, feeder) = self.spawn_feeder(cap);
+        let mut l = RunState {
+            client,
+            eventloop,
+            to_pipeline: Some(to_pipeline),
+            pending: VecDeque::new(),
+            acks: AckState {
+                conn: 0,
+                connected: false,
+                outbox: VecDeque::new(),
+                want_redelivery: false,
+            },
+            backoff: self.config.backoff_initial,
+            reconnect_at: None,
+            stopping: false,
+            disconnect_sent: false,
         };
-        let mut to_pipeline = Some(to_pipeline);
-        let mut pending: VecDeque<Pending> = VecDeque::new();
-        let mut st = AckState {
-            conn: 0,
-            connected: false,
-            outbox: VecDeque::new(),
-            want_redelivery: false,
-        };
-        let mut backoff = self.config.backoff_initial;
-        let mut reconnect_at: Option<tokio::time::Instant> = None;
-        let stopped = self.stop.cancelled();
-        tokio::pin!(stopped);
-        let mut stopping = false;
-        let mut disconnect_sent = false;
-        let pipeline_name = self.pipeline.name().clone();
-
-        loop {
-            if self.flush_acks(&client, &mut st) {
-                // Progress: the next failure starts the backoff afresh.
-                backoff = self.config.backoff_initial;
-            }
-            let settled = pending.is_empty() && st.outbox.is_empty();
-            if stopping && settled && (!st.connected || disconnect_sent) {
-                break;
-            }
-            if stopping && settled && st.connected && !disconnect_sent {
-                // Every handed message is settled and acked: leave cleanly.
-                disconnect_sent = client.try_disconnect().is_ok();
-                if !disconnect_sent {
-                    break;
-                }
-            }
-            // While stopping, a lost connection is not made again: the unacked rest is resent to the next run.
-            let can_poll = reconnect_at.is_none() && (st.connected || !stopping);
-            tokio::select! {
-                biased;
-                _ = &mut stopped, if !stopping => {
-                    stopping = true;
-                    // The feeder hands what is queued, then ends.
-                    to_pipeline = None;
-                    tracing::info!(pipeline = %pipeline_name, pending = pending.len(), "MQTT source stopping: settling handed messages");
-                }
-                fate = head_fate(&mut pending) => {
-                    let p = pending.pop_front().expect("head exists");
-                    self.settle(p, fate, &mut st);
-                    // Acks whose fates are already known go out in the same turn, in order.
-                    while let Some(front) = pending.front_mut() {
-                        match front.fate.try_recv() {
-                            Ok(f) => {
-                                let p = pending.pop_front().expect("front exists");
-                                self.settle(p, f, &mut st);
-                            }
-                            Err(oneshot::error::TryRecvError::Empty) => break,
-                            Err(oneshot::error::TryRecvError::Closed) => {
-                                let p = pending.pop_front().expect("front exists");
-                                self.settle(p, Fate::Failed { message: "the pipeline dropped the event".into() }, &mut st);
-                            }
-                        }
-                    }
-                    self.m.inflight.set(pending.len() as i64);
-                    if st.want_redelivery && st.connected && !stopping && !self.config.clean_session {
-                        // Brokers resend only on a new connection: drop this one. What is
-                        // pending on it is resent too (duplicates in Kafka, nothing lost).
-                        tracing::warn!(pipeline = %pipeline_name, "reconnecting so that the broker resends the messages that were not acked");
-                        eventloop.clean();
-                        self.m.disconnections.inc();
-                        st.connected = false;
-                        st.conn += 1;
-                        reconnect_at = Some(self.jittered(backoff));
-                        backoff = (backoff * 2).min(self.config.backoff_max);
-                    }
-                    st.want_redelivery = false;
-                }
-                _ = async { tokio::time::sleep_until(reconnect_at.expect("set")).await }, if reconnect_at.is_some() => {
-                    reconnect_at = None;
-                }
-                ev = eventloop.poll(), if can_poll => match ev {
-                    Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
-                        st.connected = true;
-                        st.conn += 1;
-                        self.m.connections.inc();
-                        tracing::info!(pipeline = %pipeline_name, url = %self.config.url, client_id = %self.client_id, session_present = ack.session_present, "MQTT connected");
-                        // A new session has no subscriptions (rumqttc does not restore them);
-                        // a resumed one keeps them, and subscribing again would resend retained
-                        // messages.
-                        if !ack.session_present {
-                            let filters = self.config.subscriptions.iter().map(|s| {
-                                Filter::new(s.topic.clone(), if s.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce })
-                            });
-                            if let Err(e) = client.try_subscribe_many(filters) {
-                                tracing::warn!(pipeline = %pipeline_name, error = %e, "cannot queue the subscribe request");
-                            }
-                        }
-                    }
-                    Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => {
-                        for (s, code) in self.config.subscriptions.iter().zip(&ack.return_codes) {
-                            use rumqttc::v5::mqttbytes::v5::SubscribeReasonCode as R;
-                            match code {
-                                R::Success(q) => tracing::info!(pipeline = %pipeline_name, filter = %s.topic, granted_qos = ?q, "subscribed"),
-                                other => {
-                                    self.m.connection_errors.inc();
-                                    tracing::error!(pipeline = %pipeline_name, filter = %s.topic, reason = ?other, "the broker refused the subscription; check the filter and the broker's ACL");
-                                }
-                            }
-                        }
-                    }
-                    Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
-                        if stopping {
-                            // Not handed, not acked: the broker resends it to the next run.
-                            continue;
-                        }
-                        if let Some(tx) = &to_pipeline {
-                            let (ev, wait) = self.event(&p, st.conn);
-                            if let Some(w) = wait {
-                                pending.push_back(w);
-                                self.m.inflight.set(pending.len() as i64);
-                            }
-                            // Waits only if the pipeline is `cap` events behind, which the
-                            // Receive Maximum prevents for QoS 1 (QoS 0 has no flow control).
-                            if tx.send(ev).await.is_err() {
-                                tracing::error!(pipeline = %pipeline_name, "the pipeline task ended");
-                            }
-                        }
-                    }
-                    Ok(MqttEvent::Incoming(Packet::Disconnect(d))) => {
-                        tracing::warn!(pipeline = %pipeline_name, reason = ?d.reason_code, "the broker closed the connection");
-                    }
-                    Ok(MqttEvent::Outgoing(rumqttc::Outgoing::Disconnect)) if stopping => {
-                        disconnect_sent = true;
-                        st.connected = false;
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        if stopping && disconnect_sent {
-                            break;
-                        }
-                        if st.connected {
-                            self.m.disconnections.inc();
-                        }
-                        self.m.connection_errors.inc();
-                        st.connected = false;
-                        st.conn += 1;
-                        match &e {
-                            ConnectionError::ConnectionRefused(code) => tracing::error!(pipeline = %pipeline_name, url = %self.config.url, client_id = %self.client_id, ?code, "the MQTT broker refused the connection; check username, password and client_id"),
-                            _ => tracing::warn!(pipeline = %pipeline_name, url = %self.config.url, error = %e, "MQTT connection failed"),
-                        }
-                        if stopping {
-                            // The unacked rest is resent to the next run.
-                            continue;
-                        }
-                        reconnect_at = Some(self.jittered(backoff));
-                        backoff = (backoff * 2).min(self.config.backoff_max);
-                    }
-                },
-            }
-        }
-        drop(to_pipeline);
+        while self.turn(&mut l).await.is_continue() {}
+        l.to_pipeline = None;
         let _ = feeder.await;
         self.m.inflight.set(0);
-        tracing::info!(pipeline = %pipeline_name, "MQTT source stopped");
+        tracing::info!(pipeline = %self.pipeline.name(), "MQTT source stopped");
+    }
+
+    /// One task hands events to the pipeline in arrival order, so that the event loop never
+    /// waits for the producer buffer (pings and acks go on while Kafka is slow).
+    fn spawn_feeder(&self, cap: usize) -> (mpsc::Sender<Event>, tokio::task::JoinHandle<()>) {
+        let (to_pipeline, mut from_source) = mpsc::channel::<Event>(cap);
+        let pipeline = self.pipeline.clone();
+        let feeder = tokio::spawn(async move {
+            while let Some(ev) = from_source.recv().await {
+                pipeline.handle(ev).await;
+            }
+        });
+        (to_pipeline, feeder)
+    }
+
+    /// One turn of the event loop: hands over the acks that are due and, unless stopped and
+    /// settled, takes the first of the stop, a fate, the reconnect time, the broker's next event.
+    async fn turn(&self, l: &mut RunState) -> ControlFlow<()> {
+        if self.flush_acks(&l.client, &mut l.acks) {
+            // Progress: the next failure starts the backoff afresh.
+            l.backoff = self.config.backoff_initial;
+        }
+        l.leave_when_settled()?;
+        // While stopping, a lost connection is not made again: the unacked rest is resent to the next run.
+        let can_poll = l.reconnect_at.is_none() && (l.acks.connected || !l.stopping);
+        let reconnect_at = l.reconnect_at;
+        tokio::select! {
+            biased;
+            _ = self.stop.cancelled(), if !l.stopping => self.begin_stopping(l),
+            fate = head_fate(&mut l.pending) => self.settle_fates(l, fate),
+            _ = async { tokio::time::sleep_until(reconnect_at.expect("set")).await }, if reconnect_at.is_some() => {
+                l.reconnect_at = None;
+            }
+            ev = l.eventloop.poll(), if can_poll => return self.on_event(l, ev).await,
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn begin_stopping(&self, l: &mut RunState) {
+        l.stopping = true;
+        // The feeder hands what is queued, then ends.
+        l.to_pipeline = None;
+        tracing::info!(pipeline = %self.pipeline.name(), pending = l.pending.len(), "MQTT source stopping: settling handed messages");
+    }
+
+    /// Settles the oldest pending message with `fate` and, in order, every one behind it whose
+    /// fate is known; reconnects when one was not persisted.
+    fn settle_fates(&self, l: &mut RunState, fate: Fate) {
+        let p = l.pending.pop_front().expect("head exists");
+        self.settle(p, fate, &mut l.acks);
+        // Acks whose fates are already known go out in the same turn, in order.
+        while let Some(front) = l.pending.front_mut() {
+            let fate = match front.fate.try_recv() {
+                Ok(f) => f,
+                Err(oneshot::error::TryRecvError::Empty) => break,
+                Err(oneshot::error::TryRecvError::Closed) => dropped(),
+            };
+            let p = l.pending.pop_front().expect("front exists");
+            self.settle(p, fate, &mut l.acks);
+        }
+        self.m.inflight.set(l.pending.len() as i64);
+        if l.acks.want_redelivery && l.acks.connected && !l.stopping && !self.config.clean_session {
+            self.reconnect_for_redelivery(l);
+        }
+        l.acks.want_redelivery = false;
+    }
+
+    fn reconnect_for_redelivery(&self, l: &mut RunState) {
+        // Brokers resend only on a new connection: drop this one. What is
+        // pending on it is resent too (duplicates in Kafka, nothing lost).
+        tracing::warn!(pipeline = %self.pipeline.name(), "reconnecting so that the broker resends the messages that were not acked");
+        l.eventloop.clean();
+        self.m.disconnections.inc();
+        l.acks.connected = false;
+        l.acks.conn += 1;
+        self.schedule_reconnect(l);
+    }
+
+    /// Holds off the next connect for the jittered backoff, and doubles the backoff.
+    fn schedule_reconnect(&self, l: &mut RunState) {
+        l.reconnect_at = Some(self.jittered(l.backoff));
+        l.backoff = (l.backoff * 2).min(self.config.backoff_max);
+    }
+
+    /// Handles what the event loop reported; breaks when the loop should end.
+    async fn on_event(
+        &self,
+        l: &mut RunState,
+        ev: Result<MqttEvent, ConnectionError>,
+    ) -> ControlFlow<()> {
+        match ev {
+            Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => self.on_connack(l, &ack),
+            Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => self.on_suback(&ack),
+            Ok(MqttEvent::Incoming(Packet::Publish(_))) if l.stopping => {
+                // Not handed, not acked: the broker resends it to the next run.
+            }
+            Ok(MqttEvent::Incoming(Packet::Publish(p))) => self.on_publish(l, &p).await,
+            Ok(MqttEvent::Incoming(Packet::Disconnect(d))) => {
+                tracing::warn!(pipeline = %self.pipeline.name(), reason = ?d.reason_code, "the broker closed the connection");
+            }
+            Ok(MqttEvent::Outgoing(rumqttc::Outgoing::Disconnect)) if l.stopping => {
+                l.disconnect_sent = true;
+                l.acks.connected = false;
+            }
+            Ok(_) => {}
+            Err(e) => return self.on_connection_error(l, e),
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn on_connack(&self, l: &mut RunState, ack: &ConnAck) {
+        l.acks.connected = true;
+        l.acks.conn += 1;
+        self.m.connections.inc();
+        tracing::info!(pipeline = %self.pipeline.name(), url = %self.config.url, client_id = %self.client_id, session_present = ack.session_present, "MQTT connected");
+        // A new session has no subscriptions (rumqttc does not restore them);
+        // a resumed one keeps them, and subscribing again would resend retained
+        // messages.
+        if !ack.session_present {
+            let filters = self.config.subscriptions.iter().map(|s| {
+                Filter::new(
+                    s.topic.clone(),
+                    if s.qos == 0 {
+                        QoS::AtMostOnce
+                    } else {
+                        QoS::AtLeastOnce
+                    },
+                )
+            });
+            if let Err(e) = l.client.try_subscribe_many(filters) {
+                tracing::warn!(pipeline = %self.pipeline.name(), error = %e, "cannot queue the subscribe request");
+            }
+        }
+    }
+
+    fn on_suback(&self, ack: &SubAck) {
+        for (s, code) in self.config.subscriptions.iter().zip(&ack.return_codes) {
+            match code {
+                SubscribeReasonCode::Success(q) => {
+                    tracing::info!(pipeline = %self.pipeline.name(), filter = %s.topic, granted_qos = ?q, "subscribed")
+                }
+                other => {
+                    self.m.connection_errors.inc();
+                    tracing::error!(pipeline = %self.pipeline.name(), filter = %s.topic, reason = ?other, "the broker refused the subscription; check the filter and the broker's ACL");
+                }
+            }
+        }
+    }
+
+    async fn on_publish(&self, l: &mut RunState, p: &Publish) {
+        let Some(tx) = &l.to_pipeline else {
+            return;
+        };
+        let (ev, wait) = self.event(p, l.acks.conn);
+        if let Some(w) = wait {
+            l.pending.push_back(w);
+            self.m.inflight.set(l.pending.len() as i64);
+        }
+        // Waits only if the pipeline is `cap` events behind, which the
+        // Receive Maximum prevents for QoS 1 (QoS 0 has no flow control).
+        if tx.send(ev).await.is_err() {
+            tracing::error!(pipeline = %self.pipeline.name(), "the pipeline task ended");
+        }
+    }
+
+    /// Counts a failed connect or a lost connection and schedules the next connect (none
+    /// while stopping); breaks when it is the end of a connection that said goodbye.
+    fn on_connection_error(&self, l: &mut RunState, e: ConnectionError) -> ControlFlow<()> {
+        if l.stopping && l.disconnect_sent {
+            return ControlFlow::Break(());
+        }
+        if l.acks.connected {
+            self.m.disconnections.inc();
+        }
+        self.m.connection_errors.inc();
+        l.acks.connected = false;
+        l.acks.conn += 1;
+        match &e {
+            ConnectionError::ConnectionRefused(code) => {
+                tracing::error!(pipeline = %self.pipeline.name(), url = %self.config.url, client_id = %self.client_id, ?code, "the MQTT broker refused the connection; check username, password and client_id")
+            }
+            _ => {
+                tracing::warn!(pipeline = %self.pipeline.name(), url = %self.config.url, error = %e, "MQTT connection failed")
+            }
+        }
+        if l.stopping {
+            // The unacked rest is resent to the next run.
+            return ControlFlow::Continue(());
+        }
+        self.schedule_reconnect(l);
+        ControlFlow::Continue(())
     }
 
     /// When to try again: full jitter in [backoff/2, backoff] so that gateways do not reconnect
@@ -609,6 +764,42 @@ mod tests {
         assert!(!filter_matches("#", "$SYS/broker/uptime"));
         assert!(filter_matches("$SYS/#", "$SYS/broker/uptime"));
         assert!(filter_matches("a//b", "a//b"));
+    }
+
+    #[test]
+    fn tls_errors_name_the_file_and_keep_the_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.pem");
+        std::fs::write(
+            &bad,
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let bad = bad.to_str().unwrap();
+        let text = |ca: Option<&str>, cert: Option<&str>, key: Option<&str>| {
+            let files = MqttTlsConfig {
+                ca_file: ca.map(String::from),
+                cert_file: cert.map(String::from),
+                key_file: key.map(String::from),
+            };
+            with_causes(&tls_config(Some(&files)).unwrap_err())
+        };
+        let missing = text(Some("/nonexistent/ca.pem"), None, None);
+        assert!(
+            missing.starts_with("cannot read CA file /nonexistent/ca.pem: ")
+                && missing.contains("(os error 2)"),
+            "{missing}"
+        );
+        let garbled = text(Some(bad), None, None);
+        assert!(
+            garbled.starts_with(&format!("bad certificate in {bad}: ")),
+            "{garbled}"
+        );
+        let no_cert = text(None, Some("/nonexistent/c.pem"), Some(bad));
+        assert!(
+            no_cert.starts_with("cannot read certificate file /nonexistent/c.pem: "),
+            "{no_cert}"
+        );
     }
 
     fn load(text: &str) -> Result<crate::gateway::Config, crate::config::ConfigErrors> {
