@@ -46,6 +46,16 @@ pub struct Processor {
     format: Format,
 }
 
+/// An input as far as the encoder needs it parsed.
+struct Parsed<'r> {
+    /// The tree, when transforms or the encoder need one.
+    value: Option<Value>,
+    /// The top level only, for unchanged JSON.
+    top: Option<TopLevel<'r>>,
+    /// Whether transforms changed the tree since it was parsed.
+    modified: bool,
+}
+
 /// A compiled pipeline: its processor and the sink it feeds.
 pub struct Pipeline {
     processor: Processor,
@@ -144,109 +154,139 @@ impl Processor {
 
     /// Turns raw input into a record, or says why not. Pure: no I/O.
     pub fn process(&self, raw: &Bytes, meta: &Meta) -> Result<OutRecord, Rejection> {
-        let reject = |error_type, message, topic: Option<&str>| Rejection {
-            error_type,
-            message,
-            source_topic: topic.unwrap_or(&self.topic_text).to_string(),
-        };
-        let mut value: Option<Value> = None;
-        let mut top = None;
-        let mut modified = false;
-        if self.encoder.needs_json() {
-            // Unchanged events headed for an encoder that needs no tree are only validated and
-            // read at the top level; anything else (transforms, Avro, a non-object) gets the tree.
-            if self.transforms.is_empty() && !self.encoder.needs_value() {
-                top = TopLevel::parse(raw);
-            }
-            if top.is_none() {
-                let mut v: Value = serde_json::from_slice(raw).map_err(|e| {
-                    reject(
-                        ErrorType::InvalidJson,
-                        format!("not valid JSON: {e}"),
-                        self.topic.fixed(),
-                    )
-                })?;
-                for t in &self.transforms {
-                    t.apply(&mut v, meta)
-                        .map_err(|e| reject(ErrorType::TransformFailed, e, self.topic.fixed()))?;
-                    modified = true;
-                }
-                value = Some(v);
-            }
-        }
-        let doc = match (&value, &top) {
+        let parsed = self.parse(raw, meta)?;
+        let doc = match (&parsed.value, &parsed.top) {
             (Some(v), _) => Doc::Value(v),
             (None, Some(t)) => Doc::Top(t),
             (None, None) => Doc::None,
         };
-        let v = value.as_ref();
-        let topic: Arc<str> = match &self.fixed_topic {
-            Some(t) => t.clone(),
-            None => {
-                let t = self.topic.render(doc, meta).map_err(|m| {
-                    reject(
-                        ErrorType::MissingField,
-                        format!(
-                            "topic template `{}`: field `{}` is {}",
-                            self.topic_text, m.field, m.found
-                        ),
-                        None,
-                    )
-                })?;
-                if !valid_topic_name(&t) {
-                    return Err(reject(
-                        ErrorType::InvalidTopic,
-                        format!(
-                            "topic template `{}` gave `{t}`, which is not a valid topic name",
-                            self.topic_text
-                        ),
-                        None,
-                    ));
-                }
-                Arc::from(t)
-            }
-        };
-        let key = match &self.key {
-            None => None,
-            Some(k) => {
-                let k = k.render(doc, meta).map_err(|m| {
-                    reject(
-                        ErrorType::MissingField,
-                        format!("key field `{}` is {}", m.field, m.found),
-                        Some(&topic),
-                    )
-                })?;
-                Some(match self.key_format {
-                    KeyFormat::String => k.into_bytes(),
-                    KeyFormat::Json => Value::String(k).to_string().into_bytes(),
-                    KeyFormat::Avro => self
-                        .encoder
-                        .encode_key(k, &topic)
-                        .map_err(|e| reject(e.error_type, e.message, Some(&topic)))?,
-                })
-            }
-        };
-        let mut headers = Vec::with_capacity(self.headers.len());
-        for (name, t) in &self.headers {
-            let h = t.render(doc, meta).map_err(|m| {
-                reject(
-                    ErrorType::MissingField,
-                    format!("header `{name}` field `{}` is {}", m.field, m.found),
-                    Some(&topic),
-                )
-            })?;
-            headers.push((name.clone(), h.into_bytes()));
-        }
+        let topic = self.route(doc, meta)?;
+        let key = self.key(doc, meta, &topic)?;
+        let headers = self.headers(doc, meta, &topic)?;
         let value = self
             .encoder
-            .encode(raw, v, modified, &topic)
-            .map_err(|e| reject(e.error_type, e.message, Some(&topic)))?;
+            .encode(raw, parsed.value.as_ref(), parsed.modified, &topic)
+            .map_err(|e| self.reject(e.error_type, e.message, Some(&topic)))?;
         Ok(OutRecord {
             topic,
             key,
             value,
             headers,
         })
+    }
+
+    /// A rejection; `topic` is where it was going, when known (else the topic as configured).
+    fn reject(&self, error_type: ErrorType, message: String, topic: Option<&str>) -> Rejection {
+        Rejection {
+            error_type,
+            message,
+            source_topic: topic.unwrap_or(&self.topic_text).to_string(),
+        }
+    }
+
+    /// Parses and transforms the input as the encoder needs it: not at all (raw), only its top
+    /// level (unchanged JSON), or into a tree.
+    fn parse<'r>(&self, raw: &'r Bytes, meta: &Meta) -> Result<Parsed<'r>, Rejection> {
+        let mut parsed = Parsed {
+            value: None,
+            top: None,
+            modified: false,
+        };
+        if !self.encoder.needs_json() {
+            return Ok(parsed);
+        }
+        // Unchanged events headed for an encoder that needs no tree are only validated and
+        // read at the top level; anything else (transforms, Avro, a non-object) gets the tree.
+        if self.transforms.is_empty() && !self.encoder.needs_value() {
+            parsed.top = TopLevel::parse(raw);
+        }
+        if parsed.top.is_none() {
+            let mut v: Value = serde_json::from_slice(raw).map_err(|e| {
+                self.reject(
+                    ErrorType::InvalidJson,
+                    format!("not valid JSON: {e}"),
+                    self.topic.fixed(),
+                )
+            })?;
+            for t in &self.transforms {
+                t.apply(&mut v, meta)
+                    .map_err(|e| self.reject(ErrorType::TransformFailed, e, self.topic.fixed()))?;
+                parsed.modified = true;
+            }
+            parsed.value = Some(v);
+        }
+        Ok(parsed)
+    }
+
+    /// The record's topic: the fixed one, or the template rendered and checked.
+    fn route(&self, doc: Doc<'_>, meta: &Meta) -> Result<Arc<str>, Rejection> {
+        if let Some(t) = &self.fixed_topic {
+            return Ok(t.clone());
+        }
+        let t = self.topic.render(doc, meta).map_err(|m| {
+            self.reject(
+                ErrorType::MissingField,
+                format!(
+                    "topic template `{}`: field `{}` is {}",
+                    self.topic_text, m.field, m.found
+                ),
+                None,
+            )
+        })?;
+        if !valid_topic_name(&t) {
+            return Err(self.reject(
+                ErrorType::InvalidTopic,
+                format!(
+                    "topic template `{}` gave `{t}`, which is not a valid topic name",
+                    self.topic_text
+                ),
+                None,
+            ));
+        }
+        Ok(Arc::from(t))
+    }
+
+    /// The key rendered and written in its key format.
+    fn key(&self, doc: Doc<'_>, meta: &Meta, topic: &str) -> Result<Option<Vec<u8>>, Rejection> {
+        let Some(k) = &self.key else {
+            return Ok(None);
+        };
+        let k = k.render(doc, meta).map_err(|m| {
+            self.reject(
+                ErrorType::MissingField,
+                format!("key field `{}` is {}", m.field, m.found),
+                Some(topic),
+            )
+        })?;
+        Ok(Some(match self.key_format {
+            KeyFormat::String => k.into_bytes(),
+            KeyFormat::Json => Value::String(k).to_string().into_bytes(),
+            KeyFormat::Avro => self
+                .encoder
+                .encode_key(k, topic)
+                .map_err(|e| self.reject(e.error_type, e.message, Some(topic)))?,
+        }))
+    }
+
+    /// The templated headers, rendered.
+    fn headers(
+        &self,
+        doc: Doc<'_>,
+        meta: &Meta,
+        topic: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, Rejection> {
+        let mut headers = Vec::with_capacity(self.headers.len());
+        for (name, t) in &self.headers {
+            let h = t.render(doc, meta).map_err(|m| {
+                self.reject(
+                    ErrorType::MissingField,
+                    format!("header `{name}` field `{}` is {}", m.field, m.found),
+                    Some(topic),
+                )
+            })?;
+            headers.push((name.clone(), h.into_bytes()));
+        }
+        Ok(headers)
     }
 }
 

@@ -14,7 +14,10 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use super::{media_type, overall_status, token_allows, ApiError, Peer, Server, Slot, JSON};
+use super::{
+    media_type, overall_status, token_allows, ApiError, HttpPipeline, Peer, Server, Slot, Token,
+    JSON,
+};
 use crate::encode::Format;
 use crate::event::{Event, Fate, Meta, Origin};
 
@@ -173,39 +176,9 @@ async fn ingest_inner(
     started: Instant,
 ) -> Result<Response, ApiError> {
     let token = s.authenticate(headers)?;
-    let Some(hp) = s.pipelines.get(name) else {
-        // Unknown and forbidden look the same to a token that may not see the pipeline.
-        let names: Vec<&str> = if token.is_none() {
-            s.pipelines.keys().map(String::as_str).collect()
-        } else {
-            Vec::new()
-        };
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            40403,
-            if names.is_empty() {
-                format!("no pipeline `{name}` with `source: {{ http: {{}} }}`")
-            } else {
-                format!(
-                    "no pipeline `{name}` with `source: {{ http: {{}} }}`; these are: {}",
-                    names.join(", ")
-                )
-            },
-        ));
-    };
-    if !token_allows(token, |t| &t.pipelines, name) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            403,
-            format!(
-                "token `{}` may not feed pipeline `{name}`; add it to that token's `pipelines` in http.auth",
-                token.map(|t| &*t.name).unwrap_or("")
-            ),
-        ));
-    }
-    let format_raw = hp.format == Format::Raw;
+    let hp = find_pipeline(s, name, token)?;
     let media = media_type(headers);
-    let Some(framing) = framing(media.as_deref(), format_raw) else {
+    let Some(framing) = framing(media.as_deref(), hp.format == Format::Raw) else {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             415,
@@ -254,8 +227,52 @@ async fn ingest_inner(
             (async move { pipeline.handle(ev).await }, rx)
         })
         .await;
+    let (status, body) = answer(s, hp, &slots);
+    Ok(s.answer(status, &body, JSON))
+}
 
-    let dlq = s.rest.dlq_topic();
+/// The pipeline fed at `/ingest/{name}`, if the token may feed it; 404 and 403 otherwise.
+fn find_pipeline<'s>(
+    s: &'s Server,
+    name: &str,
+    token: Option<&Token>,
+) -> Result<&'s HttpPipeline, ApiError> {
+    let Some(hp) = s.pipelines.get(name) else {
+        // Unknown and forbidden look the same to a token that may not see the pipeline.
+        let names: Vec<&str> = if token.is_none() {
+            s.pipelines.keys().map(String::as_str).collect()
+        } else {
+            Vec::new()
+        };
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            40403,
+            if names.is_empty() {
+                format!("no pipeline `{name}` with `source: {{ http: {{}} }}`")
+            } else {
+                format!(
+                    "no pipeline `{name}` with `source: {{ http: {{}} }}`; these are: {}",
+                    names.join(", ")
+                )
+            },
+        ));
+    };
+    if !token_allows(token, |t| &t.pipelines, name) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            403,
+            format!(
+                "token `{}` may not feed pipeline `{name}`; add it to that token's `pipelines` in http.auth",
+                token.map(|t| &*t.name).unwrap_or("")
+            ),
+        ));
+    }
+    Ok(hp)
+}
+
+/// A result per record (where it landed, or why not), the counts, and the overall status.
+fn answer(s: &Server, hp: &HttpPipeline, slots: &[Slot]) -> (StatusCode, Value) {
+    let dlq = hp.pipeline.dlq_topic();
     let (mut accepted, mut rejected) = (0, 0);
     let results: Vec<Value> = slots
         .iter()
@@ -286,9 +303,9 @@ async fn ingest_inner(
             Slot::Done(Fate::Dropped) => json!({"status": "failed", "error": "dropped: the producer buffer is full"}),
         })
         .collect();
-    let status = overall_status(&slots, StatusCode::UNPROCESSABLE_ENTITY);
+    let status = overall_status(slots, StatusCode::UNPROCESSABLE_ENTITY);
     let body = json!({"results": results, "accepted": accepted, "rejected": rejected});
-    Ok(s.answer(status, &body, JSON))
+    (status, body)
 }
 
 #[cfg(test)]

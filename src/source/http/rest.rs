@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    media_type, overall_status, token_allows, ApiError, Peer, Server, Slot, KAFKA_V2_JSON,
+    media_type, overall_status, token_allows, ApiError, Peer, Server, Slot, Token, KAFKA_V2_JSON,
 };
 use crate::avro;
 use crate::encode::avro::confluent_avro;
@@ -373,6 +373,43 @@ async fn produce_inner(
     started: Instant,
 ) -> Result<Response, ApiError> {
     let token = s.authenticate(headers)?;
+    check_topic(topic, token)?;
+    let format = request_format(headers)?;
+    let schemas = match format {
+        EmbeddedFormat::Schema(f) => Some(schema_support(s, f)?),
+        _ => None,
+    };
+    let raw = s.read_body(body, headers, s.config.max_body.0).await?;
+    let req = parse_request(&raw)?;
+    s.observe_records(ROUTE, req.records.len());
+    let plain = match schemas {
+        Some(_) => None,
+        None => Some(encode_plain(format, &req.records)?),
+    };
+    s.check_ready()?;
+    let partitions = topic_partitions(s, topic).await?;
+    check_partitions(topic, partitions, &req.records)?;
+
+    // Schemas are registered only once the topic is known to exist, and every record is
+    // encoded before any is written.
+    let (encoded, key_schema_id, value_schema_id) = match schemas {
+        Some(cache) => schema_records(cache, topic, &req).await?,
+        None => (plain.unwrap_or_default(), None, None),
+    };
+    let slots = send_records(s, peer, topic, encoded, &req.records, started).await;
+    if partitions.is_none()
+        && slots
+            .iter()
+            .any(|x| matches!(x, Slot::Done(Fate::Delivered { .. })))
+    {
+        s.topics.written(topic);
+    }
+    let (status, body) = answer(s, &slots, key_schema_id, value_schema_id);
+    Ok(s.answer(status, &body, KAFKA_V2_JSON))
+}
+
+/// The topic is a legal name, not internal, and the token may write it.
+fn check_topic(topic: &str, token: Option<&Token>) -> Result<(), ApiError> {
     if !valid_topic_name(topic) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -397,23 +434,27 @@ async fn produce_inner(
             format!("`{topic}` is an internal Kafka topic; kgate does not write to it"),
         ));
     }
+    Ok(())
+}
+
+/// The embedded format named by the Content-Type, or 415.
+fn request_format(headers: &HeaderMap) -> Result<EmbeddedFormat, ApiError> {
     let media = media_type(headers);
-    let Some(format) = embedded_format(media.as_deref()) else {
-        return Err(ApiError::new(
+    embedded_format(media.as_deref()).ok_or_else(|| {
+        ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             415,
             format!(
                 "Content-Type {} is not a REST Proxy v2 produce type; use application/vnd.kafka.json.v2+json (JSON values) or application/vnd.kafka.binary.v2+json (base64 values)",
                 media.as_deref().map(|m| format!("`{m}`")).unwrap_or_else(|| "(none)".into())
             ),
-        ));
-    };
-    let schemas = match format {
-        EmbeddedFormat::Schema(f) => Some(schema_support(s, f)?),
-        _ => None,
-    };
-    let raw = s.read_body(body, headers, s.config.max_body.0).await?;
-    let req: ProduceRequest<'_> = serde_json::from_slice(&raw).map_err(|e| {
+        )
+    })
+}
+
+/// The body as a produce request with at least one record.
+fn parse_request(raw: &Bytes) -> Result<ProduceRequest<'_>, ApiError> {
+    let req: ProduceRequest<'_> = serde_json::from_slice(raw).map_err(|e| {
         let (status, code) = if e.is_data() {
             (StatusCode::UNPROCESSABLE_ENTITY, 422)
         } else {
@@ -434,32 +475,36 @@ async fn produce_inner(
             "records may not be empty",
         ));
     }
-    s.observe_records(ROUTE, req.records.len());
-    let plain = match schemas {
-        Some(_) => None,
-        None => Some(encode_plain(format, &req.records)?),
-    };
-    s.check_ready()?;
-    let partitions = match s.topics.lookup(topic).await {
-        TopicState::Exists(n) => Some(n),
-        TopicState::AutoCreated => None,
-        TopicState::Missing => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                40401,
-                format!("Topic not found: `{topic}` does not exist and the broker does not create topics on write; create it first"),
-            ))
-        }
-        TopicState::Unreachable(e) => {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                50301,
-                format!("cannot look up topic `{topic}`: {e}; nothing was written, retry later"),
-            )
-            .retry_after(s.config.retry_after))
-        }
-    };
-    for (i, r) in req.records.iter().enumerate() {
+    Ok(req)
+}
+
+/// The topic's partition count (`None`: the broker creates it on first write), or the answer
+/// for a topic that is missing or cannot be looked up.
+async fn topic_partitions(s: &Server, topic: &str) -> Result<Option<i32>, ApiError> {
+    match s.topics.lookup(topic).await {
+        TopicState::Exists(n) => Ok(Some(n)),
+        TopicState::AutoCreated => Ok(None),
+        TopicState::Missing => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            40401,
+            format!("Topic not found: `{topic}` does not exist and the broker does not create topics on write; create it first"),
+        )),
+        TopicState::Unreachable(e) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            50301,
+            format!("cannot look up topic `{topic}`: {e}; nothing was written, retry later"),
+        )
+        .retry_after(s.config.retry_after)),
+    }
+}
+
+/// Every named `records[i].partition` exists.
+fn check_partitions(
+    topic: &str,
+    partitions: Option<i32>,
+    records: &[ProduceRecord<'_>],
+) -> Result<(), ApiError> {
+    for (i, r) in records.iter().enumerate() {
         if let Some(p) = r.partition {
             if p < 0 || partitions.is_none_or(|n| p >= n) {
                 return Err(ApiError::new(
@@ -475,43 +520,48 @@ async fn produce_inner(
             }
         }
     }
+    Ok(())
+}
 
-    // Schemas are registered only once the topic is known to exist, and every record is
-    // encoded before any is written.
-    let (encoded, key_schema_id, value_schema_id) = match schemas {
-        Some(cache) => schema_records(cache, topic, &req).await?,
-        None => (plain.unwrap_or_default(), None, None),
-    };
-
-    let topic_arc: Arc<str> = Arc::from(topic);
+/// Hands the encoded records to the route's pipeline and waits for their fates.
+async fn send_records(
+    s: &Server,
+    peer: Peer,
+    topic: &str,
+    encoded: Vec<Encoded>,
+    records: &[ProduceRecord<'_>],
+    started: Instant,
+) -> Vec<Slot> {
+    let topic: Arc<str> = Arc::from(topic);
     let origin = Origin::now(
         s.rest.name().clone(),
         Arc::from(format!("{}", peer.0).as_str()),
     );
-    let slots = s
-        .send_each(
-            encoded.into_iter().zip(&req.records),
-            started,
-            |_, ((key, value), r)| {
-                let (mut ev, rx) = Event::with_ack(value.clone(), origin.clone());
-                ev.max_wait = Some(s.config.max_wait);
-                let rec = OutRecord {
-                    topic: topic_arc.clone(),
-                    key,
-                    value,
-                    headers: Vec::new(),
-                };
-                (async move { s.rest.send(rec, r.partition, ev).await }, rx)
-            },
-        )
-        .await;
-    if partitions.is_none()
-        && slots
-            .iter()
-            .any(|x| matches!(x, Slot::Done(Fate::Delivered { .. })))
-    {
-        s.topics.written(topic);
-    }
+    s.send_each(
+        encoded.into_iter().zip(records),
+        started,
+        |_, ((key, value), r)| {
+            let (mut ev, rx) = Event::with_ack(value.clone(), origin.clone());
+            ev.max_wait = Some(s.config.max_wait);
+            let rec = OutRecord {
+                topic: topic.clone(),
+                key,
+                value,
+                headers: Vec::new(),
+            };
+            (async move { s.rest.send(rec, r.partition, ev).await }, rx)
+        },
+    )
+    .await
+}
+
+/// The REST Proxy's answer: an offset or an error per record, and the overall status.
+fn answer(
+    s: &Server,
+    slots: &[Slot],
+    key_schema_id: Option<i64>,
+    value_schema_id: Option<i64>,
+) -> (StatusCode, Value) {
     let dlq = s.rest.dlq_topic();
     let offsets: Vec<Value> = slots
         .iter()
@@ -536,7 +586,7 @@ async fn produce_inner(
                 "error": "dropped: the producer buffer is full"}),
         })
         .collect();
-    let status = overall_status(&slots, StatusCode::INTERNAL_SERVER_ERROR);
+    let status = overall_status(slots, StatusCode::INTERNAL_SERVER_ERROR);
     let mut body = json!({
         "offsets": offsets,
         "key_schema_id": key_schema_id,
@@ -558,7 +608,7 @@ async fn produce_inner(
             slots.len()
         ));
     }
-    Ok(s.answer(status, &body, KAFKA_V2_JSON))
+    (status, body)
 }
 
 /// What the broker says about a topic.
