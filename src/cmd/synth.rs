@@ -436,17 +436,22 @@ async fn handle_connection(
         return serve_connection(stream, peer, shared, stop).await;
     };
     let handshake = async {
-        let ssl = Ssl::new(acceptor.context()).map_err(|e| e.to_string())?;
-        let mut s = SslStream::new(ssl, stream).map_err(|e| e.to_string())?;
-        Pin::new(&mut s).accept().await.map_err(|e| e.to_string())?;
-        Ok::<_, String>(s)
+        let ssl = Ssl::new(acceptor.context()).map_err(|e| (e.to_string(), None))?;
+        let mut s = SslStream::new(ssl, stream).map_err(|e| (e.to_string(), None))?;
+        match Pin::new(&mut s).accept().await {
+            Ok(()) => Ok(s),
+            Err(e) => Err((e.to_string(), Some(s))),
+        }
     };
     let stream = tokio::select! {
         _ = stop.cancelled() => return,
         res = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake) => match res {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
+            Ok(Err((e, s))) => {
                 tracing::info!("synth: TLS handshake with {peer} failed: {e}");
+                if let Some(mut s) = s {
+                    hang_up(s.get_mut()).await;
+                }
                 return;
             }
             Err(_) => {
@@ -456,6 +461,19 @@ async fn handle_connection(
         },
     };
     serve_connection(stream, peer, shared, stop).await
+}
+
+/// Closes a connection whose TLS handshake failed so that the client reads the alert (e.g. a
+/// missing client certificate): a TLS 1.3 client has already sent its HTTP upgrade request,
+/// and closing with it unread would answer with a reset instead.
+async fn hang_up(tcp: &mut TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tcp.shutdown().await;
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        while let Ok(1..) = tcp.read(&mut buf).await {}
+    })
+    .await;
 }
 
 /// The WebSocket handshake, then the feed until the client leaves or `stop`.

@@ -387,6 +387,13 @@ mod tests {
                         if let Ok(mut ws) = tokio_tungstenite::accept_async(s).await {
                             let _ = ws.close(None).await;
                         }
+                    } else {
+                        // Let the client read the alert: FIN, and its request read, not a reset.
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let tcp = s.get_mut();
+                        let _ = tcp.shutdown().await;
+                        let mut buf = [0u8; 4096];
+                        while let Ok(1..) = tcp.read(&mut buf).await {}
                     }
                 });
             }
