@@ -1,6 +1,8 @@
 //! `kgate synth`: synthetic WebSocket feeds for demos, tests and benchmarks.
 //!
-//! One server serves one feed (`trades`, `iot`, `ticker` or `orderbook`) at `ws://ADDR/ws`.
+//! One server serves one feed (`trades`, `iot`, `ticker` or `orderbook`) at `ws://ADDR/ws`, or
+//! at `wss://ADDR/ws` with `--tls-cert`/`--tls-key` (OpenSSL through `tokio-openssl`, as the HTTP
+//! server's TLS; `--tls-client-ca` asks every client for a certificate, for mutual TLS tests).
 //! Every message carries `feed`, `source`, `seq` and `timestamp`. The sequence number is
 //! server-wide: every message sent on any connection takes the next number, so the union of
 //! everything the server ever handed to a socket is exactly `1..=count`, with no duplicates, even
@@ -30,11 +32,16 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 use futures_util::sink::Sink;
 use futures_util::stream::Stream;
+use openssl::pkey::PKey;
+use openssl::ssl::{Ssl, SslAcceptor, SslMethod, SslVerifyMode};
+use openssl::x509::X509Name;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
+use tokio_openssl::SslStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -42,7 +49,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
-/// Serve a synthetic WebSocket feed at ws://ADDR/ws, for demos, tests and benchmarks.
+/// Serve a synthetic WebSocket feed at ws://ADDR/ws (wss:// with --tls-cert and --tls-key), for
+/// demos, tests and benchmarks.
 ///
 /// Every message is a JSON object with "feed", "source", "seq" and "timestamp" plus the feed's
 /// own fields. Sequence numbers are server-wide and never repeat, so a consumer can check that
@@ -91,6 +99,18 @@ pub struct SynthArgs {
     /// and tests; ignored when --count is 0)
     #[arg(long)]
     pub exit_when_done: bool,
+
+    /// Serve wss:// (TLS) with this certificate, then any intermediates (PEM); needs --tls-key
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<String>,
+
+    /// The private key of --tls-cert (PEM)
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<String>,
+
+    /// Mutual TLS: refuse clients without a certificate signed by this CA (PEM); needs --tls-cert
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<String>,
 }
 
 /// The kind of synthetic feed.
@@ -124,8 +144,9 @@ impl std::fmt::Display for Feed {
     }
 }
 
-/// Serve `args.feed` at `ws://<args.listen>/ws` until `shutdown` is cancelled (or, with
-/// `--exit-when-done`, until `--count` messages were sent and the last client disconnected).
+/// Serve `args.feed` at `ws://<args.listen>/ws` (`wss://` with `--tls-cert`) until `shutdown` is
+/// cancelled (or, with `--exit-when-done`, until `--count` messages were sent and the last client
+/// disconnected).
 pub async fn serve(args: SynthArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&args.listen)
         .await
@@ -146,12 +167,19 @@ pub async fn serve_listener(
         .id
         .clone()
         .unwrap_or_else(|| format!("synth-{}", addr.port()));
+    let tls = tls_acceptor(&args)?.map(Arc::new);
     tracing::info!(
-        "synth: serving {} feed at ws://{}/ws (rate {}/s, count {})",
+        "synth: serving {} feed at {}://{}/ws (rate {}/s, count {}{})",
         args.feed,
+        if tls.is_some() { "wss" } else { "ws" },
         addr,
         args.rate,
-        args.count
+        args.count,
+        if args.tls_client_ca.is_some() {
+            ", client certificates required"
+        } else {
+            ""
+        }
     );
     if args.exit_when_done && args.count == 0 {
         tracing::warn!("synth: --exit-when-done has no effect without --count");
@@ -172,7 +200,7 @@ pub async fn serve_listener(
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    tasks.spawn(handle_connection(stream, peer, shared.clone(), stop.clone()));
+                    tasks.spawn(handle_connection(stream, peer, tls.clone(), shared.clone(), stop.clone()));
                 }
                 Err(e) => {
                     // E.g. too many open files: do not spin, do not give up.
@@ -368,13 +396,95 @@ const IDLE_RECHECK: Duration = Duration::from_millis(100);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The TLS context of `--tls-cert`/`--tls-key` (and `--tls-client-ca`); none = plain `ws://`.
+fn tls_acceptor(args: &SynthArgs) -> anyhow::Result<Option<SslAcceptor>> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())
+        .context("synth: cannot set up TLS")?;
+    b.set_certificate_chain_file(cert)
+        .with_context(|| format!("synth: --tls-cert: cannot load `{cert}` as PEM certificates"))?;
+    let pkey = std::fs::read(key)
+        .map_err(anyhow::Error::from)
+        .and_then(|pem| Ok(PKey::private_key_from_pem(&pem)?))
+        .with_context(|| format!("synth: --tls-key: cannot load `{key}` as a PEM private key"))?;
+    b.set_private_key(&pkey)
+        .and_then(|()| b.check_private_key())
+        .with_context(|| {
+            format!("synth: the key in `{key}` does not belong to the certificate in `{cert}`")
+        })?;
+    if let Some(ca) = &args.tls_client_ca {
+        let load = || format!("synth: --tls-client-ca: cannot load `{ca}` as PEM certificates");
+        b.set_ca_file(ca).with_context(load)?;
+        b.set_client_ca_list(X509Name::load_client_ca_file(ca).with_context(load)?);
+        b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+    }
+    Ok(Some(b.build()))
+}
+
+/// One accepted connection: the TLS handshake when serving `wss://`, then the feed.
 async fn handle_connection(
     stream: TcpStream,
     peer: SocketAddr,
+    tls: Option<Arc<SslAcceptor>>,
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    let Some(acceptor) = tls else {
+        return serve_connection(stream, peer, shared, stop).await;
+    };
+    let handshake = async {
+        let ssl = Ssl::new(acceptor.context()).map_err(|e| (e.to_string(), None))?;
+        let mut s = SslStream::new(ssl, stream).map_err(|e| (e.to_string(), None))?;
+        match Pin::new(&mut s).accept().await {
+            Ok(()) => Ok(s),
+            Err(e) => Err((e.to_string(), Some(s))),
+        }
+    };
+    let stream = tokio::select! {
+        _ = stop.cancelled() => return,
+        res = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake) => match res {
+            Ok(Ok(s)) => s,
+            Ok(Err((e, s))) => {
+                tracing::info!("synth: TLS handshake with {peer} failed: {e}");
+                if let Some(mut s) = s {
+                    hang_up(s.get_mut()).await;
+                }
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("synth: TLS handshake with {peer} timed out");
+                return;
+            }
+        },
+    };
+    serve_connection(stream, peer, shared, stop).await
+}
+
+/// Closes a connection whose TLS handshake failed so that the client reads the alert (e.g. a
+/// missing client certificate): a TLS 1.3 client has already sent its HTTP upgrade request,
+/// and closing with it unread would answer with a reset instead.
+async fn hang_up(tcp: &mut TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tcp.shutdown().await;
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        while let Ok(1..) = tcp.read(&mut buf).await {}
+    })
+    .await;
+}
+
+/// The WebSocket handshake, then the feed until the client leaves or `stop`.
+async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let config = WebSocketConfig::default()
         .max_message_size(Some(1 << 20))
         .max_frame_size(Some(1 << 20));
@@ -460,8 +570,8 @@ impl From<WsError> for End {
     }
 }
 
-struct Conn {
-    ws: WebSocketStream<TcpStream>,
+struct Conn<S> {
+    ws: WebSocketStream<S>,
     peer: SocketAddr,
     shared: Arc<Shared>,
     /// Messages handed to this socket.
@@ -475,8 +585,8 @@ struct Conn {
     timer: Pin<Box<Sleep>>,
 }
 
-impl Conn {
-    fn new(ws: WebSocketStream<TcpStream>, peer: SocketAddr, shared: Arc<Shared>) -> Conn {
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    fn new(ws: WebSocketStream<S>, peer: SocketAddr, shared: Arc<Shared>) -> Conn<S> {
         Conn {
             ws,
             peer,
@@ -981,6 +1091,8 @@ mod tests {
     use serde_json::Value;
     use tokio_tungstenite::tungstenite::Bytes;
 
+    use crate::source::websocket::test_pki::{generate, Pki};
+
     type Client = WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
     fn args(feed: Feed, rate: u64, count: u64) -> SynthArgs {
@@ -993,6 +1105,9 @@ mod tests {
             id: Some("test-feed".into()),
             stall_after: None,
             exit_when_done: false,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         }
     }
 
@@ -1300,6 +1415,20 @@ mod tests {
             (0, Some(5), Some("x"))
         );
         assert!(a.exit_when_done);
+        let t = Cli::try_parse_from(["kgate", "--tls-cert", "c.pem", "--tls-key", "k.pem"])
+            .unwrap()
+            .synth;
+        assert_eq!(
+            (t.tls_cert.as_deref(), t.tls_key.as_deref(), t.tls_client_ca),
+            (Some("c.pem"), Some("k.pem"), None)
+        );
+        for half in [
+            &["kgate", "--tls-cert", "c.pem"][..],
+            &["kgate", "--tls-key", "k.pem"],
+            &["kgate", "--tls-client-ca", "ca.pem"],
+        ] {
+            assert!(Cli::try_parse_from(half).is_err(), "{half:?}");
+        }
     }
 
     #[tokio::test]
@@ -1466,6 +1595,103 @@ mod tests {
         .unwrap();
         assert!(closed, "no Close frame");
         server.task.await.unwrap().unwrap();
+    }
+
+    fn tls_args(pki: &Pki, client_ca: bool) -> SynthArgs {
+        let file = |p: &std::path::Path| Some(p.to_str().unwrap().to_string());
+        SynthArgs {
+            tls_cert: file(&pki.server_cert),
+            tls_key: file(&pki.server_key),
+            tls_client_ca: if client_ca { file(&pki.ca) } else { None },
+            ..args(Feed::Ticker, 0, 10)
+        }
+    }
+
+    /// A `wss://` client trusting `pki`'s CA only, with its client certificate if `identity`.
+    async fn wss_connect(url: &str, pki: &Pki, identity: bool) -> Result<Client, WsError> {
+        let ca = std::fs::read(&pki.ca).unwrap();
+        let mut b = native_tls::TlsConnector::builder();
+        b.disable_built_in_roots(true)
+            .add_root_certificate(native_tls::Certificate::from_pem(&ca).unwrap());
+        if identity {
+            // The test PKI writes the client key in the traditional EC form; native-tls wants
+            // PKCS#8.
+            let key = std::fs::read(&pki.client_key).unwrap();
+            let key = openssl::pkey::PKey::private_key_from_pem(&key).unwrap();
+            let cert = std::fs::read(&pki.client_cert).unwrap();
+            let pkcs8 = key.private_key_to_pem_pkcs8().unwrap();
+            b.identity(native_tls::Identity::from_pkcs8(&cert, &pkcs8).unwrap());
+        }
+        let connector = tokio_tungstenite::Connector::NativeTls(b.build().unwrap());
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector))
+                .await?;
+        // With TLS 1.3 a refused client certificate shows on the first read.
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                assert_eq!(v["seq"], 1);
+                Ok(ws)
+            }
+            Some(Err(e)) => Err(e),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn tls_cert_serves_wss() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = generate(dir.path(), "synth");
+        let server = Server::start(tls_args(&pki, false)).await;
+        let url = format!("wss://localhost:{}/ws", server.addr.port());
+        let mut ws = wss_connect(&url, &pki, false).await.unwrap();
+        assert_eq!(read_seqs(&mut ws, 9).await, (2..=10).collect::<Vec<_>>());
+        ws.close(None).await.unwrap();
+        // Plain WebSocket to the TLS port is refused (the handshake is not HTTP).
+        assert!(tokio_tungstenite::connect_async(server.url())
+            .await
+            .is_err());
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn tls_client_ca_requires_a_client_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = generate(dir.path(), "synth");
+        let server = Server::start(tls_args(&pki, true)).await;
+        let url = format!("wss://127.0.0.1:{}/ws", server.addr.port());
+        let e = wss_connect(&url, &pki, false)
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert!(e.to_string().contains("certificate required"), "{e}");
+        let mut ws = wss_connect(&url, &pki, true).await.unwrap();
+        assert_eq!(read_seqs(&mut ws, 1).await, [2]);
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn unusable_tls_files_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = generate(dir.path(), "synth");
+        let other = generate(dir.path(), "other");
+        let mut a = tls_args(&pki, false);
+        a.tls_key = Some(other.server_key.to_str().unwrap().into());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let e = serve_listener(listener, a, CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("does not belong to the certificate"),
+            "{e:#}"
+        );
+        let mut a = tls_args(&pki, false);
+        a.tls_cert = Some(dir.path().join("missing.pem").to_str().unwrap().into());
+        let e = tls_acceptor(&a).map(|_| ()).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("--tls-cert: cannot load"),
+            "{e:#}"
+        );
     }
 
     #[tokio::test]

@@ -1,6 +1,8 @@
 //! Helpers for integration tests against the real local Kafka (started by `scripts/services up`).
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

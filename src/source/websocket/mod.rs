@@ -6,8 +6,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
 use tokio::task::JoinSet;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
 use futures_util::future::BoxFuture;
@@ -20,8 +22,14 @@ use crate::metrics::WsMetrics;
 use crate::pipeline::Pipeline;
 
 mod config;
+/// The integration tests' throw-away PKI, for the unit tests here and in `cmd::synth`.
+#[cfg(test)]
+#[path = "../../../tests/common/pki.rs"]
+pub(crate) mod test_pki;
+mod tls;
 
-pub use config::WebsocketSourceConfig;
+pub use config::{WebsocketSourceConfig, WebsocketTlsConfig};
+use tls::FeedTls;
 
 impl SourceKind for WebsocketSourceConfig {
     fn name(&self) -> &'static str {
@@ -29,6 +37,12 @@ impl SourceKind for WebsocketSourceConfig {
     }
     fn resolve(&self, at: At<'_>, errors: &mut Vec<ConfigError>) -> Option<Box<dyn Source>> {
         let urls = self.check(at, errors)?;
+        // Built once: runtime code never reads the files again.
+        let tls = if self.urls.iter().any(|u| u.starts_with("wss://")) {
+            Some(FeedTls::new(self.tls.as_ref(), at, errors)?)
+        } else {
+            None
+        };
         let subscribe = self
             .subscribe
             .iter()
@@ -40,18 +54,39 @@ impl SourceKind for WebsocketSourceConfig {
         Some(Box::new(WebsocketSource {
             urls: urls.into_iter().zip(self.urls.iter().cloned()).collect(),
             subscribe: Arc::new(subscribe),
+            tls,
             config: self.clone(),
         }))
     }
 }
 
-/// Resolved `source.websocket`: the feeds' URLs parsed, the subscribe messages rendered.
+/// Resolved `source.websocket`: the feeds' URLs parsed, the subscribe messages rendered, the
+/// TLS client built (when there is a `wss://` URL).
 #[derive(Debug)]
 pub struct WebsocketSource {
     /// Each feed's URL, parsed and as written (for logs, metrics and the DLQ's `source`).
     urls: Vec<(Uri, String)>,
     subscribe: Arc<Vec<String>>,
+    tls: Option<FeedTls>,
     config: WebsocketSourceConfig,
+}
+
+/// Connects to one feed (TCP, TLS for `wss://`, the WebSocket handshake).
+async fn connect(
+    uri: &Uri,
+    tls: Option<&FeedTls>,
+) -> Result<WebSocketStream<MaybeTlsStream<TcpStream>>, WsError> {
+    let connector = tls.map(FeedTls::connector);
+    let (ws, _) =
+        tokio_tungstenite::connect_async_tls_with_config(uri.clone(), None, false, connector)
+            .await?;
+    Ok(ws)
+}
+
+/// A failed connect in one line, after the feed's URL.
+fn connect_error(e: &WsError, tls: Option<&FeedTls>) -> String {
+    tls.and_then(|t| t.explain(e))
+        .unwrap_or_else(|| format!("cannot connect: {e}"))
 }
 
 impl Source for WebsocketSource {
@@ -60,23 +95,27 @@ impl Source for WebsocketSource {
             let mut out = Vec::new();
             for (uri, url) in &self.urls {
                 let started = Instant::now();
-                let r = tokio::time::timeout(
-                    ctx.timeout,
-                    tokio_tungstenite::connect_async(uri.clone()),
-                )
-                .await;
+                let r = tokio::time::timeout(ctx.timeout, connect(uri, self.tls.as_ref())).await;
                 let p = ctx.pipeline;
                 out.push(match r {
-                    Ok(Ok((mut s, _))) => {
+                    Ok(Ok(mut s)) => {
                         let _ = s.close(None).await;
+                        let unverified = if self.tls.as_ref().is_some_and(|t| t.insecure) {
+                            " (certificate NOT verified: tls.insecure_skip_verify)"
+                        } else {
+                            ""
+                        };
                         Probe::ok(format!(
-                            "websocket {url} (pipeline {p}): connected in {} ms",
+                            "websocket {url} (pipeline {p}): connected in {} ms{unverified}",
                             started.elapsed().as_millis()
                         ))
                     }
-                    Ok(Err(e)) => Probe::fail(format!(
-                        "websocket {url} (pipeline {p}): cannot connect: {e}; is the feed running at that address?"
-                    )),
+                    Ok(Err(e)) => match self.tls.as_ref().and_then(|t| t.explain(&e)) {
+                        Some(tls) => Probe::fail(format!("websocket {url} (pipeline {p}): {tls}")),
+                        None => Probe::fail(format!(
+                            "websocket {url} (pipeline {p}): cannot connect: {e}; is the feed running at that address?"
+                        )),
+                    },
                     Err(_) => Probe::fail(format!(
                         "websocket {url} (pipeline {p}): no answer within {:?}",
                         ctx.timeout
@@ -90,14 +129,23 @@ impl Source for WebsocketSource {
     /// One task per URL.
     fn spawn(self: Box<Self>, ctx: SourceCtx, tasks: &mut JoinSet<()>) {
         for (uri, url) in &self.urls {
+            if self.tls.as_ref().is_some_and(|t| t.insecure) {
+                tracing::warn!(
+                    url = %url,
+                    pipeline = %ctx.pipeline.name(),
+                    "tls.insecure_skip_verify: the feed's certificate and host name are NOT verified; anyone on the network path can read and change this feed"
+                );
+            }
             let feed = Feed {
                 m: ctx.metrics.websocket(url),
                 uri: uri.clone(),
                 url: Arc::from(url.as_str()),
                 subscribe: self.subscribe.clone(),
+                tls: self.tls.clone(),
                 config: self.config.clone(),
                 pipeline: ctx.pipeline.clone(),
                 stop: ctx.stop.clone(),
+                failures: FailureLog::default(),
             };
             tasks.spawn(feed.run());
         }
@@ -109,10 +157,12 @@ struct Feed {
     /// The URL as written, for logs, metrics and the DLQ's `source`.
     url: Arc<str>,
     subscribe: Arc<Vec<String>>,
+    tls: Option<FeedTls>,
     config: WebsocketSourceConfig,
     pipeline: Arc<Pipeline>,
     m: WsMetrics,
     stop: CancellationToken,
+    failures: FailureLog,
 }
 
 enum End {
@@ -120,8 +170,46 @@ enum End {
     Reconnect { got_messages: bool },
 }
 
+/// How often a connect failure that keeps repeating is logged: a feed that is down (or whose
+/// certificate is refused) for hours would otherwise write a line per backoff step.
+const REPEAT_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// A feed's connect failures, logged rate-limited: the first at once, the same again at most
+/// once per [`REPEAT_LOG_EVERY`] (with how often it happened meanwhile), a different one at once.
+#[derive(Default)]
+struct FailureLog {
+    /// The failure last logged, and when.
+    last: Option<(String, Instant)>,
+    /// Failures since then that were not logged.
+    unlogged: u64,
+}
+
+impl FailureLog {
+    fn failed(&mut self, url: &str, why: String) {
+        let now = Instant::now();
+        match &self.last {
+            Some((last, at)) if *last == why => {
+                if now.duration_since(*at) < REPEAT_LOG_EVERY {
+                    self.unlogged += 1;
+                    tracing::debug!(url, error = %why, "cannot connect (again); retrying");
+                    return;
+                }
+                tracing::warn!(url, error = %why, repeats = self.unlogged + 1, "still cannot connect; retrying");
+            }
+            _ => tracing::warn!(url, error = %why, "cannot connect; retrying"),
+        }
+        self.last = Some((why, now));
+        self.unlogged = 0;
+    }
+
+    /// Connected: how many failures went unlogged since the last logged one.
+    fn connected(&mut self) -> u64 {
+        std::mem::take(self).unlogged
+    }
+}
+
 impl Feed {
-    async fn run(self) {
+    async fn run(mut self) {
         let mut backoff = self.config.backoff_initial;
         loop {
             if self.stop.is_cancelled() {
@@ -145,27 +233,32 @@ impl Feed {
         }
     }
 
-    async fn connect_once(&self) -> End {
+    async fn connect_once(&mut self) -> End {
         let connect = tokio::time::timeout(
             self.config.connect_timeout,
-            tokio_tungstenite::connect_async(self.uri.clone()),
+            connect(&self.uri, self.tls.as_ref()),
         );
         let ws = tokio::select! {
             _ = self.stop.cancelled() => return End::Stopped,
             r = connect => r,
         };
         let ws = match ws {
-            Ok(Ok((ws, _))) => ws,
+            Ok(Ok(ws)) => ws,
             Ok(Err(e)) => {
                 self.m.connection_errors.inc();
-                tracing::warn!(url = %self.url, error = %e, "cannot connect");
+                let why = connect_error(&e, self.tls.as_ref());
+                self.failures.failed(&self.url, why);
                 return End::Reconnect {
                     got_messages: false,
                 };
             }
             Err(_) => {
                 self.m.connection_errors.inc();
-                tracing::warn!(url = %self.url, timeout = ?self.config.connect_timeout, "connect timed out");
+                let why = format!(
+                    "connect timed out after {:?} (connect_timeout)",
+                    self.config.connect_timeout
+                );
+                self.failures.failed(&self.url, why);
                 return End::Reconnect {
                     got_messages: false,
                 };
@@ -173,7 +266,10 @@ impl Feed {
         };
         self.m.connections.inc();
         let started = Instant::now();
-        tracing::info!(url = %self.url, "connected");
+        match self.failures.connected() {
+            0 => tracing::info!(url = %self.url, "connected"),
+            n => tracing::info!(url = %self.url, unlogged_failures = n, "connected"),
+        }
         let mut got_messages = false;
         let (mut tx, mut rx) = ws.split();
         let end = 'conn: {
@@ -255,5 +351,265 @@ impl Feed {
             .connection_duration
             .observe(started.elapsed().as_secs_f64());
         end
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+
+    use openssl::ssl::{Ssl, SslAcceptor, SslFiletype, SslMethod, SslVerifyMode};
+    use tokio::net::TcpListener;
+
+    use super::test_pki::{generate, Pki};
+    use super::*;
+
+    /// A `wss://` server on `ip` with `pki`'s server certificate (asking for a client certificate
+    /// signed by its CA with `mutual`) that accepts the WebSocket handshake and closes.
+    async fn wss_server(pki: &Pki, ip: &str, mutual: bool) -> String {
+        let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).unwrap();
+        b.set_certificate_chain_file(&pki.server_cert).unwrap();
+        b.set_private_key_file(&pki.server_key, SslFiletype::PEM)
+            .unwrap();
+        if mutual {
+            b.set_ca_file(&pki.ca).unwrap();
+            b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+        }
+        let acceptor = b.build();
+        let listener = TcpListener::bind(format!("{ip}:0")).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let ssl = Ssl::new(acceptor.context()).unwrap();
+                tokio::spawn(async move {
+                    let mut s = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
+                    if Pin::new(&mut s).accept().await.is_ok() {
+                        if let Ok(mut ws) = tokio_tungstenite::accept_async(s).await {
+                            let _ = ws.close(None).await;
+                        }
+                    } else {
+                        // Let the client read the alert: FIN, and its request read, not a reset.
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let tcp = s.get_mut();
+                        let _ = tcp.shutdown().await;
+                        let mut buf = [0u8; 4096];
+                        while let Ok(1..) = tcp.read(&mut buf).await {}
+                    }
+                });
+            }
+        });
+        format!("wss://{addr}/ws")
+    }
+
+    fn resolve(yaml: &str) -> Result<Box<dyn Source>, Vec<ConfigError>> {
+        let c: WebsocketSourceConfig = serde_yaml::from_str(yaml).unwrap();
+        let mut errors = Vec::new();
+        c.resolve(At("ws"), &mut errors).ok_or(errors)
+    }
+
+    async fn probe(yaml: &str) -> Probe {
+        let source = resolve(yaml).unwrap();
+        let ctx = ProbeCtx {
+            pipeline: "p",
+            timeout: Duration::from_secs(5),
+            http_base: None,
+        };
+        let mut probes = source.probe(ctx).await;
+        assert_eq!(probes.len(), 1);
+        probes.remove(0)
+    }
+
+    fn path(p: &std::path::Path) -> &str {
+        p.to_str().unwrap()
+    }
+
+    #[tokio::test]
+    async fn wss_verifies_against_the_configured_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = generate(dir.path(), "a");
+        let other = generate(dir.path(), "b");
+        let url = wss_server(&pki, "127.0.0.1", false).await;
+
+        let p = probe(&format!(
+            "urls: ['{url}']\ntls: {{ca: '{}'}}",
+            path(&pki.ca)
+        ))
+        .await;
+        assert!(p.ok, "{}", p.text);
+        // The host name is checked too: `localhost` is in the certificate.
+        let by_name = url.replace("127.0.0.1", "localhost");
+        let p = probe(&format!(
+            "urls: ['{by_name}']\ntls: {{ca: '{}'}}",
+            path(&pki.ca)
+        ))
+        .await;
+        assert!(p.ok, "{}", p.text);
+
+        let p = probe(&format!(
+            "urls: ['{url}']\ntls: {{ca: '{}'}}",
+            path(&other.ca)
+        ))
+        .await;
+        assert!(!p.ok);
+        assert_eq!(
+            p.text,
+            format!(
+                "websocket {url} (pipeline p): TLS handshake failed: certificate verify failed: \
+                 unable to get local issuer certificate (the feed's certificate was checked \
+                 against the CA in tls.ca `{}`)",
+                path(&other.ca)
+            )
+        );
+
+        // No `tls:`: the system's roots, which do not know the test CA.
+        let p = probe(&format!("urls: ['{url}']")).await;
+        assert!(!p.ok);
+        assert!(
+            p.text.contains("certificate verify failed")
+                && p.text.contains("checked against the system's roots"),
+            "{}",
+            p.text
+        );
+    }
+
+    #[tokio::test]
+    async fn wss_checks_the_host_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = generate(dir.path(), "a");
+        // Loopback, but not an address the certificate names.
+        let url = wss_server(&pki, "127.0.0.2", false).await;
+        let p = probe(&format!(
+            "urls: ['{url}']\ntls: {{ca: '{}'}}",
+            path(&pki.ca)
+        ))
+        .await;
+        assert!(!p.ok);
+        assert!(p.text.contains("mismatch"), "{}", p.text);
+    }
+
+    #[tokio::test]
+    async fn insecure_skip_verify_accepts_any_certificate_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = generate(dir.path(), "a");
+        let url = wss_server(&pki, "127.0.0.2", false).await;
+        let p = probe(&format!(
+            "urls: ['{url}']\ntls: {{insecure_skip_verify: true}}"
+        ))
+        .await;
+        assert!(p.ok, "{}", p.text);
+        assert!(p.text.contains("certificate NOT verified"), "{}", p.text);
+    }
+
+    #[tokio::test]
+    async fn mutual_tls_presents_the_client_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = generate(dir.path(), "a");
+        let url = wss_server(&pki, "127.0.0.1", true).await;
+        // The client key is in the traditional EC form; it is converted for native-tls.
+        let p = probe(&format!(
+            "urls: ['{url}']\ntls: {{ca: '{}', cert: '{}', key: '{}'}}",
+            path(&pki.ca),
+            path(&pki.client_cert),
+            path(&pki.client_key)
+        ))
+        .await;
+        assert!(p.ok, "{}", p.text);
+        let p = probe(&format!(
+            "urls: ['{url}']\ntls: {{ca: '{}'}}",
+            path(&pki.ca)
+        ))
+        .await;
+        assert!(!p.ok);
+        assert_eq!(
+            p.text,
+            format!(
+                "websocket {url} (pipeline p): TLS handshake failed: tlsv13 alert certificate \
+                 required (the feed wants a client certificate: set tls.cert and tls.key)"
+            )
+        );
+        // A client certificate from another CA.
+        let other = generate(dir.path(), "b");
+        let p = probe(&format!(
+            "urls: ['{url}']\ntls: {{ca: '{}', cert: '{}', key: '{}'}}",
+            path(&pki.ca),
+            path(&other.client_cert),
+            path(&other.client_key)
+        ))
+        .await;
+        assert!(!p.ok);
+        assert!(
+            p.text
+                .contains("(the feed refused the client certificate in tls.cert"),
+            "{}",
+            p.text
+        );
+    }
+
+    #[tokio::test]
+    async fn wss_to_a_plain_feed_says_so() {
+        let url = plain_server().await;
+        let p = probe(&format!("urls: ['{url}']")).await;
+        assert!(!p.ok);
+        assert!(p.text.contains("a plain feed's URL is ws://"), "{}", p.text);
+    }
+
+    /// A plain `ws://` server, addressed as `wss://`.
+    async fn plain_server() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                tokio::spawn(tokio_tungstenite::accept_async(tcp));
+            }
+        });
+        format!("wss://{addr}/ws")
+    }
+
+    #[test]
+    fn unusable_tls_files_are_config_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = generate(dir.path(), "a");
+        let other = generate(dir.path(), "b");
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate\n").unwrap();
+        let e = resolve(&format!(
+            "urls: ['wss://h/ws']\ntls: {{ca: '{}', cert: '{}', key: '{}'}}",
+            path(&junk),
+            path(&pki.client_cert),
+            path(&other.client_key)
+        ))
+        .unwrap_err();
+        let text: Vec<String> = e.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 2, "{text:?}");
+        assert_eq!(
+            text[0],
+            format!(
+                "ws.tls.ca: `{}` holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)",
+                path(&junk)
+            )
+        );
+        assert_eq!(
+            text[1],
+            format!(
+                "ws.tls.key: the key in `{}` does not belong to the certificate in `{}`",
+                path(&other.client_key),
+                path(&pki.client_cert)
+            )
+        );
+        let e = resolve(&format!(
+            "urls: ['wss://h/ws']\ntls: {{cert: '{}', key: '{}'}}",
+            path(&pki.client_cert),
+            path(&junk)
+        ))
+        .unwrap_err();
+        assert!(
+            e[0].to_string().starts_with("ws.tls.key: cannot read `")
+                && e[0]
+                    .to_string()
+                    .contains("as an unencrypted PEM private key"),
+            "{e:?}"
+        );
+        // Only plain feeds: nothing is read, no connector is built.
+        assert!(resolve("urls: ['ws://h/ws']").is_ok());
     }
 }
