@@ -146,7 +146,7 @@ const MESSAGE_MAX_BYTES_CEILING: u64 = 100 * 1024 * 1024 - 1024 * 1024;
 /// The producer's `message.max.bytes` when `kafka.producer.options` does not set it: room for
 /// the largest record a source can hand over (`largest_input` plus headroom for key and
 /// headers), at least librdkafka's default, at most the producer buffer (`buffer_bytes`) and
-/// [`MESSAGE_MAX_BYTES_CEILING`].
+/// 99 MiB (under the broker's request limit).
 ///
 /// Why raise the producer's limit rather than refuse big input at the edge: librdkafka's
 /// default (1,000,000 bytes) is below what the sources take (MQTT `max_packet_size` and device

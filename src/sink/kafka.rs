@@ -1,6 +1,11 @@
 //! The Kafka sink: one threaded producer whose delivery callback carries each record's ack,
 //! metrics and original bytes, so that every accepted event ends delivered, dead-lettered,
 //! dropped (when configured) or reported failed, and nothing in between is forgotten.
+//!
+//! A record Kafka refuses as too large (here, over `message.max.bytes`, or at the broker) goes
+//! to the DLQ cut to its first bytes with its size and sha256 (`too_large`), so that the DLQ
+//! write fits and the source learns `DeadLettered`. A send whose caller stops waiting while the
+//! buffer is full gives its in-flight slot back ([`Admission`]).
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
