@@ -85,6 +85,14 @@ impl Shared {
     }
 }
 
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("dlq_topic", &self.dlq_topic)
+            .finish_non_exhaustive()
+    }
+}
+
 /// An accepted event's place in the in-flight count, with its ack. It is settled exactly once:
 /// by [`Admission::settle`], or by `Drop` when whoever holds it lets it go first — a send whose
 /// caller stopped waiting (an HTTP client that hung up, a request cancelled at shutdown) drops
@@ -97,14 +105,6 @@ pub(crate) struct Admission {
     /// is then a failure, not a send taken back.
     taken: bool,
     settled: bool,
-}
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
-            .field("dlq_topic", &self.dlq_topic)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Admission {
