@@ -173,8 +173,12 @@ pub enum ErrorType {
     SchemaUnavailable,
     /// The value could not be encoded otherwise.
     EncodeFailed,
-    /// Kafka refused the record (too large, not authorized, ...).
+    /// Kafka refused the record (unknown topic, not authorized, ...).
     ProduceFailed,
+    /// The record is larger than Kafka takes (the producer's `message.max.bytes`, or the topic's
+    /// `max.message.bytes` at the broker): its DLQ record keeps its first bytes, with its size
+    /// and sha256 in headers.
+    TooLarge,
     /// A device frame is not a valid WRP message.
     InvalidWrp,
 }
@@ -191,6 +195,7 @@ impl ErrorType {
             ErrorType::SchemaUnavailable => "schema_unavailable",
             ErrorType::EncodeFailed => "encode_failed",
             ErrorType::ProduceFailed => "produce_failed",
+            ErrorType::TooLarge => "too_large",
             ErrorType::InvalidWrp => "invalid_wrp",
         }
     }

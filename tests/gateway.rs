@@ -483,7 +483,7 @@ fn config_errors_name_their_path() {
 }
 
 /// A record Kafka refuses for good (larger than the topic's `max.message.bytes`) is neither
-/// retried forever nor dropped: it goes to the DLQ as `produce_failed`, and the stream goes on.
+/// retried forever nor dropped: it goes to the DLQ as `too_large`, and the stream goes on.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_record_kafka_refuses_goes_to_the_dlq() {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -539,7 +539,8 @@ async fn a_record_kafka_refuses_goes_to_the_dlq() {
         big.as_bytes(),
         "the DLQ keeps the original bytes"
     );
-    assert_eq!(bad[0].headers["error_type"], "produce_failed");
+    assert_eq!(bad[0].headers["error_type"], "too_large");
+    assert_eq!(bad[0].headers["original_size"], big.len().to_string());
     assert_eq!(bad[0].headers["source_topic"], topic);
     assert_eq!(bad[0].key_str(), "big");
     let text = http_get(&format!("127.0.0.1:{mport}"), "/metrics")
@@ -553,7 +554,7 @@ async fn a_record_kafka_refuses_goes_to_the_dlq() {
         metric(
             &text,
             "kafka_dlq_published_total",
-            &["error_type=\"produce_failed\""]
+            &["error_type=\"too_large\""]
         ),
         1.0
     );

@@ -1081,3 +1081,73 @@ fn shutdown_lets_in_flight_requests_finish() {
     assert_eq!((s["delivered"], s["undelivered"]), (500, 0));
     assert_eq!(consume(&b, &topic, 500, Duration::from_secs(20)).len(), 500);
 }
+
+/// A REST Proxy record over the topic's 1 MiB `max.message.bytes` (within `http.max_body`)
+/// answers 413 with where its first bytes went in the DLQ (partition and offset), not a 500;
+/// the record beside it is written; the DLQ record holds the first 64 KiB with the size and
+/// sha256 of the whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rest_record_too_large_for_kafka_answers_413_with_its_dlq_place() {
+    use base64::Engine;
+    use sha2::Digest;
+    let b = brokers();
+    let gw = start(&b, "", "", "");
+    let topic = unique("bigrest");
+    let url = format!("{}/topics/{topic}", gw.http);
+    let c = reqwest::Client::new();
+    // Random bytes: compression cannot bring them under the limit.
+    let big: Vec<u8> = {
+        use rand::RngCore;
+        let mut v = vec![0u8; 1_500_000];
+        rand::rng().fill_bytes(&mut v);
+        v
+    };
+    let b64 = |x: &[u8]| base64::engine::general_purpose::STANDARD.encode(x);
+    let body = json!({"records": [
+        {"key": b64(b"big"), "value": b64(&big)},
+        {"key": b64(b"small"), "value": b64(b"fits")},
+    ]});
+    let (s, _, v) = post(
+        &c,
+        &url,
+        "application/vnd.kafka.binary.v2+json",
+        None,
+        body.to_string(),
+    )
+    .await;
+    assert_eq!(s, 413, "{v}; log:\n{}", gw.proc.log_text());
+    assert_eq!(v["error_code"], 41301, "{v}");
+    let message = v["message"].as_str().unwrap();
+    let dlq = gw.dlq_topic();
+    assert!(
+        message.starts_with("1 of 2 record(s) not written") && message.contains(&dlq),
+        "{message}"
+    );
+    let first = &v["offsets"][0];
+    assert_eq!(first["error_code"], 41301, "{v}");
+    assert!(first["partition"].is_null(), "{v}");
+    let error = first["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("not written: too large for Kafka")
+            && error.contains(&format!("DLQ topic {dlq} (partition 0, offset 0)")),
+        "{error}"
+    );
+    assert!(v["offsets"][1]["error"].is_null(), "{v}");
+    assert!(v["offsets"][1]["offset"].is_i64(), "{v}");
+
+    let recs = consume(&b, &topic, 1, Duration::from_secs(20));
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].value, b"fits");
+    let dead = consume(&b, &dlq, 1, Duration::from_secs(20));
+    assert_eq!(dead.len(), 1);
+    let d = &dead[0];
+    assert_eq!(d.headers["error_type"], "too_large");
+    assert_eq!(d.value, big[..64 * 1024]);
+    assert_eq!(d.key_str(), "big");
+    assert_eq!(d.headers["original_size"], "1500000");
+    let sha: String = sha2::Sha256::digest(&big)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect();
+    assert_eq!(d.headers["original_sha256"], sha);
+}

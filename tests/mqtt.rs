@@ -457,3 +457,121 @@ fn resubscribes_after_a_broker_restart() {
     assert_eq!(by_device.len(), 7, "keys {by_device:?}");
     stop(&mut gw, 30);
 }
+
+/// Random text, so that zstd cannot shrink it under the broker's limit.
+fn random_text(n: usize) -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..n)
+        .map(|_| rng.sample(rand::distr::Alphanumeric) as char)
+        .collect()
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+/// A 1.5 MB message (within `max_packet_size`, over the topic's 1 MiB `max.message.bytes`)
+/// followed by a good one: the big one goes to the DLQ as `too_large` (its first 64 KiB, its
+/// size and sha256), the good one lands exactly once, both are acked, and kgate stays on its
+/// one connection (no reconnect loop for a redelivery that would fail the same way).
+#[test]
+fn a_message_too_large_for_kafka_goes_to_the_dlq_and_is_acked() {
+    let url = mqtt_url();
+    let root = unique("t").replace('.', "-");
+    let topic = unique("mqtt.big");
+    let dlq = unique("mqtt.big.dlq");
+    let client_id = unique("kgate-test");
+    let mport = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = format!(
+        "  - name: iot\n    source:\n      mqtt:\n        url: '{url}'\n        client_id: '{client_id}'\n        subscriptions: [{{topic: '{root}/devices/+/telemetry', qos: 1}}]\n        backoff_initial: 100ms\n        backoff_max: 1s\n        max_packet_size: 4MiB\n    topic: {topic}\n    key: '${{@topic.2}}'\n"
+    );
+    let cfg = config(mport, &dlq, &pipeline);
+    let mut gw = spawn_run(dir.path(), &cfg);
+    wait_subscribed(&gw, 1);
+    let t = |d: &str| format!("{root}/devices/{d}/telemetry");
+    let big = format!(
+        r#"{{"source":"pub","seq":1,"pad":"{}"}}"#,
+        random_text(1_500_000)
+    );
+    let props = vec![("trace-id".to_string(), "big-1".to_string())];
+    let msgs: Vec<Msg> = vec![
+        (t("d1"), big.clone().into_bytes(), props),
+        (t("d2"), br#"{"source":"pub","seq":2}"#.to_vec(), vec![]),
+    ];
+    assert_eq!(publish(&url, &unique("pub"), msgs, 0), 2);
+
+    let dead = consume(&brokers(), &dlq, 1, Duration::from_secs(30));
+    assert_eq!(dead.len(), 1, "DLQ records; log:\n{}", gw.log_text());
+    let d = &dead[0];
+    assert_eq!(d.headers["error_type"], "too_large");
+    assert_eq!(d.headers["original_size"], big.len().to_string());
+    assert_eq!(d.headers["original_sha256"], sha256_hex(big.as_bytes()));
+    assert_eq!(d.value, big.as_bytes()[..64 * 1024]);
+    assert_eq!(d.headers["source"], format!("iot:{}", t("d1")));
+    assert_eq!(d.headers["source_topic"], topic);
+    assert_eq!(d.headers["trace-id"], "big-1", "user property kept");
+    assert_eq!(d.key_str(), "d1");
+    assert!(
+        d.headers["error_message"].contains("too large"),
+        "{}",
+        d.headers["error_message"]
+    );
+
+    let addr = format!("127.0.0.1:{mport}");
+    wait_until(
+        Duration::from_secs(15),
+        || {
+            metric(
+                &http_get(&addr, "/metrics").unwrap().1,
+                "kgate_mqtt_acks_total",
+                &[],
+            ) == 2.0
+        },
+        "both messages acked",
+    );
+    // Time for a reconnect loop or a redelivery to show, were there one.
+    std::thread::sleep(Duration::from_secs(3));
+    let recs = consume(&brokers(), &topic, 1, Duration::from_secs(20));
+    assert_eq!(recs.len(), 1, "the good message exactly once: {recs:?}");
+    assert_eq!(recs[0].json()["seq"], 2);
+    let text = http_get(&addr, "/metrics").unwrap().1;
+    assert_eq!(metric(&text, "kgate_mqtt_connections_total", &[]), 1.0);
+    assert_eq!(metric(&text, "kgate_mqtt_disconnections_total", &[]), 0.0);
+    assert_eq!(metric(&text, "kgate_mqtt_unacked_total", &[]), 0.0);
+    assert_eq!(metric(&text, "kgate_mqtt_acks_total", &[]), 2.0);
+    assert_eq!(
+        metric(
+            &text,
+            "kafka_dlq_published_total",
+            &["error_type=\"too_large\""]
+        ),
+        1.0
+    );
+    let s = stop(&mut gw, 30);
+    assert_eq!(
+        (
+            s["accepted"],
+            s["delivered"],
+            s["dead-lettered"],
+            s["failed"]
+        ),
+        (2, 1, 1, 0)
+    );
+    // Both acked: the broker has nothing left for this session.
+    let dir2 = tempfile::tempdir().unwrap();
+    let mut gw2 = spawn_run(dir2.path(), &cfg);
+    wait_until(
+        Duration::from_secs(20),
+        || gw2.log_text().contains("session_present=true"),
+        "the session to resume",
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let s = stop(&mut gw2, 30);
+    assert_eq!(s["accepted"], 0, "the broker resent acked messages");
+}

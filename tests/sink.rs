@@ -183,3 +183,252 @@ async fn a_full_buffer_answers_busy_to_sources_that_cannot_wait() {
     );
     assert_eq!(sink.inflight(), 1);
 }
+
+/// Random text, so that zstd cannot shrink it under the broker's limit.
+fn random_text(n: usize) -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..n)
+        .map(|_| rng.sample(rand::distr::Alphanumeric) as char)
+        .collect()
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+fn event_of(raw: String) -> (Event, tokio::sync::oneshot::Receiver<Fate>) {
+    Event::with_ack(
+        Bytes::from(raw),
+        Origin::now(Arc::from("acks"), Arc::from("test")),
+    )
+}
+
+/// Records over the topic's 1 MiB `max.message.bytes` (refused by the broker) or over the
+/// producer's `message.max.bytes` (refused by librdkafka) reach the DLQ as `too_large`: their
+/// first 64 KiB with their size and sha256; so does one whose source waits for no answer (a
+/// device frame), and the DLQ copy of rejected input that is itself too large keeps its
+/// error type. Nothing vanishes, and the record after them lands.
+#[tokio::test(flavor = "multi_thread")]
+async fn records_too_large_for_kafka_reach_the_dlq_with_their_first_bytes() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let topic = unique("big");
+    let dlq = unique("big.dlq");
+    let metrics = Metrics::new(&Default::default());
+    let sink = kgate::sink::KafkaSink::new(&kafka(&brokers()), &dlq, metrics.clone()).unwrap();
+    let p = Pipeline::new(&pipeline(&topic), sink.clone()).unwrap();
+    // A producer that takes less than the sources: librdkafka refuses at once.
+    let mut small = kafka(&brokers());
+    small
+        .producer
+        .options
+        .insert("message.max.bytes".into(), "500000".into());
+    let small_sink = kgate::sink::KafkaSink::new(&small, &dlq, metrics).unwrap();
+    let p_small = Pipeline::new(&pipeline(&topic), small_sink.clone()).unwrap();
+
+    let big = format!(r#"{{"id":"big","pad":"{}"}}"#, random_text(1_500_000));
+    // Random text compresses to about 3/4: still over the broker's 1 MiB.
+    let frame = format!(r#"{{"id":"frame","pad":"{}"}}"#, random_text(2_000_000));
+    let broken = format!("{{oops{}", random_text(2_000_000));
+    let local = format!(r#"{{"id":"local","pad":"{}"}}"#, random_text(600_000));
+    let (ev, big_rx) = event_of(big.clone());
+    p.handle(ev).await;
+    p.handle(Event::new(
+        Bytes::from(frame.clone()),
+        Origin::now(Arc::from("acks"), Arc::from("device")),
+    ))
+    .await;
+    let (ev, broken_rx) = event_of(broken.clone());
+    p.handle(ev).await;
+    let (ev, good_rx) = event(r#"{"id":"good"}"#);
+    p.handle(ev).await;
+    let (ev, local_rx) = event_of(local.clone());
+    p_small.handle(ev).await;
+
+    let within = Duration::from_secs(30);
+    let fate = |rx: tokio::sync::oneshot::Receiver<Fate>| async move {
+        tokio::time::timeout(within, rx).await.unwrap().unwrap()
+    };
+    for (rx, want) in [
+        (big_rx, "too_large"),
+        (broken_rx, "invalid_json"),
+        (local_rx, "too_large"),
+    ] {
+        match fate(rx).await {
+            Fate::DeadLettered {
+                error_type,
+                message,
+                ..
+            } => {
+                assert_eq!(error_type, want, "{message}");
+                if want == "too_large" {
+                    assert!(message.contains("too large"), "{message}");
+                }
+            }
+            other => panic!("expected DeadLettered ({want}), got {other:?}"),
+        }
+    }
+    assert!(matches!(fate(good_rx).await, Fate::Delivered { .. }));
+    assert_eq!(sink.drain(within).await, 0);
+    assert_eq!(small_sink.drain(within).await, 0);
+
+    let dead = consume(&brokers(), &dlq, 4, within);
+    assert_eq!(dead.len(), 4, "DLQ records");
+    let find = |prefix: &str| {
+        dead.iter()
+            .find(|d| d.value.starts_with(prefix.as_bytes()))
+            .unwrap_or_else(|| panic!("no DLQ record starting {prefix}"))
+    };
+    for (original, prefix, error_type) in [
+        (&big, r#"{"id":"big""#, "too_large"),
+        (&frame, r#"{"id":"frame""#, "too_large"),
+        (&broken, "{oops", "invalid_json"),
+        (&local, r#"{"id":"local""#, "too_large"),
+    ] {
+        let d = find(prefix);
+        assert_eq!(d.headers["error_type"], error_type);
+        assert_eq!(d.value, original.as_bytes()[..64 * 1024], "{prefix}");
+        assert_eq!(d.headers["original_size"], original.len().to_string());
+        assert_eq!(
+            d.headers["original_sha256"],
+            sha256_hex(original.as_bytes())
+        );
+    }
+    assert_eq!(find(r#"{"id":"big""#).key_str(), "big");
+    assert_eq!(find(r#"{"id":"big""#).headers["source_topic"], topic);
+    let recs = consume(&brokers(), &topic, 1, Duration::from_secs(10));
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].key_str(), "good");
+    let t = sink.totals();
+    assert_eq!(
+        (
+            t.accepted.load(Relaxed),
+            t.delivered.load(Relaxed),
+            t.dead_lettered.load(Relaxed),
+            t.failed.load(Relaxed)
+        ),
+        (4, 1, 3, 0)
+    );
+}
+
+/// Sends cancelled at random points while they wait for buffer room (a tiny buffer that the
+/// producer empties slowly), and then tasks aborted in the middle of a shutdown's drain: every
+/// event is delivered, dead-lettered or taken back (answered Busy, counted `cancelled`, not
+/// accepted); nothing stays in flight and `drain` returns 0 without waiting out its timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sends_cancelled_at_random_points_leave_nothing_in_flight() {
+    use rand::Rng;
+    use std::sync::atomic::Ordering::Relaxed;
+    let topic = unique("cancel");
+    let dlq = unique("cancel.dlq");
+    let mut k = kafka(&brokers());
+    k.producer.max_buffered_records = 2;
+    k.producer.linger_ms = 20;
+    let metrics = Metrics::new(&Default::default());
+    let sink = kgate::sink::KafkaSink::new(&k, &dlq, metrics.clone()).unwrap();
+    let p = Arc::new(Pipeline::new(&pipeline(&topic), sink.clone()).unwrap());
+    // Warm up (connection, metadata) so that the rounds below wait on the buffer only.
+    let (ev, rx) = event(r#"{"id":"warm"}"#);
+    p.handle(ev).await;
+    assert!(matches!(rx.await.unwrap(), Fate::Delivered { .. }));
+
+    let make = |i: usize| {
+        // Every fifth is not JSON: its DLQ write waits for room the same way.
+        let raw = if i % 5 == 4 {
+            format!("{{oops {i}")
+        } else {
+            format!(r#"{{"id":"k{}","n":{i}}}"#, i % 7)
+        };
+        event_of(raw)
+    };
+    let mut fates = Vec::new();
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let (ev, rx) = make(i);
+        fates.push(rx);
+        let wait = Duration::from_millis(rand::rng().random_range(0..400));
+        let p = p.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = tokio::time::timeout(wait, p.handle(ev)).await;
+        }));
+        if i % 10 == 9 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Shutdown: sends still waiting when the drain starts, aborted under it.
+    let mut tasks = Vec::new();
+    for i in 300..400 {
+        let (ev, rx) = make(i);
+        fates.push(rx);
+        let p = p.clone();
+        tasks.push(tokio::spawn(async move { p.handle(ev).await }));
+    }
+    let drainer = {
+        let sink = sink.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            (sink.drain(Duration::from_secs(30)).await, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for t in &tasks {
+        t.abort();
+    }
+    let (left, took) = drainer.await.unwrap();
+    assert_eq!(left, 0, "drain left records in flight");
+    assert!(took < Duration::from_secs(15), "drain waited {took:?}");
+
+    let (mut delivered, mut dead, mut busy) = (1u64, 0u64, 0u64);
+    for rx in fates {
+        match tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Fate::Delivered { .. } => delivered += 1,
+            Fate::DeadLettered { error_type, .. } => {
+                assert_eq!(error_type, "invalid_json");
+                dead += 1
+            }
+            Fate::Busy => busy += 1,
+            other => panic!("unexpected fate {other:?}"),
+        }
+    }
+    let t = sink.totals();
+    let accepted = t.accepted.load(Relaxed);
+    eprintln!(
+        "cancellation: 401 events: {delivered} delivered, {dead} dead-lettered, {busy} taken back"
+    );
+    assert!(busy > 0, "no send was cancelled while it waited");
+    assert!(delivered > 1, "nothing got through");
+    assert_eq!(t.cancelled.load(Relaxed), busy);
+    assert_eq!(t.delivered.load(Relaxed), delivered);
+    assert_eq!(t.dead_lettered.load(Relaxed), dead);
+    assert_eq!(
+        (t.dropped.load(Relaxed), t.failed.load(Relaxed)),
+        (0, 0),
+        "nothing dropped or failed"
+    );
+    assert_eq!(accepted, delivered + dead);
+    assert_eq!(accepted + busy, 401);
+    assert_eq!(sink.inflight(), 0);
+    assert_eq!(
+        metric(&metrics.render(), "kgate_producer_inflight_records", &[]),
+        0.0
+    );
+    assert_eq!(sink.drain(Duration::from_secs(1)).await, 0);
+    let recs = consume(
+        &brokers(),
+        &topic,
+        delivered as usize,
+        Duration::from_secs(30),
+    );
+    assert_eq!(recs.len() as u64, delivered, "records in Kafka = delivered");
+}

@@ -124,9 +124,55 @@ fn apply_security(c: &mut ClientConfig, sec: &SecurityConfig) {
     }
 }
 
+/// The largest input a kgate source takes with its default limits: the WebSocket client's
+/// message limit (64 MiB). MQTT `max_packet_size` and device `max_frame` default to 1 MiB,
+/// `http.max_body` to 10 MB. The producer is made from `kafka:` alone, before the sources, so
+/// it plans for this; with a source limit set higher, a bigger record is refused as
+/// `too_large` (into the DLQ), unless `kafka.producer.options` sets `message.max.bytes`.
+pub const LARGEST_INPUT: u64 = 64 * 1024 * 1024;
+
+/// Room for a record's key, headers and framing on top of the largest input.
+const RECORD_HEADROOM: u64 = 64 * 1024;
+
+/// librdkafka's default `message.max.bytes`; kgate never sets it lower unless the producer
+/// buffer is smaller.
+const LIBRDKAFKA_MESSAGE_MAX_BYTES: u64 = 1_000_000;
+
+/// The most kgate sets `message.max.bytes` to: below the broker's `socket.request.max.bytes`
+/// (100 MiB by default), past which the broker closes the connection instead of answering, and
+/// librdkafka would retry that request forever (`message_timeout: 0s`).
+const MESSAGE_MAX_BYTES_CEILING: u64 = 100 * 1024 * 1024 - 1024 * 1024;
+
+/// The producer's `message.max.bytes` when `kafka.producer.options` does not set it: room for
+/// the largest record a source can hand over (`largest_input` plus headroom for key and
+/// headers), at least librdkafka's default, at most the producer buffer (`buffer_bytes`) and
+/// 99 MiB (under the broker's request limit).
+///
+/// Why raise the producer's limit rather than refuse big input at the edge: librdkafka's
+/// default (1,000,000 bytes) is below what the sources take (MQTT `max_packet_size` and device
+/// `max_frame` 1 MiB, `http.max_body` 10 MB, the WebSocket client 64 MiB), so records the
+/// topic would take were refused in kgate, and their DLQ copies with them. The limit that
+/// counts is the topic's `max.message.bytes` at the broker: set per topic, checked on the
+/// compressed batch, and unknown at the edge. Refusing at the edge would also need an answer
+/// from every source, and MQTT has none that neither loops (not acked: the broker resends) nor
+/// loses (acked: gone). So the producer takes what a source took and the broker judges; a
+/// record Kafka still refuses as too large goes to the DLQ as `too_large` with its first bytes,
+/// its size and its sha256 (see `sink::kafka`), and the source gets that answer.
+///
+/// The buffer bound: a record larger than the whole producer buffer would wait for room
+/// forever; within `message.max.bytes` it is refused at once as too large instead.
+pub fn message_max_bytes(largest_input: u64, buffer_bytes: u64) -> u64 {
+    largest_input
+        .saturating_add(RECORD_HEADROOM)
+        .clamp(LIBRDKAFKA_MESSAGE_MAX_BYTES, MESSAGE_MAX_BYTES_CEILING)
+        .min(buffer_bytes)
+        .max(1000)
+}
+
 /// The producer's settings: the shared ones, the typed producer fields, then `options`.
 pub fn producer_client_config(k: &KafkaConfig) -> ClientConfig {
     let p = &k.producer;
+    let buffer_kbytes = (p.max_buffered_bytes.0 / 1024).max(1);
     let mut c = base_client_config(k);
     c.set("acks", p.acks.as_str())
         .set("enable.idempotence", p.idempotence.to_string())
@@ -147,10 +193,13 @@ pub fn producer_client_config(k: &KafkaConfig) -> ClientConfig {
             "queue.buffering.max.messages",
             p.max_buffered_records.to_string(),
         )
-        .set(
-            "queue.buffering.max.kbytes",
-            (p.max_buffered_bytes.0 / 1024).max(1).to_string(),
+        .set("queue.buffering.max.kbytes", buffer_kbytes.to_string());
+    if !p.options.contains_key("message.max.bytes") {
+        c.set(
+            "message.max.bytes",
+            message_max_bytes(LARGEST_INPUT, buffer_kbytes * 1024).to_string(),
         );
+    }
     for (key, value) in &p.options {
         c.set(key, value);
     }
@@ -179,5 +228,38 @@ mod tests {
         assert_eq!(c.get("queue.buffering.max.messages"), Some("10000"));
         assert_eq!(c.get("queue.buffering.max.kbytes"), Some("102400"));
         assert_eq!(c.get("queue.buffering.backpressure.threshold"), Some("5"));
+        assert_eq!(c.get("message.max.bytes"), Some("67174400"));
+    }
+
+    #[test]
+    fn message_max_bytes_covers_the_sources_within_kafkas_bounds() {
+        let mib = 1024 * 1024;
+        let buffer = 100 * mib;
+        assert_eq!(
+            message_max_bytes(LARGEST_INPUT, buffer),
+            64 * mib + 64 * 1024
+        );
+        // Never below librdkafka's default, unless the buffer is smaller.
+        assert_eq!(message_max_bytes(1000, buffer), 1_000_000);
+        assert_eq!(message_max_bytes(LARGEST_INPUT, 512 * 1024), 512 * 1024);
+        // Below the broker's request limit.
+        assert_eq!(message_max_bytes(1 << 30, 1 << 40), 99 * mib);
+        assert_eq!(message_max_bytes(0, 1024), 1024);
+    }
+
+    #[test]
+    fn message_max_bytes_follows_the_buffer_and_yields_to_options() {
+        let load = |producer: &str| {
+            crate::gateway::Config::from_yaml_str(
+                &format!("kafka:\n  producer: {producer}\npipelines: [{{name: p, source: {{websocket: {{urls: ['ws://h:1/ws']}}}}, topic: t}}]\n"),
+                "test.yaml",
+                &|_| None,
+            )
+            .unwrap()
+        };
+        let c = producer_client_config(&load("{max_buffered_bytes: 4MiB}").kafka);
+        assert_eq!(c.get("message.max.bytes"), Some("4194304"));
+        let c = producer_client_config(&load("{options: {message.max.bytes: '2000000'}}").kafka);
+        assert_eq!(c.get("message.max.bytes"), Some("2000000"));
     }
 }

@@ -1,6 +1,11 @@
 //! The Kafka sink: one threaded producer whose delivery callback carries each record's ack,
 //! metrics and original bytes, so that every accepted event ends delivered, dead-lettered,
 //! dropped (when configured) or reported failed, and nothing in between is forgotten.
+//!
+//! A record Kafka refuses as too large (here, over `message.max.bytes`, or at the broker) goes
+//! to the DLQ cut to its first bytes with its size and sha256 (`too_large`), so that the DLQ
+//! write fits and the source learns `DeadLettered`. A send whose caller stops waiting while the
+//! buffer is full gives its in-flight slot back ([`Admission`]).
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -8,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
+use rdkafka::message::{DeliveryResult, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Message};
+use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, Notify};
 
 use futures_util::future::BoxFuture;
@@ -20,17 +26,26 @@ use crate::event::{Ack, ErrorType, Event, Fate, Origin, Rejection};
 use crate::kafka::{KafkaConfig, OnFull};
 use crate::metrics::{Metrics, TopicMetrics};
 
-/// Why an event goes to the DLQ.
+/// What a DLQ record is made of: the input as received and why it is there.
 #[derive(Debug)]
-struct DlqJob {
+pub(crate) struct DeadLetter {
     raw: Bytes,
     key: Option<Vec<u8>>,
     input_headers: Vec<(String, Vec<u8>)>,
-    origin: Origin,
-    ack: Ack,
     error_type: ErrorType,
     message: String,
     source_topic: String,
+    /// Keep only the first bytes of `raw` and a bounded key and headers, with the size and
+    /// sha256 of `raw`: for records too large for Kafka, and for a DLQ record that was.
+    truncate: bool,
+}
+
+/// An event on its way to the DLQ.
+#[derive(Debug)]
+struct DlqJob {
+    letter: DeadLetter,
+    origin: Origin,
+    slot: Admission,
 }
 
 pub(crate) enum Kind {
@@ -39,18 +54,14 @@ pub(crate) enum Kind {
         raw: Bytes,
         input_headers: Vec<(String, Vec<u8>)>,
     },
-    Dlq {
-        error_type: ErrorType,
-        message: String,
-        source_topic: String,
-    },
+    Dlq(DeadLetter),
 }
 
 /// What rides with a record through librdkafka and comes back in the delivery callback.
 pub(crate) struct Inflight {
     kind: Kind,
     origin: Origin,
-    ack: Ack,
+    slot: Admission,
 }
 
 struct Shared {
@@ -72,6 +83,100 @@ impl Shared {
             self.settled.notify_waiters();
         }
     }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("dlq_topic", &self.dlq_topic)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An accepted event's place in the in-flight count, with its ack. It is settled exactly once:
+/// by [`Admission::settle`], or by `Drop` when whoever holds it lets it go first — a send whose
+/// caller stopped waiting (an HTTP client that hung up, a request cancelled at shutdown) drops
+/// its record in the middle of waiting for buffer room, and the count must not stay up.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    shared: Arc<Shared>,
+    ack: Ack,
+    /// librdkafka had the record (it came back in a delivery report): dropping it unsettled
+    /// is then a failure, not a send taken back.
+    taken: bool,
+    settled: bool,
+}
+
+impl Admission {
+    /// Counts an event accepted and in flight.
+    fn admit(shared: &Arc<Shared>, ack: Ack) -> Admission {
+        shared.inflight.fetch_add(1, Ordering::AcqRel);
+        shared.metrics.inflight.inc();
+        shared.totals.accepted.fetch_add(1, Ordering::Relaxed);
+        Admission {
+            shared: shared.clone(),
+            ack,
+            taken: false,
+            settled: false,
+        }
+    }
+
+    /// Answers the ack (building the fate only when someone waits) and leaves the count.
+    fn settle_with(mut self, fate: impl FnOnce() -> Fate) {
+        if self.ack.is_waiting() {
+            self.ack.resolve(fate());
+        }
+        self.settled = true;
+        self.shared.settle_one();
+    }
+
+    fn settle(self, fate: Fate) {
+        self.settle_with(|| fate)
+    }
+
+    /// Not taken after all (the buffer stayed full for the event's `max_wait`): un-accepts it.
+    fn refuse(self) {
+        self.shared.totals.accepted.fetch_sub(1, Ordering::Relaxed);
+        self.settle(Fate::Busy);
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let totals = &self.shared.totals;
+        if self.taken {
+            // A DLQ job abandoned (the runtime is going away): Kafka has neither copy.
+            totals.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("a record refused by Kafka was abandoned before its DLQ write");
+            self.ack.resolve(Fate::Failed {
+                message: "abandoned before its DLQ write".into(),
+            });
+        } else {
+            // The caller stopped waiting before librdkafka took it: nothing was written, so
+            // it was not accepted after all, and whoever still waits may retry (Busy).
+            totals.accepted.fetch_sub(1, Ordering::Relaxed);
+            totals.cancelled.fetch_add(1, Ordering::Relaxed);
+            self.ack.resolve(Fate::Busy);
+        }
+        self.shared.settle_one();
+    }
+}
+
+/// Whether librdkafka or the broker refused a record (or its batch) as too large.
+fn is_too_large(err: &KafkaError) -> bool {
+    matches!(
+        err.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge)
+    )
+}
+
+/// The size of a record as librdkafka counts it against `message.max.bytes`, near enough:
+/// value, key, and header names and values.
+fn record_size(value: usize, key: usize, headers: impl Iterator<Item = usize>) -> usize {
+    value + key + headers.sum::<usize>()
 }
 
 /// The producer context: turns delivery reports into acks, metrics and DLQ jobs.
@@ -96,8 +201,9 @@ impl ProducerContext for SinkContext {
         let Inflight {
             kind,
             origin,
-            mut ack,
+            mut slot,
         } = *opaque;
+        slot.taken = true;
         let s = &self.shared;
         match (kind, result) {
             (Kind::Data { topic, .. }, Ok(msg)) => {
@@ -106,14 +212,11 @@ impl ProducerContext for SinkContext {
                     .duration
                     .observe(origin.accepted.elapsed().as_secs_f64());
                 s.totals.delivered.fetch_add(1, Ordering::Relaxed);
-                if ack.is_waiting() {
-                    ack.resolve(Fate::Delivered {
-                        topic: msg.topic().to_string(),
-                        partition: msg.partition(),
-                        offset: msg.offset(),
-                    });
-                }
-                s.settle_one();
+                slot.settle_with(|| Fate::Delivered {
+                    topic: msg.topic().to_string(),
+                    partition: msg.partition(),
+                    offset: msg.offset(),
+                });
             }
             (
                 Kind::Data {
@@ -126,74 +229,104 @@ impl ProducerContext for SinkContext {
                 topic.failures.inc();
                 topic.delivery_errors.inc();
                 let source_topic = msg.topic().to_string();
-                tracing::warn!(topic = %source_topic, error = %err, "Kafka refused a record; sending it to the DLQ");
+                let (error_type, message) = if is_too_large(err) {
+                    let size = record_size(
+                        msg.payload_len(),
+                        msg.key_len(),
+                        msg.headers().into_iter().flat_map(|h| {
+                            h.iter()
+                                .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+                        }),
+                    );
+                    tracing::warn!(topic = %source_topic, size, error = %err, "Kafka refused a record as too large; sending its first bytes to the DLQ");
+                    (
+                        ErrorType::TooLarge,
+                        format!("{err}: the broker refused this record of {size} bytes (value, key and headers), or its batch, as larger than topic `{source_topic}` takes (its max.message.bytes)"),
+                    )
+                } else {
+                    tracing::warn!(topic = %source_topic, error = %err, "Kafka refused a record; sending it to the DLQ");
+                    (ErrorType::ProduceFailed, err.to_string())
+                };
                 let key = msg.key().map(|k| k.to_vec());
                 // Stays in flight: the DLQ job settles it.
                 let job = DlqJob {
-                    raw,
-                    key,
-                    input_headers,
+                    letter: DeadLetter {
+                        raw,
+                        key,
+                        input_headers,
+                        truncate: error_type == ErrorType::TooLarge,
+                        error_type,
+                        message,
+                        source_topic,
+                    },
                     origin,
-                    ack,
-                    error_type: ErrorType::ProduceFailed,
-                    message: err.to_string(),
-                    source_topic,
+                    slot,
                 };
-                if let Err(mpsc::error::SendError(mut job)) = s.dlq_tx.send(job) {
+                if let Err(mpsc::error::SendError(job)) = s.dlq_tx.send(job) {
                     tracing::error!(
                         "DLQ writer stopped; a refused record could not be dead-lettered"
                     );
                     s.totals.failed.fetch_add(1, Ordering::Relaxed);
-                    job.ack.resolve(Fate::Failed {
-                        message: job.message,
-                    });
-                    s.settle_one();
+                    let message = job.letter.message;
+                    job.slot.settle(Fate::Failed { message });
                 }
             }
-            (
-                Kind::Dlq {
-                    error_type,
-                    message,
-                    source_topic,
-                },
-                Ok(msg),
-            ) => {
+            (Kind::Dlq(letter), Ok(msg)) => {
                 s.metrics
                     .dlq_published
                     .with_label_values(&[
                         s.dlq_topic.as_str(),
-                        source_topic.as_str(),
-                        error_type.as_str(),
+                        letter.source_topic.as_str(),
+                        letter.error_type.as_str(),
                     ])
                     .inc();
                 s.totals.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                ack.resolve(Fate::DeadLettered {
-                    error_type,
-                    message,
+                slot.settle(Fate::DeadLettered {
+                    error_type: letter.error_type,
+                    message: letter.message,
                     partition: msg.partition(),
                     offset: msg.offset(),
                 });
-                s.settle_one();
             }
-            (
-                Kind::Dlq {
-                    error_type,
-                    message,
-                    source_topic,
-                },
-                Err((err, _)),
-            ) => {
+            (Kind::Dlq(mut letter), Err((err, _))) if is_too_large(err) && !letter.truncate => {
+                // The DLQ topic takes less than the whole input: keep its first bytes.
+                tracing::warn!(dlq_topic = %s.dlq_topic, error_type = %letter.error_type, size = letter.raw.len(), error = %err,
+                    "the DLQ refused a record as too large; writing its first bytes instead");
+                letter.truncate = true;
+                let job = DlqJob {
+                    letter,
+                    origin,
+                    slot,
+                };
+                if let Err(mpsc::error::SendError(job)) = s.dlq_tx.send(job) {
+                    tracing::error!("DLQ writer stopped; a DLQ record could not be written");
+                    s.totals.failed.fetch_add(1, Ordering::Relaxed);
+                    let l = job.letter;
+                    job.slot.settle(Fate::Failed {
+                        message: format!(
+                            "{}: {}; DLQ write failed: {err}",
+                            l.error_type, l.message
+                        ),
+                    });
+                }
+            }
+            (Kind::Dlq(letter), Err((err, _))) => {
                 s.metrics
                     .dlq_failures
                     .with_label_values(&[s.dlq_topic.as_str()])
                     .inc();
                 s.totals.failed.fetch_add(1, Ordering::Relaxed);
+                let DeadLetter {
+                    error_type,
+                    message,
+                    source_topic,
+                    ..
+                } = letter;
                 tracing::error!(dlq_topic = %s.dlq_topic, %source_topic, %error_type, reason = %message, error = %err,
                     "the DLQ refused a record: it is lost; check that the DLQ topic exists and accepts writes");
-                ack.resolve(Fate::Failed {
+                slot.settle(Fate::Failed {
                     message: format!("{error_type}: {message}; DLQ write failed: {err}"),
                 });
-                s.settle_one();
             }
         }
     }
@@ -204,6 +337,9 @@ pub struct KafkaSink {
     producer: ThreadedProducer<SinkContext>,
     shared: Arc<Shared>,
     on_full: OnFull,
+    /// The producer's `message.max.bytes`: what the DLQ copy of a record too large for Kafka
+    /// is cut to fit in.
+    max_record: u64,
 }
 
 /// The producer could not be created (librdkafka refused a setting).
@@ -213,6 +349,90 @@ pub struct ProducerError(#[source] KafkaError);
 
 /// How long to wait before retrying a send into a full buffer.
 const FULL_RETRY: Duration = Duration::from_millis(2);
+
+/// How much of a record too large for Kafka its DLQ record keeps (at most a quarter of
+/// `message.max.bytes`).
+pub const TOO_LARGE_PREFIX: usize = 64 * 1024;
+
+/// What a truncated DLQ record keeps of the key and input headers together (at most an eighth
+/// of `message.max.bytes`); the rest is left out and counted in headers.
+const TRUNCATED_EXTRAS: usize = 16 * 1024;
+
+/// The most of `error_message` a truncated DLQ record keeps.
+const TRUNCATED_MESSAGE: usize = 4 * 1024;
+
+/// The value, key and headers of a DLQ record; see the README's "The DLQ record".
+fn dlq_record(
+    letter: &DeadLetter,
+    origin: &Origin,
+    max_record: u64,
+) -> (Bytes, Option<Vec<u8>>, OwnedHeaders) {
+    let received_at = humantime::format_rfc3339_millis(origin.received_at).to_string();
+    let source = format!("{}:{}", origin.pipeline, origin.source);
+    let mut value = letter.raw.clone();
+    let mut key = letter.key.clone();
+    let mut input: Vec<&(String, Vec<u8>)> = letter.input_headers.iter().collect();
+    let mut message = letter.message.as_str();
+    let mut extra: Vec<(&str, String)> = Vec::new();
+    if letter.truncate {
+        let limit = usize::try_from(max_record).unwrap_or(usize::MAX);
+        value = value.slice(..value.len().min(TOO_LARGE_PREFIX.min(limit / 4)));
+        let mut room = TRUNCATED_EXTRAS.min(limit / 8);
+        if let Some(k) = key.take_if(|k| k.len() > room) {
+            extra.push(("dropped_key_size", k.len().to_string()));
+        }
+        room -= key.as_ref().map_or(0, Vec::len);
+        let before = input.len();
+        input.retain(|(k, v)| {
+            let fits = k.len() + v.len() <= room;
+            if fits {
+                room -= k.len() + v.len();
+            }
+            fits
+        });
+        if input.len() < before {
+            extra.push(("dropped_headers", (before - input.len()).to_string()));
+        }
+        if message.len() > TRUNCATED_MESSAGE {
+            let mut end = TRUNCATED_MESSAGE;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message = &message[..end];
+        }
+        let digest = Sha256::digest(&letter.raw);
+        let hex = digest
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>();
+        extra.push(("original_size", letter.raw.len().to_string()));
+        extra.push(("original_sha256", hex));
+    }
+    let mut headers = OwnedHeaders::new_with_capacity(input.len() + 6 + extra.len());
+    for (k, v) in input {
+        headers = headers.insert(Header {
+            key: k,
+            value: Some(v),
+        });
+    }
+    for (k, v) in [
+        ("source", source.as_str()),
+        ("pipeline", &*origin.pipeline),
+        ("source_topic", letter.source_topic.as_str()),
+        ("error_type", letter.error_type.as_str()),
+        ("error_message", message),
+        ("received_at", received_at.as_str()),
+    ]
+    .into_iter()
+    .chain(extra.iter().map(|(k, v)| (*k, v.as_str())))
+    {
+        headers = headers.insert(Header {
+            key: k,
+            value: Some(v),
+        });
+    }
+    (value, key, headers)
+}
 
 impl KafkaSink {
     /// Creates the producer (no broker needed yet) and starts the DLQ writer.
@@ -231,7 +451,12 @@ impl KafkaSink {
             settled: Notify::new(),
             dlq_tx,
         });
-        let producer: ThreadedProducer<SinkContext> = crate::kafka::producer_client_config(k)
+        let config = crate::kafka::producer_client_config(k);
+        let max_record = config
+            .get("message.max.bytes")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(1_000_000);
+        let producer: ThreadedProducer<SinkContext> = config
             .create_with_context(SinkContext {
                 shared: shared.clone(),
                 errors: Default::default(),
@@ -241,6 +466,7 @@ impl KafkaSink {
             producer,
             shared,
             on_full: k.producer.on_full,
+            max_record,
         });
         let s = sink.clone();
         tokio::spawn(async move { s.dlq_writer(dlq_rx).await });
@@ -253,15 +479,10 @@ impl KafkaSink {
         }
     }
 
-    fn admit(&self) {
-        self.shared.inflight.fetch_add(1, Ordering::AcqRel);
-        self.shared.metrics.inflight.inc();
-        self.shared.totals.accepted.fetch_add(1, Ordering::Relaxed);
-    }
-
     /// Hands a record to the producer, to `partition` when one is named. With `on_full: block`
     /// it waits for room (backpressure); with `drop_newest` it drops the record, counts it and
-    /// acks it as dropped; with an event's `max_wait` it answers Busy after that long.
+    /// acks it as dropped; with an event's `max_wait` it answers Busy after that long. If the
+    /// caller stops waiting first, the record is taken back: not accepted, acked Busy.
     async fn send_to(&self, rec: OutRecord, partition: Option<i32>, ev: Event) {
         let Event {
             raw,
@@ -285,7 +506,6 @@ impl KafkaSink {
                 },
             )
         });
-        self.admit();
         let opaque = Box::new(Inflight {
             kind: Kind::Data {
                 topic: topic_metrics.clone(),
@@ -293,7 +513,7 @@ impl KafkaSink {
                 input_headers,
             },
             origin,
-            ack,
+            slot: Admission::admit(&self.shared, ack),
         });
         let mut record = BaseRecord::with_opaque_to(&rec.topic, opaque).payload(&rec.value[..]);
         if let Some(k) = &rec.key {
@@ -314,21 +534,17 @@ impl KafkaSink {
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     if give_up.is_some_and(|t| Instant::now() >= t) {
                         // The source would rather answer "busy" than wait: un-accept it.
-                        self.shared.totals.accepted.fetch_sub(1, Ordering::Relaxed);
-                        let mut op = back.delivery_opaque;
-                        op.ack.resolve(Fate::Busy);
-                        self.shared.settle_one();
+                        back.delivery_opaque.slot.refuse();
                         return;
                     }
                     if give_up.is_none() && self.on_full == OnFull::DropNewest {
                         topic_metrics.drops.inc();
                         self.shared.totals.dropped.fetch_add(1, Ordering::Relaxed);
-                        let mut op = back.delivery_opaque;
-                        op.ack.resolve(Fate::Dropped);
-                        self.shared.settle_one();
+                        back.delivery_opaque.slot.settle(Fate::Dropped);
                         return;
                     }
                     record = back;
+                    // Dropped here when the caller stops waiting: the slot is given back.
                     tokio::time::sleep(FULL_RETRY).await;
                 }
                 Err((err, back)) => {
@@ -341,16 +557,33 @@ impl KafkaSink {
                     else {
                         unreachable!("data records carry Kind::Data")
                     };
-                    tracing::warn!(topic = %rec.topic, error = %err, "Kafka refused a record; sending it to the DLQ");
+                    let (error_type, message) = if is_too_large(&err) {
+                        let size = record_size(
+                            rec.value.len(),
+                            rec.key.as_ref().map_or(0, Vec::len),
+                            rec.headers.iter().map(|(k, v)| k.len() + v.len()),
+                        );
+                        tracing::warn!(topic = %rec.topic, size, limit = self.max_record, "a record is too large for Kafka; sending its first bytes to the DLQ");
+                        (
+                            ErrorType::TooLarge,
+                            format!("{err}: the record is {size} bytes (value, key and headers), more than the producer takes (message.max.bytes {})", self.max_record),
+                        )
+                    } else {
+                        tracing::warn!(topic = %rec.topic, error = %err, "Kafka refused a record; sending it to the DLQ");
+                        (ErrorType::ProduceFailed, err.to_string())
+                    };
                     self.produce_dlq(DlqJob {
-                        raw,
-                        key: rec.key.clone(),
-                        input_headers,
+                        letter: DeadLetter {
+                            raw,
+                            key: rec.key.clone(),
+                            input_headers,
+                            truncate: error_type == ErrorType::TooLarge,
+                            error_type,
+                            message,
+                            source_topic: rec.topic.to_string(),
+                        },
                         origin: op.origin,
-                        ack: op.ack,
-                        error_type: ErrorType::ProduceFailed,
-                        message: err.to_string(),
-                        source_topic: rec.topic.to_string(),
+                        slot: op.slot,
                     })
                     .await;
                     return;
@@ -373,84 +606,98 @@ impl KafkaSink {
                 .with_label_values(&[&r.source_topic, r.error_type.as_str()])
                 .inc();
         }
-        self.admit();
+        let slot = Admission::admit(&self.shared, ev.ack);
         self.produce_dlq(DlqJob {
-            raw: ev.raw,
-            key: None,
-            input_headers: ev.headers,
+            letter: DeadLetter {
+                raw: ev.raw,
+                key: None,
+                input_headers: ev.headers,
+                error_type: r.error_type,
+                message: r.message,
+                source_topic: r.source_topic,
+                truncate: false,
+            },
             origin: ev.origin,
-            ack: ev.ack,
-            error_type: r.error_type,
-            message: r.message,
-            source_topic: r.source_topic,
+            slot,
         })
         .await;
     }
 
     /// Produces a DLQ record for an event already counted in flight; always waits for room.
-    async fn produce_dlq(&self, job: DlqJob) {
-        let received_at = humantime::format_rfc3339_millis(job.origin.received_at).to_string();
-        let source = format!("{}:{}", job.origin.pipeline, job.origin.source);
-        let mut headers = OwnedHeaders::new_with_capacity(job.input_headers.len() + 6);
-        for (k, v) in &job.input_headers {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v),
+    /// One the producer refuses as too large is written again, cut to its first bytes.
+    async fn produce_dlq(&self, mut job: DlqJob) {
+        loop {
+            let Some((err, back)) = self.send_dlq(job).await else {
+                return;
+            };
+            if is_too_large(&err) && !back.letter.truncate {
+                tracing::warn!(dlq_topic = %self.shared.dlq_topic, error_type = %back.letter.error_type, size = back.letter.raw.len(), limit = self.max_record,
+                    "a DLQ record is too large for Kafka; writing its first bytes instead");
+                job = back;
+                job.letter.truncate = true;
+                continue;
+            }
+            let dlq_topic = self.shared.dlq_topic.as_str();
+            self.shared
+                .metrics
+                .dlq_failures
+                .with_label_values(&[dlq_topic])
+                .inc();
+            self.shared.totals.failed.fetch_add(1, Ordering::Relaxed);
+            let DeadLetter {
+                error_type,
+                message,
+                ..
+            } = back.letter;
+            tracing::error!(%dlq_topic, error = %err, %error_type, "cannot write to the DLQ: the record is lost");
+            back.slot.settle(Fate::Failed {
+                message: format!("{error_type}: {message}; DLQ write failed: {err}"),
             });
+            return;
         }
-        for (k, v) in [
-            ("source", source.as_str()),
-            ("pipeline", &*job.origin.pipeline),
-            ("source_topic", job.source_topic.as_str()),
-            ("error_type", job.error_type.as_str()),
-            ("error_message", job.message.as_str()),
-            ("received_at", received_at.as_str()),
-        ] {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v),
-            });
-        }
+    }
+
+    /// Hands one DLQ record to the producer, waiting for room; gives the job back with the
+    /// error when the producer refuses it.
+    async fn send_dlq(&self, job: DlqJob) -> Option<(KafkaError, DlqJob)> {
+        let DlqJob {
+            letter,
+            origin,
+            slot,
+        } = job;
+        let (value, key, headers) = dlq_record(&letter, &origin, self.max_record);
         let opaque = Box::new(Inflight {
-            kind: Kind::Dlq {
-                error_type: job.error_type,
-                message: job.message.clone(),
-                source_topic: job.source_topic.clone(),
-            },
-            origin: job.origin,
-            ack: job.ack,
+            kind: Kind::Dlq(letter),
+            origin,
+            slot,
         });
-        let dlq_topic = self.shared.dlq_topic.clone();
-        let mut record = BaseRecord::with_opaque_to(&dlq_topic, opaque)
-            .payload(&job.raw[..])
+        let mut record = BaseRecord::with_opaque_to(&self.shared.dlq_topic, opaque)
+            .payload(&value[..])
             .headers(headers);
-        if let Some(k) = &job.key {
+        if let Some(k) = &key {
             record = record.key(&k[..]);
         }
         loop {
             match self.producer.send(record) {
-                Ok(()) => return,
+                Ok(()) => return None,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
+                    // Dropped here when the caller stops waiting: the slot is given back.
                     tokio::time::sleep(FULL_RETRY).await;
                 }
                 Err((err, back)) => {
-                    let mut op = back.delivery_opaque;
-                    self.shared
-                        .metrics
-                        .dlq_failures
-                        .with_label_values(&[dlq_topic.as_str()])
-                        .inc();
-                    self.shared.totals.failed.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(%dlq_topic, error = %err, error_type = %job.error_type, "cannot write to the DLQ: the record is lost");
-                    op.ack.resolve(Fate::Failed {
-                        message: format!(
-                            "{}: {}; DLQ write failed: {err}",
-                            job.error_type, job.message
-                        ),
-                    });
-                    self.shared.settle_one();
-                    return;
+                    let Inflight { kind, origin, slot } = *back.delivery_opaque;
+                    let Kind::Dlq(letter) = kind else {
+                        unreachable!("DLQ records carry Kind::Dlq")
+                    };
+                    return Some((
+                        err,
+                        DlqJob {
+                            letter,
+                            origin,
+                            slot,
+                        },
+                    ));
                 }
             }
         }
@@ -499,5 +746,128 @@ impl Sink for KafkaSink {
     }
     fn dlq_topic(&self) -> &str {
         &self.shared.dlq_topic
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unreachable_kafka(max_buffered_records: u64) -> KafkaConfig {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut k = KafkaConfig {
+            brokers: vec![format!("127.0.0.1:{port}")],
+            ..Default::default()
+        };
+        k.producer.max_buffered_records = max_buffered_records;
+        k
+    }
+
+    fn record() -> OutRecord {
+        OutRecord {
+            topic: Arc::from("t"),
+            key: None,
+            value: Bytes::from_static(b"{}"),
+            headers: Vec::new(),
+        }
+    }
+
+    fn event() -> (Event, tokio::sync::oneshot::Receiver<Fate>) {
+        Event::with_ack(
+            Bytes::from_static(b"{}"),
+            Origin::now(Arc::from("p"), Arc::from("test")),
+        )
+    }
+
+    /// A send (or a DLQ write) dropped while it waits for buffer room gives its in-flight slot
+    /// back and is answered Busy: not accepted, nothing written.
+    #[tokio::test]
+    async fn a_cancelled_send_gives_its_slot_back() {
+        let sink = KafkaSink::new(
+            &unreachable_kafka(1),
+            "dlq",
+            Metrics::new(&Default::default()),
+        )
+        .unwrap();
+        let (ev, mut first) = event();
+        sink.send(record(), None, ev).await;
+        assert_eq!(sink.inflight(), 1, "the first fills the buffer and waits");
+        let (ev, rx) = event();
+        let r = tokio::time::timeout(Duration::from_millis(50), sink.send(record(), None, ev));
+        assert!(r.await.is_err(), "the second waits for room");
+        assert_eq!(rx.await.unwrap(), Fate::Busy);
+        let (ev, rx) = event();
+        let rejection = Rejection {
+            error_type: ErrorType::InvalidJson,
+            message: "not JSON".into(),
+            source_topic: "t".into(),
+        };
+        let r = tokio::time::timeout(Duration::from_millis(50), sink.dead_letter(ev, rejection));
+        assert!(r.await.is_err(), "the DLQ write waits for room too");
+        assert_eq!(rx.await.unwrap(), Fate::Busy);
+        let t = sink.totals();
+        assert_eq!(sink.inflight(), 1);
+        assert_eq!(t.accepted.load(Ordering::Relaxed), 1);
+        assert_eq!(t.cancelled.load(Ordering::Relaxed), 2);
+        assert_eq!(sink.shared.metrics.inflight.get(), 1);
+        assert!(first.try_recv().is_err(), "the accepted one still waits");
+    }
+
+    fn header(h: &OwnedHeaders, name: &str) -> Option<String> {
+        h.iter()
+            .find(|x| x.key == name)
+            .map(|x| String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned())
+    }
+
+    #[test]
+    fn a_truncated_dlq_record_keeps_the_first_bytes_size_and_sha256() {
+        let raw: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let origin = Origin::now(Arc::from("p"), Arc::from("devices/d1"));
+        let mut letter = DeadLetter {
+            raw: Bytes::from(raw.clone()),
+            key: Some(b"k1".to_vec()),
+            input_headers: vec![
+                ("trace".into(), b"abc".to_vec()),
+                ("huge".into(), vec![b'x'; 20_000]),
+                ("after".into(), b"1".to_vec()),
+            ],
+            error_type: ErrorType::TooLarge,
+            message: "too large".into(),
+            source_topic: "t".into(),
+            truncate: true,
+        };
+        let (value, key, h) = dlq_record(&letter, &origin, 67_174_400);
+        assert_eq!(&value[..], &raw[..TOO_LARGE_PREFIX]);
+        assert_eq!(key.as_deref(), Some(&b"k1"[..]));
+        assert_eq!(header(&h, "error_type").as_deref(), Some("too_large"));
+        assert_eq!(header(&h, "original_size").as_deref(), Some("200000"));
+        let sha = Sha256::digest(&raw)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>();
+        assert_eq!(header(&h, "original_sha256"), Some(sha));
+        assert_eq!(header(&h, "trace").as_deref(), Some("abc"));
+        assert_eq!(header(&h, "after").as_deref(), Some("1"));
+        assert_eq!(header(&h, "huge"), None);
+        assert_eq!(header(&h, "dropped_headers").as_deref(), Some("1"));
+        assert_eq!(header(&h, "source").as_deref(), Some("p:devices/d1"));
+
+        // A small producer limit cuts deeper; a key over the room is left out.
+        letter.key = Some(vec![b'k'; 300]);
+        let (value, key, h) = dlq_record(&letter, &origin, 2000);
+        assert_eq!(value.len(), 500);
+        assert_eq!(key, None);
+        assert_eq!(header(&h, "dropped_key_size").as_deref(), Some("300"));
+
+        // Not truncated: everything as received, no size headers.
+        letter.truncate = false;
+        let (value, _, h) = dlq_record(&letter, &origin, 67_174_400);
+        assert_eq!(value.len(), raw.len());
+        assert_eq!(header(&h, "original_size"), None);
+        assert_eq!(header(&h, "huge").map(|v| v.len()), Some(20_000));
     }
 }

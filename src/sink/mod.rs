@@ -44,6 +44,9 @@ pub struct Totals {
     pub dropped: AtomicU64,
     /// Neither delivered nor dead-lettered.
     pub failed: AtomicU64,
+    /// Taken back before Kafka had them, because their caller stopped waiting (a client that
+    /// hung up, a request cancelled at shutdown); not counted in `accepted`.
+    pub cancelled: AtomicU64,
 }
 
 /// Where records go. Every call settles the event's [`Ack`](crate::event::Ack) exactly once,

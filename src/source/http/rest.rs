@@ -30,7 +30,7 @@ use super::{
 };
 use crate::avro;
 use crate::encode::avro::confluent_avro;
-use crate::event::{Event, Fate, Origin};
+use crate::event::{ErrorType, Event, Fate, Origin};
 use crate::kafka::QuietContext;
 use crate::kafka::{valid_topic_name, KafkaConfig};
 use crate::registry::{RegisterError, SchemaCache};
@@ -404,7 +404,7 @@ async fn produce_inner(
     {
         s.topics.written(topic);
     }
-    let (status, body) = answer(s, &slots, key_schema_id, value_schema_id);
+    let (status, body) = answer(s, topic, &slots, key_schema_id, value_schema_id);
     Ok(s.answer(status, &body, KAFKA_V2_JSON))
 }
 
@@ -558,6 +558,7 @@ async fn send_records(
 /// The REST Proxy's answer: an offset or an error per record, and the overall status.
 fn answer(
     s: &Server,
+    topic: &str,
     slots: &[Slot],
     key_schema_id: Option<i64>,
     value_schema_id: Option<i64>,
@@ -565,50 +566,108 @@ fn answer(
     let dlq = s.rest.dlq_topic();
     let offsets: Vec<Value> = slots
         .iter()
-        .map(|slot| match slot {
-            Slot::Done(Fate::Delivered {
-                partition, offset, ..
-            }) => json!({"partition": partition, "offset": offset, "error_code": null, "error": null}),
-            Slot::Done(Fate::DeadLettered {
-                message,
-                partition,
-                offset,
-                ..
-            }) => json!({"partition": null, "offset": null, "error_code": 50002,
-                "error": format!("Kafka refused the record: {message}; it was written to the DLQ topic {dlq} (partition {partition}, offset {offset})")}),
-            Slot::Done(Fate::Busy) | Slot::NotSent => json!({"partition": null, "offset": null, "error_code": 50003,
-                "error": "not written: the producer buffer is full; retry this record"}),
-            Slot::TimedOut | Slot::Waiting(_) => json!({"partition": null, "offset": null, "error_code": 50003,
-                "error": format!("not acknowledged by Kafka within {:?} (http.ack_timeout); it may still be written — retrying may duplicate it", s.config.ack_timeout)}),
-            Slot::Done(Fate::Failed { message }) => json!({"partition": null, "offset": null, "error_code": 50002,
-                "error": format!("not written: {message}")}),
-            Slot::Done(Fate::Dropped) => json!({"partition": null, "offset": null, "error_code": 50003,
-                "error": "dropped: the producer buffer is full"}),
-        })
+        .map(|slot| record_answer(slot, dlq, s.config.ack_timeout))
         .collect();
-    let status = overall_status(slots, StatusCode::INTERNAL_SERVER_ERROR);
+    let status = overall_status(slots, rejected_status(slots));
     let mut body = json!({
         "offsets": offsets,
         "key_schema_id": key_schema_id,
         "value_schema_id": value_schema_id,
     });
     if status != StatusCode::OK {
+        let (code, what) = request_error(status, slots, dlq);
         let failed = slots
             .iter()
             .filter(|s| !matches!(s, Slot::Done(Fate::Delivered { .. })))
             .count();
-        let (code, what) = match status.as_u16() {
-            429 => (42901, "the producer buffer is full; retry the records whose error_code is 50003"),
-            503 => (50301, "Kafka did not acknowledge in time; retry the records whose error_code is 50003 (they may be duplicated)"),
-            _ => (50002, "Kafka refused records; they are in the DLQ"),
-        };
         body["error_code"] = json!(code);
         body["message"] = json!(format!(
-            "{failed} of {} record(s) not written: {what}",
+            "{failed} of {} record(s) not written to `{topic}`: {what}",
             slots.len()
         ));
     }
     (status, body)
+}
+
+/// One record's entry of `offsets`: where it was written, or why not and where it is now —
+/// the DLQ record's partition and offset when Kafka refused it, else "not written".
+fn record_answer(slot: &Slot, dlq: &str, ack_timeout: Duration) -> Value {
+    let (code, error) = match slot {
+        Slot::Done(Fate::Delivered {
+            partition, offset, ..
+        }) => {
+            return json!({"partition": partition, "offset": offset, "error_code": null, "error": null})
+        }
+        Slot::Done(Fate::DeadLettered {
+            error_type: ErrorType::TooLarge,
+            message,
+            partition,
+            offset,
+        }) => (41301, format!("not written: too large for Kafka ({message}); its first bytes, size and sha256 were written to the DLQ topic {dlq} (partition {partition}, offset {offset}); send it smaller")),
+        Slot::Done(Fate::DeadLettered {
+            message,
+            partition,
+            offset,
+            ..
+        }) => (50002, format!("not written: Kafka refused the record: {message}; it was written to the DLQ topic {dlq} (partition {partition}, offset {offset})")),
+        Slot::Done(Fate::Busy) | Slot::NotSent => (50003, "not written: the producer buffer is full; retry this record".into()),
+        Slot::TimedOut | Slot::Waiting(_) => (50003, format!("not acknowledged by Kafka within {ack_timeout:?} (http.ack_timeout); it may still be written — retrying may duplicate it")),
+        Slot::Done(Fate::Failed { message }) => (50002, format!("not written, not in the DLQ either: {message}")),
+        Slot::Done(Fate::Dropped) => (50003, "not written: dropped, the producer buffer is full".into()),
+    };
+    json!({"partition": null, "offset": null, "error_code": code, "error": error})
+}
+
+/// The status of records Kafka refused into the DLQ: 413 when each was refused as too large
+/// (the request can be fixed: send smaller records), else 500.
+fn rejected_status(slots: &[Slot]) -> StatusCode {
+    let refused = |s: &&Slot| matches!(s, Slot::Done(Fate::DeadLettered { .. }));
+    let too_large = |s: &Slot| {
+        matches!(
+            s,
+            Slot::Done(Fate::DeadLettered {
+                error_type: ErrorType::TooLarge,
+                ..
+            })
+        )
+    };
+    if slots.iter().filter(refused).all(too_large) {
+        StatusCode::PAYLOAD_TOO_LARGE
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    }
+}
+
+/// The request's `error_code` and what to tell about the records not written, as they are:
+/// in the DLQ, or not written anywhere.
+fn request_error(status: StatusCode, slots: &[Slot], dlq: &str) -> (u32, String) {
+    let count = |f: fn(&Slot) -> bool| slots.iter().filter(|s| f(s)).count();
+    let too_large = count(|s| {
+        matches!(
+            s,
+            Slot::Done(Fate::DeadLettered {
+                error_type: ErrorType::TooLarge,
+                ..
+            })
+        )
+    });
+    let dead = count(|s| matches!(s, Slot::Done(Fate::DeadLettered { .. })));
+    let lost = count(|s| matches!(s, Slot::Done(Fate::Failed { .. } | Fate::Dropped)));
+    match status.as_u16() {
+        429 => (42901, "the producer buffer is full; retry the records whose error_code is 50003".into()),
+        503 => (50301, "Kafka did not acknowledge in time; retry the records whose error_code is 50003 (they may be duplicated)".into()),
+        413 => (41301, format!("{too_large} too large for Kafka (error_code 41301): their first bytes, size and sha256 are in the DLQ topic {dlq}; send them smaller")),
+        _ => {
+            let mut parts = Vec::new();
+            if dead > 0 {
+                parts.push(format!("{dead} refused by Kafka and written to the DLQ topic {dlq} (each record's error says where)"));
+            }
+            if lost > 0 {
+                parts.push(format!("{lost} not written anywhere, not even to the DLQ"));
+            }
+            (50002, parts.join("; "))
+        }
+    }
 }
 
 /// What the broker says about a topic.
@@ -891,6 +950,73 @@ mod tests {
         let (enc, _, v) = avro(r#"{"records":[{"value":null},{}]}"#).await.unwrap();
         assert_eq!((enc.len(), v), (2, None));
         assert!(enc[0].1.is_empty());
+    }
+
+    #[test]
+    fn answers_say_where_each_record_is() {
+        let dlq = |error_type| {
+            Slot::Done(Fate::DeadLettered {
+                error_type,
+                message: "Broker: Message size too large".into(),
+                partition: 0,
+                offset: 7,
+            })
+        };
+        let ok = || {
+            Slot::Done(Fate::Delivered {
+                topic: "t".into(),
+                partition: 1,
+                offset: 2,
+            })
+        };
+        let failed = || {
+            Slot::Done(Fate::Failed {
+                message: "produce_failed: x; DLQ write failed: y".into(),
+            })
+        };
+        let big = record_answer(&dlq(ErrorType::TooLarge), "d", Duration::from_secs(1));
+        assert_eq!(big["error_code"], 41301);
+        let text = big["error"].as_str().unwrap();
+        assert!(
+            text.contains("too large") && text.contains("DLQ topic d (partition 0, offset 7)"),
+            "{text}"
+        );
+        let lost = record_answer(&failed(), "d", Duration::from_secs(1));
+        assert!(
+            lost["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("not written, not in the DLQ"),
+            "{lost}"
+        );
+
+        let slots = [ok(), dlq(ErrorType::TooLarge)];
+        let status = overall_status(&slots, rejected_status(&slots));
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        let (code, text) = request_error(status, &slots, "d");
+        assert_eq!(code, 41301);
+        assert!(
+            text.contains("1 too large") && text.contains("DLQ topic d"),
+            "{text}"
+        );
+
+        let slots = [
+            dlq(ErrorType::TooLarge),
+            dlq(ErrorType::ProduceFailed),
+            failed(),
+        ];
+        let status = overall_status(&slots, rejected_status(&slots));
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        let (code, text) = request_error(status, &slots, "d");
+        assert_eq!(code, 50002);
+        assert!(
+            text.contains("2 refused by Kafka and written to the DLQ topic d")
+                && text.contains("1 not written anywhere"),
+            "{text}"
+        );
+        let slots = [failed()];
+        let (_, text) = request_error(overall_status(&slots, rejected_status(&slots)), &slots, "d");
+        assert!(!text.contains("written to the DLQ"), "{text}");
     }
 
     #[test]

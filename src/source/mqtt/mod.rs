@@ -2,11 +2,13 @@
 //! message into an event, acknowledging it to the broker only once Kafka holds it.
 //!
 //! **Acknowledgement.** A QoS 1 message is PUBACKed only after its [`Fate`] is persisted: Kafka
-//! acknowledged the record, or the DLQ record of it. A fate of `Busy`, `Dropped` or `Failed` is
-//! never acked, and neither is a message whose connection ended before its fate was known: with a
-//! persistent session (`clean_session: false`, the default, and a fixed `client_id`) the broker
-//! sends every unacked message again after a reconnect, also after a crash of the gateway. So
-//! nothing the broker accepted is lost, and a message may reach Kafka twice (at-least-once).
+//! acknowledged the record, or the DLQ record of it (also of a message too large for Kafka: its
+//! first bytes go to the DLQ as `too_large`, so it is acked rather than resent forever). A fate
+//! of `Busy`, `Dropped` or `Failed` is never acked, and neither is a message whose connection
+//! ended before its fate was known: with a persistent session (`clean_session: false`, the
+//! default, and a fixed `client_id`) the broker sends every unacked message again after a
+//! reconnect, also after a crash of the gateway. So nothing the broker accepted is lost, and a
+//! message may reach Kafka twice (at-least-once).
 //! After a fate that is not persisted kgate reconnects on purpose, since MQTT brokers only
 //! resend on a new connection.
 //!
