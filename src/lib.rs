@@ -11,6 +11,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
 pub mod registry;
+pub mod serve;
 pub mod sink;
 pub mod source;
 pub mod transform;

@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -39,6 +39,9 @@ const FD_HEADROOM: u64 = 256;
 
 /// Connections answered 503 at once; past these the listener stops accepting for a moment.
 const MAX_REFUSING: usize = 64;
+
+/// How long a connection past the cap may take to send its request headers before its 503.
+const REFUSE_READ: Duration = Duration::from_millis(500);
 
 /// How long the 503 answer to a connection past the cap may take to write.
 const REFUSE_WRITE: Duration = Duration::from_millis(500);
@@ -67,9 +70,8 @@ pub fn connection_cap(wanted: usize, listeners: u64) -> usize {
 }
 
 /// Something that accepts connections (a TCP listener, the TLS listener).
-pub type Accept<Io> = std::pin::Pin<
-    Box<dyn futures_util::Stream<Item = (Io, SocketAddr)> + Send + 'static>,
->;
+pub type Accept<Io> =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = (Io, SocketAddr)> + Send + 'static>>;
 
 /// Serves `app` on the connections of `accept` until `stop`, then waits for the connections
 /// in progress to finish. Each request carries `ConnectInfo(info(peer))`.
@@ -133,18 +135,25 @@ pub async fn serve<Io, C>(
 /// their cap, waits for one to finish (the listener's accept queue holds the rest).
 async fn refuse<Io>(mut io: Io, refusing: &Arc<Semaphore>, cap: usize)
 where
-    Io: AsyncWrite + Unpin + Send + 'static,
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Ok(permit) = refusing.clone().acquire_owned().await else {
         return;
     };
-    tracing::debug!(cap, "connection refused: the listener is at its connection cap");
+    tracing::debug!(
+        cap,
+        "connection refused: the listener is at its connection cap"
+    );
     tokio::spawn(async move {
         let body = "too many connections to kgate; retry in a second\n";
         let answer = format!(
             "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
+        // Clients write their request before they read: answering first makes some of them
+        // report a broken connection instead of the 503. So read (and drop) up to the end of
+        // the headers first, briefly.
+        let _ = tokio::time::timeout(REFUSE_READ, read_head(&mut io)).await;
         let _ = tokio::time::timeout(REFUSE_WRITE, async {
             io.write_all(answer.as_bytes()).await?;
             io.shutdown().await
@@ -152,6 +161,23 @@ where
         .await;
         drop(permit);
     });
+}
+
+/// Reads until the end of a request's headers (a blank line), at most 16 KiB.
+async fn read_head<Io: AsyncRead + Unpin>(io: &mut Io) {
+    let mut buf = [0u8; 4096];
+    let mut seen = Vec::with_capacity(4096);
+    while seen.len() < 16 * 1024 {
+        match io.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                seen.extend_from_slice(&buf[..n]);
+                if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// The connections of a TCP listener, as an [`Accept`] stream; accept errors (out of files,

@@ -1151,3 +1151,116 @@ async fn a_rest_record_too_large_for_kafka_answers_413_with_its_dlq_place() {
         .collect();
     assert_eq!(d.headers["original_sha256"], sha);
 }
+
+/// Slow clients cannot starve the others: with 60 connections trickling their headers against
+/// a cap of 20, a new request is answered at once (503 with Retry-After, not left hanging),
+/// `/readyz` on the metrics listener answers, and once the header timeout has closed the slow
+/// ones, requests are served again.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_clients_are_capped_and_timed_out() {
+    use std::io::Write as _;
+    let b = brokers();
+    let gw = start(&b, "  max_connections: 20\n  header_timeout: 6s\n", "", "");
+    let addr = gw.http.trim_start_matches("http://").to_string();
+    // The readiness probe's own connections must be gone before the 60 arrive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut slow = Vec::new();
+    for _ in 0..60 {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.write_all(b"POST /topics/t HTTP/1.1\r\nHost: x\r\n")
+            .unwrap();
+        slow.push(s);
+    }
+    // The server accepts them all: 20 are served (and wait for their headers), the other 40
+    // are answered 503 and closed.
+    for s in &slow {
+        s.set_nonblocking(true).unwrap();
+    }
+    let mut answered = vec![false; slow.len()];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while answered.iter().filter(|a| **a).count() < 40 && Instant::now() < deadline {
+        for (s, done) in slow.iter_mut().zip(answered.iter_mut()) {
+            use std::io::Read as _;
+            let mut b = [0u8; 64];
+            if !*done && matches!(s.read(&mut b), Ok(n) if n > 0) {
+                assert!(
+                    b.starts_with(b"HTTP/1.1 503"),
+                    "{}",
+                    String::from_utf8_lossy(&b)
+                );
+                *done = true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused = answered.iter().filter(|a| **a).count();
+    assert_eq!(
+        refused, 40,
+        "connections past the cap of 20 are answered 503"
+    );
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let r = c
+        .post(format!("{}/topics/t", gw.http))
+        .header("Content-Type", "application/vnd.kafka.json.v2+json")
+        .body(r#"{"records":[{"value":1}]}"#)
+        .send()
+        .await
+        .expect("answered while 20 slow clients hold the cap");
+    assert_eq!(r.status().as_u16(), 503);
+    assert_eq!(
+        r.headers().get("retry-after").map(|v| v.to_str().unwrap()),
+        Some("1")
+    );
+    let started = Instant::now();
+    assert_eq!(
+        http_get(&gw.metrics, "/readyz").map(|r| r.0),
+        Some(200),
+        "the metrics listener has its own room"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // The header timeout closes the slow connections, and the room is back.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let topic = unique("http.slow");
+    let (status, _, v) = post(
+        &c,
+        &format!("{}/topics/{topic}", gw.http),
+        "application/vnd.kafka.json.v2+json",
+        None,
+        r#"{"records":[{"value":1}]}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    drop(slow);
+    let mut gw = gw;
+    stop(&mut gw.proc, 20);
+}
+
+/// An authorised client may not trickle a body forever: past `http.body_timeout` the request is
+/// answered 408 and nothing is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_that_does_not_arrive_in_time_is_answered_408() {
+    use std::io::{Read as _, Write as _};
+    let b = brokers();
+    let gw = start(&b, "  body_timeout: 1s\n", "", "");
+    let addr = gw.http.trim_start_matches("http://").to_string();
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"POST /topics/slow.body HTTP/1.1\r\nHost: x\r\nContent-Type: application/vnd.kafka.json.v2+json\r\nContent-Length: 1000\r\n\r\n{\"records\":[").unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let mut gw = gw;
+    stop(&mut gw.proc, 20);
+}

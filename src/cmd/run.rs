@@ -64,7 +64,8 @@ pub async fn run(gateway: Gateway, shutdown: CancellationToken) -> anyhow::Resul
     let server_stop = CancellationToken::new();
     let server = match metrics_listen {
         Some(addr) => {
-            let h = metrics::serve(addr, metrics.clone(), server_stop.clone()).await?;
+            let cap = crate::serve::connection_cap(config.metrics.max_connections as usize, 2);
+            let h = metrics::serve(addr, cap, metrics.clone(), server_stop.clone()).await?;
             tracing::info!("metrics at http://{addr}/metrics (health: /healthz, /readyz)");
             Some(h)
         }

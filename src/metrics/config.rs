@@ -21,11 +21,20 @@ pub struct MetricsConfig {
     /// digits and `_`.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Connections served at once; past it a connection is answered 503 and closed. Its own
+    /// room, apart from the HTTP server's, so that `/readyz` answers while ingest is busy.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u64,
+}
+
+fn default_max_connections() -> u64 {
+    64
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
+            max_connections: default_max_connections(),
             enabled: true,
             listen: default_metrics_listen(),
             labels: BTreeMap::new(),

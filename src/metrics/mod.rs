@@ -677,9 +677,14 @@ pub enum ServeError {
     },
 }
 
-/// Binds the metrics address (so that a taken port fails at start) and serves until `shutdown`.
+/// Time a scraper has to send its request headers (Prometheus sends them at once).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Binds the metrics address (so that a taken port fails at start) and serves until `shutdown`,
+/// at most `max_connections` at a time.
 pub async fn serve(
     addr: SocketAddr,
+    max_connections: usize,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, ServeError> {
@@ -692,11 +697,18 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(metrics);
-    Ok(tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-    }))
+    let limits = crate::serve::Limits {
+        max_connections,
+        header_timeout: HEADER_TIMEOUT,
+    };
+    let accept = crate::serve::tcp(listener);
+    Ok(tokio::spawn(crate::serve::serve(
+        accept,
+        app,
+        limits,
+        |peer| peer,
+        shutdown,
+    )))
 }
 
 #[cfg(test)]
@@ -731,7 +743,9 @@ mod tests {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap();
         let m = Metrics::new(&Default::default());
-        let e = serve(addr, m, CancellationToken::new()).await.unwrap_err();
+        let e = serve(addr, 8, m, CancellationToken::new())
+            .await
+            .unwrap_err();
         // No `source()`: a chain printer (`{:#}`, as `kgate run` prints) shows the cause once.
         assert!(std::error::Error::source(&e).is_none());
         let text = e.to_string();

@@ -40,6 +40,21 @@ pub struct HttpConfig {
     /// Serve HTTPS with these PEM files; none = plain HTTP.
     #[serde(default)]
     pub tls: Option<HttpTlsConfig>,
+    /// Connections served at once (kept below the open-file limit, with room for Kafka and
+    /// the metrics listener); past it a connection is answered 503 with `Retry-After` and
+    /// closed.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u64,
+    /// Time a client has to send a request's headers, and an idle keep-alive connection to
+    /// start its next request; then the connection is closed.
+    #[schemars(with = "crate::config::HumanDuration")]
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's whole body once its headers are in; a slower
+    /// body is answered 408.
+    #[schemars(with = "crate::config::HumanDuration")]
+    #[serde(default = "default_body_timeout", with = "humantime_serde")]
+    pub body_timeout: Duration,
 }
 
 fn default_max_body() -> ByteSize {
@@ -53,6 +68,15 @@ fn default_max_wait() -> Duration {
 }
 fn default_retry_after() -> Duration {
     Duration::from_secs(1)
+}
+fn default_max_connections() -> u64 {
+    1024
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_body_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// One accepted token (`Authorization: Bearer T` or `X-API-Key: T`).
@@ -162,6 +186,21 @@ impl HttpConfig {
                     "`{}` is also metrics.listen; give the HTTP server its own port",
                     self.listen
                 ),
+            );
+        }
+        if self.max_connections == 0 {
+            err(at.field("max_connections"), "must be at least 1".into());
+        }
+        if self.header_timeout.is_zero() {
+            err(
+                at.field("header_timeout"),
+                "must be more than 0; e.g. `10s`".into(),
+            );
+        }
+        if self.body_timeout.is_zero() {
+            err(
+                at.field("body_timeout"),
+                "must be more than 0; e.g. `30s`".into(),
             );
         }
         if self.max_body.0 == 0 {

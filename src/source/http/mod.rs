@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::connect_info::Connected;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -139,18 +138,6 @@ struct Server {
 #[derive(Debug, Clone, Copy)]
 struct Peer(SocketAddr);
 
-impl Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for Peer {
-    fn connect_info(s: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        Peer(*s.remote_addr())
-    }
-}
-
-impl Connected<axum::serve::IncomingStream<'_, tls::TlsListener>> for Peer {
-    fn connect_info(s: axum::serve::IncomingStream<'_, tls::TlsListener>) -> Self {
-        Peer(*s.remote_addr())
-    }
-}
-
 /// What the HTTP server serves.
 pub struct Served {
     /// The `/ingest` routes (the pipelines whose source is `http`).
@@ -216,27 +203,26 @@ pub async fn spawn(
     tracing::info!(
         "HTTP ingest at {scheme}://{local} (POST /topics/{{topic}}, POST /ingest/{{pipeline}})"
     );
+    let limits = crate::serve::Limits {
+        max_connections: crate::serve::connection_cap(config.max_connections as usize, 1),
+        header_timeout: config.header_timeout,
+    };
     match tls {
         None => {
-            tasks.spawn(async move {
-                let serve =
-                    axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
-                        .with_graceful_shutdown(async move { stop.cancelled().await });
-                if let Err(e) = serve.await {
-                    tracing::error!(error = %e, "HTTP server failed");
-                }
-            });
+            let accept = crate::serve::tcp(listener);
+            tasks.spawn(crate::serve::serve(accept, app, limits, Peer, stop));
         }
         Some(acceptor) => {
-            let listener = tls::TlsListener::new(listener, acceptor, stop.clone());
-            tasks.spawn(async move {
-                let serve =
-                    axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
-                        .with_graceful_shutdown(async move { stop.cancelled().await });
-                if let Err(e) = serve.await {
-                    tracing::error!(error = %e, "HTTPS server failed");
-                }
-            });
+            // Handshakes in progress count against the same cap as connections served.
+            let listener =
+                tls::TlsListener::new(listener, acceptor, limits.max_connections, stop.clone());
+            tasks.spawn(crate::serve::serve(
+                listener.into_accept(),
+                app,
+                limits,
+                Peer,
+                stop,
+            ));
         }
     }
     Ok(local)
@@ -388,7 +374,19 @@ impl Server {
             return Err(too_big());
         }
         let limited = http_body_util::Limited::new(body, limit as usize);
-        match limited.collect().await {
+        let collected = tokio::time::timeout(self.config.body_timeout, limited.collect())
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    408,
+                    format!(
+                        "the request body did not arrive within {:?} (http.body_timeout); nothing was written",
+                        self.config.body_timeout
+                    ),
+                )
+            })?;
+        match collected {
             Ok(c) => Ok(c.to_bytes()),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_big()),
             Err(e) => Err(ApiError::new(

@@ -6,12 +6,13 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openssl::error::ErrorStack;
 use openssl::ssl::{Ssl, SslAcceptor, SslFiletype, SslMethod};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_openssl::SslStream;
 use tokio_util::sync::CancellationToken;
 
@@ -79,16 +80,28 @@ pub fn acceptor(c: &HttpTlsConfig) -> Result<SslAcceptor, TlsError> {
 /// TLS connections, handshaken, for `axum::serve`.
 pub struct TlsListener {
     rx: mpsc::Receiver<(SslStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
 }
 
 impl TlsListener {
-    /// Accepts on `tcp` until `stop`.
-    pub fn new(tcp: TcpListener, acceptor: SslAcceptor, stop: CancellationToken) -> TlsListener {
-        let local = tcp.local_addr().expect("bound listener has an address");
+    /// Accepts on `tcp` until `stop`, with at most `max_handshakes` TLS handshakes in
+    /// progress (a client that connects and says nothing holds one for [`HANDSHAKE_TIMEOUT`]).
+    pub fn new(
+        tcp: TcpListener,
+        acceptor: SslAcceptor,
+        max_handshakes: usize,
+        stop: CancellationToken,
+    ) -> TlsListener {
         let (tx, rx) = mpsc::channel(128);
+        let handshakes = Arc::new(Semaphore::new(max_handshakes.max(1)));
         tokio::spawn(async move {
             loop {
+                let permit = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    p = handshakes.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
+                };
                 let (stream, addr) = tokio::select! {
                     _ = stop.cancelled() => return,
                     r = tcp.accept() => match r {
@@ -109,7 +122,9 @@ impl TlsListener {
                         Pin::new(&mut s).accept().await.map_err(|e| e.to_string())?;
                         Ok::<_, String>(s)
                     };
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, hs).await {
+                    let done = tokio::time::timeout(HANDSHAKE_TIMEOUT, hs).await;
+                    drop(permit);
+                    match done {
                         Ok(Ok(s)) => {
                             let _ = tx.send((s, addr)).await;
                         }
@@ -119,23 +134,15 @@ impl TlsListener {
                 });
             }
         });
-        TlsListener { rx, local }
+        TlsListener { rx }
     }
 }
 
-impl axum::serve::Listener for TlsListener {
-    type Io = SslStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(c) => c,
-            // The acceptor stopped (shutdown): accept nothing more while axum drains.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
+impl TlsListener {
+    /// The handshaken connections, as the stream `serve::serve` takes.
+    pub fn into_accept(self) -> crate::serve::Accept<SslStream<TcpStream>> {
+        Box::pin(futures_util::stream::unfold(self.rx, |mut rx| async move {
+            rx.recv().await.map(|c| (c, rx))
+        }))
     }
 }
