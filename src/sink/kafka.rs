@@ -234,7 +234,7 @@ impl KafkaSink {
         let producer: ThreadedProducer<SinkContext> = crate::kafka::producer_client_config(k)
             .create_with_context(SinkContext {
                 shared: shared.clone(),
-                errors: Default::default(),
+                errors: crate::kafka::ErrorLog::new(k),
             })
             .map_err(ProducerError)?;
         let sink = Arc::new(KafkaSink {
