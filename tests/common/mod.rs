@@ -182,8 +182,19 @@ impl Rec {
 /// Reads a topic from the beginning until `want` records arrived (or `idle` passed with none
 /// new after at least `want` were seen, or `timeout`).
 pub fn consume(brokers: &str, topic: &str, want: usize, timeout: Duration) -> Vec<Rec> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", brokers);
+    consume_with(client, topic, want, timeout)
+}
+
+/// [`consume`] with a client configured by the caller (brokers, security settings).
+pub fn consume_with(
+    mut client: ClientConfig,
+    topic: &str,
+    want: usize,
+    timeout: Duration,
+) -> Vec<Rec> {
+    let consumer: BaseConsumer = client
         .set("group.id", unique("kgate-test"))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
