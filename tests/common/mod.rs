@@ -384,9 +384,17 @@ pub async fn serve_messages(msgs: Vec<String>, gap: Duration) -> String {
     format!("ws://{addr}/ws")
 }
 
+/// `scripts/services ARGS` with `envs`. A test's own broker is PLAINTEXT only unless `envs`
+/// name its secure ports: the environment's KAFKA_SASL_SSL_PORT / KAFKA_SSL_PORT are the main
+/// broker's.
 pub fn services(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
     let mut c = Command::new(repo().join("scripts/services"));
     c.args(args);
+    for k in ["KAFKA_SASL_SSL_PORT", "KAFKA_SSL_PORT"] {
+        if !envs.iter().any(|(e, _)| *e == k) {
+            c.env(k, "off");
+        }
+    }
     for (k, v) in envs {
         c.env(k, v);
     }
