@@ -37,9 +37,15 @@ fi
 [[ "$KAFKA_CONTROLLER_PORT" != "$KAFKA_PORT" ]] || die "KAFKA_PORT and KAFKA_CONTROLLER_PORT must differ (both ${KAFKA_PORT})"
 
 # The secure listeners, next to PLAINTEXT: SASL_SSL (SCRAM-SHA-256, SCRAM-SHA-512, PLAIN) and SSL
-# with required client certificates, both with the test CA of scripts/lib/tls.sh. On by default
-# for the default broker (9094, 9095); off for another KAFKA_PORT unless set (a second broker,
-# like the outage test's on free ports, stays PLAINTEXT only). `off` turns one off.
+# with required client certificates, both with the test CA of scripts/lib/tls.sh. When not set:
+# the ones this state folder last started with; else 9094 and 9095 for the default broker, and
+# off for another KAFKA_PORT (a second broker, like the outage test's on free ports, stays
+# PLAINTEXT only). `off` turns one off.
+if [[ -f "${KAFKA_STATE}/secure-ports" ]]; then
+  read -r kafka_had_sasl_ssl kafka_had_ssl <"${KAFKA_STATE}/secure-ports" || true
+  KAFKA_SASL_SSL_PORT="${KAFKA_SASL_SSL_PORT:-${kafka_had_sasl_ssl:-}}"
+  KAFKA_SSL_PORT="${KAFKA_SSL_PORT:-${kafka_had_ssl:-}}"
+fi
 if [[ "$KAFKA_PORT" == 9092 ]]; then
   KAFKA_SASL_SSL_PORT="${KAFKA_SASL_SSL_PORT:-9094}"
   KAFKA_SSL_PORT="${KAFKA_SSL_PORT:-9095}"
@@ -81,8 +87,9 @@ kafka_help() {
                    data/, logs/server.log, kafka.out, kafka.pid).
             Env:   KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (the port the state folder was
                    formatted with, else KAFKA_PORT+1: 9093 for the default),
-                   KAFKA_SASL_SSL_PORT, KAFKA_SSL_PORT (9094, 9095 for the default KAFKA_PORT,
-                   'off' for any other unless set; 'off' turns a listener off),
+                   KAFKA_SASL_SSL_PORT, KAFKA_SSL_PORT (the ones the state folder last ran with,
+                   else 9094, 9095 for the default KAFKA_PORT and 'off' for any other; 'off'
+                   turns a listener off),
                    KAFKA_READY_TIMEOUT seconds (90), KAFKA_HEAP_OPTS ("-Xmx1G -Xms512m").
             'up' on a running broker whose settings changed (listeners, certificates) restarts
             it once, keeping its data; a state folder formatted before the SCRAM users existed
@@ -457,6 +464,7 @@ kafka_up_locked() {
   kafka_ensure_jars
   kafka_prepare_config
   mv "${conf}.next" "$conf"
+  printf '%s %s\n' "$KAFKA_SASL_SSL_PORT" "$KAFKA_SSL_PORT" >"${KAFKA_STATE}/secure-ports"
   kafka_format_if_needed
   # A state folder formatted before the secure listeners has no SCRAM users: the probe adds
   # them through the admin API once the broker answers (no re-format, the data stays).
