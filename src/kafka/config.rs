@@ -127,6 +127,8 @@ pub struct SaslConfig {
     /// User name.
     pub username: String,
     /// Password (write `${ENV_VAR}` rather than the secret).
+    #[serde(deserialize_with = "crate::config::secret")]
+    #[schemars(with = "String")]
     pub password: String,
 }
 
@@ -180,7 +182,8 @@ pub struct TlsConfig {
     #[serde(default)]
     pub key: Option<String>,
     /// Password of the client key.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::optional_secret")]
+    #[schemars(with = "Option<String>")]
     pub key_password: Option<String>,
     /// Check that the broker certificate matches its host name.
     #[serde(default = "yes")]

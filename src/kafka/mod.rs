@@ -260,4 +260,38 @@ mod tests {
         assert_eq!(c.get("sasl.password"), Some("pw-1234"));
         assert_eq!(c.get("ssl.key.password"), Some("kp-5678"));
     }
+
+    fn load(security: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<KafkaConfig, String> {
+        crate::gateway::Config::from_yaml_str(
+            &format!("kafka:\n  security: {security}\npipelines: [{{name: p, source: {{websocket: {{urls: ['ws://h:1/ws']}}}}, topic: t}}]\n"),
+            "test.yaml",
+            env,
+        )
+        .map(|c| c.kafka)
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_password_that_reads_as_a_number_is_never_quoted_back() {
+        let err = load(
+            "{protocol: SASL_SSL, sasl: {mechanism: PLAIN, username: u, password: 987654321}}",
+            &|_| None,
+        )
+        .unwrap_err();
+        assert!(!err.contains("987654321"), "{err}");
+        assert!(
+            err.contains("kafka.security.sasl.password: a secret must be a string, not a number"),
+            "{err}"
+        );
+        // From the environment, digits stay the password they are (leading zeros too).
+        let env = |name: &str| (name == "PW").then(|| "0012345".to_string());
+        let k = load(
+            "{protocol: SASL_SSL, sasl: {mechanism: PLAIN, username: u, password: '${PW}'}, tls: {key_password: '${PW}'}}",
+            &env,
+        )
+        .unwrap();
+        let sec = k.security.unwrap();
+        assert_eq!(sec.sasl.unwrap().password, "0012345");
+        assert_eq!(sec.tls.unwrap().key_password.as_deref(), Some("0012345"));
+    }
 }
