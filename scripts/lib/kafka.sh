@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # The `kafka` service of scripts/services: Apache Kafka, single-node KRaft (broker+controller),
-# run from Maven Central jars with the machine's Java 17+. Sourced by scripts/services.
+# run from Maven Central jars with the machine's Java 17+. Sourced by scripts/services (after
+# scripts/lib/tls.sh: the secure listeners use its test CA).
 #
 # Interface every service file provides (NAME = the service name):
 #   NAME_up, NAME_down [--wipe], NAME_status, NAME_logs, NAME_help
@@ -35,18 +36,67 @@ fi
 [[ "$KAFKA_CONTROLLER_PORT" =~ ^[0-9]+$ ]] || die "KAFKA_CONTROLLER_PORT must be a port number, got '${KAFKA_CONTROLLER_PORT}'"
 [[ "$KAFKA_CONTROLLER_PORT" != "$KAFKA_PORT" ]] || die "KAFKA_PORT and KAFKA_CONTROLLER_PORT must differ (both ${KAFKA_PORT})"
 
+# The secure listeners, next to PLAINTEXT: SASL_SSL (SCRAM-SHA-256, SCRAM-SHA-512, PLAIN) and SSL
+# with required client certificates, both with the test CA of scripts/lib/tls.sh. When not set:
+# the ones this state folder last started with; else 9094 and 9095 for the default broker, and
+# off for another KAFKA_PORT (a second broker, like the outage test's on free ports, stays
+# PLAINTEXT only). `off` turns one off.
+if [[ -f "${KAFKA_STATE}/secure-ports" ]]; then
+  read -r kafka_had_sasl_ssl kafka_had_ssl <"${KAFKA_STATE}/secure-ports" || true
+  KAFKA_SASL_SSL_PORT="${KAFKA_SASL_SSL_PORT:-${kafka_had_sasl_ssl:-}}"
+  KAFKA_SSL_PORT="${KAFKA_SSL_PORT:-${kafka_had_ssl:-}}"
+fi
+if [[ "$KAFKA_PORT" == 9092 ]]; then
+  KAFKA_SASL_SSL_PORT="${KAFKA_SASL_SSL_PORT:-9094}"
+  KAFKA_SSL_PORT="${KAFKA_SSL_PORT:-9095}"
+else
+  KAFKA_SASL_SSL_PORT="${KAFKA_SASL_SSL_PORT:-off}"
+  KAFKA_SSL_PORT="${KAFKA_SSL_PORT:-off}"
+fi
+[[ "$KAFKA_SASL_SSL_PORT" =~ ^([0-9]+|off)$ ]] || die "KAFKA_SASL_SSL_PORT must be a port number or 'off', got '${KAFKA_SASL_SSL_PORT}'"
+[[ "$KAFKA_SSL_PORT" =~ ^([0-9]+|off)$ ]] || die "KAFKA_SSL_PORT must be a port number or 'off', got '${KAFKA_SSL_PORT}'"
+kafka_ports_distinct() {
+  local seen=" " p
+  for p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" "$KAFKA_SASL_SSL_PORT" "$KAFKA_SSL_PORT"; do
+    [[ "$p" == off ]] && continue
+    [[ "$seen" != *" ${p} "* ]] ||
+      die "kafka: port ${p} is given twice (KAFKA_PORT ${KAFKA_PORT}, KAFKA_CONTROLLER_PORT ${KAFKA_CONTROLLER_PORT}, KAFKA_SASL_SSL_PORT ${KAFKA_SASL_SSL_PORT}, KAFKA_SSL_PORT ${KAFKA_SSL_PORT})"
+    seen+="${p} "
+  done
+}
+kafka_ports_distinct
+# The SASL user of the secure listeners: SCRAM credentials made at format time, and PLAIN.
+KAFKA_SASL_USER="kgate"
+KAFKA_SASL_PASSWORD="kgate-secret"
+
 kafka_help() {
   cat <<EOF
-  kafka     Apache Kafka ${KAFKA_VERSION}, single-node KRaft (broker + controller), PLAINTEXT.
-            Listens on ${KAFKA_HOST}:\$KAFKA_PORT, controller on ${KAFKA_HOST}:\$KAFKA_CONTROLLER_PORT.
+  kafka     Apache Kafka ${KAFKA_VERSION}, single-node KRaft (broker + controller).
+            PLAINTEXT on ${KAFKA_HOST}:\$KAFKA_PORT, controller on ${KAFKA_HOST}:\$KAFKA_CONTROLLER_PORT,
+            and two secure listeners with the test CA (below; scripts/test exports them):
+              SASL_SSL on ${KAFKA_HOST}:\$KAFKA_SASL_SSL_PORT: SCRAM-SHA-256, SCRAM-SHA-512 and PLAIN,
+                user ${KAFKA_SASL_USER}, password ${KAFKA_SASL_PASSWORD} (SCRAM credentials made at format time);
+              SSL on ${KAFKA_HOST}:\$KAFKA_SSL_PORT: TLS with a required client certificate
+                (tls/client.pem + tls/client.key).
+            Test CA: \$KGATE_STATE_DIR/tls/ (ca.pem, server.pem/.key with SAN localhost and
+                   127.0.0.1, client.pem/.key), made once with openssl (scripts/lib/tls.sh);
+                   clients trust ca.pem. Java clients' settings: kafka-\$KAFKA_PORT/
+                   client-sasl-ssl.properties and client-ssl.properties.
             Jars: \$KGATE_CACHE_DIR/kafka-${KAFKA_VERSION}/libs (fetched once with mvn, ~45 MB).
             State: \$KGATE_STATE_DIR/kafka-\$KAFKA_PORT/ (server.properties, log4j2.properties,
                    data/, logs/server.log, kafka.out, kafka.pid).
             Env:   KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (the port the state folder was
                    formatted with, else KAFKA_PORT+1: 9093 for the default),
+                   KAFKA_SASL_SSL_PORT, KAFKA_SSL_PORT (the ones the state folder last ran with,
+                   else 9094, 9095 for the default KAFKA_PORT and 'off' for any other; 'off'
+                   turns a listener off),
                    KAFKA_READY_TIMEOUT seconds (90), KAFKA_HEAP_OPTS ("-Xmx1G -Xms512m").
+            'up' on a running broker whose settings changed (listeners, certificates) restarts
+            it once, keeping its data; a state folder formatted before the SCRAM users existed
+            gets them through the admin API at that start.
             A second, independent broker: KAFKA_PORT=9192 KAFKA_CONTROLLER_PORT=9193 $0 up kafka
-            (and the same env with 'down' stops only that one).
+            (PLAINTEXT only; add KAFKA_SASL_SSL_PORT=9194 KAFKA_SSL_PORT=9195 for the secure
+            listeners), and the same env with 'down' stops only that one.
 EOF
 }
 
@@ -167,15 +217,23 @@ kafka_probe() {
 
 # ---------------------------------------------------------------- state
 
-kafka_write_config() {
-  mkdir -p "$KAFKA_STATE" "$KAFKA_DATA" "$KAFKA_LOGDIR"
-  cat >"${KAFKA_STATE}/server.properties.tmp" <<EOF
+kafka_sasl_on() { [[ "$KAFKA_SASL_SSL_PORT" != off ]]; }
+kafka_ssl_on() { [[ "$KAFKA_SSL_PORT" != off ]]; }
+kafka_secure_on() { kafka_sasl_on || kafka_ssl_on; }
+
+# kafka_render_config: the broker's server.properties, on stdout. Deterministic: 'up' compares
+# it with the one a running broker was started from to know whether to restart it.
+kafka_render_config() {
+  local listeners="PLAINTEXT://${KAFKA_HOST}:${KAFKA_PORT}"
+  if kafka_sasl_on; then listeners+=",SASL_SSL://${KAFKA_HOST}:${KAFKA_SASL_SSL_PORT}"; fi
+  if kafka_ssl_on; then listeners+=",SSL://${KAFKA_HOST}:${KAFKA_SSL_PORT}"; fi
+  cat <<EOF
 # Generated by scripts/services (kgate) - rewritten on every 'up'; edits are lost.
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=${KAFKA_HOST}:${KAFKA_CONTROLLER_PORT}
-listeners=PLAINTEXT://${KAFKA_HOST}:${KAFKA_PORT},CONTROLLER://${KAFKA_HOST}:${KAFKA_CONTROLLER_PORT}
-advertised.listeners=PLAINTEXT://${KAFKA_HOST}:${KAFKA_PORT},CONTROLLER://${KAFKA_HOST}:${KAFKA_CONTROLLER_PORT}
+listeners=${listeners},CONTROLLER://${KAFKA_HOST}:${KAFKA_CONTROLLER_PORT}
+advertised.listeners=${listeners},CONTROLLER://${KAFKA_HOST}:${KAFKA_CONTROLLER_PORT}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL
@@ -200,7 +258,67 @@ log.retention.hours=168
 log.segment.bytes=1073741824
 log.retention.check.interval.ms=300000
 EOF
-  mv "${KAFKA_STATE}/server.properties.tmp" "${KAFKA_STATE}/server.properties"
+  kafka_secure_on || return 0
+  cat <<EOF
+# TLS for the secure listeners: the test CA of scripts/lib/tls.sh (PEM key store and trust store).
+# CA sha256 $(tls_fingerprint "${TLS_DIR}/ca.pem")
+# server certificate sha256 $(tls_fingerprint "${TLS_DIR}/server.pem")
+ssl.keystore.type=PEM
+ssl.keystore.location=${TLS_DIR}/server-keystore.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=${TLS_DIR}/ca.pem
+EOF
+  if kafka_sasl_on; then
+    cat <<EOF
+# SASL_SSL: SCRAM (credentials in the cluster metadata, made at format time) and PLAIN (here).
+listener.name.sasl_ssl.ssl.client.auth=none
+listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512,PLAIN
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_${KAFKA_SASL_USER}="${KAFKA_SASL_PASSWORD}";
+EOF
+  fi
+  if kafka_ssl_on; then
+    cat <<EOF
+# SSL: mutual TLS, a client certificate signed by the test CA is required.
+listener.name.ssl.ssl.client.auth=required
+EOF
+  fi
+}
+
+# The settings of a Java client of each secure listener (the readiness probe uses them; so can
+# Kafka's command-line tools, with --command-config).
+kafka_write_client_props() {
+  if kafka_sasl_on; then
+    cat >"${KAFKA_STATE}/client-sasl-ssl.properties" <<EOF
+# Generated by scripts/services (kgate): a client of SASL_SSL://${KAFKA_HOST}:${KAFKA_SASL_SSL_PORT}.
+security.protocol=SASL_SSL
+sasl.mechanism=SCRAM-SHA-512
+sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="${KAFKA_SASL_USER}" password="${KAFKA_SASL_PASSWORD}";
+ssl.truststore.type=PEM
+ssl.truststore.location=${TLS_DIR}/ca.pem
+EOF
+  fi
+  if kafka_ssl_on; then
+    cat >"${KAFKA_STATE}/client-ssl.properties" <<EOF
+# Generated by scripts/services (kgate): a client of SSL://${KAFKA_HOST}:${KAFKA_SSL_PORT} (mutual TLS).
+security.protocol=SSL
+ssl.truststore.type=PEM
+ssl.truststore.location=${TLS_DIR}/ca.pem
+ssl.keystore.type=PEM
+ssl.keystore.location=${TLS_DIR}/client-keystore.pem
+EOF
+  fi
+}
+
+# kafka_prepare_config: the test CA (when a secure listener is on), server.properties.next (what
+# the broker is to run with), log4j2.properties and the clients' settings; checks that the state
+# folder was formatted for these ports.
+kafka_prepare_config() {
+  mkdir -p "$KAFKA_STATE" "$KAFKA_DATA" "$KAFKA_LOGDIR"
+  if kafka_secure_on; then tls_ensure; fi
+  kafka_render_config >"${KAFKA_STATE}/server.properties.next"
+  kafka_write_client_props
 
   cat >"${KAFKA_STATE}/log4j2.properties" <<'EOF'
 # Generated by scripts/services (kgate). Broker logs go to logs/server.log, not the terminal.
@@ -234,6 +352,20 @@ EOF
   fi
 }
 
+# kafka_config_change OLD NEW: what differs between two server.properties, in a few words.
+kafka_config_change() {
+  local old new
+  old="$(sed -n 's/^listeners=//p' "$1" 2>/dev/null)"
+  new="$(sed -n 's/^listeners=//p' "$2")"
+  if [[ "$old" != "$new" ]]; then
+    printf 'listeners were %s, now %s' "${old:-unknown}" "$new"
+  elif ! cmp -s <(grep '^# .*sha256' "$1" 2>/dev/null) <(grep '^# .*sha256' "$2"); then
+    printf 'new TLS certificates'
+  else
+    printf 'server.properties changed'
+  fi
+}
+
 kafka_format_if_needed() {
   [[ -f "${KAFKA_DATA}/meta.properties" ]] && return 0
   local cfg cluster_id
@@ -248,16 +380,27 @@ kafka_format_if_needed() {
     cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | cut -c1-22)"
   done
   [[ "$cluster_id" =~ ^[A-Za-z0-9_-]{22}$ ]] || die "kafka: could not make a cluster id (got '${cluster_id}')"
-  log "kafka: formatting KRaft storage in $(rel "$KAFKA_DATA") (cluster id ${cluster_id})"
+  log "kafka: formatting KRaft storage in $(rel "$KAFKA_DATA") (cluster id ${cluster_id}, SCRAM user ${KAFKA_SASL_USER})"
+  # The SASL user's SCRAM credentials go into the metadata at format time (both mechanisms).
   if ! java -XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Dlog4j2.configurationFile="$cfg" \
     -cp "${KAFKA_LIBS}/*" kafka.tools.StorageTool format \
-    -t "$cluster_id" -c "${KAFKA_STATE}/server.properties" --standalone >>"${KAFKA_LOGDIR}/format.log" 2>&1; then
+    -t "$cluster_id" -c "${KAFKA_STATE}/server.properties" --standalone \
+    --add-scram "SCRAM-SHA-256=[name=${KAFKA_SASL_USER},password=${KAFKA_SASL_PASSWORD}]" \
+    --add-scram "SCRAM-SHA-512=[name=${KAFKA_SASL_USER},password=${KAFKA_SASL_PASSWORD}]" \
+    >>"${KAFKA_LOGDIR}/format.log" 2>&1; then
     tail -n 30 "${KAFKA_LOGDIR}/format.log" >&2 || true
     rm -rf "$KAFKA_DATA"
     die "kafka: formatting the storage failed (log: ${KAFKA_LOGDIR}/format.log)"
   fi
   printf '%s\n' "$cluster_id" >"${KAFKA_STATE}/cluster.id"
   printf '%s %s\n' "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" >"${KAFKA_STATE}/ports"
+  kafka_mark_scram_users
+}
+
+# The SCRAM users a state folder has: written at format time, or once the admin API added them
+# to a folder formatted before they existed (see kafka_up_locked).
+kafka_mark_scram_users() {
+  printf '%s SCRAM-SHA-256 SCRAM-SHA-512\n' "$KAFKA_SASL_USER" >"${KAFKA_STATE}/scram-users"
 }
 
 # The pid in the pid file, if it is a live Kafka started from this state folder.
@@ -294,25 +437,51 @@ kafka_up() { with_lock "${KAFKA_STATE}.lock" kafka_up_locked; }
 kafka_down() { with_lock "${KAFKA_STATE}.lock" kafka_down_locked "$@"; }
 
 kafka_up_locked() {
-  local pid port t0
+  local pid port t0 conf="${KAFKA_STATE}/server.properties"
   t0="$(now_s)"
   pid="$(kafka_running_pid)"
   if [[ -n "$pid" ]]; then
-    log "kafka already running on $(kafka_addr) (pid ${pid})"
-    return 0
+    kafka_prepare_config
+    if cmp -s "${conf}.next" "$conf"; then
+      rm -f "${conf}.next"
+      log "kafka already running on $(kafka_addr) (pid ${pid})"
+      return 0
+    fi
+    # Started by an older scripts/services, or the certificates were made again: restart once.
+    log "kafka: the broker running on $(kafka_addr) (pid ${pid}) was started with other settings ($(kafka_config_change "$conf" "${conf}.next")); restarting it to apply them (data kept)"
+    stop_pid "$pid" kafka 30 || die "kafka: could not stop pid ${pid}"
   fi
   rm -f "$KAFKA_PIDFILE"
-  for port in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
+  local ports=("$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT")
+  if kafka_sasl_on; then ports+=("$KAFKA_SASL_SSL_PORT"); fi
+  if kafka_ssl_on; then ports+=("$KAFKA_SSL_PORT"); fi
+  for port in "${ports[@]}"; do
     if port_in_use "$port"; then
-      die "kafka: ${KAFKA_HOST}:${port} is already in use by another process, not one started from $(rel "$KAFKA_STATE") ($(port_owner "$port")). Stop it, or choose other ports with KAFKA_PORT / KAFKA_CONTROLLER_PORT."
+      die "kafka: ${KAFKA_HOST}:${port} is already in use by another process, not one started from $(rel "$KAFKA_STATE") ($(port_owner "$port")). Stop it, or choose other ports with KAFKA_PORT / KAFKA_CONTROLLER_PORT / KAFKA_SASL_SSL_PORT / KAFKA_SSL_PORT."
     fi
   done
   require_java17
   kafka_ensure_jars
-  kafka_write_config
+  kafka_prepare_config
+  mv "${conf}.next" "$conf"
+  printf '%s %s\n' "$KAFKA_SASL_SSL_PORT" "$KAFKA_SSL_PORT" >"${KAFKA_STATE}/secure-ports"
   kafka_format_if_needed
+  # A state folder formatted before the secure listeners has no SCRAM users: the probe adds
+  # them through the admin API once the broker answers (no re-format, the data stays).
+  local probe_args=() add_scram=0
+  if kafka_sasl_on && [[ ! -f "${KAFKA_STATE}/scram-users" ]]; then
+    add_scram=1
+    log "kafka: $(rel "$KAFKA_STATE") was formatted without SCRAM users (before the secure listeners); adding ${KAFKA_SASL_USER} for SCRAM-SHA-256 and SCRAM-SHA-512 through the admin API once the broker answers (data kept, no re-format)"
+    probe_args+=(--add-scram "${KAFKA_SASL_USER}=${KAFKA_SASL_PASSWORD}")
+  fi
+  if kafka_sasl_on; then
+    probe_args+=(--also SASL_SSL "${KAFKA_HOST}:${KAFKA_SASL_SSL_PORT}" "${KAFKA_STATE}/client-sasl-ssl.properties")
+  fi
+  if kafka_ssl_on; then
+    probe_args+=(--also SSL "${KAFKA_HOST}:${KAFKA_SSL_PORT}" "${KAFKA_STATE}/client-ssl.properties")
+  fi
 
-  log "kafka: starting on $(kafka_addr) (controller ${KAFKA_HOST}:${KAFKA_CONTROLLER_PORT}), logs in $(rel "$KAFKA_LOGDIR")"
+  log "kafka: starting on $(kafka_addr) (controller ${KAFKA_HOST}:${KAFKA_CONTROLLER_PORT}$(kafka_secure_brief)), logs in $(rel "$KAFKA_LOGDIR")"
   # shellcheck disable=SC2086 # KAFKA_HEAP_OPTS is a list of JVM flags
   (
     cd "$KAFKA_STATE" || exit 1
@@ -347,13 +516,14 @@ kafka_up_locked() {
     left=$((deadline - $(now_s)))
     ((left >= 5)) || left=5
     out="$(kafka_probe "$(kafka_addr)" --wait-ms "$((left * 1000))" --pid "$pid" \
-      --cluster-id "$(cat "${KAFKA_STATE}/cluster.id")")" || rc=$?
+      --cluster-id "$(cat "${KAFKA_STATE}/cluster.id")" "${probe_args[@]+"${probe_args[@]}"}")" || rc=$?
   fi
   printf '\n' >&2
   if ((rc != 0)); then
     case "$rc" in
     3) log "kafka: the broker process (pid ${pid}) exited during start-up" ;;
     4) log "kafka: another broker answers on $(kafka_addr)" ;;
+    5) log "kafka: could not add the SCRAM user ${KAFKA_SASL_USER} (see above)" ;;
     *) log "kafka: the broker did not become ready within ${KAFKA_READY_TIMEOUT}s" ;;
     esac
     kafka_tail_logs 30
@@ -363,7 +533,34 @@ kafka_up_locked() {
     rm -f "$KAFKA_PIDFILE"
     die "kafka did not start (state: ${KAFKA_STATE})"
   fi
+  if ((add_scram)); then
+    kafka_mark_scram_users
+  fi
   log "kafka ready on $(kafka_addr) (pid ${pid}) in $(($(now_s) - t0))s: ${out}"
+}
+
+# ", SASL_SSL on :9094, SSL (client certificates) on :9095", or nothing with both off.
+kafka_secure_brief() {
+  if kafka_sasl_on; then printf ', SASL_SSL on :%s' "$KAFKA_SASL_SSL_PORT"; fi
+  if kafka_ssl_on; then printf ', SSL (client certificates) on :%s' "$KAFKA_SSL_PORT"; fi
+}
+
+# kafka_secure_status FILE: the secure listeners a server.properties opens, and the CA (empty
+# when it opens none).
+kafka_secure_status() {
+  local listeners sasl ssl out=""
+  listeners="$(sed -n 's/^listeners=//p' "$1" 2>/dev/null | tr ',' '\n')"
+  sasl="$(sed -n 's|^SASL_SSL://||p' <<<"$listeners")"
+  ssl="$(sed -n 's|^SSL://||p' <<<"$listeners")"
+  if [[ -n "$sasl" ]]; then
+    out="SASL_SSL ${sasl} (SCRAM-SHA-256, SCRAM-SHA-512, PLAIN; user ${KAFKA_SASL_USER})"
+  fi
+  if [[ -n "$ssl" ]]; then
+    out+="${out:+, }SSL ${ssl} (client certificate required)"
+  fi
+  if [[ -n "$out" ]]; then
+    printf '%s; CA %s' "$out" "$(rel "${TLS_DIR}/ca.pem")"
+  fi
 }
 
 kafka_down_locked() {
@@ -397,6 +594,11 @@ kafka_status() {
   if [[ -n "$pid" ]]; then
     line="$(printf '%-9s running  pid %-7s %s (controller %s:%s)  state %s' \
       kafka "$pid" "$(kafka_addr)" "$KAFKA_HOST" "$KAFKA_CONTROLLER_PORT" "$(rel "$KAFKA_STATE")")"
+    local secure
+    secure="$(kafka_secure_status "${KAFKA_STATE}/server.properties")"
+    if [[ -n "$secure" ]]; then
+      line+="$(printf '\n%-9s secure   %s' "" "$secure")"
+    fi
   else
     line="$(printf '%-9s stopped  %-11s %s' kafka "" "$(kafka_addr)")"
     if port_in_use "$KAFKA_PORT"; then

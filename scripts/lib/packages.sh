@@ -36,6 +36,8 @@ system_packages() {
   # The local schema registry (Apicurio) is downloaded with curl; the local MQTT broker is
   # Debian's Mosquitto (mosquitto_sub/pub for poking at it by hand).
   pkgs+=(curl mosquitto mosquitto-clients)
+  # The test CA of the local services (Kafka's SASL_SSL and SSL listeners) is made with openssl.
+  pkgs+=(openssl)
   # The Avro tests decode with Python fastavro, installed by scripts/test into a venv.
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || pkgs+=(python3-venv)
 

@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::gateway::Gateway;
-use crate::kafka::{fetch_metadata, KafkaConfig};
+use crate::kafka::{fetch_metadata, report_diagnosis, KafkaConfig, MetadataError};
 use crate::metrics::{self, Metrics};
 use crate::pipeline::{Pipeline, Processor};
 use crate::registry::{RegistryClient, SchemaCache};
@@ -210,7 +210,8 @@ async fn stop(
 }
 
 /// Fetches broker metadata every [`METADATA_EVERY`] for `/readyz`, logging when Kafka goes
-/// away and comes back.
+/// away and comes back. A refused login or TLS handshake is logged as what to fix (at most
+/// once per period, shared with the producer's reports of it).
 fn watch_brokers(k: KafkaConfig, m: Arc<Metrics>, stop: CancellationToken) {
     tokio::spawn(async move {
         let mut warned = false;
@@ -222,6 +223,10 @@ fn watch_brokers(k: KafkaConfig, m: Arc<Metrics>, stop: CancellationToken) {
                     }
                     warned = false;
                     m.mark_metadata_ok();
+                }
+                Err(MetadataError::Refused { diagnosis, .. }) => {
+                    report_diagnosis(&diagnosis);
+                    warned = true;
                 }
                 Err(e) => {
                     if !warned {

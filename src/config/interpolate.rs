@@ -53,6 +53,13 @@ fn is_template_field(path: &[Seg]) -> bool {
     }
 }
 
+/// Keys whose values stay strings after `${VAR}` expansion, whatever they look like: an
+/// all-digit password from the environment is a password, not a number (and a number would be
+/// quoted back by a type error).
+fn is_secret_field(path: &[Seg]) -> bool {
+    matches!(path.last(), Some(Seg::Key(k)) if k == "password" || k == "key_password")
+}
+
 fn walk(
     value: &mut Value,
     path: &mut Vec<Seg>,
@@ -68,7 +75,7 @@ fn walk(
                 Ok((out, whole)) => {
                     // A value that is one reference alone (`${PORT}`) takes the type the
                     // expansion has in YAML, so numbers and booleans work from the environment.
-                    *value = if whole {
+                    *value = if whole && !is_secret_field(path) {
                         match serde_yaml::from_str::<Value>(&out) {
                             Ok(v @ (Value::Number(_) | Value::Bool(_))) => v,
                             _ => Value::String(out),

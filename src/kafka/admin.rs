@@ -1,7 +1,7 @@
 //! Broker metadata: reachability, topics, and whether the broker creates topics itself.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -36,6 +36,15 @@ pub enum MetadataError {
         /// What librdkafka said.
         source: KafkaError,
     },
+    /// A broker answered but refused the connection's settings: the SASL login, the TLS
+    /// handshake. The text names what to change in `kafka.security`.
+    #[error("{diagnosis}")]
+    Refused {
+        /// The bootstrap servers tried.
+        brokers: String,
+        /// What to fix.
+        diagnosis: super::Diagnosis,
+    },
     /// The blocking task did not complete (the runtime is shutting down).
     #[error("the metadata request was cancelled: {0}")]
     Cancelled(#[from] tokio::task::JoinError),
@@ -62,18 +71,47 @@ pub async fn fetch_metadata(
 
 type Fetched = (Vec<String>, HashMap<String, usize>, Option<i32>);
 
+/// The first wait for metadata; each next one doubles, up to [`LONGEST_ATTEMPT`]. The broker
+/// connection outlives an attempt, so short ones cost nothing but a request.
+const FIRST_ATTEMPT: Duration = Duration::from_millis(250);
+const LONGEST_ATTEMPT: Duration = Duration::from_secs(1);
+
 fn fetch_blocking(k: &KafkaConfig, timeout: Duration) -> Result<Fetched, MetadataError> {
     let consumer: BaseConsumer<super::QuietContext> = super::base_client_config(k)
         .create_with_context(Default::default())
         .map_err(MetadataError::Client)?;
-    let md =
-        consumer
-            .fetch_metadata(None, timeout)
-            .map_err(|source| MetadataError::Unreachable {
-                brokers: k.brokers.join(","),
-                timeout,
-                source,
-            })?;
+    // In steps, serving the client's error events between them: a refused login or TLS
+    // handshake is reported there (the request itself only times out), and it will not heal
+    // by waiting, so it is answered at once with what to fix.
+    let deadline = Instant::now() + timeout;
+    let mut attempt = FIRST_ATTEMPT;
+    let md = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match consumer.fetch_metadata(None, attempt.min(left)) {
+            Ok(md) => break md,
+            Err(source) => {
+                // One poll serves one event (a log line too) and answers None for most:
+                // serve a batch.
+                for _ in 0..64 {
+                    let _ = consumer.poll(Duration::ZERO);
+                }
+                if let Some(diagnosis) = consumer.context().diagnosis(k) {
+                    return Err(MetadataError::Refused {
+                        brokers: k.brokers.join(","),
+                        diagnosis,
+                    });
+                }
+                if Instant::now() >= deadline {
+                    return Err(MetadataError::Unreachable {
+                        brokers: k.brokers.join(","),
+                        timeout,
+                        source,
+                    });
+                }
+                attempt = (attempt * 2).min(LONGEST_ATTEMPT);
+            }
+        }
+    };
     let brokers = md
         .brokers()
         .iter()

@@ -119,7 +119,7 @@ impl SecurityProtocol {
 }
 
 /// `kafka.security.sasl:` — the SASL mechanism and credentials.
-#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[derive(Clone, Deserialize, schemars::JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct SaslConfig {
     /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
@@ -127,7 +127,20 @@ pub struct SaslConfig {
     /// User name.
     pub username: String,
     /// Password (write `${ENV_VAR}` rather than the secret).
+    #[serde(deserialize_with = "crate::config::secret")]
+    #[schemars(with = "String")]
     pub password: String,
+}
+
+/// Shown redacted: a config printed with `{:?}` (a log line, a test failure) keeps the secret.
+impl std::fmt::Debug for SaslConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SaslConfig")
+            .field("mechanism", &self.mechanism)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 /// SASL mechanism.
@@ -156,7 +169,7 @@ impl SaslMechanism {
 }
 
 /// `kafka.security.tls:` — PEM files and host name verification.
-#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[derive(Clone, Deserialize, schemars::JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct TlsConfig {
     /// CA bundle (PEM) to verify the brokers.
@@ -169,11 +182,28 @@ pub struct TlsConfig {
     #[serde(default)]
     pub key: Option<String>,
     /// Password of the client key.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::optional_secret")]
+    #[schemars(with = "Option<String>")]
     pub key_password: Option<String>,
     /// Check that the broker certificate matches its host name.
     #[serde(default = "yes")]
     pub verify_hostname: bool,
+}
+
+/// Shown with the key password redacted.
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("ca", &self.ca)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field(
+                "key_password",
+                &self.key_password.as_ref().map(|_| "<redacted>"),
+            )
+            .field("verify_hostname", &self.verify_hostname)
+            .finish()
+    }
 }
 
 /// `kafka.producer:` — typed settings for the common producer knobs.

@@ -4,12 +4,14 @@
 
 mod admin;
 mod config;
+mod diagnose;
 
 pub use admin::{fetch_metadata, BrokerInfo, MetadataError};
 pub use config::{
     Acks, Compression, DlqConfig, KafkaConfig, OnFull, ProducerConfig, SaslConfig, SaslMechanism,
     SecurityConfig, SecurityProtocol, TlsConfig,
 };
+pub use diagnose::{report as report_diagnosis, Diagnosis};
 
 /// Whether `name` is a legal Kafka topic name.
 pub fn valid_topic_name(name: &str) -> bool {
@@ -34,13 +36,25 @@ use rdkafka::{ClientConfig, ClientContext};
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(30);
 
 /// Logs librdkafka's messages at debug and its errors at warn, at most once per
-/// [`ERROR_LOG_EVERY`] (with the number suppressed meanwhile).
+/// [`ERROR_LOG_EVERY`] (with the number suppressed meanwhile). An error that the settings cause
+/// (a refused login, a failed TLS handshake) is logged as what to fix instead (see
+/// `diagnose`), at error level, and the broker-down errors that follow from it are not.
 #[derive(Default)]
 pub struct ErrorLog {
+    /// The settings the client was made with, to name what to fix; none = plain reports.
+    kafka: Option<KafkaConfig>,
     last: Mutex<Option<(Instant, u64)>>,
 }
 
 impl ErrorLog {
+    /// The error log of a client made with `k`.
+    pub fn new(k: &KafkaConfig) -> ErrorLog {
+        ErrorLog {
+            kafka: Some(k.clone()),
+            last: Mutex::default(),
+        }
+    }
+
     /// A librdkafka log line.
     pub fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         match level {
@@ -53,7 +67,20 @@ impl ErrorLog {
 
     /// A client error (broker down, authentication failed, ...).
     pub fn error(&self, error: KafkaError, reason: &str) {
+        if let Some(k) = &self.kafka {
+            if let Some(d) = diagnose::diagnose(k, &error, reason) {
+                diagnose::report(&d);
+                return;
+            }
+        }
         let mut last = self.last.lock().expect("error log lock");
+        if diagnose::recently_reported() && is_broker_down(&error) {
+            // The connection a refused login or handshake closed: already said.
+            if let Some((_, suppressed)) = &mut *last {
+                *suppressed += 1;
+            }
+            return;
+        }
         match &mut *last {
             Some((at, suppressed)) if at.elapsed() < ERROR_LOG_EVERY => *suppressed += 1,
             _ => {
@@ -69,16 +96,49 @@ impl ErrorLog {
     }
 }
 
-/// The context of kgate's short-lived clients (metadata, admin, tail): quiet logging.
+/// Errors that follow from a broker being unreachable, whatever the cause.
+fn is_broker_down(error: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(C::AllBrokersDown | C::BrokerTransportFailure)
+    )
+}
+
+/// How many client errors a [`QuietContext`] keeps for its caller.
+const QUIET_ERRORS_KEPT: usize = 16;
+
+/// The context of kgate's short-lived clients (metadata, admin, tail): quiet logging. It keeps
+/// the last client errors, so that the caller can say why a request timed out (a refused login
+/// is reported there, not by the request).
 #[derive(Default)]
-pub struct QuietContext(ErrorLog);
+pub struct QuietContext {
+    log: ErrorLog,
+    errors: Mutex<Vec<(KafkaError, String)>>,
+}
+
+impl QuietContext {
+    /// What to fix, if one of the errors seen so far comes from the settings `k`.
+    pub fn diagnosis(&self, k: &KafkaConfig) -> Option<Diagnosis> {
+        let errors = self.errors.lock().expect("quiet context lock");
+        errors
+            .iter()
+            .rev()
+            .find_map(|(e, reason)| diagnose::diagnose(k, e, reason))
+    }
+}
 
 impl ClientContext for QuietContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        self.0.log(level, fac, message)
+        self.log.log(level, fac, message)
     }
-    fn error(&self, _error: KafkaError, _reason: &str) {
+    fn error(&self, error: KafkaError, reason: &str) {
         // The caller reports what failed (a metadata fetch times out with a clear message).
+        let mut errors = self.errors.lock().expect("quiet context lock");
+        if errors.len() == QUIET_ERRORS_KEPT {
+            errors.remove(0);
+        }
+        errors.push((error, reason.to_string()));
     }
 }
 
@@ -261,5 +321,59 @@ mod tests {
         assert_eq!(c.get("message.max.bytes"), Some("4194304"));
         let c = producer_client_config(&load("{options: {message.max.bytes: '2000000'}}").kafka);
         assert_eq!(c.get("message.max.bytes"), Some("2000000"));
+    }
+
+    #[test]
+    fn debug_output_keeps_the_secrets() {
+        let cfg = crate::gateway::Config::from_yaml_str(
+            "kafka:\n  security: {protocol: SASL_SSL, sasl: {mechanism: PLAIN, username: app, password: pw-1234}, tls: {key_password: kp-5678}}\npipelines: [{name: p, source: {websocket: {urls: ['ws://h:1/ws']}}, topic: t}]\n",
+            "test.yaml",
+            &|_| None,
+        )
+        .unwrap();
+        let shown = format!("{:?}", cfg.kafka);
+        assert!(shown.contains("username: \"app\""), "{shown}");
+        assert!(
+            !shown.contains("pw-1234") && !shown.contains("kp-5678"),
+            "{shown}"
+        );
+        // librdkafka still gets them.
+        let c = base_client_config(&cfg.kafka);
+        assert_eq!(c.get("sasl.password"), Some("pw-1234"));
+        assert_eq!(c.get("ssl.key.password"), Some("kp-5678"));
+    }
+
+    fn load(security: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<KafkaConfig, String> {
+        crate::gateway::Config::from_yaml_str(
+            &format!("kafka:\n  security: {security}\npipelines: [{{name: p, source: {{websocket: {{urls: ['ws://h:1/ws']}}}}, topic: t}}]\n"),
+            "test.yaml",
+            env,
+        )
+        .map(|c| c.kafka)
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_password_that_reads_as_a_number_is_never_quoted_back() {
+        let err = load(
+            "{protocol: SASL_SSL, sasl: {mechanism: PLAIN, username: u, password: 987654321}}",
+            &|_| None,
+        )
+        .unwrap_err();
+        assert!(!err.contains("987654321"), "{err}");
+        assert!(
+            err.contains("kafka.security.sasl.password: a secret must be a string, not a number"),
+            "{err}"
+        );
+        // From the environment, digits stay the password they are (leading zeros too).
+        let env = |name: &str| (name == "PW").then(|| "0012345".to_string());
+        let k = load(
+            "{protocol: SASL_SSL, sasl: {mechanism: PLAIN, username: u, password: '${PW}'}, tls: {key_password: '${PW}'}}",
+            &env,
+        )
+        .unwrap();
+        let sec = k.security.unwrap();
+        assert_eq!(sec.sasl.unwrap().password, "0012345");
+        assert_eq!(sec.tls.unwrap().key_password.as_deref(), Some("0012345"));
     }
 }

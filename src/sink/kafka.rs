@@ -459,7 +459,7 @@ impl KafkaSink {
         let producer: ThreadedProducer<SinkContext> = config
             .create_with_context(SinkContext {
                 shared: shared.clone(),
-                errors: Default::default(),
+                errors: crate::kafka::ErrorLog::new(k),
             })
             .map_err(ProducerError)?;
         let sink = Arc::new(KafkaSink {

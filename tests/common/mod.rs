@@ -184,8 +184,19 @@ impl Rec {
 /// Reads a topic from the beginning until `want` records arrived (or `idle` passed with none
 /// new after at least `want` were seen, or `timeout`).
 pub fn consume(brokers: &str, topic: &str, want: usize, timeout: Duration) -> Vec<Rec> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", brokers);
+    consume_with(client, topic, want, timeout)
+}
+
+/// [`consume`] with a client configured by the caller (brokers, security settings).
+pub fn consume_with(
+    mut client: ClientConfig,
+    topic: &str,
+    want: usize,
+    timeout: Duration,
+) -> Vec<Rec> {
+    let consumer: BaseConsumer = client
         .set("group.id", unique("kgate-test"))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
@@ -375,9 +386,17 @@ pub async fn serve_messages(msgs: Vec<String>, gap: Duration) -> String {
     format!("ws://{addr}/ws")
 }
 
+/// `scripts/services ARGS` with `envs`. A test's own broker is PLAINTEXT only unless `envs`
+/// name its secure ports: the environment's KAFKA_SASL_SSL_PORT / KAFKA_SSL_PORT are the main
+/// broker's.
 pub fn services(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
     let mut c = Command::new(repo().join("scripts/services"));
     c.args(args);
+    for k in ["KAFKA_SASL_SSL_PORT", "KAFKA_SSL_PORT"] {
+        if !envs.iter().any(|(e, _)| *e == k) {
+            c.env(k, "off");
+        }
+    }
     for (k, v) in envs {
         c.env(k, v);
     }
