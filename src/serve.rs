@@ -128,6 +128,9 @@ pub async fn serve<Io, C>(
             drop(permit);
         });
     }
+    // Stop listening before the wait: new connections are refused by the OS while the
+    // requests in progress get their answers.
+    drop(accept);
     graceful.shutdown().await;
 }
 
