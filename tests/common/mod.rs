@@ -4,7 +4,7 @@
 pub mod pki;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -142,15 +142,17 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool, what: &str) {
     }
 }
 
-/// GET a path over plain HTTP/1.0; returns the body.
+/// GET `http://addr/path` with a 10 s deadline; the status and the body, or `None` when the
+/// server did not answer.
 pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut resp = agent.get(&format!("http://{addr}{path}")).call().ok()?;
+    let status = resp.status().as_u16();
+    let body = resp.body_mut().read_to_string().ok()?;
     Some((status, body))
 }
 

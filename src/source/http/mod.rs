@@ -172,6 +172,12 @@ pub async fn spawn(
     let config = &settings.config;
     let addr = settings.listen;
     let tokens = settings.tokens.clone();
+    if tokens.is_empty() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "the HTTP routes are open to anyone who reaches {addr}: no http.auth tokens are configured; add `auth: [{{token: \"${{INGEST_TOKEN}}\", topics: [...], pipelines: [...]}}]` or listen on 127.0.0.1"
+        );
+    }
     let tls = match &config.tls {
         Some(t) => Some(tls::acceptor(t).map_err(ServeError::Tls)?),
         None => None,
