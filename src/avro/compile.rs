@@ -271,6 +271,9 @@ fn full(name: &Name) -> String {
 const NO_BIG_DECIMAL: &str =
     "logical type big-decimal is not supported; use decimal with a precision and scale";
 
+/// The largest decimal precision a schema may declare.
+pub const MAX_DECIMAL_PRECISION: usize = 1000;
+
 struct Compiler {
     nodes: Vec<Node>,
     names: HashMap<String, NodeId>,
@@ -374,6 +377,14 @@ impl Compiler {
                 return Ok(id);
             }
             A::Decimal(d) => {
+                // Encoding reads decimal text digit by digit into an integer of up to
+                // `precision` digits; above this, one value could cost minutes of CPU.
+                if d.precision > MAX_DECIMAL_PRECISION {
+                    return Err(format!(
+                        "decimal precision {} is above kgate's limit of {MAX_DECIMAL_PRECISION} digits",
+                        d.precision
+                    ));
+                }
                 let fixed = match &d.inner {
                     InnerDecimalSchema::Bytes => None,
                     InnerDecimalSchema::Fixed(f) => Some(f),

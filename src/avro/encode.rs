@@ -25,6 +25,9 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
+/// The largest encoded record that field defaults may grow to.
+pub(crate) const MAX_RECORD_FROM_DEFAULTS: usize = 8 * 1024 * 1024;
+
 /// Records with at most this many fields match fields to keys in one merge pass.
 const SLOTS: usize = 32;
 
@@ -444,6 +447,19 @@ impl Plan {
         match x {
             Some(x) => self.enc(f.node, x, out).at(Seg::Key(&f.name)),
             None => match &f.missing {
+                // Defaults are the one place output can outgrow input (an array of `{}` whose
+                // records default many large fields): bounded, so a small hostile record cannot
+                // take gigabytes.
+                Some(bytes) if out.len() + bytes.len() > MAX_RECORD_FROM_DEFAULTS => {
+                    Err(Box::new(Fail {
+                        node: f.node,
+                        found: None,
+                        why: Some(format!(
+                            "its default would make the record larger than {MAX_RECORD_FROM_DEFAULTS} bytes"
+                        )),
+                        path: vec![Seg::Key(&f.name)],
+                    }))
+                }
                 Some(bytes) => {
                     out.extend_from_slice(bytes);
                     Ok(())

@@ -812,3 +812,36 @@ fn fields_match_keys_whatever_the_order_extras_and_gaps() {
         (&json!(0), &json!(38), &json!(-1))
     );
 }
+
+/// A schema may not make one value cost minutes (a decimal of a hundred million digits) or a
+/// small record gigabytes (defaults filling it).
+#[test]
+fn hostile_schemas_are_bounded() {
+    let e = Schema::parse(
+        r#"{"type":"bytes","logicalType":"decimal","precision":100000000,"scale":0}"#,
+    )
+    .unwrap_err();
+    assert!(e.contains("limit of 1000 digits"), "{e}");
+    let s = Schema::parse(r#"{"type":"bytes","logicalType":"decimal","precision":1000,"scale":0}"#)
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut out = Vec::new();
+    assert!(s
+        .encode(&serde_json::json!("1e10000000"), &mut out)
+        .is_err());
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+
+    let big = "x".repeat(64 * 1024);
+    let fields: Vec<String> = (0..200)
+        .map(|i| format!(r#"{{"name":"f{i}","type":"string","default":"{big}"}}"#))
+        .collect();
+    let s = Schema::parse(&format!(
+        r#"{{"type":"record","name":"R","fields":[{}]}}"#,
+        fields.join(",")
+    ))
+    .unwrap();
+    let mut out = Vec::new();
+    let e = s.encode(&serde_json::json!({}), &mut out).unwrap_err();
+    assert!(e.found.contains("larger than"), "{e}");
+    assert!(out.is_empty());
+}

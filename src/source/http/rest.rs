@@ -38,6 +38,12 @@ use crate::sink::OutRecord;
 
 const ROUTE: &str = "/topics/{topic}";
 
+/// The largest schema text a request may carry (compiled on the request's time).
+const MAX_SCHEMA_TEXT: usize = 256 * 1024;
+
+/// Encoded bytes any request may reach, however small its body.
+const MIN_ENCODE_BUDGET: usize = 1024 * 1024;
+
 /// How the records of a request are embedded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EmbeddedFormat {
@@ -162,6 +168,16 @@ async fn resolve_schema(
     let Some(text) = text else {
         return Ok(None);
     };
+    if text.len() > MAX_SCHEMA_TEXT {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            42205,
+            format!(
+                "Invalid schema: {what}_schema is {} bytes, above kgate's limit of {MAX_SCHEMA_TEXT}; register it with `kgate schemas register` and send {what}_schema_id",
+                text.len()
+            ),
+        ));
+    }
     match cache.register(subject, text).await {
         Ok(found) => Ok(Some(found)),
         Err(RegisterError::Invalid(e)) => Err(ApiError::new(
@@ -184,6 +200,7 @@ async fn schema_records(
     cache: &SchemaCache,
     topic: &str,
     req: &ProduceRequest<'_>,
+    body_len: usize,
 ) -> Result<SchemaEncoded, ApiError> {
     let has_keys = req.records.iter().any(|r| r.key.is_some());
     let has_values = req.records.iter().any(|r| r.value.is_some());
@@ -239,6 +256,10 @@ async fn schema_records(
             )
         })
     };
+    // A request's encoded records may not outgrow its body by much (defaults can make small
+    // records large): bounded, so one request cannot take more memory than it brought.
+    let budget = MIN_ENCODE_BUDGET.max(4 * body_len);
+    let mut total = 0usize;
     let encoded = req
         .records
         .iter()
@@ -254,6 +275,14 @@ async fn schema_records(
                 Some(vs) => Bytes::from(encode(i, "value", r.value, vs)?),
                 None => Bytes::new(),
             };
+            total += v.len() + k.as_ref().map_or(0, Vec::len);
+            if total > budget {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    42203,
+                    format!("Conversion of JSON to Avro failed: by records[{i}] the encoded records are {total} bytes, more than 4 times the request body (the schemas' defaults fill them); send fewer records per request; nothing of this request was written"),
+                ));
+            }
             Ok((k, v))
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
@@ -393,7 +422,7 @@ async fn produce_inner(
     // Schemas are registered only once the topic is known to exist, and every record is
     // encoded before any is written.
     let (encoded, key_schema_id, value_schema_id) = match schemas {
-        Some(cache) => schema_records(cache, topic, &req).await?,
+        Some(cache) => schema_records(cache, topic, &req, raw.len()).await?,
         None => (plain.unwrap_or_default(), None, None),
     };
     let slots = send_records(s, peer, topic, encoded, &req.records, started).await;
@@ -888,9 +917,46 @@ mod tests {
         cache
     }
 
+    /// A hostile request is bounded: schemas whose defaults make small records huge stop at
+    /// the request's budget, and an oversized schema text is refused before it is compiled.
+    #[tokio::test]
+    async fn hostile_avro_requests_are_bounded() {
+        let cache = offline_cache();
+        // 200 fields with a 4 KiB default each: every `{}` becomes ~800 KiB.
+        let big = "x".repeat(4096);
+        let fields: Vec<String> = (0..200)
+            .map(|i| format!(r#"{{"name":"f{i}","type":"string","default":"{big}"}}"#))
+            .collect();
+        let schema = format!(
+            r#"{{"type":"record","name":"R","fields":[{}]}}"#,
+            fields.join(",")
+        );
+        cache.insert_by_id(9, avro::Schema::parse(&schema).unwrap());
+        let records = ["{\"value\":{}}"; 10].join(",");
+        let body = format!(r#"{{"value_schema_id":9,"records":[{records}]}}"#);
+        let req: ProduceRequest<'_> = serde_json::from_str(&body).unwrap();
+        let started = std::time::Instant::now();
+        let e = schema_records(&cache, "t", &req, body.len())
+            .await
+            .unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (422, 42203), "{}", e.message);
+        assert!(
+            e.message.contains("more than 4 times the request body"),
+            "{}",
+            e.message
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+
+        let huge = format!(r#""{}""#, " ".repeat(MAX_SCHEMA_TEXT));
+        let e = resolve_schema(&cache, "value", "t-value", Some(&huge), None)
+            .await
+            .unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (422, 42205), "{}", e.message);
+    }
+
     async fn avro(body: &str) -> Result<SchemaEncoded, ApiError> {
         let req: ProduceRequest<'_> = serde_json::from_str(body).unwrap();
-        schema_records(&offline_cache(), "t", &req).await
+        schema_records(&offline_cache(), "t", &req, body.len()).await
     }
 
     #[tokio::test]
