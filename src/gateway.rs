@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::{self, At, ConfigError, ConfigErrors};
-use crate::kafka::{DlqConfig, KafkaConfig};
+use crate::kafka::{Acks, DlqConfig, KafkaConfig};
 use crate::metrics::MetricsConfig;
 use crate::pipeline::PipelineSpec;
 use crate::registry::RegistryConfig;
@@ -166,6 +166,26 @@ impl Config {
             .filter(|(_, p)| p.source.kind().served_over_http())
             .map(|(i, p)| (i, p.name.as_str()))
             .collect();
+        // acks 0: the delivery report comes before any broker has the record, so a PUBACK or a
+        // 200 would promise what nobody knows.
+        if self.kafka.producer.acks == Acks::Zero {
+            let answering = self
+                .pipelines
+                .iter()
+                .find(|p| p.source.kind().answers_clients())
+                .map(|p| format!("pipeline `{}`", p.name))
+                .or_else(|| {
+                    self.http
+                        .as_ref()
+                        .map(|_| "the `http:` REST Proxy route".into())
+                });
+            if let Some(who) = answering {
+                errors.push(ConfigError::new(
+                    "kafka.producer.acks",
+                    format!("`0` cannot tell whether Kafka holds a record, and {who} answers its clients only for what Kafka holds; use `acks: all` (or `1`, the leader alone)"),
+                ));
+            }
+        }
         let http = match &self.http {
             Some(h) => {
                 let names: Vec<&str> = http_pipelines.iter().map(|(_, n)| *n).collect();
@@ -305,5 +325,16 @@ pipelines:
         assert_eq!(ByteSize::parse("64 KiB"), Ok(ByteSize(65536)));
         assert_eq!(ByteSize::parse("1024"), Ok(ByteSize(1024)));
         assert!(ByteSize::parse("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn acks_zero_is_refused_where_clients_are_answered() {
+        let e = load("kafka: {producer: {acks: 0, idempotence: false}}\nhttp: {listen: '127.0.0.1:8082'}\npipelines: []\n").unwrap_err();
+        assert_eq!(e.errors[0].path, "kafka.producer.acks", "{e}");
+        assert!(e.errors[0].message.contains("REST Proxy route"), "{e}");
+        let e = load("kafka: {producer: {acks: 0, idempotence: false}}\npipelines:\n  - {name: iot, source: {mqtt: {url: 'mqtt://h', subscriptions: [{topic: a}]}}, topic: t}\n").unwrap_err();
+        assert!(e.errors[0].message.contains("pipeline `iot`"), "{e}");
+        // A feed nobody answers may trade durability for speed.
+        load("kafka: {producer: {acks: 0, idempotence: false}}\npipelines:\n  - {name: f, source: {websocket: {urls: ['ws://h:1/ws']}}, topic: t}\n").unwrap();
     }
 }

@@ -211,7 +211,8 @@ impl std::fmt::Debug for TlsConfig {
 #[schemars(deny_unknown_fields)]
 pub struct ProducerConfig {
     /// `all` (every in-sync replica; `-1` too), `1` (the leader) or `0` (none); idempotence
-    /// needs `all`.
+    /// needs `all`, and `0` is refused when HTTP or MQTT clients are answered (it cannot know
+    /// that Kafka holds a record).
     #[serde(default)]
     pub acks: Acks,
     /// Idempotent producer: no duplicates from retries. Needs `acks: all`; set `false` to use

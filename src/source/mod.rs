@@ -65,6 +65,11 @@ pub trait SourceKind {
     fn served_over_http(&self) -> bool {
         false
     }
+    /// Whether it tells its clients that Kafka holds their records (an HTTP answer, an MQTT
+    /// PUBACK), which `acks: 0` cannot know.
+    fn answers_clients(&self) -> bool {
+        false
+    }
 }
 
 /// What a probe needs to know beyond the source itself.

@@ -60,6 +60,9 @@ impl SourceKind for HttpSourceConfig {
     fn served_over_http(&self) -> bool {
         true
     }
+    fn answers_clients(&self) -> bool {
+        true
+    }
 }
 
 /// Resolved `source.http`: the pipeline is served at `POST /ingest/{name}` by the one HTTP

@@ -64,6 +64,9 @@ impl SourceKind for MqttSourceConfig {
     fn name(&self) -> &'static str {
         "mqtt"
     }
+    fn answers_clients(&self) -> bool {
+        true
+    }
     fn resolve(&self, at: At<'_>, errors: &mut Vec<ConfigError>) -> Option<Box<dyn Source>> {
         let addr = config::check(self, at, errors)?;
         Some(Box::new(MqttSource {
