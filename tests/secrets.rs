@@ -177,7 +177,7 @@ fn no_sasl_password_in_check_or_config_show() {
     // YAML; a number has no leading zero).
     let path = write_config(
         dir.path(),
-        &format!("kafka:\n  security: {{protocol: SASL_SSL, sasl: {{mechanism: PLAIN, username: u, password: 8123400917}}}}\npipelines: [{{name: p, topic: t, source: {{websocket: {{urls: ['ws://h:1/ws']}}}}}}]\n"),
+        "kafka:\n  security: {protocol: SASL_SSL, sasl: {mechanism: PLAIN, username: u, password: 8123400917}}\npipelines: [{name: p, topic: t, source: {websocket: {urls: ['ws://h:1/ws']}}}]\n",
     );
     for args in [
         vec!["check", "--config", p(&path)],
