@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::config::redact_url;
 use crate::gateway::{Config, Gateway};
 use crate::kafka::fetch_metadata;
 use crate::pipeline::Processor;
@@ -126,14 +127,17 @@ async fn check_registry(config: &Config, rc: &RegistryConfig) -> Vec<Probe> {
     let client = match RegistryClient::new(rc) {
         Ok(c) => c,
         Err(e) => {
-            out.push(Probe::fail(format!("schema registry {}: {e}", rc.url)));
+            out.push(Probe::fail(format!(
+                "schema registry {}: {e}",
+                redact_url(&rc.url)
+            )));
             return out;
         }
     };
     match client.list_subjects().await {
         Ok(s) => out.push(Probe::ok(format!(
             "schema registry {}: {} subject(s)",
-            rc.url,
+            redact_url(&rc.url),
             s.len()
         ))),
         Err(e) => {

@@ -3,6 +3,7 @@
 //! an editor's hover, and here).
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
@@ -11,6 +12,7 @@ use schemars::transform::{RecursiveTransform, RemoveRefSiblings};
 use schemars::Schema;
 use serde_json::{Map, Value};
 
+use crate::config::{self, redact_url, ConfigError, ConfigErrors};
 use crate::gateway::Config;
 
 const EXAMPLES: &str = "\
@@ -58,6 +60,17 @@ pub enum ConfigCommand {
     /// README.md's "Configuration reference" (scripts/config-reference rewrites it there).
     #[command(after_long_help = "Example:\n  kgate config reference > CONFIGURATION.md")]
     Reference,
+    /// Print a config file as kgate reads it: `${VAR}` expanded, defaults filled in, every
+    /// secret `***`.
+    ///
+    /// Passwords, tokens and key passwords print as `***`; URLs lose their user info and query
+    /// values (`wss://host/path?apikey=***`). A config with errors prints them instead (exit 2).
+    #[command(after_long_help = "Example:\n  kgate config show --config kgate.yaml")]
+    Show {
+        /// The YAML config file.
+        #[arg(short, long, env = "KGATE_CONFIG")]
+        config: PathBuf,
+    },
 }
 
 /// Runs `kgate config ...`.
@@ -65,6 +78,13 @@ pub fn main(args: ConfigArgs) -> ExitCode {
     let text = match args.command {
         ConfigCommand::Schema => schema_json(),
         ConfigCommand::Reference => reference(),
+        ConfigCommand::Show { config } => match show(&config) {
+            Ok(text) => text,
+            Err(e) => {
+                eprint!("{e}");
+                return ExitCode::from(2);
+            }
+        },
     };
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
@@ -74,6 +94,153 @@ pub fn main(args: ConfigArgs) -> ExitCode {
             ExitCode::FAILURE
         }
         _ => ExitCode::SUCCESS,
+    }
+}
+
+/// `kgate config show`: the file checked as `kgate run` checks it, then printed as YAML with
+/// `${VAR}` expanded from the environment, every default filled in (from the schema, which
+/// holds the loader's defaults), every secret (a `writeOnly` value in the schema: passwords,
+/// tokens) as `***` and every URL through [`redact_url`].
+pub fn show(path: &Path) -> Result<String, ConfigErrors> {
+    crate::gateway::Gateway::load(path)?;
+    let text = config::read(path)?;
+    show_text(&text, &path.display().to_string(), &|k| {
+        std::env::var(k).ok()
+    })
+}
+
+/// [`show`] of config text; `env` looks up environment variables.
+pub fn show_text(
+    text: &str,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ConfigErrors> {
+    let errors_of = |errors| ConfigErrors {
+        file: file.to_string(),
+        errors,
+    };
+    let mut errors = Vec::new();
+    let mut value: serde_yaml::Value = serde_yaml::from_str(text)
+        .map_err(|e| errors_of(vec![ConfigError::new("", format!("not valid YAML: {e}"))]))?;
+    if value.is_null() {
+        value = serde_yaml::Value::Mapping(Default::default());
+    }
+    config::interpolate_env(&mut value, env, &mut errors);
+    if !errors.is_empty() {
+        return Err(errors_of(errors));
+    }
+    let schema = schema();
+    let empty = Map::new();
+    let defs = schema
+        .get("definitions")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    Shown { defs }.fill(&mut value, &schema);
+    Ok(serde_yaml::to_string(&value).expect("a YAML value serializes"))
+}
+
+/// Walks a config value along its schema.
+struct Shown<'a> {
+    defs: &'a Map<String, Value>,
+}
+
+impl Shown<'_> {
+    /// The schema a `$ref` points at (the schema itself when it is none).
+    fn target<'s>(&'s self, schema: &'s Value) -> &'s Value {
+        match ref_name(schema).and_then(|r| self.defs.get(r)) {
+            Some(t) => self.target(t),
+            None => schema,
+        }
+    }
+
+    /// The alternatives of an `anyOf`/`oneOf`/`allOf` (an `Option`, an enum), resolved.
+    fn alternatives<'s>(&'s self, schema: &'s Value) -> Vec<&'s Value> {
+        ["anyOf", "oneOf", "allOf"]
+            .iter()
+            .filter_map(|k| schema.get(*k).and_then(Value::as_array))
+            .flatten()
+            .map(|s| self.target(s))
+            .collect()
+    }
+
+    /// The object schema (with `properties`) that describes `map`: the schema itself, or the
+    /// alternative whose properties hold every key of `map`.
+    fn object_schema<'s>(
+        &'s self,
+        schema: &'s Value,
+        map: &serde_yaml::Mapping,
+    ) -> Option<&'s Value> {
+        let schema = self.target(schema);
+        if schema.get("properties").is_some() {
+            return Some(schema);
+        }
+        self.alternatives(schema).into_iter().find_map(|alt| {
+            let obj = self.object_schema(alt, map)?;
+            let props = obj.get("properties")?.as_object()?;
+            map.keys()
+                .all(|k| k.as_str().is_some_and(|k| props.contains_key(k)))
+                .then_some(obj)
+        })
+    }
+
+    fn is_secret(&self, schema: &Value) -> bool {
+        schema.get("writeOnly") == Some(&Value::Bool(true))
+            || self.target(schema).get("writeOnly") == Some(&Value::Bool(true))
+    }
+
+    fn fill(&self, value: &mut serde_yaml::Value, schema: &Value) {
+        use serde_yaml::Value as Y;
+        if self.is_secret(schema) && !value.is_null() {
+            *value = Y::String(config::REDACTED.into());
+            return;
+        }
+        match value {
+            Y::String(s) => *s = redact_url(s),
+            Y::Sequence(items) => {
+                let target = self.target(schema);
+                let item_schema = target.get("items").or_else(|| {
+                    self.alternatives(target)
+                        .into_iter()
+                        .find_map(|a| a.get("items"))
+                });
+                for item in items {
+                    match item_schema {
+                        Some(s) => self.fill(item, s),
+                        None => self.fill(item, &Value::Null),
+                    }
+                }
+            }
+            Y::Mapping(map) => {
+                let Some(obj) = self.object_schema(schema, map) else {
+                    // A free-form map (`options`, `headers`, a `set` value): URLs redacted.
+                    for (_, v) in map.iter_mut() {
+                        self.fill(v, &Value::Null);
+                    }
+                    return;
+                };
+                let Some(props) = obj.get("properties").and_then(Value::as_object) else {
+                    return;
+                };
+                for (key, prop) in props {
+                    let k = Y::String(key.clone());
+                    if !map.contains_key(&k) {
+                        if let Some(default) = prop.get("default") {
+                            let v = serde_yaml::to_value(default).expect("a JSON value is YAML");
+                            map.insert(k.clone(), v);
+                        } else if self.target(prop).get("properties").is_some() {
+                            // A section left out reads as its defaults.
+                            map.insert(k.clone(), Y::Mapping(Default::default()));
+                        } else {
+                            continue;
+                        }
+                    }
+                    if let Some(v) = map.get_mut(&k) {
+                        self.fill(v, prop);
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 }
 
@@ -539,6 +706,32 @@ mod tests {
                  regenerate it with scripts/config-reference{first}"
             );
         }
+    }
+
+    #[test]
+    fn show_fills_defaults_and_prints_no_secret() {
+        let text = "kafka:\n  security: {protocol: SASL_SSL, sasl: {mechanism: PLAIN, username: u, password: '${PW}'}, tls: {key_password: kp-SECRET-1}}\n\
+            schema_registry: {url: 'http://127.0.0.1:8081', username: u, password: reg-SECRET-2}\n\
+            http: {listen: '127.0.0.1:1', auth: [{token: tok-SECRET-3-0123456789, topics: ['*']}]}\n\
+            pipelines:\n\
+            - {name: w, topic: t, source: {websocket: {urls: ['wss://u:ws-SECRET-4@feed.example/ws?apikey=ws-SECRET-5']}}}\n\
+            - {name: m, topic: t, source: {mqtt: {url: 'mqtt://h', username: u, password: mq-SECRET-6, subscriptions: [{topic: a}]}}}\n";
+        let env = |k: &str| (k == "PW").then(|| "0099-SECRET-0".to_string());
+        let shown = show_text(text, "k.yaml", &env).expect("shows");
+        assert!(!shown.contains("SECRET"), "{shown}");
+        assert_eq!(shown.matches("'***'").count(), 5, "{shown}");
+        assert!(
+            shown.contains("wss://***@feed.example/ws?apikey=***"),
+            "{shown}"
+        );
+        // Defaults are filled in, sections left out too.
+        assert!(shown.contains("client_id: kgate"), "{shown}");
+        assert!(shown.contains("shutdown_timeout: 30s"), "{shown}");
+        assert!(shown.contains("topic: events.v1.dlq"), "{shown}");
+        assert!(shown.contains("qos: 1"), "{shown}");
+        // What it prints reads back as the same config.
+        let back: Config = crate::config::from_yaml(&shown).expect("reads back");
+        assert_eq!(back.pipelines.len(), 2);
     }
 
     #[test]

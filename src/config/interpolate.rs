@@ -54,10 +54,10 @@ fn is_template_field(path: &[Seg]) -> bool {
 }
 
 /// Keys whose values stay strings after `${VAR}` expansion, whatever they look like: an
-/// all-digit password from the environment is a password, not a number (and a number would be
-/// quoted back by a type error).
+/// all-digit password or token from the environment is a secret, not a number (and a number
+/// would be refused as a `Secret`).
 fn is_secret_field(path: &[Seg]) -> bool {
-    matches!(path.last(), Some(Seg::Key(k)) if k == "password" || k == "key_password")
+    matches!(path.last(), Some(Seg::Key(k)) if k == "password" || k == "key_password" || k == "token")
 }
 
 fn walk(

@@ -1,12 +1,13 @@
 //! Loading a config file, and nothing else: YAML, `${VAR}` / `${VAR:-default}` from the
 //! environment, unknown keys refused with their path, type errors with their path, sizes and
-//! durations, and the collected [`ConfigErrors`]. This module is a leaf: each component owns the
+//! durations, secrets ([`Secret`], [`redact_url`]), and the collected [`ConfigErrors`]. This module is a leaf: each component owns the
 //! shape and the checks of its own section (`kafka/config.rs`, `source/*/config.rs`, ...), and
 //! the file's root (`gateway::Config`) puts them together.
 
 mod interpolate;
 mod refs;
 mod schema;
+mod secret;
 mod size;
 mod tls;
 
@@ -14,11 +15,11 @@ use std::fmt;
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 
 pub use interpolate::interpolate_env;
 pub use refs::{split_refs, Piece};
 pub use schema::HumanDuration;
+pub use secret::{redact_url, Secret, REDACTED};
 pub(crate) use size::yaml_brief;
 pub use size::ByteSize;
 pub use tls::TlsFiles;
@@ -104,30 +105,6 @@ impl At<'_> {
 /// The serde default of flags that are on unless turned off.
 pub fn yes() -> bool {
     true
-}
-
-/// Deserializes a secret (a password) as a string. serde's own type error would quote a value
-/// that YAML read as a number (`password: 12345678`): this one says what to do without it.
-pub fn secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    match serde_yaml::Value::deserialize(d)? {
-        serde_yaml::Value::String(s) => Ok(s),
-        other => Err(serde::de::Error::custom(format!(
-            "a secret must be a string, not {} (value not shown); quote it: '...'",
-            match other {
-                serde_yaml::Value::Number(_) => "a number",
-                serde_yaml::Value::Bool(_) => "a boolean",
-                serde_yaml::Value::Null => "empty",
-                serde_yaml::Value::Sequence(_) => "a list",
-                serde_yaml::Value::Mapping(_) => "a map",
-                _ => "a tagged value",
-            }
-        ))),
-    }
-}
-
-/// [`secret`] for an optional one.
-pub fn optional_secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    secret(d).map(Some)
 }
 
 /// Reads a config file's text; a file that cannot be read is one error naming it.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::config::{yaml_brief, yes, At, ByteSize, ConfigError};
+use crate::config::{yaml_brief, yes, At, ByteSize, ConfigError, Secret};
 
 /// `kafka:` — brokers, security and producer settings.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
@@ -127,9 +127,7 @@ pub struct SaslConfig {
     /// User name.
     pub username: String,
     /// Password (write `${ENV_VAR}` rather than the secret).
-    #[serde(deserialize_with = "crate::config::secret")]
-    #[schemars(with = "String")]
-    pub password: String,
+    pub password: Secret,
 }
 
 /// Shown redacted: a config printed with `{:?}` (a log line, a test failure) keeps the secret.
@@ -138,7 +136,7 @@ impl std::fmt::Debug for SaslConfig {
         f.debug_struct("SaslConfig")
             .field("mechanism", &self.mechanism)
             .field("username", &self.username)
-            .field("password", &"<redacted>")
+            .field("password", &self.password)
             .finish()
     }
 }
@@ -182,9 +180,8 @@ pub struct TlsConfig {
     #[serde(default)]
     pub key: Option<String>,
     /// Password of the client key.
-    #[serde(default, deserialize_with = "crate::config::optional_secret")]
-    #[schemars(with = "Option<String>")]
-    pub key_password: Option<String>,
+    #[serde(default)]
+    pub key_password: Option<Secret>,
     /// Check that the broker certificate matches its host name.
     #[serde(default = "yes")]
     pub verify_hostname: bool,
@@ -197,10 +194,7 @@ impl std::fmt::Debug for TlsConfig {
             .field("ca", &self.ca)
             .field("cert", &self.cert)
             .field("key", &self.key)
-            .field(
-                "key_password",
-                &self.key_password.as_ref().map(|_| "<redacted>"),
-            )
+            .field("key_password", &self.key_password)
             .field("verify_hostname", &self.verify_hostname)
             .finish()
     }

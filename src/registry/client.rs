@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::config::{key_format_problem, RegistryConfig};
+use crate::config::redact_url;
 
 // ------------------------------------------------------------------------------------- types
 
@@ -238,8 +239,9 @@ const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 impl RegistryClient {
     /// A client for `cfg` (reads the TLS files now).
     pub fn new(cfg: &RegistryConfig) -> Result<RegistryClient, RegistryError> {
-        let base = Url::parse(cfg.url.trim_end_matches('/'))
-            .map_err(|e| RegistryError::Setup(format!("`{}` is not a URL: {e}", cfg.url)))?;
+        let base = Url::parse(cfg.url.trim_end_matches('/')).map_err(|e| {
+            RegistryError::Setup(format!("`{}` is not a URL: {e}", redact_url(&cfg.url)))
+        })?;
         let mut b = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout)
@@ -276,9 +278,12 @@ impl RegistryClient {
             .map_err(|e| RegistryError::Setup(format!("cannot set up the HTTP client: {e}")))?;
         Ok(RegistryClient {
             http,
-            url: base.to_string().trim_end_matches('/').to_string(),
+            url: redact_url(base.as_str()).trim_end_matches('/').to_string(),
             base,
-            auth: cfg.username.clone().map(|u| (u, cfg.password.clone())),
+            auth: cfg
+                .username
+                .clone()
+                .map(|u| (u, cfg.password.as_ref().map(|p| p.expose().to_string()))),
             timeout: cfg.timeout,
             refresh: cfg.refresh,
             by_id: Mutex::new(HashMap::new()),

@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::Url;
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
+use crate::config::{redact_url, ConfigError, Secret};
 
 /// `schema_registry:` — where the Confluent-compatible schema registry is and how to talk to it.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
@@ -20,7 +20,7 @@ pub struct RegistryConfig {
     pub username: Option<String>,
     /// HTTP basic auth password (write `${ENV_VAR}`); needs `username`.
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// TLS files for an `https://` registry (PEM; the client key in PKCS#8).
     #[serde(default)]
     pub tls: Option<RegistryTlsConfig>,
@@ -60,7 +60,7 @@ impl RegistryConfig {
         if let Ok(mut u) = Url::parse(url) {
             if !u.username().is_empty() {
                 c.username = Some(percent_decode(u.username()));
-                c.password = u.password().map(percent_decode);
+                c.password = u.password().map(|p| Secret::new(percent_decode(p)));
                 let _ = u.set_username("");
                 let _ = u.set_password(None);
                 c.url = u.to_string();
@@ -97,7 +97,7 @@ pub fn validate_config(c: &RegistryConfig, path: &str, errors: &mut Vec<ConfigEr
                     "url",
                     format!(
                         "`{}` has a query or fragment; give the base URL only",
-                        c.url
+                        redact_url(&c.url)
                     ),
                 );
             }
@@ -115,7 +115,7 @@ pub fn validate_config(c: &RegistryConfig, path: &str, errors: &mut Vec<ConfigEr
                 "url",
                 format!(
                     "`{}` is a {}: URL; the registry is http:// or https://",
-                    c.url,
+                    redact_url(&c.url),
                     u.scheme()
                 ),
             );
@@ -126,7 +126,7 @@ pub fn validate_config(c: &RegistryConfig, path: &str, errors: &mut Vec<ConfigEr
                 "url",
                 format!(
                     "`{}` is not a URL ({e}); write e.g. `http://127.0.0.1:8081` (Confluent) or `http://127.0.0.1:8080/apis/ccompat/v7` (Apicurio)",
-                    c.url
+                    redact_url(&c.url)
                 ),
             );
             false
@@ -148,7 +148,10 @@ pub fn validate_config(c: &RegistryConfig, path: &str, errors: &mut Vec<ConfigEr
         if !https {
             err(
                 "tls",
-                format!("TLS files are set but `{}` is not https://", c.url),
+                format!(
+                    "TLS files are set but `{}` is not https://",
+                    redact_url(&c.url)
+                ),
             );
         }
         for (field, file) in [

@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
-use crate::config::{At, ByteSize, ConfigError};
+use crate::config::{At, ByteSize, ConfigError, Secret};
 
 /// `http:` — the HTTP ingest server: `POST /topics/{topic}` (REST Proxy v2) and
 /// `POST /ingest/{pipeline}` on one port.
@@ -87,8 +87,8 @@ pub struct HttpAuthConfig {
     #[serde(default)]
     pub name: Option<String>,
     /// The token, at least 16 characters (write `${ENV_VAR}`); or `token_file`.
-    #[serde(default, deserialize_with = "string_or_number")]
-    pub token: Option<String>,
+    #[serde(default)]
+    pub token: Option<Secret>,
     /// A file holding the token, instead of `token` (trailing whitespace is ignored).
     #[serde(default)]
     pub token_file: Option<String>,
@@ -123,21 +123,11 @@ pub struct HttpSourceConfig {
     pub max_body: Option<ByteSize>,
 }
 
-fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    let v = Option::<serde_json::Value>::deserialize(d)?;
-    match v {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(serde_json::Value::String(s)) => Ok(Some(s)),
-        Some(serde_json::Value::Number(n)) => Ok(Some(n.to_string())),
-        Some(_) => Err(serde::de::Error::custom("token must be a string")),
-    }
-}
-
 impl HttpAuthConfig {
     /// The token: inline, or read from `token_file`.
     pub fn resolve_token(&self) -> Result<String, String> {
         match (&self.token, &self.token_file) {
-            (Some(t), None) => Ok(t.clone()),
+            (Some(t), None) => Ok(t.expose().to_string()),
             (None, Some(f)) => std::fs::read_to_string(f)
                 .map(|s| s.trim_end().to_string())
                 .map_err(|e| format!("cannot read token_file `{f}`: {e}")),

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{At, ByteSize, ConfigError};
+use crate::config::{redact_url, At, ByteSize, ConfigError, Secret};
 
 /// `source.mqtt:` — an MQTT 5 broker, its credentials and the topic filters to subscribe to.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
@@ -22,7 +22,7 @@ pub struct MqttSourceConfig {
     pub username: Option<String>,
     /// Password (write `${ENV_VAR}`); needs `username`.
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// TLS files for `mqtts://` (PEM); without `ca_file` the system's roots are used.
     #[serde(default)]
     pub tls: Option<MqttTlsConfig>,
@@ -117,34 +117,36 @@ pub struct BrokerAddr {
 
 /// Parses `mqtt://host[:port]`, `mqtts://host[:port]` (also `tcp://`, `ssl://`).
 pub fn parse_url(url: &str) -> Result<BrokerAddr, String> {
+    // Messages show the URL redacted: a refused one may hold credentials or a query.
+    let shown = redact_url(url);
     let hint = "write e.g. `mqtt://127.0.0.1:1883` or `mqtts://broker.example:8883`";
     let (scheme, rest) = url
         .split_once("://")
-        .ok_or_else(|| format!("`{url}` is not an MQTT URL; {hint}"))?;
+        .ok_or_else(|| format!("`{shown}` is not an MQTT URL; {hint}"))?;
     let tls = match scheme {
         "mqtt" | "tcp" => false,
         "mqtts" | "ssl" => true,
         other => {
             return Err(format!(
-                "`{url}`: scheme `{other}` is not MQTT; use `mqtt://` or `mqtts://` ({hint})"
+                "`{shown}`: scheme `{other}` is not MQTT; use `mqtt://` or `mqtts://` ({hint})"
             ))
         }
     };
     let authority = rest.trim_end_matches('/');
     if authority.contains('/') || authority.contains('@') || authority.contains('?') {
         return Err(format!(
-            "`{url}`: only host and port go in the URL (credentials in `username`/`password`, topics in `subscriptions`); {hint}"
+            "`{shown}`: only host and port go in the URL (credentials in `username`/`password`, topics in `subscriptions`); {hint}"
         ));
     }
     let default_port = if tls { 8883 } else { 1883 };
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
         let (h, after) = v6
             .split_once(']')
-            .ok_or_else(|| format!("`{url}`: unclosed `[` in the host; {hint}"))?;
+            .ok_or_else(|| format!("`{shown}`: unclosed `[` in the host; {hint}"))?;
         let port = match after.strip_prefix(':') {
             Some(p) => Some(p),
             None if after.is_empty() => None,
-            None => return Err(format!("`{url}` is not an MQTT URL; {hint}")),
+            None => return Err(format!("`{shown}` is not an MQTT URL; {hint}")),
         };
         (h.to_string(), port)
     } else {
@@ -154,7 +156,7 @@ pub fn parse_url(url: &str) -> Result<BrokerAddr, String> {
         }
     };
     if host.is_empty() {
-        return Err(format!("`{url}` has no host; {hint}"));
+        return Err(format!("`{shown}` has no host; {hint}"));
     }
     let port = match port {
         None => default_port,
@@ -162,7 +164,7 @@ pub fn parse_url(url: &str) -> Result<BrokerAddr, String> {
             .parse::<u16>()
             .ok()
             .filter(|p| *p != 0)
-            .ok_or_else(|| format!("`{url}`: `{p}` is not a port; {hint}"))?,
+            .ok_or_else(|| format!("`{shown}`: `{p}` is not a port; {hint}"))?,
     };
     Ok(BrokerAddr { host, port, tls })
 }
@@ -276,7 +278,10 @@ pub(super) fn check(
         if addr.as_ref().is_some_and(|a| !a.tls) {
             err(
                 at("tls"),
-                format!("TLS settings need an `mqtts://` URL, not `{}`", c.url),
+                format!(
+                    "TLS settings need an `mqtts://` URL, not `{}`",
+                    redact_url(&c.url)
+                ),
             );
         }
         for (field, file) in [

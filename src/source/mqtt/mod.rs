@@ -48,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 use futures_util::future::BoxFuture;
 
 use super::{Probe, ProbeCtx, Source, SourceCtx, SourceKind};
-use crate::config::{At, ConfigError};
+use crate::config::{redact_url, At, ConfigError};
 use crate::event::{Event, Fate, Origin};
 use crate::metrics::MqttMetrics;
 use crate::pipeline::Pipeline;
@@ -89,7 +89,7 @@ impl Source for MqttSource {
             let r = probe(&self.config, &self.addr, ctx.pipeline, ctx.timeout).await;
             let text = format!(
                 "mqtt {} (pipeline {}): {}",
-                self.config.url,
+                redact_url(&self.config.url),
                 ctx.pipeline,
                 r.as_ref().unwrap_or_else(|e| e)
             );
@@ -180,7 +180,10 @@ fn options(
         o.set_session_expiry_interval(Some(c.session_expiry.as_secs().min(u32::MAX as u64) as u32));
     }
     if let Some(user) = &c.username {
-        o.set_credentials(user.clone(), c.password.clone().unwrap_or_default());
+        o.set_credentials(
+            user.clone(),
+            c.password.as_ref().map(|p| p.expose()).unwrap_or_default(),
+        );
     }
     if addr.tls {
         o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
@@ -384,7 +387,7 @@ impl Client {
         let opts = match options(&self.config, &self.addr, &self.client_id) {
             Ok(o) => o,
             Err(e) => {
-                tracing::error!(pipeline = %self.pipeline.name(), url = %self.config.url, "MQTT source not started: {}", with_causes(&e));
+                tracing::error!(pipeline = %self.pipeline.name(), url = %redact_url(&self.config.url), "MQTT source not started: {}", with_causes(&e));
                 return;
             }
         };
@@ -526,7 +529,7 @@ impl Client {
         l.acks.connected = true;
         l.acks.conn += 1;
         self.m.connections.inc();
-        tracing::info!(pipeline = %self.pipeline.name(), url = %self.config.url, client_id = %self.client_id, session_present = ack.session_present, "MQTT connected");
+        tracing::info!(pipeline = %self.pipeline.name(), url = %redact_url(&self.config.url), client_id = %self.client_id, session_present = ack.session_present, "MQTT connected");
         // A new session has no subscriptions (rumqttc does not restore them);
         // a resumed one keeps them, and subscribing again would resend retained
         // messages.
@@ -591,10 +594,10 @@ impl Client {
         l.acks.conn += 1;
         match &e {
             ConnectionError::ConnectionRefused(code) => {
-                tracing::error!(pipeline = %self.pipeline.name(), url = %self.config.url, client_id = %self.client_id, ?code, "the MQTT broker refused the connection; check username, password and client_id")
+                tracing::error!(pipeline = %self.pipeline.name(), url = %redact_url(&self.config.url), client_id = %self.client_id, ?code, "the MQTT broker refused the connection; check username, password and client_id")
             }
             _ => {
-                tracing::warn!(pipeline = %self.pipeline.name(), url = %self.config.url, error = %e, "MQTT connection failed")
+                tracing::warn!(pipeline = %self.pipeline.name(), url = %redact_url(&self.config.url), error = %e, "MQTT connection failed")
             }
         }
         if l.stopping {

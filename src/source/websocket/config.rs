@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use tokio_tungstenite::tungstenite::http::Uri;
 
-use crate::config::{At, ConfigError};
+use crate::config::{redact_url, At, ConfigError};
 
 /// `source.websocket:` — WebSocket feeds that kgate connects to and reads.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
@@ -99,7 +99,10 @@ impl WebsocketSourceConfig {
                 Some(uri) => uris.push(uri),
                 None => errors.push(ConfigError::new(
                     at.field(&format!("urls[{j}]")),
-                    format!("`{u}` is not a WebSocket URL; write e.g. `ws://127.0.0.1:4200/ws` or `wss://…`"),
+                    format!(
+                        "`{}` is not a WebSocket URL; write e.g. `ws://127.0.0.1:4200/ws` or `wss://…`",
+                        redact_url(u)
+                    ),
                 )),
             }
         }
@@ -129,7 +132,10 @@ fn check_tls(tls: &WebsocketTlsConfig, urls: &[String], at: At<'_>, errors: &mut
         if u.starts_with("ws://") {
             errors.push(ConfigError::new(
                 at.field(&format!("urls[{j}]")),
-                format!("`{u}` is plain WebSocket but `tls` is set, and it applies to `wss://` URLs only; write `wss://`, or read this feed in a pipeline without `tls`"),
+                format!(
+                    "`{}` is plain WebSocket but `tls` is set, and it applies to `wss://` URLs only; write `wss://`, or read this feed in a pipeline without `tls`",
+                    redact_url(u)
+                ),
             ));
         }
     }

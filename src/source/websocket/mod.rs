@@ -16,7 +16,7 @@ use futures_util::future::BoxFuture;
 use tokio_tungstenite::tungstenite::http::Uri;
 
 use super::{Probe, ProbeCtx, Source, SourceCtx, SourceKind};
-use crate::config::{At, ConfigError};
+use crate::config::{redact_url, At, ConfigError};
 use crate::event::{Event, Origin};
 use crate::metrics::WsMetrics;
 use crate::pipeline::Pipeline;
@@ -52,7 +52,12 @@ impl SourceKind for WebsocketSourceConfig {
             })
             .collect();
         Some(Box::new(WebsocketSource {
-            urls: urls.into_iter().zip(self.urls.iter().cloned()).collect(),
+            // The real URL connects; the redacted one is what logs, metrics, `check` and the
+            // DLQ's `source` header show (`?apikey=***`).
+            urls: urls
+                .into_iter()
+                .zip(self.urls.iter().map(|u| redact_url(u)))
+                .collect(),
             subscribe: Arc::new(subscribe),
             tls,
             config: self.clone(),
@@ -64,7 +69,8 @@ impl SourceKind for WebsocketSourceConfig {
 /// TLS client built (when there is a `wss://` URL).
 #[derive(Debug)]
 pub struct WebsocketSource {
-    /// Each feed's URL, parsed and as written (for logs, metrics and the DLQ's `source`).
+    /// Each feed's URL, parsed (to connect) and redacted (for logs, metrics, `check` and the DLQ's
+    /// `source`: user info and query values are `***`).
     urls: Vec<(Uri, String)>,
     subscribe: Arc<Vec<String>>,
     tls: Option<FeedTls>,
@@ -154,7 +160,7 @@ impl Source for WebsocketSource {
 
 struct Feed {
     uri: Uri,
-    /// The URL as written, for logs, metrics and the DLQ's `source`.
+    /// The URL redacted ([`redact_url`]), for logs, metrics and the DLQ's `source`.
     url: Arc<str>,
     subscribe: Arc<Vec<String>>,
     tls: Option<FeedTls>,
