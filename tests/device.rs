@@ -537,3 +537,379 @@ async fn oversized_frames_and_idle_devices_are_closed_with_a_reason() {
     assert_eq!(disconnects["idle"]["reason"], "idle_timeout");
     stop(&mut gw, 30);
 }
+
+/// The HTTP refusal of an upgrade: status, body and `WWW-Authenticate`.
+async fn refusal(req: impl IntoClientRequest + Unpin) -> (u16, String, Option<String>) {
+    match tokio_tungstenite::connect_async(req).await {
+        Err(WsError::Http(resp)) => (
+            resp.status().as_u16(),
+            String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned(),
+            resp.headers()
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap().to_string()),
+        ),
+        other => panic!("expected an HTTP refusal, got {other:?}"),
+    }
+}
+
+fn rejected(mport: u16, reason: &str) -> f64 {
+    metric(
+        &metrics_text(mport),
+        "kgate_device_rejected_upgrades_total",
+        &[&format!("reason=\"{reason}\"")],
+    )
+}
+
+const TOKEN: &str = "tok-mac-devices-0123456789";
+
+/// A bearer token bound to `mac:*`: without it 401, a wrong one 401, for a `serial:` id 403 (each
+/// counted by reason); in the header or the `access_token` query parameter it connects, and the
+/// device's frame reaches Kafka.
+#[tokio::test(flavor = "multi_thread")]
+async fn bearer_tokens_prove_the_devices_they_are_for() {
+    let topic = unique("devbearer");
+    let Gw {
+        proc: mut gw,
+        port,
+        mport,
+        ..
+    } = gateway(
+        "bearer",
+        &format!("path: /ws, device_id: {{query: id}}, auth: {{bearer: {{tokens: [{{token: '{TOKEN}', devices: 'mac:*'}}]}}}}, lifecycle_events: false"),
+        &format!("    topic: {topic}\n    key: '${{@device_id}}'\n    format: raw\n"),
+    );
+    let url = |q: &str| format!("ws://127.0.0.1:{port}/ws?{q}");
+    let with = |q: &str, auth: &str| {
+        let mut r = url(q).into_client_request().unwrap();
+        r.headers_mut()
+            .insert("authorization", auth.parse().unwrap());
+        r
+    };
+    let (s, body, challenge) = refusal(url("id=mac:1")).await;
+    assert_eq!((s, challenge.as_deref()), (401, Some("Bearer")), "{body}");
+    assert!(body.contains("Authorization: Bearer"), "{body}");
+    let (s, body, _) = refusal(with("id=mac:1", "Bearer tok-mac-devices-0123456780")).await;
+    assert_eq!(s, 401, "{body}");
+    assert!(body.contains("not valid"), "{body}");
+    let (s, body, _) = refusal(with("id=serial:1", &format!("Bearer {TOKEN}"))).await;
+    assert_eq!(s, 403, "{body}");
+    assert!(
+        body.contains("may not connect as device `serial:1`"),
+        "{body}"
+    );
+    assert_eq!(rejected(mport, "missing_credentials"), 1.0);
+    assert_eq!(rejected(mport, "bad_credentials"), 1.0);
+    assert_eq!(rejected(mport, "wrong_device"), 1.0);
+
+    let (mut a, _) = tokio_tungstenite::connect_async(with("id=mac:1", &format!("Bearer {TOKEN}")))
+        .await
+        .unwrap();
+    let (mut b, _) =
+        tokio_tungstenite::connect_async(url(&format!("id=mac:2&access_token={TOKEN}")))
+            .await
+            .unwrap();
+    a.send(Message::text("from mac:1")).await.unwrap();
+    b.send(Message::text("from mac:2")).await.unwrap();
+    let recs = consume_async(&topic, 2, 60).await;
+    let mut got: Vec<(String, String)> = recs
+        .iter()
+        .map(|r| (r.key_str(), String::from_utf8_lossy(&r.value).into_owned()))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("mac:1".to_string(), "from mac:1".to_string()),
+            ("mac:2".to_string(), "from mac:2".to_string())
+        ]
+    );
+    assert_eq!(
+        metric(&metrics_text(mport), "kgate_device_connections_total", &[]),
+        2.0
+    );
+    stop(&mut gw, 30);
+}
+
+const JWT_SECRET: &str = "device-jwt-secret-0123456789abcdef";
+
+fn hs256(claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// HS256 JWTs: one whose `sub` is the device connects; an expired one is 401; one for another
+/// device is 403.
+#[tokio::test(flavor = "multi_thread")]
+async fn jwt_devices_connect_as_their_subject() {
+    let topic = unique("devjwt");
+    let Gw {
+        proc: mut gw,
+        port,
+        mport,
+        ..
+    } = gateway(
+        "jwt",
+        &format!("path: '/devices/{{id}}', device_id: {{path_param: id}}, auth: {{jwt: {{hs256_secret: '{JWT_SECRET}', issuer: fleet, leeway: 0s}}}}"),
+        &format!("    topic: {topic}\n    key: '${{@device_id}}'\n    format: raw\n"),
+    );
+    let now = jsonwebtoken::get_current_timestamp();
+    let req = |id: &str, token: &str| {
+        let mut r = format!("ws://127.0.0.1:{port}/devices/{id}")
+            .into_client_request()
+            .unwrap();
+        r.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        r
+    };
+    let expired = hs256(serde_json::json!({"sub": "mac:1", "iss": "fleet", "exp": now - 30}));
+    let (s, body, _) = refusal(req("mac:1", &expired)).await;
+    assert_eq!(s, 401, "{body}");
+    assert!(body.contains("expired"), "{body}");
+    let other = hs256(serde_json::json!({"sub": "mac:2", "iss": "fleet", "exp": now + 300}));
+    let (s, body, _) = refusal(req("mac:1", &other)).await;
+    assert_eq!(s, 403, "{body}");
+    assert!(body.contains("`sub` claim is not device `mac:1`"), "{body}");
+    assert_eq!(rejected(mport, "bad_credentials"), 1.0);
+    assert_eq!(rejected(mport, "wrong_device"), 1.0);
+    let good = hs256(serde_json::json!({"sub": "mac:1", "iss": "fleet", "exp": now + 300}));
+    let (mut ws, _) = tokio_tungstenite::connect_async(req("mac:1", &good))
+        .await
+        .unwrap();
+    ws.send(Message::text("hello")).await.unwrap();
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    let recs = consume_async(&topic, 3, 60).await;
+    assert_eq!(recs.len(), 3, "{recs:?}");
+    assert!(recs.iter().all(|r| r.key_str() == "mac:1"));
+    assert_eq!(recs[1].value, b"hello");
+    stop(&mut gw, 30);
+}
+
+type TlsWs = tokio_tungstenite::WebSocketStream<tokio_openssl::SslStream<tokio::net::TcpStream>>;
+
+/// A `wss://` upgrade to `path` trusting the test CA, with the client certificate or without.
+async fn wss(port: u16, path: &str, pki: &pki::Pki, with_cert: bool) -> Result<TlsWs, String> {
+    use openssl::ssl::{SslConnector, SslFiletype, SslMethod};
+    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    b.set_ca_file(&pki.ca).unwrap();
+    if with_cert {
+        b.set_certificate_file(&pki.client_cert, SslFiletype::PEM)
+            .unwrap();
+        b.set_private_key_file(&pki.client_key, SslFiletype::PEM)
+            .unwrap();
+    }
+    let ssl = b
+        .build()
+        .configure()
+        .unwrap()
+        .into_ssl("127.0.0.1")
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut s = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
+    std::pin::Pin::new(&mut s)
+        .connect()
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    tokio_tungstenite::client_async(format!("wss://127.0.0.1:{port}{path}"), s)
+        .await
+        .map(|(ws, _)| ws)
+        .map_err(|e| match e {
+            WsError::Http(r) => format!("HTTP {}", r.status().as_u16()),
+            e => format!("{e}"),
+        })
+}
+
+/// `wss://` with a client CA and `auth: mtls`: a device with a certificate from the CA connects
+/// as its common name (no id sent); claiming another id is 403; without a certificate the TLS
+/// handshake fails (counted as `tls_handshake`).
+#[tokio::test(flavor = "multi_thread")]
+async fn mtls_devices_are_known_by_their_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki::generate(dir.path(), "dev");
+    let topic = unique("devmtls");
+    let Gw {
+        proc: mut gw,
+        port,
+        mport,
+        ..
+    } = gateway(
+        "mtls",
+        &format!(
+            "path: /ws, device_id: {{query: id}}, lifecycle_events: false, auth: {{mtls: {{id_from: cn}}}}, tls: {{cert: '{}', key: '{}', client_ca: '{}'}}",
+            pki.server_cert.display(),
+            pki.server_key.display(),
+            pki.ca.display()
+        ),
+        &format!("    topic: {topic}\n    key: '${{@device_id}}'\n    format: raw\n"),
+    );
+    let mut ws = wss(port, "/ws", &pki, true).await.unwrap();
+    ws.send(Message::text("over mtls")).await.unwrap();
+    let recs = consume_async(&topic, 1, 60).await;
+    assert_eq!(recs.len(), 1, "log:\n{}", gw.log_text());
+    assert_eq!(recs[0].key_str(), "kgate test client");
+    assert_eq!(recs[0].value, b"over mtls");
+    assert_eq!(
+        wss(port, "/ws?id=mac:1", &pki, true).await.err().as_deref(),
+        Some("HTTP 403")
+    );
+    assert_eq!(rejected(mport, "wrong_device"), 1.0);
+    // (The helper's readiness probe, a connection closed at once, is a failed handshake too.)
+    let before = rejected(mport, "tls_handshake");
+    assert!(wss(port, "/ws?id=mac:1", &pki, false).await.is_err());
+    wait_until(
+        Duration::from_secs(10),
+        || rejected(mport, "tls_handshake") == before + 1.0,
+        "the handshake without a certificate counted",
+    );
+    stop(&mut gw, 30);
+}
+
+/// A device listener on every address without `auth:` does not start (the error says how to fix
+/// it); with `auth: none` written out it does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listener_beyond_loopback_needs_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = |auth: &str| {
+        format!(
+            "kafka:\n  brokers: ['{}']\npipelines:\n  - name: open\n    source: {{device_websocket: {{listen: '0.0.0.0:{port}', device_id: {{query: id}}{auth}}}}}\n    topic: t\n    format: raw\n",
+            brokers()
+        )
+    };
+    let mut p = spawn_run(dir.path(), &cfg(""));
+    let status = p.wait(Duration::from_secs(20));
+    assert!(!status.success());
+    let log = p.log_text();
+    assert!(
+        log.contains(
+            "pipelines[0].source.device_websocket.auth: `listen` is not a loopback address"
+        ) && log.contains("auth: none"),
+        "{log}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = spawn_run(dir.path(), &cfg(", auth: none"));
+    wait_until(
+        Duration::from_secs(20),
+        || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        "the device server with auth: none to listen",
+    );
+    stop(&mut p, 30);
+}
+
+/// 30 devices upgrading at once against `max_connections: 5`: 5 connect, 25 get 503, whatever
+/// the timing (the place is taken when the connection is accepted).
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_upgrades_never_exceed_max_connections() {
+    let topic = unique("devcap");
+    let Gw {
+        proc: mut gw,
+        port,
+        mport,
+        ..
+    } = gateway(
+        "cap",
+        "path: /ws, device_id: {query: id}, max_connections: 5, lifecycle_events: false",
+        &format!("    topic: {topic}\n    key: '${{@device_id}}'\n    format: raw\n"),
+    );
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(30));
+    let mut tries = Vec::new();
+    for i in 0..30 {
+        let barrier = barrier.clone();
+        tries.push(tokio::spawn(async move {
+            barrier.wait().await;
+            tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws?id=d{i}")).await
+        }));
+    }
+    let (mut open, mut busy) = (Vec::new(), 0);
+    for t in tries {
+        match t.await.unwrap() {
+            Ok((ws, _)) => open.push(ws),
+            Err(WsError::Http(r)) if r.status().as_u16() == 503 => busy += 1,
+            Err(e) => panic!("neither connected nor 503: {e}"),
+        }
+    }
+    assert_eq!((open.len(), busy), (5, 25));
+    let text = metrics_text(mport);
+    assert_eq!(metric(&text, "kgate_device_connections_active", &[]), 5.0);
+    assert_eq!(
+        metric(
+            &text,
+            "kgate_device_rejected_upgrades_total",
+            &["reason=\"too_many_connections\""]
+        ),
+        25.0
+    );
+    // A place given back is taken again.
+    let mut first = open.remove(0);
+    first.close(None).await.unwrap();
+    while let Some(Ok(_)) = first.next().await {}
+    wait_until(
+        Duration::from_secs(10),
+        || metric(&metrics_text(mport), "kgate_device_connections_active", &[]) == 4.0,
+        "the closed device to leave",
+    );
+    let again =
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws?id=again")).await;
+    assert!(again.is_ok(), "{again:?}");
+    stop(&mut gw, 30);
+}
+
+/// A WRP message with `spans` (as Xmidt devices and talaria send them) is decoded, its spans in
+/// the `wrp-spans` header.
+#[tokio::test(flavor = "multi_thread")]
+async fn wrp_messages_with_spans_are_accepted() {
+    #[derive(Serialize)]
+    struct WithSpans {
+        msg_type: i64,
+        source: String,
+        dest: String,
+        content_type: String,
+        spans: Vec<Vec<String>>,
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    }
+    let topic = unique("devspans");
+    let Gw {
+        proc: mut gw,
+        port,
+        dlq,
+        ..
+    } = gateway(
+        "spans",
+        "path: /ws, device_id: {query: id}, wrp: true, lifecycle_events: false",
+        &format!("    topic: {topic}\n    key: '${{@device_id}}'\n    format: raw\n"),
+    );
+    let msg = WithSpans {
+        msg_type: 4,
+        source: "mac:112233445566".into(),
+        dest: "event:device-status/mac:112233445566/online".into(),
+        content_type: "application/json".into(),
+        spans: vec![
+            vec!["parodus".into(), "1542834188".into(), "12".into()],
+            vec!["talaria".into(), "1542834190".into(), "3".into()],
+        ],
+        payload: br#"{"online":true}"#.to_vec(),
+    };
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws?id=mac:112233445566"))
+            .await
+            .unwrap();
+    ws.send(Message::binary(rmp_serde::to_vec_named(&msg).unwrap()))
+        .await
+        .unwrap();
+    let recs = consume_async(&topic, 1, 60).await;
+    assert_eq!(recs.len(), 1, "log:\n{}", gw.log_text());
+    assert_eq!(recs[0].value, msg.payload);
+    assert_eq!(
+        recs[0].headers["wrp-spans"],
+        r#"[["parodus","1542834188","12"],["talaria","1542834190","3"]]"#
+    );
+    let s = stop(&mut gw, 30);
+    assert_eq!(s["dead-lettered"], 0, "DLQ {dlq}: {s:?}");
+}

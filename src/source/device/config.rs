@@ -7,6 +7,8 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use tokio_tungstenite::tungstenite::http::HeaderName;
 
+use super::auth::Auth;
+use super::tls::Acceptor;
 use crate::config::{yes, At, ByteSize, ConfigError};
 
 /// `source.device_websocket:` — a WebSocket server that devices connect to.
@@ -48,6 +50,201 @@ pub struct DeviceSourceConfig {
     /// Decode frames as WRP msgpack messages: `true`, `false` or `{value: payload|message}`.
     #[serde(default)]
     pub wrp: WrpConfig,
+    /// How a device proves it is the device it says: `none`, `{bearer: …}`, `{jwt: …}` or
+    /// `{mtls: …}`. Required when `listen` is not a loopback address (write `auth: none` to
+    /// accept anyone); on loopback it defaults to `none`.
+    #[serde(default)]
+    pub auth: Option<DeviceAuthConfig>,
+    /// Serve `wss://`: the server certificate, its key, and a CA for client certificates.
+    #[serde(default)]
+    pub tls: Option<DeviceTlsConfig>,
+}
+
+/// `auth:` — what a device must show, besides its id, for the upgrade to succeed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceAuthConfig {
+    /// No check: whoever reaches the port may connect as any device id.
+    None,
+    /// Static tokens, each bound to the device ids it may connect as, sent as
+    /// `Authorization: Bearer <token>` or the query parameter `access_token`.
+    Bearer(BearerAuthConfig),
+    /// Signed JWTs (`Authorization: Bearer <jwt>` or `access_token`): the device id must equal a
+    /// claim; signature, expiry, issuer and audience are checked.
+    Jwt(JwtAuthConfig),
+    /// Client certificates (needs `tls.client_ca`): the device id comes from the certificate.
+    Mtls(MtlsAuthConfig),
+}
+
+// One `auth` section in the reference, a key per scheme (what the externally tagged enum reads).
+impl schemars::JsonSchema for DeviceAuthConfig {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "DeviceAuthConfig".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let mut bearer = generator.subschema_for::<BearerAuthConfig>();
+        bearer.insert(
+            "description".into(),
+            "Static tokens, each bound to the device ids it may connect as, sent as `Authorization: Bearer <token>` or the query parameter `access_token`.".into(),
+        );
+        let mut jwt = generator.subschema_for::<JwtAuthConfig>();
+        jwt.insert(
+            "description".into(),
+            "Signed JWTs (`Authorization: Bearer <jwt>` or `access_token`): the device id must equal a claim; signature, expiry, issuer and audience are checked.".into(),
+        );
+        let mut mtls = generator.subschema_for::<MtlsAuthConfig>();
+        mtls.insert(
+            "description".into(),
+            "Client certificates (needs `tls.client_ca`): the device id comes from the certificate.".into(),
+        );
+        schemars::json_schema!({
+            "description": "How a device proves its id: `none`, or one of `bearer`, `jwt`, `mtls`.",
+            "oneOf": [
+                { "type": "string", "enum": ["none"] },
+                {
+                    "type": "object",
+                    "properties": { "bearer": bearer, "jwt": jwt, "mtls": mtls },
+                    "additionalProperties": false,
+                    "minProperties": 1,
+                    "maxProperties": 1,
+                }
+            ]
+        })
+    }
+}
+
+/// `auth.bearer:` — static device tokens.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct BearerAuthConfig {
+    /// The accepted tokens, e.g. `[{token: "${DEV_TOKEN}", devices: "mac:*"}]`.
+    pub tokens: Vec<BearerTokenConfig>,
+}
+
+/// One accepted device token.
+#[derive(Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct BearerTokenConfig {
+    /// The token, at least 16 characters, e.g. `${DEV_TOKEN}` (from the environment); or
+    /// `token_file`.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// A file holding the token (surrounding whitespace trimmed), read at start.
+    #[serde(default)]
+    pub token_file: Option<String>,
+    /// The device ids this token may connect as: an exact id, a prefix ending in `*`
+    /// (`mac:*`), or `*` for any.
+    pub devices: String,
+}
+
+/// Shown without the token.
+impl std::fmt::Debug for BearerTokenConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BearerTokenConfig")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .field("devices", &self.devices)
+            .finish()
+    }
+}
+
+/// `auth.jwt:` — device JWTs; exactly one of `hs256_secret`, `rs256_public_key_file`,
+/// `es256_public_key_file`, `jwks_file`.
+#[derive(Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct JwtAuthConfig {
+    /// Shared secret for HS256 tokens, at least 32 bytes, e.g. `${DEVICE_JWT_SECRET}`.
+    #[serde(default)]
+    pub hs256_secret: Option<String>,
+    /// PEM RSA public key (`BEGIN PUBLIC KEY` or `BEGIN RSA PUBLIC KEY`) for RS256 tokens.
+    #[serde(default)]
+    pub rs256_public_key_file: Option<String>,
+    /// PEM EC P-256 public key for ES256 tokens.
+    #[serde(default)]
+    pub es256_public_key_file: Option<String>,
+    /// A JWKS file (`{"keys": [...]}`, RSA, EC or Ed25519 keys): a token's `kid` picks the key
+    /// (a single key needs none); RS*/PS*/ES*/EdDSA tokens.
+    #[serde(default)]
+    pub jwks_file: Option<String>,
+    /// Required `iss` claim, when set.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Required `aud` claim (one of the token's audiences), when set; without it a token with an
+    /// `aud` claim is refused.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// The claim that must equal the device id.
+    #[serde(default = "default_claim")]
+    pub claim: String,
+    /// Clock skew allowed when checking `exp` (required) and `nbf`.
+    #[schemars(with = "crate::config::HumanDuration")]
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+}
+
+/// Shown without the secret.
+impl std::fmt::Debug for JwtAuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtAuthConfig")
+            .field(
+                "hs256_secret",
+                &self.hs256_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("rs256_public_key_file", &self.rs256_public_key_file)
+            .field("es256_public_key_file", &self.es256_public_key_file)
+            .field("jwks_file", &self.jwks_file)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("claim", &self.claim)
+            .field("leeway", &self.leeway)
+            .finish()
+    }
+}
+
+fn default_claim() -> String {
+    "sub".into()
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// `auth.mtls:` — the device id is in the client certificate (verified against
+/// `tls.client_ca`).
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct MtlsAuthConfig {
+    /// Where the id is: `cn` (the subject's common name) or `san` (a DNS, URI or email subject
+    /// alternative name). A device that also sends an id must send this one.
+    #[serde(default)]
+    pub id_from: CertId,
+}
+
+/// The part of a client certificate that is the device id.
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum CertId {
+    /// The subject's common name.
+    #[default]
+    Cn,
+    /// A subject alternative name (DNS, URI or email).
+    San,
+}
+
+/// `tls:` — `wss://` on the device listener.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct DeviceTlsConfig {
+    /// Server certificate chain (PEM), leaf first.
+    pub cert: String,
+    /// Its private key (PEM).
+    pub key: String,
+    /// CA certificates (PEM) that client certificates must chain to; when set, every device
+    /// must present one (mutual TLS). Required by `auth: mtls`.
+    #[serde(default)]
+    pub client_ca: Option<String>,
 }
 
 fn default_path() -> String {
@@ -216,14 +413,19 @@ pub(super) fn parse_path(p: &str) -> Result<Vec<Seg>, String> {
     Ok(segs)
 }
 
+/// A valid section, parsed: the address, the path's segments, `auth` and `tls` loaded.
+#[derive(Debug)]
+pub(super) struct Checked {
+    pub listen: SocketAddr,
+    pub path: Vec<Seg>,
+    pub auth: Auth,
+    pub tls: Option<Acceptor>,
+}
+
 impl DeviceSourceConfig {
-    /// Checks what serde cannot (at `at`); the listen address and the path's segments once the
-    /// section is valid.
-    pub(super) fn check(
-        &self,
-        at: At<'_>,
-        errors: &mut Vec<ConfigError>,
-    ) -> Option<(SocketAddr, Vec<Seg>)> {
+    /// Checks what serde cannot (at `at`); the listen address, the path's segments, `auth` and
+    /// `tls` loaded once the section is valid.
+    pub(super) fn check(&self, at: At<'_>, errors: &mut Vec<ConfigError>) -> Option<Checked> {
         let before = errors.len();
         let mut err = |field: &str, message: String| {
             errors.push(ConfigError {
@@ -309,7 +511,21 @@ impl DeviceSourceConfig {
         if self.max_connections == 0 {
             err("max_connections", "must be at least 1".into());
         }
-        let (listen, segs) = (listen?, segs?);
-        (errors.len() == before).then_some((listen, segs))
+        let tls = self.tls.as_ref().map(|t| Acceptor::build(t, at, errors));
+        let client_ca = self.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        // An address that does not parse is reported above; it is not a loopback one.
+        let loopback = listen.is_none_or(|l| l.ip().is_loopback());
+        let auth = Auth::build(self.auth.as_ref(), loopback, client_ca, at, errors);
+        let (listen, path, auth) = (listen?, segs?, auth?);
+        let tls = match tls {
+            Some(t) => Some(t?),
+            None => None,
+        };
+        (errors.len() == before).then_some(Checked {
+            listen,
+            path,
+            auth,
+            tls,
+        })
     }
 }

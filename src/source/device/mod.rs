@@ -9,6 +9,8 @@
 //! task reading one socket, which is what backpressure needs: while the pipeline cannot take a
 //! frame, that device's socket is simply not read.
 
+mod auth;
+mod tls;
 pub mod wrp;
 
 use std::collections::HashMap;
@@ -20,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
@@ -39,34 +42,49 @@ use crate::pipeline::Pipeline;
 mod config;
 
 use crate::transform::Meta;
+pub use auth::PeerCert;
+use auth::{Auth, Presented};
 #[cfg(test)]
 use config::parse_path;
 use config::Seg;
-pub use config::{DeviceIdFrom, DeviceSourceConfig, WrpConfig, WrpValue};
+pub use config::{
+    BearerAuthConfig, BearerTokenConfig, CertId, DeviceAuthConfig, DeviceIdFrom,
+    DeviceSourceConfig, DeviceTlsConfig, JwtAuthConfig, MtlsAuthConfig, WrpConfig, WrpValue,
+};
+use tls::{Acceptor, Stream};
 
 /// Longest device id accepted (bytes).
 const MAX_DEVICE_ID: usize = 256;
+
+/// Connections past `max_connections` being answered 503 at once; more are closed unanswered
+/// (each answer costs a request read, and over TLS a handshake).
+const MAX_REFUSING: usize = 64;
 
 impl SourceKind for DeviceSourceConfig {
     fn name(&self) -> &'static str {
         "device_websocket"
     }
     fn resolve(&self, at: At<'_>, errors: &mut Vec<ConfigError>) -> Option<Box<dyn Source>> {
-        let (listen, path) = self.check(at, errors)?;
+        let c = self.check(at, errors)?;
         Some(Box::new(DeviceSource {
             config: self.clone(),
-            listen,
-            path,
+            listen: c.listen,
+            path: c.path,
+            auth: c.auth,
+            tls: c.tls,
         }))
     }
 }
 
-/// Resolved `source.device_websocket`: the address and the path pattern parsed.
+/// Resolved `source.device_websocket`: the address and the path pattern parsed, `auth` and
+/// `tls` loaded.
 #[derive(Debug)]
 pub struct DeviceSource {
     config: DeviceSourceConfig,
     listen: SocketAddr,
     path: Vec<Seg>,
+    auth: Auth,
+    tls: Option<Acceptor>,
 }
 
 impl Source for DeviceSource {
@@ -74,9 +92,10 @@ impl Source for DeviceSource {
     fn probe<'a>(&'a self, ctx: ProbeCtx<'a>) -> BoxFuture<'a, Vec<Probe>> {
         Box::pin(async move {
             let (listen, path, p) = (self.listen, &self.config.path, ctx.pipeline);
+            let scheme = if self.tls.is_some() { "wss" } else { "ws" };
             vec![match TcpListener::bind(listen).await {
                 Ok(_) => Probe::ok(format!(
-                    "device websocket {listen} (pipeline {p}): address is free; devices connect to ws://{listen}{path}"
+                    "device websocket {listen} (pipeline {p}): address is free; devices connect to {scheme}://{listen}{path}"
                 )),
                 Err(e) => Probe::fail(format!(
                     "device websocket {listen} (pipeline {p}): cannot listen: {e}; is kgate (or something else) already on that address?"
@@ -96,7 +115,10 @@ impl Source for DeviceSource {
             stop: ctx.stop,
             devices: Mutex::new(HashMap::new()),
             active: AtomicU64::new(0),
+            refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
             next_conn: AtomicU64::new(1),
+            auth: self.auth,
+            tls: self.tls,
         });
         tasks.spawn(server.run());
     }
@@ -111,8 +133,45 @@ struct Server {
     stop: CancellationToken,
     /// Device id → the connection that holds it (a newer connection of the same id replaces it).
     devices: Mutex<HashMap<String, Holder>>,
+    /// Connections holding a [`Slot`]: from accept (TLS and upgrade included) to their end.
     active: AtomicU64,
+    /// Permits for answering connections past `max_connections` with 503.
+    refusing: Arc<Semaphore>,
     next_conn: AtomicU64,
+    auth: Auth,
+    tls: Option<Acceptor>,
+}
+
+/// One of the `max_connections` places, taken when a TCP connection is accepted and given back
+/// exactly once, when it is dropped.
+struct Slot(Arc<Server>);
+
+impl Slot {
+    /// A place, if fewer than `max_connections` connections hold one.
+    fn take(server: &Arc<Server>) -> Option<Slot> {
+        let max = server.config.max_connections;
+        server
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(server.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Whether a connection holds a place or is only to be told there is none (each held for its
+/// `Drop`: the place or the permit is given back when the connection's task ends).
+#[allow(dead_code)]
+enum Admission {
+    Slot(Slot),
+    Full(OwnedSemaphorePermit),
 }
 
 /// The connection that holds a device id.
@@ -132,6 +191,12 @@ struct Refusal {
     status: StatusCode,
     reason: &'static str,
     message: String,
+}
+
+impl From<auth::Denied> for Refusal {
+    fn from(d: auth::Denied) -> Refusal {
+        Refusal::new(d.status, d.reason, d.message)
+    }
 }
 
 impl Refusal {
@@ -198,7 +263,19 @@ impl Server {
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
                 r = listener.accept() => match r {
                     Ok((tcp, addr)) => {
-                        conns.spawn(self.clone().serve(tcp, addr));
+                        // The place is taken here, before TLS and the upgrade, so that
+                        // concurrent upgrades cannot exceed max_connections.
+                        let admission = match Slot::take(&self) {
+                            Some(slot) => Admission::Slot(slot),
+                            None => match self.refusing.clone().try_acquire_owned() {
+                                Ok(p) => Admission::Full(p),
+                                Err(_) => {
+                                    self.m.rejected("too_many_connections");
+                                    continue;
+                                }
+                            },
+                        };
+                        conns.spawn(self.clone().serve(tcp, addr, admission));
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: wait instead of spinning.
@@ -231,12 +308,30 @@ impl Server {
         }
     }
 
-    /// Checks an upgrade request: the path, the device id, the connection limit.
-    fn admit(&self, req: &Request) -> Result<String, Refusal> {
+    /// Checks an upgrade request: the path, the device id, the connection limit, the
+    /// credentials (`cert`: the client certificate over mutual TLS).
+    fn admit(
+        &self,
+        req: &Request,
+        has_slot: bool,
+        cert: Option<&PeerCert>,
+    ) -> Result<String, Refusal> {
         let segs = self.match_path(req.uri().path())?;
-        let (found, what) = self.find_device_id(req, &segs);
+        let (mut found, what) = self.find_device_id(req, &segs);
+        if found.is_none() {
+            // With `auth: mtls` the certificate names the device.
+            found = self.auth.id_from_cert(cert).map(Ok);
+        }
         let id = checked_device_id(found, &what)?;
-        self.check_room()?;
+        self.check_room(has_slot)?;
+        let presented = Presented::from_request(
+            req.headers()
+                .get("authorization")
+                .map(HeaderValue::as_bytes),
+            req.uri().query(),
+            cert,
+        );
+        self.auth.check(&id, &presented)?;
         Ok(id)
     }
 
@@ -295,9 +390,9 @@ impl Server {
         }
     }
 
-    /// Refuses a device beyond `max_connections`.
-    fn check_room(&self) -> Result<(), Refusal> {
-        if self.active.load(Ordering::Acquire) >= self.config.max_connections {
+    /// Refuses a device beyond `max_connections` (one that got no [`Slot`]).
+    fn check_room(&self, has_slot: bool) -> Result<(), Refusal> {
+        if !has_slot {
             return Err(Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too_many_connections",
@@ -310,15 +405,43 @@ impl Server {
         Ok(())
     }
 
-    /// Upgrades one TCP connection (or refuses it) and serves the device on it.
-    async fn serve(self: Arc<Self>, tcp: TcpStream, addr: SocketAddr) {
+    /// Upgrades one TCP connection (or refuses it) and serves the device on it. The TLS
+    /// handshake and the upgrade together have `handshake_timeout`.
+    async fn serve(self: Arc<Self>, tcp: TcpStream, addr: SocketAddr, admission: Admission) {
         let _ = tcp.set_nodelay(true);
+        let deadline = tokio::time::Instant::now() + self.config.handshake_timeout;
+        let (stream, cert) = match &self.tls {
+            None => (Stream::Plain(tcp), None),
+            Some(acceptor) => {
+                let hs = tokio::time::timeout_at(deadline, acceptor.accept(tcp));
+                let r = tokio::select! {
+                    _ = self.stop.cancelled() => return,
+                    r = hs => r,
+                };
+                match r {
+                    Ok(Ok(s)) => {
+                        let cert = tls::peer_cert(&s);
+                        (Stream::Tls(Box::new(s)), cert)
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(remote_addr = %addr, error = %e, "device TLS handshake failed");
+                        self.m.rejected("tls_handshake");
+                        return;
+                    }
+                    Err(_) => {
+                        self.m.rejected("handshake_timeout");
+                        return;
+                    }
+                }
+            }
+        };
+        let has_slot = matches!(admission, Admission::Slot(_));
         let mut admitted: Option<String> = None;
         let mut refused = false;
         // The result type is the one tungstenite's handshake callback has.
         #[allow(clippy::result_large_err)]
         let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
-            match self.admit(req) {
+            match self.admit(req, has_slot, cert.as_ref()) {
                 Ok(id) => {
                     admitted = Some(id);
                     Ok(resp)
@@ -329,9 +452,13 @@ impl Server {
                 }
             }
         };
-        let handshake = tokio::time::timeout(
-            self.config.handshake_timeout,
-            tokio_tungstenite::accept_hdr_async_with_config(tcp, callback, Some(self.ws_config())),
+        let handshake = tokio::time::timeout_at(
+            deadline,
+            tokio_tungstenite::accept_hdr_async_with_config(
+                stream,
+                callback,
+                Some(self.ws_config()),
+            ),
         );
         let result = tokio::select! {
             _ = self.stop.cancelled() => return,
@@ -350,6 +477,8 @@ impl Server {
         }
         .run(ws)
         .await;
+        // The slot (in `admission`) is given back only now, after the disconnect event.
+        drop(admission);
     }
 
     /// Counts and logs a refused upgrade, and the HTTP answer that tells the client why.
@@ -362,6 +491,11 @@ impl Server {
         let mut e = ErrorResponse::new(Some(body.clone()));
         *e.status_mut() = r.status;
         let h = e.headers_mut();
+        if r.status == StatusCode::UNAUTHORIZED
+            && matches!(self.auth, Auth::Bearer(_) | Auth::Jwt(_))
+        {
+            h.insert("www-authenticate", HeaderValue::from_static("Bearer"));
+        }
         h.insert(
             "content-type",
             HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -442,7 +576,7 @@ fn checked_device_id(
     Ok(id)
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+type Ws = tokio_tungstenite::WebSocketStream<Stream>;
 type WsTx = futures_util::stream::SplitSink<Ws, Message>;
 type WsRx = futures_util::stream::SplitStream<Ws>;
 
@@ -511,7 +645,6 @@ impl Conn<'_> {
     async fn open(&self, finished: CancellationToken) -> Live {
         let s = self.server;
         let (conn_id, replaced) = self.take_over(finished).await;
-        s.active.fetch_add(1, Ordering::AcqRel);
         s.m.active.inc();
         s.m.connections.inc();
         let remote = self.addr.to_string();
@@ -681,7 +814,6 @@ impl Conn<'_> {
                 devices.remove(&self.device_id);
             }
         }
-        s.active.fetch_sub(1, Ordering::AcqRel);
         s.m.active.dec();
         s.m.disconnected(reason.as_str());
         let elapsed = live.started.elapsed();

@@ -11,9 +11,15 @@ use rmpv::ValueRef;
 
 use crate::transform::Meta;
 
-/// Deepest nesting a WRP message has (`spans` is an array of arrays); deeper input is refused
-/// before it costs anything.
-const MAX_DEPTH: usize = 8;
+/// Deepest nesting of containers a WRP message has: the message map, `spans` (an array), a span
+/// (an array) — one level to spare for fields kgate does not read. Deeper input is refused before
+/// it costs anything.
+const MAX_NESTING: usize = 4;
+
+/// [`MAX_NESTING`] in rmpv's units: its depth counts two levels per container (the value, then
+/// its items) and up to three for a leaf (the value, a string's data, its bytes), so a string in
+/// a span (map → array → array → string) is 9 levels deep to rmpv.
+const RMPV_DEPTH: usize = 2 * MAX_NESTING + 3;
 
 /// WRP message types (wrp-go's `MessageType`; 2 is the older spec's Authorization).
 pub fn msg_type_name(t: i64) -> Option<&'static str> {
@@ -143,7 +149,7 @@ pub fn decode(frame: &Bytes) -> Result<Decoded, Invalid> {
 /// The fields of the single msgpack map that is the whole frame.
 fn top_level_map(frame: &Bytes) -> Result<Vec<(ValueRef<'_>, ValueRef<'_>)>, Invalid> {
     let mut rd: &[u8] = frame;
-    let v = rmpv::decode::read_value_ref_with_max_depth(&mut rd, MAX_DEPTH)
+    let v = rmpv::decode::read_value_ref_with_max_depth(&mut rd, RMPV_DEPTH)
         .map_err(|e| Invalid(format!("not msgpack: {e}")))?;
     if !rd.is_empty() {
         return Err(Invalid(format!(
@@ -461,6 +467,60 @@ mod tests {
         let mut deep = vec![0x91u8; 10_000];
         deep.push(0x00);
         assert!(decode(&Bytes::from(deep)).is_err());
+    }
+
+    /// A message as a device's WRP library writes it (a struct through rmp-serde, field names as
+    /// map keys), with `spans`, decodes; nesting past a WRP message's is still refused.
+    #[test]
+    fn a_message_with_spans_decodes_and_depth_stays_bounded() {
+        #[derive(serde::Serialize)]
+        struct Msg {
+            msg_type: i64,
+            source: &'static str,
+            dest: &'static str,
+            transaction_uuid: &'static str,
+            content_type: &'static str,
+            headers: Vec<&'static str>,
+            metadata: std::collections::BTreeMap<&'static str, &'static str>,
+            spans: Vec<Vec<&'static str>>,
+            partner_ids: Vec<&'static str>,
+            #[serde(with = "serde_bytes")]
+            payload: Vec<u8>,
+        }
+        let msg = Msg {
+            msg_type: 4,
+            source: "mac:112233445566/parodus",
+            dest: "event:device-status/mac:112233445566/online",
+            transaction_uuid: "c2bb1f16-09c8-11e7-93ae-92361f002671",
+            content_type: "application/json",
+            headers: vec!["X-Trace: 1"],
+            metadata: [("/boot-time", "1542834188"), ("/hw-model", "TG1682")].into(),
+            spans: vec![
+                vec!["parodus", "1542834188", "12"],
+                vec!["talaria", "1542834190", "3"],
+            ],
+            partner_ids: vec!["comcast"],
+            payload: br#"{"up":true}"#.to_vec(),
+        };
+        let frame = Bytes::from(rmp_serde::to_vec_named(&msg).unwrap());
+        let d = decode(&frame).unwrap();
+        assert_eq!(
+            header(&d, "wrp-spans"),
+            [r#"[["parodus","1542834188","12"],["talaria","1542834190","3"]]"#]
+        );
+        assert_eq!(&d.payload[..], br#"{"up":true}"#);
+        assert_eq!(header(&d, "wrp-meta-/hw-model"), ["TG1682"]);
+        // An unknown field may nest one level deeper than spans, not two.
+        let nest = |levels: usize| {
+            let mut v = Value::from("leaf");
+            for _ in 0..levels {
+                v = Value::Array(vec![v]);
+            }
+            pack(vec![("msg_type", Value::from(4)), ("future", v)])
+        };
+        assert!(decode(&nest(3)).is_ok());
+        let e = decode(&nest(4)).unwrap_err();
+        assert!(e.0.contains("depth"), "{}", e.0);
     }
 
     #[test]
