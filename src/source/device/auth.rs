@@ -345,7 +345,7 @@ fn bearer(b: &BearerAuthConfig, err: &mut impl FnMut(&str, String)) -> Option<Ve
     for (i, t) in b.tokens.iter().enumerate() {
         let at = format!("auth.bearer.tokens[{i}]");
         let secret = match (&t.token, &t.token_file) {
-            (Some(s), None) => Some(s.clone()),
+            (Some(s), None) => Some(s.expose().to_string()),
             (None, Some(f)) => match std::fs::read_to_string(f) {
                 Ok(s) => Some(s.trim().to_string()),
                 Err(e) => {

@@ -129,7 +129,7 @@ pub struct BearerTokenConfig {
     /// The token, at least 16 characters, e.g. `${DEV_TOKEN}` (from the environment); or
     /// `token_file`.
     #[serde(default)]
-    pub token: Option<String>,
+    pub token: Option<crate::config::Secret>,
     /// A file holding the token (surrounding whitespace trimmed), read at start.
     #[serde(default)]
     pub token_file: Option<String>,
@@ -156,7 +156,7 @@ impl std::fmt::Debug for BearerTokenConfig {
 pub struct JwtAuthConfig {
     /// Shared secret for HS256 tokens, at least 32 bytes, e.g. `${DEVICE_JWT_SECRET}`.
     #[serde(default)]
-    pub hs256_secret: Option<String>,
+    pub hs256_secret: Option<crate::config::Secret>,
     /// PEM RSA public key (`BEGIN PUBLIC KEY` or `BEGIN RSA PUBLIC KEY`) for RS256 tokens.
     #[serde(default)]
     pub rs256_public_key_file: Option<String>,
