@@ -149,13 +149,7 @@ impl HttpAuthConfig {
     }
 }
 
-/// Whether `name` matches a pattern: exact, `prefix*`, or `*`.
-pub fn pattern_matches(pattern: &str, name: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => name.starts_with(prefix),
-        None => pattern == name,
-    }
-}
+pub use crate::kafka::pattern_matches;
 
 impl HttpConfig {
     /// Checks `http:` (at `at`) against the pipelines it feeds (`http_pipelines`, by name) and
