@@ -264,7 +264,7 @@ impl<S> PipelineConfig<S> {
         }
         // The literal text before the first `${` (a `$` there would not be a legal name).
         let prefix = self.topic.split("${").next().unwrap_or("");
-        if prefix.is_empty() || prefix.contains('$') || check_topic_pattern(prefix).is_err() {
+        if !valid_topic_name(prefix) {
             err(
                 at.field("topics_allowed"),
                 format!(

@@ -92,7 +92,9 @@ pub struct HttpAuthConfig {
     /// A file holding the token, instead of `token` (trailing whitespace is ignored).
     #[serde(default)]
     pub token_file: Option<String>,
-    /// Topics it may write through `POST /topics/{topic}`: names, `prefix*` or `*`.
+    /// Topics it may write through `POST /topics/{topic}`, and through `POST /ingest` when
+    /// listed (a record routed elsewhere goes to the DLQ as `topic_not_allowed`): names,
+    /// `prefix*` or `*`. The DLQ topic, `_schemas` and `connect-*` only when named.
     #[serde(default)]
     pub topics: Vec<String>,
     /// Pipelines it may feed through `POST /ingest/{pipeline}`: names, `prefix*` or `*`.
