@@ -167,6 +167,10 @@ pub enum ErrorType {
     MissingField,
     /// The rendered topic is not a legal topic name.
     InvalidTopic,
+    /// The rendered topic is outside the pipeline's `topics_allowed` (or the HTTP token's
+    /// `topics`), or is a reserved topic (the DLQ, `_schemas`, `__*`, `connect-*`) not listed by
+    /// name.
+    TopicNotAllowed,
     /// The record does not fit its Avro schema.
     SchemaMismatch,
     /// The registry could not give the schema of the record's subject.
@@ -191,6 +195,7 @@ impl ErrorType {
             ErrorType::TransformFailed => "transform_failed",
             ErrorType::MissingField => "missing_field",
             ErrorType::InvalidTopic => "invalid_topic",
+            ErrorType::TopicNotAllowed => "topic_not_allowed",
             ErrorType::SchemaMismatch => "schema_mismatch",
             ErrorType::SchemaUnavailable => "schema_unavailable",
             ErrorType::EncodeFailed => "encode_failed",

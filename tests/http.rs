@@ -1264,3 +1264,64 @@ async fn a_body_that_does_not_arrive_in_time_is_answered_408() {
     let mut gw = gw;
     stop(&mut gw.proc, 20);
 }
+
+/// Event data cannot choose any topic: a token that lists `topics` feeds `/ingest` only within
+/// them (a record routed elsewhere goes to the DLQ as `topic_not_allowed` and is not written),
+/// a templated topic never reaches the DLQ topic or `_schemas` through `*`, and the REST route
+/// refuses those reserved topics to a `*` token.
+#[tokio::test(flavor = "multi_thread")]
+async fn topics_outside_the_allow_lists_are_not_written() {
+    let b = brokers();
+    let p = unique("allow");
+    let http = format!(
+        "  auth:\n    - {{name: full, token: '{TOKEN}', topics: ['*'], pipelines: ['*']}}\n    - {{name: shop, token: '{LIMITED}', topics: ['{p}.a.*'], pipelines: [routed]}}\n"
+    );
+    let pipes = "  - name: routed\n    source: {http: {}}\n    topic: '${dest}'\n    topics_allowed: ['*']\n";
+    let gw = start(&b, &http, "", pipes);
+    let dlq = gw.dlq_topic();
+    let url = format!("{}/ingest/routed", gw.http);
+    let c = reqwest::Client::new();
+    let (a, bx) = (format!("{p}.a.x"), format!("{p}.b.x"));
+
+    let body = format!(r#"[{{"dest":"{a}"}},{{"dest":"{bx}"}}]"#);
+    let (s, _, v) = post(&c, &url, "application/json", Some(LIMITED), body).await;
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(v["results"][0]["status"], "ok", "{v}");
+    assert_eq!(v["results"][0]["topic"], a.as_str());
+    let r = &v["results"][1];
+    assert_eq!(r["status"], "rejected", "{v}");
+    assert_eq!(r["error_type"], "topic_not_allowed", "{v}");
+    assert!(r["error"].as_str().unwrap().contains("token `shop`"), "{v}");
+    assert_eq!(r["dlq_topic"], dlq.as_str());
+
+    // The full token's `*` does not reach the DLQ topic nor `_schemas`.
+    let body = format!(r#"[{{"dest":"{dlq}"}},{{"dest":"_schemas"}},{{"dest":"{bx}"}}]"#);
+    let (s, _, v) = post(&c, &url, "application/json", Some(TOKEN), body).await;
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(v["results"][0]["error_type"], "topic_not_allowed", "{v}");
+    assert_eq!(v["results"][1]["error_type"], "topic_not_allowed", "{v}");
+    assert_eq!(v["results"][2]["status"], "ok", "{v}");
+
+    let dl = consume(&b, &dlq, 3, Duration::from_secs(20));
+    assert_eq!(dl.len(), 3);
+    assert!(dl
+        .iter()
+        .all(|r| r.headers["error_type"] == "topic_not_allowed"));
+    assert_eq!(dl[0].json()["dest"], bx.as_str());
+    assert_eq!(dl[1].json()["dest"], dlq.as_str());
+    assert_eq!(consume(&b, &a, 1, Duration::from_secs(20)).len(), 1);
+    // b.x holds only the full token's record.
+    let got = consume(&b, &bx, 2, Duration::from_secs(5));
+    assert_eq!(got.len(), 1);
+
+    // The REST route: the DLQ topic and `_schemas` are refused to a `*` token.
+    let json_v2 = "application/vnd.kafka.json.v2+json";
+    let ok_body = r#"{"records":[{"value":1}]}"#;
+    for (topic, words) in [(dlq.as_str(), "the DLQ topic"), ("_schemas", "reserved")] {
+        let t = format!("{}/topics/{topic}", gw.http);
+        let (s, _, v) = post(&c, &t, json_v2, Some(TOKEN), ok_body).await;
+        assert_eq!((s, v["error_code"].as_u64()), (403, Some(403)), "{v}");
+        assert!(v["message"].as_str().unwrap().contains(words), "{v}");
+    }
+    assert_eq!(consume(&b, &dlq, 4, Duration::from_secs(3)).len(), 3);
+}

@@ -24,6 +24,102 @@ pub fn valid_topic_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-')
 }
 
+/// Whether `name` matches a pattern: exact, `prefix*`, or `*`.
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => pattern == name,
+    }
+}
+
+/// Whether `pattern` is one [`pattern_matches`] takes for topics: `*`, a legal topic name, or
+/// one followed by `*` (`ticks.*`); the problem in words when not.
+pub fn check_topic_pattern(pattern: &str) -> Result<(), String> {
+    let fixed = pattern.strip_suffix('*').unwrap_or(pattern);
+    if fixed.is_empty() && !pattern.is_empty() {
+        return Ok(());
+    }
+    if fixed.contains('*') {
+        return Err(format!(
+            "`{pattern}`: `*` may only end a pattern, e.g. `ticks.*`"
+        ));
+    }
+    let legal = fixed.len() <= 249
+        && fixed
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-');
+    if fixed.is_empty() || !legal {
+        return Err(format!(
+            "`{pattern}` is not a topic pattern; write a topic name, `prefix*` or `*`"
+        ));
+    }
+    Ok(())
+}
+
+/// Topics kgate writes only when a pattern names them explicitly: the schema registry's
+/// `_schemas`, Kafka's internal `__*` and Kafka Connect's `connect-*` (the DLQ topic too, see
+/// [`TopicAllow::reserve`]).
+pub fn reserved_topic(name: &str) -> bool {
+    name == "_schemas" || name.starts_with("__") || name.starts_with("connect-")
+}
+
+/// Which topics a writer (a pipeline's rendered topic, an HTTP token) may write: patterns
+/// ([`pattern_matches`]), except that a reserved topic ([`reserved_topic`], the DLQ topic)
+/// matches only a pattern within the reserved names (`_schemas`, `connect-*`, `__*`, the DLQ
+/// topic's own name), never a broader one such as `*`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicAllow {
+    patterns: Vec<String>,
+    reserved: Vec<String>,
+}
+
+impl TopicAllow {
+    /// The topics `patterns` match.
+    pub fn new(patterns: Vec<String>) -> TopicAllow {
+        TopicAllow {
+            patterns,
+            reserved: Vec::new(),
+        }
+    }
+
+    /// Every topic but the reserved ones (`*`).
+    pub fn any() -> TopicAllow {
+        TopicAllow::new(vec!["*".into()])
+    }
+
+    /// Reserves one more name (the DLQ topic): written only when a pattern names it.
+    pub fn reserve(&mut self, name: &str) {
+        if !name.is_empty() && !self.reserved.iter().any(|r| r == name) {
+            self.reserved.push(name.to_string());
+        }
+    }
+
+    /// Whether `name` is reserved.
+    pub fn is_reserved(&self, name: &str) -> bool {
+        reserved_topic(name) || self.reserved.iter().any(|r| r == name)
+    }
+
+    /// Whether `name` may be written.
+    pub fn allows(&self, name: &str) -> bool {
+        self.allows_by(&self.patterns, name)
+    }
+
+    /// Whether other `patterns` (an HTTP token's) allow `name`, with this list's reserved
+    /// names.
+    pub fn allows_by(&self, patterns: &[String], name: &str) -> bool {
+        let reserved = self.is_reserved(name);
+        patterns.iter().any(|p| {
+            pattern_matches(p, name)
+                && (!reserved || self.is_reserved(p.strip_suffix('*').unwrap_or(p)))
+        })
+    }
+
+    /// The patterns, as written.
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+}
+
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -375,5 +471,37 @@ mod tests {
         let sec = k.security.unwrap();
         assert_eq!(sec.sasl.unwrap().password, "0012345");
         assert_eq!(sec.tls.unwrap().key_password.as_deref(), Some("0012345"));
+    }
+
+    #[test]
+    fn allow_lists_keep_reserved_topics_out_unless_named() {
+        let mut a = TopicAllow::any();
+        a.reserve("kgate.dlq");
+        assert!(a.allows("ticks.kraken"));
+        for t in [
+            "_schemas",
+            "__consumer_offsets",
+            "connect-configs",
+            "kgate.dlq",
+        ] {
+            assert!(!a.allows(t), "{t}");
+        }
+        let mut a = TopicAllow::new(vec![
+            "ticks.*".into(),
+            "_schemas".into(),
+            "connect-*".into(),
+            "kgate.dlq".into(),
+        ]);
+        a.reserve("kgate.dlq");
+        assert!(a.allows("ticks.x") && !a.allows("tick"));
+        assert!(a.allows("_schemas") && a.allows("connect-offsets") && a.allows("kgate.dlq"));
+        assert!(!a.allows("__consumer_offsets"));
+        let mut a = TopicAllow::new(vec!["kgate.*".into(), "c*".into()]);
+        a.reserve("kgate.dlq");
+        assert!(a.allows("kgate.x") && !a.allows("kgate.dlq") && !a.allows("connect-x"));
+        assert!(check_topic_pattern("*").is_ok() && check_topic_pattern("a.b*").is_ok());
+        for bad in ["", "a*b", "**", "has space", "a/b*"] {
+            assert!(check_topic_pattern(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! Prometheus metrics (the names the replaced services exported) and `/metrics`, `/healthz`, `/readyz`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -43,6 +43,68 @@ const RECORDS_BUCKETS: &[f64] = &[
     1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 5000.0, 10000.0, 50000.0,
 ];
 
+/// Distinct values a name label (`topic`, `source_topic`, `url`, `subject`) takes in a family;
+/// past it, new names share the value [`OTHER`], so that names chosen by input (a templated
+/// topic, a REST topic) cannot grow the series without bound.
+pub const MAX_LABEL_VALUES: usize = 1000;
+
+/// The label value names past [`MAX_LABEL_VALUES`] share.
+pub const OTHER: &str = "other";
+
+/// The first `max` distinct values of a label; later ones become [`OTHER`].
+struct LabelBound {
+    seen: Mutex<HashSet<String>>,
+    max: usize,
+}
+
+impl LabelBound {
+    fn new(max: usize) -> LabelBound {
+        LabelBound {
+            seen: Mutex::new(HashSet::new()),
+            max,
+        }
+    }
+
+    /// `value` if it is known or there is room, else [`OTHER`].
+    fn label<'v>(&self, value: &'v str) -> &'v str {
+        let mut seen = self.seen.lock().expect("metrics lock");
+        if seen.contains(value) {
+            return value;
+        }
+        if seen.len() >= self.max {
+            return OTHER;
+        }
+        seen.insert(value.to_string());
+        value
+    }
+}
+
+/// A counter family with one name label (at `at`) bounded by [`MAX_LABEL_VALUES`].
+pub struct BoundedCounterVec {
+    vec: IntCounterVec,
+    at: usize,
+    bound: LabelBound,
+}
+
+impl BoundedCounterVec {
+    fn new(vec: IntCounterVec, at: usize, max: usize) -> BoundedCounterVec {
+        BoundedCounterVec {
+            vec,
+            at,
+            bound: LabelBound::new(max),
+        }
+    }
+
+    /// The counter of these label values (the name label [`OTHER`] past the bound).
+    pub fn with_label_values(&self, values: &[&str]) -> IntCounter {
+        let mut v: Vec<&str> = values.to_vec();
+        if let Some(name) = v.get_mut(self.at) {
+            *name = self.bound.label(name);
+        }
+        self.vec.with_label_values(&v)
+    }
+}
+
 /// How recent a successful metadata fetch must be for `/readyz`.
 pub const READY_WINDOW: Duration = Duration::from_secs(30);
 
@@ -50,18 +112,21 @@ pub const READY_WINDOW: Duration = Duration::from_secs(30);
 pub struct Metrics {
     registry: Registry,
     producer: ProducerFamilies,
-    /// `kafka_dlq_published_total{dlq_topic,source_topic,error_type}`.
-    pub dlq_published: IntCounterVec,
+    /// `kafka_dlq_published_total{dlq_topic,source_topic,error_type}` (`source_topic` bounded).
+    pub dlq_published: BoundedCounterVec,
     /// `kafka_dlq_failures_total{dlq_topic}`: DLQ records Kafka refused.
     pub dlq_failures: IntCounterVec,
     /// `kgate_events_rejected_total{pipeline,error_type}`: input that went to the DLQ.
     pub events_rejected: IntCounterVec,
     /// `kafka_producer_encode_errors_total{topic,error_type}`: events that did not fit their
-    /// topic's schema (or had none), sent to the DLQ.
-    pub encode_errors: IntCounterVec,
-    /// `kgate_schema_refresh_errors_total{subject}`: failed refreshes of a cached schema.
-    pub schema_refresh_errors: IntCounterVec,
+    /// topic's schema (or had none), sent to the DLQ (`topic` bounded).
+    pub encode_errors: BoundedCounterVec,
+    /// `kgate_schema_refresh_errors_total{subject}`: failed refreshes of a cached schema
+    /// (`subject` bounded).
+    pub schema_refresh_errors: BoundedCounterVec,
     ws: WsFamilies,
+    ws_urls: LabelBound,
+    max_label_values: usize,
     mqtt: MqttFamilies,
     device: DeviceFamilies,
     /// `kgate_producer_inflight_records`: accepted, not yet acknowledged.
@@ -509,6 +574,15 @@ impl HttpFamilies {
 impl Metrics {
     /// A registry whose every series carries `labels`.
     pub fn new(labels: &std::collections::BTreeMap<String, String>) -> Arc<Metrics> {
+        Metrics::with_label_bound(labels, MAX_LABEL_VALUES)
+    }
+
+    /// [`Metrics::new`] with name labels bounded at `max` distinct values instead of
+    /// [`MAX_LABEL_VALUES`].
+    pub fn with_label_bound(
+        labels: &std::collections::BTreeMap<String, String>,
+        max: usize,
+    ) -> Arc<Metrics> {
         let r = registry(labels);
         let inflight = producer_inflight(&r);
         let producer = ProducerFamilies::register(&r);
@@ -520,12 +594,14 @@ impl Metrics {
         let http = HttpFamilies::register(&r);
         Arc::new(Metrics {
             producer,
-            dlq_published: rejects.dlq_published,
+            dlq_published: BoundedCounterVec::new(rejects.dlq_published, 1, max),
             dlq_failures: rejects.dlq_failures,
             events_rejected: rejects.events_rejected,
-            encode_errors: rejects.encode_errors,
-            schema_refresh_errors,
+            encode_errors: BoundedCounterVec::new(rejects.encode_errors, 0, max),
+            schema_refresh_errors: BoundedCounterVec::new(schema_refresh_errors, 0, max),
             ws,
+            ws_urls: LabelBound::new(max),
+            max_label_values: max,
             mqtt,
             device,
             inflight,
@@ -538,12 +614,21 @@ impl Metrics {
         })
     }
 
-    /// The per-topic series of `topic`, created on first use.
+    /// The per-topic series of `topic`, created on first use; past [`MAX_LABEL_VALUES`]
+    /// topics, new ones share the series of `topic="other"`.
     pub fn topic(&self, topic: &str) -> Arc<TopicMetrics> {
         let mut map = self.topics.lock().expect("metrics lock");
         if let Some(t) = map.get(topic) {
             return t.clone();
         }
+        let topic = if map.len() >= self.max_label_values {
+            if let Some(t) = map.get(OTHER) {
+                return t.clone();
+            }
+            OTHER
+        } else {
+            topic
+        };
         let l = [topic];
         let p = &self.producer;
         let t = Arc::new(TopicMetrics {
@@ -558,9 +643,10 @@ impl Metrics {
         t
     }
 
-    /// The per-URL WebSocket series of `url`.
+    /// The per-URL WebSocket series of `url` (past [`MAX_LABEL_VALUES`] URLs, new ones share
+    /// `url="other"`).
     pub fn websocket(&self, url: &str) -> WsMetrics {
-        let l = [url];
+        let l = [self.ws_urls.label(url)];
         let w = &self.ws;
         WsMetrics {
             connections: w.connections.with_label_values(&l),
@@ -736,6 +822,44 @@ mod tests {
         assert!(!m.is_ready());
         m.mark_metadata_ok();
         assert!(m.is_ready());
+    }
+
+    #[test]
+    fn name_labels_are_bounded() {
+        let m = Metrics::with_label_bound(&Default::default(), 3);
+        for i in 0..10 {
+            let t = format!("t{i}");
+            m.topic(&t).requests.inc();
+            m.dlq_published
+                .with_label_values(&["dlq", &t, "topic_not_allowed"])
+                .inc();
+            m.encode_errors
+                .with_label_values(&[&t, "schema_mismatch"])
+                .inc();
+            m.websocket(&format!("ws://h/{i}")).messages_received.inc();
+        }
+        // A name already seen keeps its own series.
+        m.topic("t1").requests.inc();
+        let text = m.render();
+        let count = |prefix: &str| text.lines().filter(|l| l.starts_with(prefix)).count();
+        assert_eq!(count("kafka_producer_requests_total{"), 4, "{text}");
+        assert!(
+            text.contains(r#"kafka_producer_requests_total{topic="other"} 7"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"kafka_producer_requests_total{topic="t1"} 2"#),
+            "{text}"
+        );
+        assert_eq!(count("kafka_dlq_published_total{"), 4, "{text}");
+        assert!(text.contains(r#"kafka_dlq_published_total{dlq_topic="dlq",error_type="topic_not_allowed",source_topic="other"} 7"#), "{text}");
+        assert_eq!(count("kafka_producer_encode_errors_total{"), 4, "{text}");
+        assert_eq!(
+            count("kafka_producer_websocket_messages_received_total{"),
+            4,
+            "{text}"
+        );
+        assert_eq!(m.topics.lock().unwrap().len(), 4);
     }
 
     #[tokio::test]

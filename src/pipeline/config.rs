@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::config::{At, ConfigError};
 use crate::encode::{AvroConfig, Format, KeyFormat};
-use crate::kafka::valid_topic_name;
+use crate::kafka::{check_topic_pattern, reserved_topic, valid_topic_name, TopicAllow};
 use crate::registry::SubjectStrategy;
 use crate::transform::{Pointer, Template, Transform, TransformConfig};
 
@@ -29,6 +29,14 @@ pub struct PipelineConfig<S> {
     /// Target topic: a fixed name or a template like `ticks.${exchange}` (here `${...}` is an
     /// event field or a source value, not an environment variable).
     pub topic: String,
+    /// Topics a templated `topic` may render to: names, `prefix*` or `*`; a record routed
+    /// elsewhere goes to the DLQ as `topic_not_allowed`. Default: the template's fixed start
+    /// (`ticks.${exchange}` → `[ticks.*]`); a template that starts with `${...}` must list them.
+    /// The DLQ topic, `_schemas`, `__*` and `connect-*` are written only when listed by name
+    /// (or `connect-*`, `__*`), never through a broader pattern such as `*`. With a fixed
+    /// `topic`, the list must include it.
+    #[serde(default)]
+    pub topics_allowed: Option<Vec<String>>,
     /// Record key: a template like `${exchange}|${symbol}`, or a fixed string; none = no key.
     #[serde(default)]
     pub key: Option<String>,
@@ -59,6 +67,8 @@ pub struct PipelineSpec {
     pub topic: Template,
     /// The topic as written (the DLQ's `source_topic` before routing).
     pub topic_text: String,
+    /// Where a templated topic may go (`topics_allowed`, or derived from the template).
+    pub topics_allowed: TopicAllow,
     /// The key template.
     pub key: Option<Template>,
     /// Header name → template.
@@ -161,6 +171,7 @@ impl<S> PipelineConfig<S> {
                 None
             }
         };
+        let topics_allowed = self.topics_allowed(at, topic.as_ref(), &mut err);
         let mut template = |field: String, text: &str, what: &str| match Template::parse(text) {
             Ok(t) if t.reads_fields() && raw => {
                 err(
@@ -197,6 +208,7 @@ impl<S> PipelineConfig<S> {
             transforms,
             topic: topic?,
             topic_text: self.topic.clone(),
+            topics_allowed: topics_allowed?,
             // Every template parsed (no error was added), so nothing is lost here.
             key: key.flatten(),
             headers: headers
@@ -207,5 +219,71 @@ impl<S> PipelineConfig<S> {
             avro: self.avro.clone(),
             key_format: self.key_format,
         })
+    }
+}
+
+impl<S> PipelineConfig<S> {
+    /// The topics a rendered topic may be: `topics_allowed` checked, or the template's fixed
+    /// start followed by `*`.
+    fn topics_allowed(
+        &self,
+        at: At<'_>,
+        topic: Option<&Template>,
+        err: &mut impl FnMut(String, String),
+    ) -> Option<TopicAllow> {
+        if let Some(list) = &self.topics_allowed {
+            let mut ok = true;
+            if list.is_empty() {
+                err(
+                    at.field("topics_allowed"),
+                    "empty; list the topics this pipeline may write, e.g. `[ticks.*]`".into(),
+                );
+                ok = false;
+            }
+            for (i, p) in list.iter().enumerate() {
+                if let Err(e) = check_topic_pattern(p) {
+                    err(at.field(&format!("topics_allowed[{i}]")), e);
+                    ok = false;
+                }
+            }
+            let allow = TopicAllow::new(list.clone());
+            if let Some(fixed) = topic.and_then(Template::fixed) {
+                if ok && !allow.allows(fixed) {
+                    err(
+                        at.field("topics_allowed"),
+                        format!("does not allow the pipeline's own topic `{fixed}`; add it"),
+                    );
+                    ok = false;
+                }
+            }
+            return ok.then_some(allow);
+        }
+        let topic = topic?;
+        if let Some(fixed) = topic.fixed() {
+            return Some(TopicAllow::new(vec![fixed.to_string()]));
+        }
+        // The literal text before the first `${` (a `$` there would not be a legal name).
+        let prefix = self.topic.split("${").next().unwrap_or("");
+        if !valid_topic_name(prefix) {
+            err(
+                at.field("topics_allowed"),
+                format!(
+                    "topic `{}` starts with a template, so events could choose any topic; list the ones it may write, e.g. `topics_allowed: [orders.*]` (or `[\"*\"]`)",
+                    self.topic
+                ),
+            );
+            return None;
+        }
+        if reserved_topic(prefix) {
+            err(
+                at.field("topics_allowed"),
+                format!(
+                    "topic `{}` writes among reserved topics (`_schemas`, `__*`, `connect-*`); list the ones it may write in `topics_allowed`",
+                    self.topic
+                ),
+            );
+            return None;
+        }
+        Some(TopicAllow::new(vec![format!("{prefix}*")]))
     }
 }

@@ -15,7 +15,7 @@ use crate::config::{At, ConfigErrors};
 use crate::encode::{encoder_for, Encoder, Format, KeyFormat, RawEncoder};
 pub use crate::event::Rejection;
 use crate::event::{ErrorType, Event};
-use crate::kafka::valid_topic_name;
+use crate::kafka::{valid_topic_name, TopicAllow};
 use crate::registry::SchemaCache;
 use crate::sink::{OutRecord, Sink};
 use crate::transform::{Doc, Meta, Template, TopLevel, Transform};
@@ -31,12 +31,24 @@ pub enum BuildError {
     NoRegistry(String),
 }
 
+/// Topics a writer other than the pipeline may write (an HTTP token's `topics`), checked on
+/// top of the pipeline's own `topics_allowed`.
+#[derive(Debug, Clone, Copy)]
+pub struct TopicLimit<'a> {
+    /// Who it is, for the DLQ message (e.g. "token `shop`").
+    pub who: &'a str,
+    /// Its patterns (exact, `prefix*`, `*`; reserved topics only by name).
+    pub patterns: &'a [String],
+}
+
 /// The pure part of a pipeline: raw input in, a record (or a rejection) out.
 pub struct Processor {
     name: Arc<str>,
     transforms: Vec<Transform>,
     topic: Template,
     topic_text: String,
+    /// Where a rendered topic may go (the DLQ topic reserved once the sink is known).
+    topics_allowed: TopicAllow,
     /// The topic when it is fixed, shared by every record instead of copied.
     fixed_topic: Option<Arc<str>>,
     key: Option<Template>,
@@ -96,6 +108,7 @@ impl Processor {
             transforms: spec.transforms,
             topic: spec.topic,
             topic_text: spec.topic_text,
+            topics_allowed: spec.topics_allowed,
             key: spec.key,
             headers: spec.headers,
             encoder,
@@ -154,6 +167,17 @@ impl Processor {
 
     /// Turns raw input into a record, or says why not. Pure: no I/O.
     pub fn process(&self, raw: &Bytes, meta: &Meta) -> Result<OutRecord, Rejection> {
+        self.process_within(raw, meta, None)
+    }
+
+    /// [`Processor::process`], the record's topic also within `limit` (an HTTP token's
+    /// `topics`) when one is given.
+    pub fn process_within(
+        &self,
+        raw: &Bytes,
+        meta: &Meta,
+        limit: Option<&TopicLimit<'_>>,
+    ) -> Result<OutRecord, Rejection> {
         let parsed = self.parse(raw, meta)?;
         let doc = match (&parsed.value, &parsed.top) {
             (Some(v), _) => Doc::Value(v),
@@ -161,6 +185,19 @@ impl Processor {
             (None, None) => Doc::None,
         };
         let topic = self.route(doc, meta)?;
+        if let Some(l) = limit {
+            if !self.topics_allowed.allows_by(l.patterns, &topic) {
+                return Err(self.reject(
+                    ErrorType::TopicNotAllowed,
+                    format!(
+                        "the record goes to topic `{topic}`, which {} may not write (its `topics`: {})",
+                        l.who,
+                        l.patterns.join(", ")
+                    ),
+                    None,
+                ));
+            }
+        }
         let key = self.key(doc, meta, &topic)?;
         let headers = self.headers(doc, meta, &topic)?;
         let value = self
@@ -243,6 +280,18 @@ impl Processor {
                 None,
             ));
         }
+        if !self.topics_allowed.allows(&t) {
+            // `source_topic` stays the template: the rendered name is the event's choice.
+            return Err(self.reject(
+                ErrorType::TopicNotAllowed,
+                format!(
+                    "topic template `{}` gave `{t}`, which is not in `topics_allowed` ({})",
+                    self.topic_text,
+                    self.topics_allowed.patterns().join(", ")
+                ),
+                None,
+            ));
+        }
         Ok(Arc::from(t))
     }
 
@@ -293,14 +342,13 @@ impl Processor {
 impl Pipeline {
     /// Compiles a pipeline feeding `sink`.
     pub fn new<S>(c: &PipelineConfig<S>, sink: Arc<dyn Sink>) -> Result<Pipeline, BuildError> {
-        Ok(Pipeline {
-            processor: Processor::new(c)?,
-            sink,
-        })
+        Ok(Pipeline::from_processor(Processor::new(c)?, sink))
     }
 
-    /// A pipeline of `processor` feeding `sink`.
-    pub fn from_processor(processor: Processor, sink: Arc<dyn Sink>) -> Pipeline {
+    /// A pipeline of `processor` feeding `sink`; the sink's DLQ topic becomes reserved (only
+    /// a `topics_allowed` entry naming it lets a rendered topic write there).
+    pub fn from_processor(mut processor: Processor, sink: Arc<dyn Sink>) -> Pipeline {
+        processor.topics_allowed.reserve(sink.dlq_topic());
         Pipeline { processor, sink }
     }
 
@@ -309,11 +357,12 @@ impl Pipeline {
     /// [`Pipeline::send`]. Raw input given to [`Pipeline::handle`] passes through unchanged to
     /// the topic the source names in `${@topic}`.
     pub fn passthrough(name: &str, sink: Arc<dyn Sink>) -> Pipeline {
-        let processor = Processor {
+        let mut processor = Processor {
             name: Arc::from(name),
             transforms: Vec::new(),
             topic: Template::meta("topic"),
             topic_text: "${@topic}".into(),
+            topics_allowed: TopicAllow::any(),
             fixed_topic: None,
             key: None,
             headers: Vec::new(),
@@ -321,6 +370,7 @@ impl Pipeline {
             key_format: KeyFormat::String,
             format: Format::Raw,
         };
+        processor.topics_allowed.reserve(sink.dlq_topic());
         Pipeline { processor, sink }
     }
 
@@ -355,12 +405,18 @@ impl Pipeline {
     /// Processes an event and hands it to Kafka or the DLQ; returns once the sink accepted it
     /// (which waits while the producer buffer is full).
     pub async fn handle(&self, ev: Event) {
-        let mut result = self.processor.process(&ev.raw, &ev.meta);
+        self.handle_within(ev, None).await
+    }
+
+    /// [`Pipeline::handle`], the record's topic also within `limit` (an HTTP token's `topics`;
+    /// a record outside it goes to the DLQ as `topic_not_allowed`).
+    pub async fn handle_within(&self, ev: Event, limit: Option<&TopicLimit<'_>>) {
+        let mut result = self.processor.process_within(&ev.raw, &ev.meta, limit);
         if let Err(r) = &result {
             if r.error_type == ErrorType::SchemaUnavailable
                 && self.processor.load_schemas(&r.source_topic).await
             {
-                result = self.processor.process(&ev.raw, &ev.meta);
+                result = self.processor.process_within(&ev.raw, &ev.meta, limit);
             }
         }
         match result {
@@ -380,6 +436,7 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ConfigError;
 
     impl Processor {
         fn process_(&self, raw: &Bytes) -> Result<OutRecord, Rejection> {
@@ -438,6 +495,96 @@ mod tests {
                 .as_ref(),
             "ticks.kraken"
         );
+    }
+
+    fn config_errors(yaml: &str) -> Vec<ConfigError> {
+        let c: PipelineConfig<serde_json::Value> = crate::config::from_yaml(yaml).unwrap();
+        let mut errors = Vec::new();
+        let spec = c.resolve(At("p"), false, &mut errors);
+        assert_eq!(spec.is_none(), !errors.is_empty());
+        errors
+    }
+
+    const WS: &str = "name: t\nsource: {websocket: {urls: ['ws://h:1/ws']}}\n";
+
+    #[test]
+    fn topics_allowed_defaults_to_the_fixed_topic_or_the_template_start() {
+        let ok = |rest: &str| {
+            let e = config_errors(&format!("{WS}{rest}"));
+            assert!(e.is_empty(), "{rest}: {e:?}");
+        };
+        ok("topic: TradeEvent\n");
+        ok("topic: 'ticks.${exchange}'\n");
+        ok("topic: 'device.${@wrp.event_type:-other}'\nformat: raw\n");
+        ok("topic: '${type}'\ntopics_allowed: ['orders.*', '*']\n");
+        ok("topic: orders\ntopics_allowed: ['ord*']\n");
+        let err = |rest: &str, path: &str, words: &str| {
+            let e = config_errors(&format!("{WS}{rest}"));
+            assert!(
+                e.iter()
+                    .any(|e| e.path == path && e.message.contains(words)),
+                "{rest}: {e:?}"
+            );
+        };
+        // A template that starts with a field could write anywhere: it must say where.
+        err(
+            "topic: '${type}'\n",
+            "p.topics_allowed",
+            "topics_allowed: [orders.*]",
+        );
+        err(
+            "topic: '${a}.x'\n",
+            "p.topics_allowed",
+            "starts with a template",
+        );
+        // Nor does a start within the reserved names make a default.
+        err("topic: '__${x}'\n", "p.topics_allowed", "reserved");
+        err("topic: 'connect-${x}'\n", "p.topics_allowed", "reserved");
+        err(
+            "topic: orders\ntopics_allowed: [logs.*]\n",
+            "p.topics_allowed",
+            "`orders`",
+        );
+        err(
+            "topic: '${t}'\ntopics_allowed: ['a*b']\n",
+            "p.topics_allowed[0]",
+            "may only end",
+        );
+        err(
+            "topic: '${t}'\ntopics_allowed: []\n",
+            "p.topics_allowed",
+            "empty",
+        );
+    }
+
+    #[test]
+    fn a_rendered_topic_outside_the_allow_list_is_rejected() {
+        let p = processor(&format!(
+            "{WS}topic: '${{type}}'\ntopics_allowed: ['orders.*', _schemas]\n"
+        ));
+        let go = |ty: &str| p.process_(&Bytes::from(format!(r#"{{"type":"{ty}"}}"#)));
+        assert_eq!(&*go("orders.eu").unwrap().topic, "orders.eu");
+        // Named explicitly, so allowed.
+        assert_eq!(&*go("_schemas").unwrap().topic, "_schemas");
+        for t in ["b.x", "orders", "connect-configs", "__consumer_offsets"] {
+            let e = go(t).unwrap_err();
+            assert_eq!(e.error_type, ErrorType::TopicNotAllowed, "{t}");
+            assert_eq!(e.error_type, "topic_not_allowed");
+            assert!(e.message.contains(&format!("`{t}`")), "{}", e.message);
+            // The DLQ's `source_topic` stays the template, not the event's choice.
+            assert_eq!(e.source_topic, "${type}");
+        }
+        // `*` lets everything through but the reserved names.
+        let p = processor(&format!("{WS}topic: '${{type}}'\ntopics_allowed: ['*']\n"));
+        let go = |ty: &str| p.process_(&Bytes::from(format!(r#"{{"type":"{ty}"}}"#)));
+        assert!(go("anything.at-all").is_ok());
+        for t in ["_schemas", "__consumer_offsets", "connect-offsets"] {
+            assert_eq!(
+                go(t).unwrap_err().error_type,
+                ErrorType::TopicNotAllowed,
+                "{t}"
+            );
+        }
     }
 
     #[test]
@@ -522,6 +669,80 @@ mod tests {
             assert_eq!(t.accepted.load(Ordering::Relaxed), 4);
             assert_eq!(t.delivered.load(Ordering::Relaxed), 2);
             assert_eq!(t.dead_lettered.load(Ordering::Relaxed), 2);
+        }
+
+        async fn fate_within(p: &Pipeline, raw: &str, limit: Option<&TopicLimit<'_>>) -> Fate {
+            let (ev, rx) = Event::with_ack(
+                Bytes::from(raw.to_string()),
+                Origin::now(p.name().clone(), Arc::from("test")),
+            );
+            p.handle_within(ev, limit).await;
+            rx.await.expect("the ack is answered")
+        }
+
+        fn error_type(f: Fate) -> ErrorType {
+            match f {
+                Fate::DeadLettered { error_type, .. } => error_type,
+                other => panic!("expected dead-lettered, got {other:?}"),
+            }
+        }
+
+        #[tokio::test]
+        async fn topics_outside_the_lists_go_to_the_dlq() {
+            let sink = Arc::new(MemorySink::new());
+            let p = pipeline(
+                "name: t\nsource: {http: {}}\ntopic: '${type}'\ntopics_allowed: ['*']\n",
+                sink.clone(),
+            );
+            // The sink's DLQ topic is reserved: `*` does not reach it.
+            let f = fate_within(&p, r#"{"type":"memory.dlq"}"#, None).await;
+            assert_eq!(error_type(f), ErrorType::TopicNotAllowed);
+            // A token's `topics` narrow it further.
+            let patterns = vec!["a.*".to_string()];
+            let limit = TopicLimit {
+                who: "token `shop`",
+                patterns: &patterns,
+            };
+            let f = fate_within(&p, r#"{"type":"a.x"}"#, Some(&limit)).await;
+            assert!(
+                matches!(f, Fate::Delivered { ref topic, .. } if topic == "a.x"),
+                "{f:?}"
+            );
+            match fate_within(&p, r#"{"type":"b.x"}"#, Some(&limit)).await {
+                Fate::DeadLettered {
+                    error_type,
+                    message,
+                    ..
+                } => {
+                    assert_eq!(error_type, ErrorType::TopicNotAllowed);
+                    assert!(
+                        message.contains("token `shop`") && message.contains("`b.x`"),
+                        "{message}"
+                    );
+                }
+                other => panic!("expected dead-lettered, got {other:?}"),
+            }
+            // A fixed topic is checked against the token's list too.
+            let fixed = pipeline(
+                "name: f\nsource: {http: {}}\ntopic: b.fixed\n",
+                sink.clone(),
+            );
+            let f = fate_within(&fixed, "{}", Some(&limit)).await;
+            assert_eq!(error_type(f), ErrorType::TopicNotAllowed);
+            assert!(matches!(
+                fate_within(&fixed, "{}", None).await,
+                Fate::Delivered { .. }
+            ));
+            let written: Vec<_> = sink
+                .records()
+                .iter()
+                .map(|r| r.record.topic.to_string())
+                .collect();
+            assert_eq!(written, vec!["a.x", "b.fixed"]);
+            assert!(sink
+                .rejections()
+                .iter()
+                .all(|(r, _)| r.error_type == ErrorType::TopicNotAllowed));
         }
 
         #[tokio::test]

@@ -35,7 +35,7 @@ pub struct SchemaCache {
     by_id: RwLock<HashMap<u32, Arc<avro::Schema>>>,
     /// Subjects that could not be loaded lately, so that a stream of records for them does
     /// not become a stream of registry requests.
-    failed: Mutex<HashMap<String, (Instant, String)>>,
+    failed: Mutex<Failed>,
     /// (subject, schema text) → id of schemas registered through [`SchemaCache::register`], so
     /// that a client sending the same schema text with every request (the REST Proxy's
     /// `value_schema`) costs one registry call, not one per request.
@@ -58,6 +58,29 @@ const MAX_REGISTERED: usize = 10_000;
 
 /// How long a failed subject load is remembered before the registry is asked again.
 const RETRY_FAILED_AFTER: Duration = Duration::from_secs(5);
+
+/// At most this many failed subjects are remembered (subjects follow templated topics, which
+/// input chooses within `topics_allowed`): when full, the expired ones go, then the oldest.
+const MAX_FAILED: usize = 1000;
+
+type Failed = HashMap<String, (Instant, String)>;
+
+/// Remembers that `subject` failed with `e` at `now`, keeping `failed` within `max` entries.
+fn remember_failure(failed: &mut Failed, subject: &str, e: &str, now: Instant, max: usize) {
+    if !failed.contains_key(subject) && failed.len() >= max {
+        failed.retain(|_, (at, _)| now.saturating_duration_since(*at) < RETRY_FAILED_AFTER);
+        if failed.len() >= max {
+            let oldest = failed
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                failed.remove(&k);
+            }
+        }
+    }
+    failed.insert(subject.to_string(), (now, e.to_string()));
+}
 
 impl SchemaCache {
     /// A cache over `client`; `metrics` counts refresh failures.
@@ -135,7 +158,7 @@ impl SchemaCache {
                 failed.remove(subject);
             }
             Err(e) => {
-                failed.insert(subject.to_string(), (Instant::now(), e.clone()));
+                remember_failure(&mut failed, subject, e, Instant::now(), MAX_FAILED);
             }
         }
         r
@@ -258,5 +281,30 @@ impl SchemaCache {
         let (id, body) = avro::unframe(bytes)?;
         let schema = self.schema_by_id(id).await?;
         Ok((id, schema.decode(body)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_subjects_are_bounded() {
+        let mut failed = Failed::new();
+        let t0 = Instant::now();
+        for i in 0..10 {
+            let at = t0 + Duration::from_millis(i);
+            remember_failure(&mut failed, &format!("s{i}-value"), "404", at, 4);
+            assert!(failed.len() <= 4);
+        }
+        // The newest stay; the oldest went.
+        assert!(failed.contains_key("s9-value") && !failed.contains_key("s0-value"));
+        // Expired entries go first, all at once.
+        let later = t0 + RETRY_FAILED_AFTER + Duration::from_secs(1);
+        remember_failure(&mut failed, "new-value", "404", later, 4);
+        assert_eq!(failed.len(), 1);
+        // A subject already there is only updated.
+        remember_failure(&mut failed, "new-value", "500", later, 1);
+        assert_eq!(failed["new-value"].1, "500");
     }
 }

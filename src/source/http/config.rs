@@ -92,7 +92,9 @@ pub struct HttpAuthConfig {
     /// A file holding the token, instead of `token` (trailing whitespace is ignored).
     #[serde(default)]
     pub token_file: Option<String>,
-    /// Topics it may write through `POST /topics/{topic}`: names, `prefix*` or `*`.
+    /// Topics it may write through `POST /topics/{topic}`, and through `POST /ingest` when
+    /// listed (a record routed elsewhere goes to the DLQ as `topic_not_allowed`): names,
+    /// `prefix*` or `*`. The DLQ topic, `_schemas` and `connect-*` only when named.
     #[serde(default)]
     pub topics: Vec<String>,
     /// Pipelines it may feed through `POST /ingest/{pipeline}`: names, `prefix*` or `*`.
@@ -139,13 +141,7 @@ impl HttpAuthConfig {
     }
 }
 
-/// Whether `name` matches a pattern: exact, `prefix*`, or `*`.
-pub fn pattern_matches(pattern: &str, name: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => name.starts_with(prefix),
-        None => pattern == name,
-    }
-}
+pub use crate::kafka::pattern_matches;
 
 impl HttpConfig {
     /// Checks `http:` (at `at`) against the pipelines it feeds (`http_pipelines`, by name) and

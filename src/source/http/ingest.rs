@@ -20,6 +20,7 @@ use super::{
 };
 use crate::encode::Format;
 use crate::event::{Event, Fate, Meta, Origin};
+use crate::pipeline::TopicLimit;
 
 const ROUTE: &str = "/ingest/{pipeline}";
 
@@ -217,6 +218,19 @@ async fn ingest_inner(
         .filter_map(|h| headers.get(h).map(|v| (h.clone(), v.as_bytes().to_vec())))
         .collect();
     let origin = Origin::now(hp.pipeline.name().clone(), Arc::from(remote.as_str()));
+    // A token that lists `topics` writes through its pipelines only within them: a record
+    // routed elsewhere goes to the DLQ as `topic_not_allowed` (per record, like every other
+    // rejection of an event's content, so the rest of a batch is still written). A token with
+    // no `topics` writes wherever its pipelines do.
+    let who = token.map(|t| format!("token `{}`", t.name));
+    let limit = match (token, &who) {
+        (Some(t), Some(who)) if !t.topics.is_empty() => Some(TopicLimit {
+            who,
+            patterns: &t.topics,
+        }),
+        _ => None,
+    };
+    let limit = limit.as_ref();
     let slots = s
         .send_each(items, started, |i, item| {
             let (mut ev, rx) = Event::with_ack(item, origin.clone());
@@ -224,7 +238,7 @@ async fn ingest_inner(
             ev.headers = input_headers.clone();
             ev.meta = meta.clone().with("index", i.to_string());
             let pipeline = &hp.pipeline;
-            (async move { pipeline.handle(ev).await }, rx)
+            (async move { pipeline.handle_within(ev, limit).await }, rx)
         })
         .await;
     let (status, body) = answer(s, hp, &slots);

@@ -32,7 +32,7 @@ use crate::avro;
 use crate::encode::avro::confluent_avro;
 use crate::event::{ErrorType, Event, Fate, Origin};
 use crate::kafka::QuietContext;
-use crate::kafka::{valid_topic_name, KafkaConfig};
+use crate::kafka::{valid_topic_name, KafkaConfig, TopicAllow};
 use crate::registry::{RegisterError, SchemaCache};
 use crate::sink::OutRecord;
 
@@ -402,7 +402,7 @@ async fn produce_inner(
     started: Instant,
 ) -> Result<Response, ApiError> {
     let token = s.authenticate(headers)?;
-    check_topic(topic, token)?;
+    check_topic(topic, token, s.rest.dlq_topic())?;
     let format = request_format(headers)?;
     let schemas = match format {
         EmbeddedFormat::Schema(f) => Some(schema_support(s, f)?),
@@ -437,8 +437,10 @@ async fn produce_inner(
     Ok(s.answer(status, &body, KAFKA_V2_JSON))
 }
 
-/// The topic is a legal name, not internal, and the token may write it.
-fn check_topic(topic: &str, token: Option<&Token>) -> Result<(), ApiError> {
+/// The topic is a legal name, not internal, and the token may write it; a reserved topic (the
+/// DLQ `dlq`, `_schemas`, `connect-*`) only when the token lists it by name (or `connect-*`),
+/// never through `*` nor on an open server.
+fn check_topic(topic: &str, token: Option<&Token>, dlq: &str) -> Result<(), ApiError> {
     if !valid_topic_name(topic) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -461,6 +463,22 @@ fn check_topic(topic: &str, token: Option<&Token>) -> Result<(), ApiError> {
             StatusCode::FORBIDDEN,
             403,
             format!("`{topic}` is an internal Kafka topic; kgate does not write to it"),
+        ));
+    }
+    let mut reserved = TopicAllow::default();
+    reserved.reserve(dlq);
+    if reserved.is_reserved(topic) && !token.is_some_and(|t| reserved.allows_by(&t.topics, topic)) {
+        let what = if topic == dlq {
+            "the DLQ topic"
+        } else {
+            "a reserved topic (schema registry, Kafka Connect)"
+        };
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            403,
+            format!(
+                "`{topic}` is {what}; kgate writes it only for a token that lists it by name in its `topics` in http.auth (`*` does not count)"
+            ),
         ));
     }
     Ok(())
