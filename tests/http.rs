@@ -1325,3 +1325,47 @@ async fn topics_outside_the_allow_lists_are_not_written() {
     }
     assert_eq!(consume(&b, &dlq, 4, Duration::from_secs(3)).len(), 3);
 }
+
+/// One request may not carry more than `http.max_records` records: 413 before any is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_over_max_records_are_answered_413() {
+    let b = brokers();
+    let topic = unique("http.cap");
+    let gw = start(
+        &b,
+        "  max_records: 3\n",
+        "",
+        &format!("  - {{name: capped, source: {{http: {{}}}}, topic: {topic}}}\n"),
+    );
+    let c = reqwest::Client::new();
+    let (status, _, v) = post(
+        &c,
+        &format!("{}/topics/{topic}", gw.http),
+        "application/vnd.kafka.json.v2+json",
+        None,
+        r#"{"records":[{"value":1},{"value":2},{"value":3},{"value":4}]}"#,
+    )
+    .await;
+    assert_eq!(status, 413, "{v}");
+    assert!(v.to_string().contains("http.max_records"), "{v}");
+    let (status, _, v) = post(
+        &c,
+        &format!("{}/ingest/capped", gw.http),
+        "application/json",
+        None,
+        "[{},{},{},{}]",
+    )
+    .await;
+    assert_eq!(status, 413, "{v}");
+    let (status, _, v) = post(
+        &c,
+        &format!("{}/ingest/capped", gw.http),
+        "application/json",
+        None,
+        "[{},{},{}]",
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let mut gw = gw;
+    stop(&mut gw.proc, 20);
+}

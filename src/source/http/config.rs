@@ -55,6 +55,10 @@ pub struct HttpConfig {
     #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_body_timeout", with = "humantime_serde")]
     pub body_timeout: Duration,
+    /// Records one request may carry (`/ingest` items, REST `records`); more are answered 413
+    /// before any is written, so one request cannot make a huge answer or hold the buffer.
+    #[serde(default = "default_max_records")]
+    pub max_records: u64,
 }
 
 fn default_max_body() -> ByteSize {
@@ -74,6 +78,9 @@ fn default_max_connections() -> u64 {
 }
 fn default_header_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_max_records() -> u64 {
+    10_000
 }
 fn default_body_timeout() -> Duration {
     Duration::from_secs(30)
@@ -173,6 +180,9 @@ impl HttpConfig {
                     self.listen
                 ),
             );
+        }
+        if self.max_records == 0 {
+            err(at.field("max_records"), "must be at least 1".into());
         }
         if self.max_connections == 0 {
             err(at.field("max_connections"), "must be at least 1".into());

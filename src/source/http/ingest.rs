@@ -200,6 +200,7 @@ async fn ingest_inner(
         ));
     }
     s.observe_records(ROUTE, items.len());
+    s.check_records(items.len())?;
     s.check_ready()?;
 
     let remote = peer.0.to_string();

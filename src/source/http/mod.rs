@@ -406,6 +406,19 @@ impl Server {
         }
     }
 
+    /// 413 when a request carries more than `http.max_records` records.
+    fn check_records(&self, n: usize) -> Result<(), ApiError> {
+        let max = self.config.max_records;
+        if n as u64 > max {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                413,
+                format!("{n} records in one request, more than http.max_records ({max}); send them in smaller batches; nothing was written"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Counts an answered request.
     fn observe(&self, route: &str, status: StatusCode, started: Instant) {
         let m = &self.metrics;

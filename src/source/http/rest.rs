@@ -411,6 +411,7 @@ async fn produce_inner(
     let raw = s.read_body(body, headers, s.config.max_body.0).await?;
     let req = parse_request(&raw)?;
     s.observe_records(ROUTE, req.records.len());
+    s.check_records(req.records.len())?;
     let plain = match schemas {
         Some(_) => None,
         None => Some(encode_plain(format, &req.records)?),
