@@ -37,11 +37,11 @@ pub struct Limits {
 /// listeners, the registry client, log files.
 const FD_HEADROOM: u64 = 256;
 
-/// Connections answered 503 at once; past these the listener stops accepting for a moment.
-const MAX_REFUSING: usize = 64;
+/// Connections being answered 503 at once; past these a connection is closed unanswered.
+const MAX_REFUSING: usize = 128;
 
 /// How long a connection past the cap may take to send its request headers before its 503.
-const REFUSE_READ: Duration = Duration::from_millis(500);
+const REFUSE_READ: Duration = Duration::from_millis(200);
 
 /// How long the 503 answer to a connection past the cap may take to write.
 const REFUSE_WRITE: Duration = Duration::from_millis(500);
@@ -135,12 +135,14 @@ pub async fn serve<Io, C>(
 }
 
 /// Answers a connection past the cap with 503 and closes it; when even the refusals are at
-/// their cap, waits for one to finish (the listener's accept queue holds the rest).
+/// their cap, closes it at once without an answer (the accept loop never waits, so a client
+/// that comes after a flood is still answered promptly).
 async fn refuse<Io>(mut io: Io, refusing: &Arc<Semaphore>, cap: usize)
 where
     Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Ok(permit) = refusing.clone().acquire_owned().await else {
+    let Ok(permit) = refusing.clone().try_acquire_owned() else {
+        tracing::debug!(cap, "connection closed unanswered: the listener is at its connection cap and refusing as many as it can");
         return;
     };
     tracing::debug!(

@@ -1369,3 +1369,99 @@ async fn requests_over_max_records_are_answered_413() {
     let mut gw = gw;
     stop(&mut gw.proc, 20);
 }
+
+/// The slowloris of the security review: 1,200 connections trickling their headers against a
+/// kgate limited to 1,024 open files. kgate keeps its connections below the limit (with room
+/// for Kafka and the metrics listener), so `/readyz` answers and a new request is answered
+/// (503 with Retry-After) instead of the process running out of files.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slowloris_does_not_exhaust_open_files() {
+    use std::io::Write as _;
+    // This test opens 1,200 sockets itself.
+    raise_open_file_limit(4096);
+    let b = brokers();
+    let dir = tempfile::tempdir().unwrap();
+    let (hport, mport) = (free_port(), free_port());
+    let cfg = format!(
+        "kafka:\n  brokers: ['{b}']\nmetrics: {{listen: '127.0.0.1:{mport}'}}\nhttp:\n  listen: '127.0.0.1:{hport}'\n  header_timeout: 60s\npipelines: []\n"
+    );
+    let path = write_config(dir.path(), &cfg);
+    let log = dir.path().join("stderr.log");
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 1024 && exec '{}' run --config '{}'",
+            kgate_bin(),
+            path.display()
+        ))
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let metrics = format!("127.0.0.1:{mport}");
+    wait_until(
+        Duration::from_secs(30),
+        || http_get(&metrics, "/readyz").map(|r| r.0) == Some(200),
+        "kgate ready",
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut slow = Vec::new();
+    for _ in 0..1200 {
+        match std::net::TcpStream::connect(("127.0.0.1", hport)) {
+            Ok(mut s) => {
+                let _ = s.write_all(b"POST /topics/t HTTP/1.1\r\nHost: x\r\n");
+                slow.push(s);
+            }
+            Err(e) => panic!("connect {}: {e}", slow.len()),
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = Instant::now();
+    assert_eq!(
+        http_get(&metrics, "/readyz").map(|r| r.0),
+        Some(200),
+        "log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let readyz = started.elapsed();
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let r = c
+        .post(format!("http://127.0.0.1:{hport}/topics/t"))
+        .header("Content-Type", "application/vnd.kafka.json.v2+json")
+        .body(r#"{"records":[{"value":1}]}"#)
+        .send()
+        .await
+        .expect("a new request is answered during the flood");
+    assert_eq!(r.status().as_u16(), 503);
+    eprintln!(
+        "during the flood: /readyz in {} ms, a new request answered 503 in {} ms",
+        readyz.as_millis(),
+        started.elapsed().as_millis()
+    );
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!text.contains("Too many open files"), "{text}");
+    drop(slow);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+/// Raises this process's soft open-file limit to at least `n` (up to the hard limit).
+fn raise_open_file_limit(n: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < n {
+            lim.rlim_cur = n.min(lim.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
