@@ -1465,3 +1465,54 @@ fn raise_open_file_limit(n: u64) {
         }
     }
 }
+
+/// `metrics.tls` serves `/metrics` and the health endpoints over HTTPS, and not over plain HTTP.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_over_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = common::pki::generate(dir.path(), "metrics");
+    let b = brokers();
+    let mport = free_port();
+    let cfg = format!(
+        "kafka:\n  brokers: ['{b}']\nmetrics:\n  listen: '127.0.0.1:{mport}'\n  tls: {{cert_file: '{}', key_file: '{}'}}\npipelines:\n  - {{name: f, source: {{websocket: {{urls: ['ws://127.0.0.1:1/ws']}}}}, topic: t}}\n",
+        pki.server_cert.display(),
+        pki.server_key.display()
+    );
+    let mut gw = spawn_run(dir.path(), &cfg);
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&pki.ca).unwrap()).unwrap();
+    let c = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let url = format!("https://127.0.0.1:{mport}/readyz");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = c.get(&url).send().await {
+            if r.status().as_u16() == 200 {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no https /readyz; log:\n{}",
+            gw.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = c
+        .get(format!("https://127.0.0.1:{mport}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("kgate_producer_inflight_records"), "{text}");
+    assert_ne!(
+        http_get(&format!("127.0.0.1:{mport}"), "/readyz").map(|r| r.0),
+        Some(200),
+        "plain HTTP is not served"
+    );
+    stop(&mut gw, 20);
+}

@@ -65,8 +65,10 @@ pub async fn run(gateway: Gateway, shutdown: CancellationToken) -> anyhow::Resul
     let server = match metrics_listen {
         Some(addr) => {
             let cap = crate::serve::connection_cap(config.metrics.max_connections as usize, 2);
-            let h = metrics::serve(addr, cap, metrics.clone(), server_stop.clone()).await?;
-            tracing::info!("metrics at http://{addr}/metrics (health: /healthz, /readyz)");
+            let tls = config.metrics.tls.as_ref();
+            let h = metrics::serve(addr, cap, tls, metrics.clone(), server_stop.clone()).await?;
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            tracing::info!("metrics at {scheme}://{addr}/metrics (health: /healthz, /readyz)");
             Some(h)
         }
         None => None,

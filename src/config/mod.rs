@@ -22,7 +22,7 @@ pub use schema::HumanDuration;
 pub use secret::{redact_url, Secret, REDACTED};
 pub(crate) use size::yaml_brief;
 pub use size::ByteSize;
-pub use tls::TlsFiles;
+pub use tls::{ServerTlsFiles, TlsFiles};
 
 /// One problem in a config file: where it is (a path like `pipelines[0].source.websocket.urls[1]`),
 /// what is wrong, and how to fix it.

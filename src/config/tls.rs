@@ -1,4 +1,4 @@
-//! The one shape of TLS client files that several sections share.
+//! The shapes of TLS files that several sections share: a client's and a server's.
 
 use serde::Deserialize;
 
@@ -16,4 +16,14 @@ pub struct TlsFiles {
     /// Client key (mutual TLS); PKCS#8 (`BEGIN PRIVATE KEY`) for the registry.
     #[serde(default)]
     pub key_file: Option<String>,
+}
+
+/// PEM files for a TLS server: `{cert_file, key_file}` (`http.tls`, `metrics.tls`).
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct ServerTlsFiles {
+    /// Certificate chain (PEM), leaf first.
+    pub cert_file: String,
+    /// Private key (PEM).
+    pub key_file: String,
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
-use crate::config::{yes, At, ConfigError};
+use crate::config::{yes, At, ConfigError, ServerTlsFiles};
 
 /// `metrics:` — Prometheus endpoint and health checks.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
@@ -25,6 +25,10 @@ pub struct MetricsConfig {
     /// room, apart from the HTTP server's, so that `/readyz` answers while ingest is busy.
     #[serde(default = "default_max_connections")]
     pub max_connections: u64,
+    /// Serve `/metrics` and the health endpoints over HTTPS with these PEM files; none = plain
+    /// HTTP (keep the port internal then).
+    #[serde(default)]
+    pub tls: Option<ServerTlsFiles>,
 }
 
 fn default_max_connections() -> u64 {
@@ -35,6 +39,7 @@ impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             max_connections: default_max_connections(),
+            tls: None,
             enabled: true,
             listen: default_metrics_listen(),
             labels: BTreeMap::new(),
@@ -63,6 +68,16 @@ impl MetricsConfig {
                 None
             }
         };
+        if let Some(tls) = &self.tls {
+            for (field, f) in [("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {
+                if !std::path::Path::new(f).is_file() {
+                    errors.push(ConfigError::new(
+                        at.field(&format!("tls.{field}")),
+                        format!("file `{f}` does not exist"),
+                    ));
+                }
+            }
+        }
         for name in self.labels.keys() {
             let ok = name
                 .chars()

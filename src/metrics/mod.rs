@@ -751,6 +751,9 @@ async fn readyz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
 /// Why the metrics endpoint could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// `metrics.tls` files are unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::serve::tls::TlsError),
     /// The address is taken or not ours.
     // The cause sits inside the message, before the fix, so it is not also `source()`: a
     // `{:#}` chain would print it twice.
@@ -771,9 +774,14 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 pub async fn serve(
     addr: SocketAddr,
     max_connections: usize,
+    tls: Option<&crate::config::ServerTlsFiles>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, ServeError> {
+    let acceptor = match tls {
+        Some(t) => Some(crate::serve::tls::acceptor(t, "metrics")?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|error| ServeError::Listen { addr, error })?;
@@ -787,14 +795,31 @@ pub async fn serve(
         max_connections,
         header_timeout: HEADER_TIMEOUT,
     };
-    let accept = crate::serve::tcp(listener);
-    Ok(tokio::spawn(crate::serve::serve(
-        accept,
-        app,
-        limits,
-        |peer| peer,
-        shutdown,
-    )))
+    let info = |peer| peer;
+    Ok(match acceptor {
+        None => tokio::spawn(crate::serve::serve(
+            crate::serve::tcp(listener),
+            app,
+            limits,
+            info,
+            shutdown,
+        )),
+        Some(acceptor) => {
+            let listener = crate::serve::tls::TlsListener::new(
+                listener,
+                acceptor,
+                max_connections,
+                shutdown.clone(),
+            );
+            tokio::spawn(crate::serve::serve(
+                listener.into_accept(),
+                app,
+                limits,
+                info,
+                shutdown,
+            ))
+        }
+    })
 }
 
 #[cfg(test)]
@@ -867,7 +892,7 @@ mod tests {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap();
         let m = Metrics::new(&Default::default());
-        let e = serve(addr, 8, m, CancellationToken::new())
+        let e = serve(addr, 8, None, m, CancellationToken::new())
             .await
             .unwrap_err();
         // No `source()`: a chain printer (`{:#}`, as `kgate run` prints) shows the cause once.

@@ -110,14 +110,7 @@ pub struct HttpAuthConfig {
 }
 
 /// `http.tls:` — PEM certificate chain and private key.
-#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
-#[schemars(deny_unknown_fields)]
-pub struct HttpTlsConfig {
-    /// Certificate chain (PEM), leaf first.
-    pub cert_file: String,
-    /// Private key (PEM).
-    pub key_file: String,
-}
+pub type HttpTlsConfig = crate::config::ServerTlsFiles;
 
 /// `source.http:` — a pipeline fed by `POST /ingest/{pipeline}` on the top-level `http:` server
 /// (which must be configured).

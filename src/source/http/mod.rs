@@ -13,7 +13,6 @@
 mod config;
 mod ingest;
 pub mod rest;
-mod tls;
 
 pub use config::{
     pattern_matches, HttpAuthConfig, HttpConfig, HttpServerSettings, HttpSourceConfig,
@@ -37,6 +36,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use std::sync::Mutex;
+
+use crate::serve::tls;
 
 use futures_util::future::BoxFuture;
 
@@ -182,7 +183,7 @@ pub async fn spawn(
         );
     }
     let tls = match &config.tls {
-        Some(t) => Some(tls::acceptor(t).map_err(ServeError::Tls)?),
+        Some(t) => Some(tls::acceptor(t, "http").map_err(ServeError::Tls)?),
         None => None,
     };
     let listener = tokio::net::TcpListener::bind(addr)

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_openssl::SslStream;
 use tokio_util::sync::CancellationToken;
 
-use super::HttpTlsConfig;
+use crate::config::ServerTlsFiles;
 
 /// How long a client may take to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,24 +28,32 @@ pub enum TlsError {
     #[error("cannot set up TLS: {0}")]
     Setup(#[source] ErrorStack),
     /// The certificate chain file.
-    #[error("http.tls.cert_file: cannot load `{file}` as a PEM certificate chain: {source}")]
+    #[error("{section}.tls.cert_file: cannot load `{file}` as a PEM certificate chain: {source}")]
     Cert {
+        /// The config section (`http`, `metrics`).
+        section: &'static str,
         /// The file.
         file: String,
         /// OpenSSL's reason.
         source: ErrorStack,
     },
     /// The private key file.
-    #[error("http.tls.key_file: cannot load `{file}` as a PEM private key: {source}")]
+    #[error("{section}.tls.key_file: cannot load `{file}` as a PEM private key: {source}")]
     Key {
+        /// The config section.
+        section: &'static str,
         /// The file.
         file: String,
         /// OpenSSL's reason.
         source: ErrorStack,
     },
     /// Key and certificate are not a pair.
-    #[error("http.tls: the key in `{key}` does not match the certificate in `{cert}`: {source}")]
+    #[error(
+        "{section}.tls: the key in `{key}` does not match the certificate in `{cert}`: {source}"
+    )]
     Mismatch {
+        /// The config section.
+        section: &'static str,
         /// The key file.
         key: String,
         /// The certificate file.
@@ -56,20 +64,24 @@ pub enum TlsError {
 }
 
 /// Builds the server TLS context from PEM files; errors name the file and the fix.
-pub fn acceptor(c: &HttpTlsConfig) -> Result<SslAcceptor, TlsError> {
+/// `section` names the config section in the messages (`http`, `metrics`).
+pub fn acceptor(c: &ServerTlsFiles, section: &'static str) -> Result<SslAcceptor, TlsError> {
     let mut b =
         SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(TlsError::Setup)?;
     b.set_certificate_chain_file(&c.cert_file)
         .map_err(|source| TlsError::Cert {
+            section,
             file: c.cert_file.clone(),
             source,
         })?;
     b.set_private_key_file(&c.key_file, SslFiletype::PEM)
         .map_err(|source| TlsError::Key {
+            section,
             file: c.key_file.clone(),
             source,
         })?;
     b.check_private_key().map_err(|source| TlsError::Mismatch {
+        section,
         key: c.key_file.clone(),
         cert: c.cert_file.clone(),
         source,

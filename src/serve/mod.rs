@@ -8,6 +8,8 @@
 //! come back instead of hanging in the accept queue, and the other listeners (metrics,
 //! `/readyz`) keep their own room.
 
+pub mod tls;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
