@@ -7,8 +7,6 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use tokio_tungstenite::tungstenite::http::HeaderName;
 
-use super::auth::Auth;
-use super::tls::Acceptor;
 use crate::config::{yes, At, ByteSize, ConfigError};
 
 /// `source.device_websocket:` — a WebSocket server that devices connect to.
@@ -413,19 +411,14 @@ pub(super) fn parse_path(p: &str) -> Result<Vec<Seg>, String> {
     Ok(segs)
 }
 
-/// A valid section, parsed: the address, the path's segments, `auth` and `tls` loaded.
-#[derive(Debug)]
-pub(super) struct Checked {
-    pub listen: SocketAddr,
-    pub path: Vec<Seg>,
-    pub auth: Auth,
-    pub tls: Option<Acceptor>,
-}
-
 impl DeviceSourceConfig {
-    /// Checks what serde cannot (at `at`); the listen address, the path's segments, `auth` and
-    /// `tls` loaded once the section is valid.
-    pub(super) fn check(&self, at: At<'_>, errors: &mut Vec<ConfigError>) -> Option<Checked> {
+    /// Checks what serde cannot (at `at`), but `auth` and `tls` (their files are loaded by
+    /// `auth.rs` and `tls.rs`); the listen address and the path's segments once valid.
+    pub(super) fn check(
+        &self,
+        at: At<'_>,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<(SocketAddr, Vec<Seg>)> {
         let before = errors.len();
         let mut err = |field: &str, message: String| {
             errors.push(ConfigError {
@@ -511,21 +504,7 @@ impl DeviceSourceConfig {
         if self.max_connections == 0 {
             err("max_connections", "must be at least 1".into());
         }
-        let tls = self.tls.as_ref().map(|t| Acceptor::build(t, at, errors));
-        let client_ca = self.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
-        // An address that does not parse is reported above; it is not a loopback one.
-        let loopback = listen.is_none_or(|l| l.ip().is_loopback());
-        let auth = Auth::build(self.auth.as_ref(), loopback, client_ca, at, errors);
-        let (listen, path, auth) = (listen?, segs?, auth?);
-        let tls = match tls {
-            Some(t) => Some(t?),
-            None => None,
-        };
-        (errors.len() == before).then_some(Checked {
-            listen,
-            path,
-            auth,
-            tls,
-        })
+        let (listen, path) = (listen?, segs?);
+        (errors.len() == before).then_some((listen, path))
     }
 }

@@ -65,13 +65,30 @@ impl SourceKind for DeviceSourceConfig {
         "device_websocket"
     }
     fn resolve(&self, at: At<'_>, errors: &mut Vec<ConfigError>) -> Option<Box<dyn Source>> {
-        let c = self.check(at, errors)?;
+        let before = errors.len();
+        let checked = self.check(at, errors);
+        let tls = self.tls.as_ref().map(|t| Acceptor::build(t, at, errors));
+        let client_ca = self.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        // An address that does not parse is reported by `check`; it is not a loopback one.
+        let loopback = self
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .map_or(true, |l| l.ip().is_loopback());
+        let auth = Auth::build(self.auth.as_ref(), loopback, client_ca, at, errors);
+        let ((listen, path), auth) = (checked?, auth?);
+        let tls = match tls {
+            Some(t) => Some(t?),
+            None => None,
+        };
+        if errors.len() != before {
+            return None;
+        }
         Some(Box::new(DeviceSource {
             config: self.clone(),
-            listen: c.listen,
-            path: c.path,
-            auth: c.auth,
-            tls: c.tls,
+            listen,
+            path,
+            auth,
+            tls,
         }))
     }
 }
