@@ -26,7 +26,7 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
 }
 
 /// The largest encoded record that field defaults may grow to.
-pub(crate) const MAX_RECORD_FROM_DEFAULTS: usize = 8 * 1024 * 1024;
+pub(crate) const MAX_RECORD_FROM_DEFAULTS: usize = 1024 * 1024;
 
 /// Records with at most this many fields match fields to keys in one merge pass.
 const SLOTS: usize = 32;
