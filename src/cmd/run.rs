@@ -95,7 +95,13 @@ pub async fn run(gateway: Gateway, shutdown: CancellationToken) -> anyhow::Resul
 
     let sources_stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
-    let http_routes = start_sources(pipelines, &metrics, &sources_stop, &mut tasks);
+    let http_routes = start_sources(
+        pipelines,
+        &metrics,
+        &config.kafka,
+        &sources_stop,
+        &mut tasks,
+    );
     if let Some(h) = &http_settings {
         let routes = std::mem::take(&mut *http_routes.lock().expect("routes lock"));
         let served = http::Served {
@@ -151,6 +157,7 @@ async fn build_pipelines(
 fn start_sources(
     pipelines: Vec<Started>,
     metrics: &Arc<Metrics>,
+    kafka: &KafkaConfig,
     stop: &CancellationToken,
     tasks: &mut JoinSet<()>,
 ) -> http::Routes {
@@ -161,6 +168,7 @@ fn start_sources(
             metrics: metrics.clone(),
             stop: stop.clone(),
             http_routes: http_routes.clone(),
+            kafka: kafka.clone(),
         };
         source.spawn(ctx, tasks);
         tracing::info!(pipeline = %name, %topic, "pipeline started");

@@ -5,6 +5,7 @@
 
 pub mod device;
 pub mod http;
+pub mod kafka;
 pub mod mqtt;
 pub mod websocket;
 
@@ -32,6 +33,8 @@ pub enum SourceConfig {
     Http(http::HttpSourceConfig),
     /// MQTT subscriber with acks after Kafka.
     Mqtt(mqtt::MqttSourceConfig),
+    /// Kafka consumer group, at-least-once: offsets are committed after Kafka holds the result.
+    Kafka(kafka::KafkaSourceConfig),
 }
 
 impl SourceConfig {
@@ -42,6 +45,7 @@ impl SourceConfig {
             SourceConfig::DeviceWebsocket(c) => c,
             SourceConfig::Http(c) => c,
             SourceConfig::Mqtt(c) => c,
+            SourceConfig::Kafka(c) => c,
         }
     }
 
@@ -118,6 +122,8 @@ pub struct SourceCtx {
     pub stop: CancellationToken,
     /// The routes of the one HTTP server: an `http` source registers its pipeline there.
     pub http_routes: http::Routes,
+    /// The `kafka:` section (brokers, security), for sources that read from Kafka.
+    pub kafka: crate::kafka::KafkaConfig,
 }
 
 /// A resolved source, ready to probe (`kgate check`) or run (`kgate run`).

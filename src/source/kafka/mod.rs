@@ -1,0 +1,358 @@
+//! Kafka source: a consumer group that reads topics of the `kafka:` cluster and hands each
+//! record to the pipeline as an event, at-least-once.
+//!
+//! **Offsets.** librdkafka commits every `commit_interval` (`enable.auto.commit`), but only the
+//! offsets kgate stored (`enable.auto.offset.store=false`). kgate stores a record's offset only
+//! once its [`Fate`] is persisted (Kafka holds the output record or its DLQ record), and in
+//! partition order: each partition keeps a queue of the offsets handed to the pipeline; a record
+//! settled before the ones ahead of it waits for them. So a committed offset never passes a
+//! record that Kafka does not hold; after a crash the group resumes at the last commit and
+//! records since then are read again (at-least-once: duplicates, no loss).
+//!
+//! **A fate that is not persisted** (`Dropped`, `Busy`, `Failed`): the offsets before it are
+//! stored, its own is not; kgate forgets what is pending in that partition behind it (those
+//! fates are ignored) and seeks the partition back to the record after a pause
+//! ([`RETRY_AFTER`]), so it is read and handed over again.
+//!
+//! **Shutdown.** On `stop`: no more fetching; the fates of what was handed over are awaited
+//! (bounded by the gateway's `shutdown_timeout`, after which the task is aborted and the last
+//! stored offsets are what counts), stored, committed synchronously, and the consumer closed.
+//!
+//! Not built yet: waiting for pending fates at a rebalance (records of a revoked partition that
+//! were in flight are read again by its new owner), exactly-once (transactions).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientContext, Offset};
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{Probe, ProbeCtx, Source, SourceCtx, SourceKind};
+use crate::config::{At, ConfigError};
+use crate::event::{Event, Fate, Origin};
+use crate::kafka::{ErrorLog, KafkaConfig};
+use crate::pipeline::Pipeline;
+
+mod config;
+
+pub use config::{KafkaSourceConfig, StartAt};
+
+/// How long a partition waits before its record that Kafka does not hold is read again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Most records handed over whose fate is not known yet; past it kgate stops fetching.
+const MAX_PENDING: usize = 50_000;
+
+impl SourceKind for KafkaSourceConfig {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+    fn resolve(&self, at: At<'_>, errors: &mut Vec<ConfigError>) -> Option<Box<dyn Source>> {
+        if !config::check(self, at, errors) {
+            return None;
+        }
+        Some(Box::new(KafkaSource {
+            config: self.clone(),
+        }))
+    }
+}
+
+/// Resolved `source.kafka`.
+#[derive(Debug)]
+pub struct KafkaSource {
+    config: KafkaSourceConfig,
+}
+
+impl Source for KafkaSource {
+    fn probe<'a>(&'a self, ctx: ProbeCtx<'a>) -> BoxFuture<'a, Vec<Probe>> {
+        Box::pin(async move {
+            // The brokers are probed with `kafka:`; here only what this source reads.
+            vec![Probe::ok(format!(
+                "kafka source (pipeline {}): topics {} as group `{}` on the `kafka:` brokers",
+                ctx.pipeline,
+                self.config.topics.join(", "),
+                self.config.group
+            ))]
+        })
+    }
+
+    fn spawn(self: Box<Self>, ctx: SourceCtx, tasks: &mut JoinSet<()>) {
+        let consumer = match make_consumer(&self.config, &ctx.kafka, ctx.pipeline.name()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(pipeline = %ctx.pipeline.name(), error = %e, "cannot create the Kafka consumer");
+                return;
+            }
+        };
+        let run = Runner {
+            consumer,
+            pipeline: ctx.pipeline,
+            stop: ctx.stop,
+            parts: HashMap::new(),
+            fates: FuturesUnordered::new(),
+            pending: 0,
+        };
+        tasks.spawn(run.run());
+    }
+}
+
+/// The consumer's context: librdkafka's logs and errors the gateway's way, rebalances logged.
+struct SourceContext {
+    log: ErrorLog,
+    pipeline: Arc<str>,
+}
+
+impl ClientContext for SourceContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.log.log(level, fac, message)
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.log.error(error, reason)
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, r: &Rebalance<'_>) {
+        match r {
+            Rebalance::Assign(tpl) => {
+                tracing::info!(pipeline = %self.pipeline, partitions = tpl.count(), "Kafka source: partitions assigned")
+            }
+            Rebalance::Revoke(tpl) => {
+                tracing::info!(pipeline = %self.pipeline, partitions = tpl.count(), "Kafka source: partitions revoked")
+            }
+            Rebalance::Error(e) => {
+                tracing::warn!(pipeline = %self.pipeline, error = %e, "Kafka source: rebalance failed")
+            }
+        }
+    }
+}
+
+type KConsumer = StreamConsumer<SourceContext>;
+
+/// The consumer: shared client settings, `options`, then the at-least-once settings.
+fn make_consumer(
+    c: &KafkaSourceConfig,
+    k: &KafkaConfig,
+    pipeline: &Arc<str>,
+) -> Result<KConsumer, KafkaError> {
+    let mut cc = crate::kafka::base_client_config(k);
+    for (key, v) in &c.options {
+        cc.set(key, v);
+    }
+    cc.set("group.id", &c.group)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", c.start.as_str())
+        .set(
+            "auto.commit.interval.ms",
+            c.commit_interval.as_millis().to_string(),
+        );
+    let consumer: KConsumer = cc.create_with_context(SourceContext {
+        log: ErrorLog::new(k),
+        pipeline: pipeline.clone(),
+    })?;
+    let topics: Vec<&str> = c.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    Ok(consumer)
+}
+
+/// A topic partition.
+type Tp = (Arc<str>, i32);
+
+/// The records of one partition handed over and not yet settled, by offset (`None` = fate not
+/// known yet), and its generation (bumped at a seek back: older fates are ignored).
+#[derive(Default)]
+struct Partition {
+    queue: BTreeMap<i64, Option<Fate>>,
+    generation: u64,
+}
+
+/// A fate as it arrives: its partition, generation and offset.
+type Settled = (Tp, u64, i64, Fate);
+
+struct Runner {
+    consumer: KConsumer,
+    pipeline: Arc<Pipeline>,
+    stop: CancellationToken,
+    parts: HashMap<Tp, Partition>,
+    fates: FuturesUnordered<BoxFuture<'static, Settled>>,
+    /// Records handed over whose partition queue holds them.
+    pending: usize,
+}
+
+/// The fate of an event the pipeline dropped without settling it.
+fn unsettled() -> Fate {
+    Fate::Failed {
+        message: "the event was dropped before its fate was known".into(),
+    }
+}
+
+impl Runner {
+    async fn run(mut self) {
+        // A seek back waiting for its time: (partition, offset, when).
+        let mut retries: Vec<(Tp, i64, tokio::time::Instant)> = Vec::new();
+        loop {
+            let next_retry = retries.iter().map(|r| r.2).min();
+            tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => break,
+                Some(s) = self.fates.next(), if !self.fates.is_empty() => {
+                    if let Some(r) = self.settle(s) {
+                        retries.push((r.0, r.1, tokio::time::Instant::now() + RETRY_AFTER));
+                    }
+                }
+                _ = tokio::time::sleep_until(next_retry.unwrap_or_else(tokio::time::Instant::now)), if next_retry.is_some() => {
+                    let now = tokio::time::Instant::now();
+                    let (due, later): (Vec<_>, Vec<_>) = retries.into_iter().partition(|r| r.2 <= now);
+                    retries = later;
+                    for (tp, offset, _) in due {
+                        self.seek_back(&tp, offset);
+                    }
+                }
+                m = self.consumer.recv(), if self.pending < MAX_PENDING => match m {
+                    Ok(m) => {
+                        let m = m.detach();
+                        self.hand_over(m).await
+                    }
+                    Err(e) => {
+                        tracing::warn!(pipeline = %self.pipeline.name(), error = %e, "Kafka source: fetch failed");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                },
+            }
+        }
+        self.shutdown().await;
+    }
+
+    /// Makes the event of a record and hands it to the pipeline; its fate joins the queue.
+    async fn hand_over(&mut self, m: rdkafka::message::OwnedMessage) {
+        let topic: Arc<str> = Arc::from(m.topic());
+        let partition = m.partition();
+        let offset = m.offset();
+        let raw = Bytes::copy_from_slice(m.payload().unwrap_or_default());
+        let origin = Origin::now(
+            self.pipeline.name().clone(),
+            Arc::from(format!("{topic}[{partition}]@{offset}")),
+        );
+        let (mut ev, rx) = Event::with_ack(raw, origin);
+        ev.meta.insert("kafka.topic", &*topic);
+        ev.meta.insert("kafka.partition", partition.to_string());
+        ev.meta.insert("kafka.offset", offset.to_string());
+        if let Some(k) = m.key() {
+            ev.meta
+                .insert("kafka.key", String::from_utf8_lossy(k).into_owned());
+        }
+        if let Some(hs) = m.headers() {
+            ev.headers = hs
+                .iter()
+                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                .collect();
+        }
+        let tp: Tp = (topic, partition);
+        let part = self.parts.entry(tp.clone()).or_default();
+        part.queue.insert(offset, None);
+        self.pending += 1;
+        let generation = part.generation;
+        self.fates
+            .push(Box::pin(wait_fate(tp, generation, offset, rx)));
+        self.pipeline.handle(ev).await;
+    }
+
+    /// Records a fate and stores the offsets its partition can now commit, in order. Returns
+    /// the partition and offset to read again when the head's fate is not persisted.
+    fn settle(&mut self, (tp, generation, offset, fate): Settled) -> Option<(Tp, i64)> {
+        let part = self.parts.get_mut(&tp)?;
+        if part.generation != generation {
+            return None; // Forgotten at a seek back: it will be read again.
+        }
+        if let Some(slot) = part.queue.get_mut(&offset) {
+            *slot = Some(fate);
+        }
+        let mut store = None;
+        let mut retry = None;
+        while let Some(entry) = part.queue.first_entry() {
+            let Some(fate) = entry.get() else { break };
+            let at = *entry.key();
+            if !fate.is_persisted() {
+                tracing::warn!(pipeline = %self.pipeline.name(), topic = %tp.0, partition = tp.1, offset = at, ?fate,
+                    "Kafka source: not committing a record that Kafka does not hold; reading the partition again from it");
+                self.pending -= part.queue.len();
+                part.queue.clear();
+                part.generation += 1;
+                retry = Some((tp.clone(), at));
+                break;
+            }
+            entry.remove();
+            self.pending -= 1;
+            store = Some(at);
+        }
+        if let Some(at) = store {
+            // librdkafka stores `at + 1`: the next record to read.
+            if let Err(e) = self.consumer.store_offset(&tp.0, tp.1, at) {
+                tracing::debug!(pipeline = %self.pipeline.name(), topic = %tp.0, partition = tp.1, error = %e, "Kafka source: offset not stored (partition revoked?)");
+            }
+        }
+        retry
+    }
+
+    /// Reads a partition again from `offset` (a record Kafka does not hold).
+    fn seek_back(&mut self, tp: &Tp, offset: i64) {
+        if let Some(part) = self.parts.get_mut(tp) {
+            // Fates of records read since the failure are not stored either.
+            self.pending -= part.queue.len();
+            part.queue.clear();
+            part.generation += 1;
+        }
+        if let Err(e) =
+            self.consumer
+                .seek(&tp.0, tp.1, Offset::Offset(offset), Duration::from_secs(10))
+        {
+            tracing::warn!(pipeline = %self.pipeline.name(), topic = %tp.0, partition = tp.1, offset, error = %e,
+                "Kafka source: cannot seek back; restarting from the last commit needs a restart of kgate");
+        }
+    }
+
+    /// Stops fetching, waits for the fates handed over, stores, commits, closes.
+    async fn shutdown(mut self) {
+        if let Ok(tpl) = self.consumer.assignment() {
+            let _ = self.consumer.pause(&tpl);
+        }
+        let waiting = self.pending;
+        while self.pending > 0 {
+            match self.fates.next().await {
+                Some(s) => {
+                    // A fate not persisted at shutdown: nothing behind it is stored; the next
+                    // run reads it again.
+                    let _ = self.settle(s);
+                }
+                None => break,
+            }
+        }
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => {}
+            Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                tracing::warn!(pipeline = %self.pipeline.name(), error = %e, "Kafka source: final commit failed; the next run reads the records since the last commit again")
+            }
+        }
+        tracing::info!(pipeline = %self.pipeline.name(), settled = waiting, "Kafka source stopped; offsets committed");
+        // The consumer leaves the group and closes on drop.
+        drop(self.consumer);
+    }
+}
+
+/// Awaits one record's fate.
+async fn wait_fate(tp: Tp, generation: u64, offset: i64, rx: oneshot::Receiver<Fate>) -> Settled {
+    let fate = rx.await.unwrap_or_else(|_| unsettled());
+    (tp, generation, offset, fate)
+}
