@@ -170,11 +170,62 @@ fn make_consumer(
 type Tp = (Arc<str>, i32);
 
 /// The records of one partition handed over and not yet settled, by offset (`None` = fate not
-/// known yet), and its generation (bumped at a seek back: older fates are ignored).
+/// known yet), and its generation (bumped when the queue is forgotten: older fates are ignored).
 #[derive(Default)]
 struct Partition {
     queue: BTreeMap<i64, Option<Fate>>,
     generation: u64,
+}
+
+/// What a settled fate lets a partition do.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Advance {
+    /// Records taken off the queue (settled, or forgotten behind a failure).
+    removed: usize,
+    /// The last offset whose record and all before it Kafka holds: to store.
+    store: Option<i64>,
+    /// The offset of a record Kafka does not hold, with its fate: read again from there.
+    retry: Option<(i64, Fate)>,
+}
+
+impl Partition {
+    /// A record handed over; its fate comes with this generation.
+    fn push(&mut self, offset: i64) -> u64 {
+        self.queue.insert(offset, None);
+        self.generation
+    }
+
+    /// Forgets every pending record (their fates, when they come, are ignored); how many.
+    fn forget(&mut self) -> usize {
+        let n = self.queue.len();
+        self.queue.clear();
+        self.generation += 1;
+        n
+    }
+
+    /// Records the fate of `offset` (of `generation`) and takes the settled head off the queue,
+    /// in order, up to the first record whose fate is unknown or not persisted.
+    fn settle(&mut self, generation: u64, offset: i64, fate: Fate) -> Advance {
+        let mut adv = Advance::default();
+        if generation != self.generation {
+            return adv; // Forgotten: it will be read again.
+        }
+        if let Some(slot) = self.queue.get_mut(&offset) {
+            *slot = Some(fate);
+        }
+        while let Some(entry) = self.queue.first_entry() {
+            let Some(fate) = entry.get() else { break };
+            if !fate.is_persisted() {
+                let at = *entry.key();
+                adv.retry = Some((at, fate.clone()));
+                adv.removed += self.forget();
+                break;
+            }
+            adv.store = Some(entry.remove_entry().0);
+            adv.removed += 1;
+        }
+        adv
+    }
 }
 
 /// A fate as it arrives: its partition, generation and offset.
@@ -259,10 +310,8 @@ impl Runner {
                 .collect();
         }
         let tp: Tp = (topic, partition);
-        let part = self.parts.entry(tp.clone()).or_default();
-        part.queue.insert(offset, None);
+        let generation = self.parts.entry(tp.clone()).or_default().push(offset);
         self.pending += 1;
-        let generation = part.generation;
         self.fates
             .push(Box::pin(wait_fate(tp, generation, offset, rx)));
         self.pipeline.handle(ev).await;
@@ -271,47 +320,25 @@ impl Runner {
     /// Records a fate and stores the offsets its partition can now commit, in order. Returns
     /// the partition and offset to read again when the head's fate is not persisted.
     fn settle(&mut self, (tp, generation, offset, fate): Settled) -> Option<(Tp, i64)> {
-        let part = self.parts.get_mut(&tp)?;
-        if part.generation != generation {
-            return None; // Forgotten at a seek back: it will be read again.
-        }
-        if let Some(slot) = part.queue.get_mut(&offset) {
-            *slot = Some(fate);
-        }
-        let mut store = None;
-        let mut retry = None;
-        while let Some(entry) = part.queue.first_entry() {
-            let Some(fate) = entry.get() else { break };
-            let at = *entry.key();
-            if !fate.is_persisted() {
-                tracing::warn!(pipeline = %self.pipeline.name(), topic = %tp.0, partition = tp.1, offset = at, ?fate,
-                    "Kafka source: not committing a record that Kafka does not hold; reading the partition again from it");
-                self.pending -= part.queue.len();
-                part.queue.clear();
-                part.generation += 1;
-                retry = Some((tp.clone(), at));
-                break;
-            }
-            entry.remove();
-            self.pending -= 1;
-            store = Some(at);
-        }
-        if let Some(at) = store {
+        let adv = self.parts.get_mut(&tp)?.settle(generation, offset, fate);
+        self.pending -= adv.removed;
+        if let Some(at) = adv.store {
             // librdkafka stores `at + 1`: the next record to read.
             if let Err(e) = self.consumer.store_offset(&tp.0, tp.1, at) {
                 tracing::debug!(pipeline = %self.pipeline.name(), topic = %tp.0, partition = tp.1, error = %e, "Kafka source: offset not stored (partition revoked?)");
             }
         }
-        retry
+        let (at, fate) = adv.retry?;
+        tracing::warn!(pipeline = %self.pipeline.name(), topic = %tp.0, partition = tp.1, offset = at, ?fate,
+            "Kafka source: not committing a record that Kafka does not hold; reading the partition again from it");
+        Some((tp, at))
     }
 
     /// Reads a partition again from `offset` (a record Kafka does not hold).
     fn seek_back(&mut self, tp: &Tp, offset: i64) {
         if let Some(part) = self.parts.get_mut(tp) {
             // Fates of records read since the failure are not stored either.
-            self.pending -= part.queue.len();
-            part.queue.clear();
-            part.generation += 1;
+            self.pending -= part.forget();
         }
         if let Err(e) =
             self.consumer
@@ -355,4 +382,117 @@ impl Runner {
 async fn wait_fate(tp: Tp, generation: u64, offset: i64, rx: oneshot::Receiver<Fate>) -> Settled {
     let fate = rx.await.unwrap_or_else(|_| unsettled());
     (tp, generation, offset, fate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivered(offset: i64) -> Fate {
+        Fate::Delivered {
+            topic: "clean".into(),
+            partition: 0,
+            offset,
+        }
+    }
+
+    #[test]
+    fn offsets_are_stored_in_partition_order() {
+        let mut p = Partition::default();
+        let g = (10..15).map(|o| p.push(o)).last().unwrap();
+        // A later record settled first waits for the ones ahead of it.
+        assert_eq!(p.settle(g, 12, delivered(2)), Advance::default());
+        assert_eq!(p.settle(g, 11, delivered(1)), Advance::default());
+        let dead = Fate::DeadLettered {
+            error_type: crate::event::ErrorType::InvalidJson,
+            message: "bad".into(),
+            partition: 0,
+            offset: 7,
+        };
+        assert_eq!(
+            p.settle(g, 10, dead),
+            Advance {
+                removed: 3,
+                store: Some(12),
+                retry: None
+            }
+        );
+        assert_eq!(
+            p.settle(g, 13, delivered(3)),
+            Advance {
+                removed: 1,
+                store: Some(13),
+                retry: None
+            }
+        );
+        assert_eq!(p.queue.len(), 1);
+    }
+
+    #[test]
+    fn a_fate_not_persisted_stops_storing_and_forgets_what_follows() {
+        let mut p = Partition::default();
+        let g = (0..4).map(|o| p.push(o)).last().unwrap();
+        assert_eq!(p.settle(g, 2, delivered(2)), Advance::default());
+        assert_eq!(
+            p.settle(g, 1, Fate::Busy),
+            Advance::default(),
+            "waits for offset 0"
+        );
+        assert_eq!(
+            p.settle(g, 0, delivered(0)),
+            Advance {
+                removed: 4,
+                store: Some(0),
+                retry: Some((1, Fate::Busy))
+            }
+        );
+        assert!(p.queue.is_empty());
+        // Fates of the forgotten records change nothing; records read again are new.
+        assert_eq!(p.settle(g, 3, delivered(3)), Advance::default());
+        let g2 = p.push(1);
+        assert_ne!(g, g2);
+        assert_eq!(
+            p.settle(g2, 1, delivered(1)),
+            Advance {
+                removed: 1,
+                store: Some(1),
+                retry: None
+            }
+        );
+    }
+
+    fn load(text: &str) -> Result<crate::gateway::Config, crate::config::ConfigErrors> {
+        crate::gateway::Config::from_yaml_str(text, "kgate.yaml", &|_| None)
+    }
+
+    #[test]
+    fn config_defaults_and_errors_with_paths() {
+        let c = load("pipelines:\n  - name: v\n    source: {kafka: {topics: [telemetry.raw], group: g}}\n    topic: telemetry.clean\n    key: '${@kafka.key}'\n").unwrap();
+        let crate::source::SourceConfig::Kafka(k) = &c.pipelines[0].source else {
+            panic!("kafka source expected")
+        };
+        assert_eq!(k.start, StartAt::Latest);
+        assert_eq!(k.commit_interval, Duration::from_secs(5));
+        assert!(k.options.is_empty());
+
+        let e = load("pipelines:\n  - name: a\n    source: {kafka: {topics: [t], group: g}}\n    topic: t\n  - name: b\n    source: {kafka: {topics: [], group: g, commit_interval: 10ms, options: {enable.auto.offset.store: 'true'}}}\n    topic: t\n").unwrap_err();
+        let paths: Vec<&str> = e.errors.iter().map(|e| e.path.as_str()).collect();
+        for want in [
+            "pipelines[1].source.kafka.topics",
+            "pipelines[1].source.kafka.commit_interval",
+            "pipelines[1].source.kafka.options.enable.auto.offset.store",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {paths:?}\n{e}");
+        }
+        let e = load("pipelines:\n  - name: a\n    source: {kafka: {topics: ['bad topic'], group: ''}}\n    topic: t\n").unwrap_err();
+        let paths: Vec<&str> = e.errors.iter().map(|e| e.path.as_str()).collect();
+        for want in [
+            "pipelines[0].source.kafka.topics[0]",
+            "pipelines[0].source.kafka.group",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {paths:?}\n{e}");
+        }
+        let e = load("pipelines:\n  - name: a\n    source: {kafka: {topics: [t], group: g, start: middle}}\n    topic: t\n").unwrap_err();
+        assert_eq!(e.errors[0].path, "pipelines[0].source.kafka.start", "{e}");
+    }
 }
