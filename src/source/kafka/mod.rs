@@ -11,8 +11,9 @@
 //!
 //! **A fate that is not persisted** (`Dropped`, `Busy`, `Failed`): the offsets before it are
 //! stored, its own is not; kgate forgets what is pending in that partition behind it (those
-//! fates are ignored) and seeks the partition back to the record after a pause
-//! ([`RETRY_AFTER`]), so it is read and handed over again.
+//! fates are ignored), skips what it reads from that partition meanwhile, and after
+//! [`RETRY_AFTER`] seeks the partition back to the record, so that it and what follows are read
+//! and handed over again (a failed seek is tried again; the partition stays blocked until then).
 //!
 //! **Shutdown.** On `stop`: no more fetching; the fates of what was handed over are awaited
 //! (bounded by the gateway's `shutdown_timeout`, after which the task is aborted and the last
@@ -171,10 +172,13 @@ type Tp = (Arc<str>, i32);
 
 /// The records of one partition handed over and not yet settled, by offset (`None` = fate not
 /// known yet), and its generation (bumped when the queue is forgotten: older fates are ignored).
+/// Blocked from a fate not persisted until the seek back: records read meanwhile are skipped
+/// (they are read again), so that nothing behind the failed record is stored.
 #[derive(Default)]
 struct Partition {
     queue: BTreeMap<i64, Option<Fate>>,
     generation: u64,
+    blocked: bool,
 }
 
 /// What a settled fate lets a partition do.
@@ -189,10 +193,19 @@ struct Advance {
 }
 
 impl Partition {
-    /// A record handed over; its fate comes with this generation.
-    fn push(&mut self, offset: i64) -> u64 {
+    /// A record to hand over; its fate comes with this generation. None while blocked: skip it.
+    fn push(&mut self, offset: i64) -> Option<u64> {
+        if self.blocked {
+            return None;
+        }
         self.queue.insert(offset, None);
-        self.generation
+        Some(self.generation)
+    }
+
+    /// After the seek back: forgets what is pending (how many) and takes records again.
+    fn unblock(&mut self) -> usize {
+        self.blocked = false;
+        self.forget()
     }
 
     /// Forgets every pending record (their fates, when they come, are ignored); how many.
@@ -219,6 +232,7 @@ impl Partition {
                 let at = *entry.key();
                 adv.retry = Some((at, fate.clone()));
                 adv.removed += self.forget();
+                self.blocked = true;
                 break;
             }
             adv.store = Some(entry.remove_entry().0);
@@ -267,7 +281,9 @@ impl Runner {
                     let (due, later): (Vec<_>, Vec<_>) = retries.into_iter().partition(|r| r.2 <= now);
                     retries = later;
                     for (tp, offset, _) in due {
-                        self.seek_back(&tp, offset);
+                        if !self.seek_back(&tp, offset) {
+                            retries.push((tp, offset, tokio::time::Instant::now() + RETRY_AFTER));
+                        }
                     }
                 }
                 m = self.consumer.recv(), if self.pending < MAX_PENDING => match m {
@@ -310,7 +326,9 @@ impl Runner {
                 .collect();
         }
         let tp: Tp = (topic, partition);
-        let generation = self.parts.entry(tp.clone()).or_default().push(offset);
+        let Some(generation) = self.parts.entry(tp.clone()).or_default().push(offset) else {
+            return; // Blocked until its seek back: it is read again then.
+        };
         self.pending += 1;
         self.fates
             .push(Box::pin(wait_fate(tp, generation, offset, rx)));
@@ -334,19 +352,22 @@ impl Runner {
         Some((tp, at))
     }
 
-    /// Reads a partition again from `offset` (a record Kafka does not hold).
-    fn seek_back(&mut self, tp: &Tp, offset: i64) {
-        if let Some(part) = self.parts.get_mut(tp) {
-            // Fates of records read since the failure are not stored either.
-            self.pending -= part.forget();
-        }
+    /// Reads a partition again from `offset` (a record Kafka does not hold); false when the
+    /// seek failed (the partition stays blocked and is tried again).
+    fn seek_back(&mut self, tp: &Tp, offset: i64) -> bool {
         if let Err(e) =
             self.consumer
                 .seek(&tp.0, tp.1, Offset::Offset(offset), Duration::from_secs(10))
         {
             tracing::warn!(pipeline = %self.pipeline.name(), topic = %tp.0, partition = tp.1, offset, error = %e,
-                "Kafka source: cannot seek back; restarting from the last commit needs a restart of kgate");
+                "Kafka source: cannot seek back yet; the partition stays paused");
+            return false;
         }
+        if let Some(part) = self.parts.get_mut(tp) {
+            // Fates of records read since the failure are not stored either.
+            self.pending -= part.unblock();
+        }
+        true
     }
 
     /// Stops fetching, waits for the fates handed over, stores, commits, closes.
@@ -399,7 +420,7 @@ mod tests {
     #[test]
     fn offsets_are_stored_in_partition_order() {
         let mut p = Partition::default();
-        let g = (10..15).map(|o| p.push(o)).last().unwrap();
+        let g = (10..15).map(|o| p.push(o).unwrap()).last().unwrap();
         // A later record settled first waits for the ones ahead of it.
         assert_eq!(p.settle(g, 12, delivered(2)), Advance::default());
         assert_eq!(p.settle(g, 11, delivered(1)), Advance::default());
@@ -431,7 +452,7 @@ mod tests {
     #[test]
     fn a_fate_not_persisted_stops_storing_and_forgets_what_follows() {
         let mut p = Partition::default();
-        let g = (0..4).map(|o| p.push(o)).last().unwrap();
+        let g = (0..4).map(|o| p.push(o).unwrap()).last().unwrap();
         assert_eq!(p.settle(g, 2, delivered(2)), Advance::default());
         assert_eq!(
             p.settle(g, 1, Fate::Busy),
@@ -447,9 +468,11 @@ mod tests {
             }
         );
         assert!(p.queue.is_empty());
-        // Fates of the forgotten records change nothing; records read again are new.
+        // Fates of the forgotten records change nothing; until the seek back nothing is taken.
         assert_eq!(p.settle(g, 3, delivered(3)), Advance::default());
-        let g2 = p.push(1);
+        assert_eq!(p.push(5), None);
+        assert_eq!(p.unblock(), 0);
+        let g2 = p.push(1).unwrap();
         assert_ne!(g, g2);
         assert_eq!(
             p.settle(g2, 1, delivered(1)),
