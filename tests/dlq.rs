@@ -142,6 +142,7 @@ async fn inspect_shows_filters_and_counts_what_the_gateway_dead_lettered() {
     assert_eq!(summary["matched"], 3);
     assert_eq!(summary["read"], 5);
 
+    println!("{table}");
     assert!(table.starts_with("TIME"), "{table}");
     assert!(table.contains("invalid_json"), "{table}");
     assert!(table.contains("missing_field"), "{table}");
