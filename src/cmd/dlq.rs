@@ -227,9 +227,38 @@ pub fn read(
             .set("enable.auto.offset.store", "false")
             .create_with_context(Default::default())?;
     let timeout = Duration::from_secs(10);
-    let md = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(|e| anyhow::anyhow!("cannot reach Kafka at {brokers} within {timeout:?}: {e}; is the broker running (scripts/services up) and are kafka.brokers and kafka.security right?"))?;
+    // In steps, serving the client's events between them: a refused login or TLS handshake is
+    // reported there (the request itself only times out), and is answered at once with what to
+    // change in kafka.security (the text `kgate check` uses).
+    let deadline = Instant::now() + timeout;
+    let mut attempt = Duration::from_millis(250);
+    let md = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match consumer.fetch_metadata(Some(topic), attempt.min(left)) {
+            Ok(md) => break md,
+            Err(source) => {
+                for _ in 0..64 {
+                    let _ = consumer.poll(Duration::ZERO);
+                }
+                if let Some(diagnosis) = consumer.context().diagnosis(kafka) {
+                    let e = crate::kafka::MetadataError::Refused {
+                        brokers: brokers.clone(),
+                        diagnosis,
+                    };
+                    anyhow::bail!("{e}");
+                }
+                if Instant::now() >= deadline {
+                    let e = crate::kafka::MetadataError::Unreachable {
+                        brokers: brokers.clone(),
+                        timeout,
+                        source,
+                    };
+                    anyhow::bail!("{e}");
+                }
+                attempt = (attempt * 2).min(Duration::from_secs(1));
+            }
+        }
+    };
     let t = md
         .topics()
         .first()
