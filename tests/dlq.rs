@@ -13,6 +13,9 @@ fn inspect(args: &[&str]) -> String {
     let out = Command::new(kgate_bin())
         .args(["dlq", "inspect", "--brokers", &brokers()])
         .args(args)
+        // scripts/test exports the registry: each call here says whether it wants one.
+        .env_remove("KGATE_REGISTRY_URL")
+        .env_remove("KGATE_CONFIG")
         .output()
         .unwrap();
     assert!(
@@ -158,6 +161,7 @@ fn inspect_names_the_broker_and_the_fix() {
     let out = Command::new(kgate_bin())
         .args(["dlq", "inspect", "--brokers", &brokers(), "--topic"])
         .arg(unique("nosuch.dlq"))
+        .env_remove("KGATE_CONFIG")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -174,4 +178,107 @@ fn inspect_names_the_broker_and_the_fix() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("invalid_json"), "{err}");
+}
+
+/// Produces one DLQ-like record to `topic` with kgate's headers.
+async fn produce(topic: &str, error_type: &str, value: &[u8], timestamp: i64) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let p: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "source_topic",
+            value: Some("probe.v1"),
+        })
+        .insert(Header {
+            key: "error_type",
+            value: Some(error_type),
+        })
+        .insert(Header {
+            key: "error_message",
+            value: Some("Kafka refused it"),
+        });
+    p.send(
+        FutureRecord::<(), _>::to(topic)
+            .payload(value)
+            .headers(headers)
+            .timestamp(timestamp),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+}
+
+/// A value in the Confluent Avro wire format is decoded through the registry; `--since` starts
+/// at the first record written in that window (by the records' timestamps).
+#[tokio::test(flavor = "multi_thread")]
+async fn inspect_decodes_avro_and_starts_at_since() {
+    let topic = unique("dlqcmd.avro.dlq");
+    let subject = format!("{}-value", unique("dlqcmd-probe"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.avsc");
+    std::fs::write(
+        &file,
+        r#"{"type":"record","name":"DlqProbe","fields":[{"name":"n","type":"long"},{"name":"s","type":"string"}]}"#,
+    )
+    .unwrap();
+    let out = Command::new(kgate_bin())
+        .args(["schemas", "register", &subject, "--json", "--registry"])
+        .arg(registry())
+        .arg("--file")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let id = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    // {"n": 3, "s": "hi"}: magic byte, schema id, zigzag long 3, string of length 2.
+    let mut avro = vec![0u8];
+    avro.extend_from_slice(&u32::try_from(id).unwrap().to_be_bytes());
+    avro.extend_from_slice(&[0x06, 0x04, b'h', b'i']);
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    produce(&topic, "invalid_json", b"{old", now - 2 * 3600 * 1000).await;
+    produce(&topic, "produce_failed", &avro, now).await;
+
+    let t = topic.clone();
+    let (all, since, table) = tokio::task::spawn_blocking(move || {
+        let reg = registry();
+        (
+            inspect(&["--topic", &t, "--output", "json", "--registry", &reg]),
+            inspect(&["--topic", &t, "--output", "json", "--since", "1h"]),
+            inspect(&["--topic", &t, "--registry", &reg]),
+        )
+    })
+    .await
+    .unwrap();
+    let (records, summary) = json_lines(&all);
+    assert_eq!(records.len(), 2, "{all}");
+    // Newest last.
+    assert_eq!(records[0]["value"], "{old", "{all}");
+    assert_eq!(records[1]["value_as"], "avro", "{all}");
+    assert_eq!(
+        records[1]["value"],
+        serde_json::json!({"n": 3, "s": "hi"}),
+        "{all}"
+    );
+    assert_eq!(summary["by_error_type"]["produce_failed"], 1);
+
+    let (records, summary) = json_lines(&since);
+    assert_eq!(records.len(), 1, "{since}");
+    assert_eq!(summary["read"], 1, "{since}");
+    // Without a registry the Avro bytes are not UTF-8: base64.
+    assert_eq!(records[0]["value_as"], "base64", "{since}");
+
+    assert!(table.contains(r#"{"n":3,"s":"hi"}"#), "{table}");
+    assert!(table.contains("produce_failed"), "{table}");
 }

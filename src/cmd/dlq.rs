@@ -393,11 +393,18 @@ pub fn value_json(bytes: &[u8], avro: Option<&AvroDecoding>) -> (Value, &'static
     bytes_json(bytes)
 }
 
-/// Bytes as text when they are UTF-8, else base64.
+/// Bytes as text when they are UTF-8 without control characters (tabs and line breaks aside),
+/// else base64.
 pub fn bytes_json(bytes: &[u8]) -> (Value, &'static str) {
     match std::str::from_utf8(bytes) {
-        Ok(s) => (s.into(), "text"),
-        Err(_) => (
+        Ok(s)
+            if !s
+                .chars()
+                .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r')) =>
+        {
+            (s.into(), "text")
+        }
+        _ => (
             base64::engine::general_purpose::STANDARD
                 .encode(bytes)
                 .into(),
@@ -754,6 +761,10 @@ mod tests {
         assert_eq!(j["value"], "/wAB");
         assert_eq!(j["value_as"], "base64");
         assert_eq!(j["key"], Value::Null);
+        r.value = b"\0\0\0\0\x02hi".to_vec();
+        assert_eq!(record_json(&r, None)["value_as"], "base64");
+        r.value = b"line\n\ttab".to_vec();
+        assert_eq!(record_json(&r, None)["value_as"], "text");
         r.value = b"{oops".to_vec();
         assert_eq!(record_json(&r, None)["value"], "{oops");
     }
