@@ -282,3 +282,44 @@ async fn inspect_decodes_avro_and_starts_at_since() {
     assert!(table.contains(r#"{"n":3,"s":"hi"}"#), "{table}");
     assert!(table.contains("produce_failed"), "{table}");
 }
+
+/// A DLQ written in a transaction ends with a commit marker that no poll returns: inspect
+/// still stops at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn inspect_stops_at_a_transaction_marker() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let topic = unique("dlqcmd.tx.dlq");
+    let t = topic.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let p: BaseProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("transactional.id", unique("dlqcmd-tx"))
+            .create()
+            .unwrap();
+        p.init_transactions(Duration::from_secs(30)).unwrap();
+        p.begin_transaction().unwrap();
+        for i in 0..2 {
+            let headers = OwnedHeaders::new().insert(Header {
+                key: "error_type",
+                value: Some("invalid_json"),
+            });
+            p.send(
+                BaseRecord::<(), _>::to(&t)
+                    .payload(&format!("bad {i}"))
+                    .headers(headers),
+            )
+            .unwrap();
+        }
+        p.commit_transaction(Duration::from_secs(30)).unwrap();
+        let started = std::time::Instant::now();
+        let out = inspect(&["--topic", &t, "--output", "json"]);
+        (out, started.elapsed())
+    })
+    .await
+    .unwrap();
+    let (records, summary) = json_lines(&out.0);
+    assert_eq!(records.len(), 2, "{}", out.0);
+    assert_eq!(summary["by_error_type"]["invalid_json"], 2);
+    assert!(out.1 < Duration::from_secs(10), "took {:?}", out.1);
+}

@@ -362,7 +362,21 @@ pub fn read(
                     left.join(",")
                 );
             }
-            None => {}
+            None => {
+                // The last offsets may hold no record to deliver (a transaction marker, a
+                // compacted record): a partition whose position reached its end is done.
+                if let Ok(at) = consumer.position() {
+                    for e in at.elements() {
+                        if let (Offset::Offset(o), Some(&(_, end))) =
+                            (e.offset(), ends.get(&e.partition()))
+                        {
+                            if o >= end {
+                                ends.remove(&e.partition());
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
     found.keep_newest(max);
