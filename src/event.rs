@@ -188,6 +188,21 @@ pub enum ErrorType {
 }
 
 impl ErrorType {
+    /// Every kind, in declaration order (for `kgate dlq inspect --error-type` and help texts).
+    pub const ALL: [ErrorType; 11] = [
+        ErrorType::InvalidJson,
+        ErrorType::TransformFailed,
+        ErrorType::MissingField,
+        ErrorType::InvalidTopic,
+        ErrorType::TopicNotAllowed,
+        ErrorType::SchemaMismatch,
+        ErrorType::SchemaUnavailable,
+        ErrorType::EncodeFailed,
+        ErrorType::ProduceFailed,
+        ErrorType::TooLarge,
+        ErrorType::InvalidWrp,
+    ];
+
     /// The DLQ header text and metric label.
     pub fn as_str(self) -> &'static str {
         match self {

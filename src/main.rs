@@ -55,6 +55,9 @@ enum Command {
     /// Talks to a Confluent-compatible schema registry (Confluent, Apicurio's /apis/ccompat/v7,
     /// Karapace, Redpanda).
     Schemas(cmd::schemas::SchemasArgs),
+    /// Look at the dead-letter queue: `inspect` prints its records and counts them by error type
+    /// and source topic.
+    Dlq(cmd::dlq::DlqArgs),
     /// The config file's JSON Schema (for editors) and its Markdown reference.
     ///
     /// Both are generated from the same source as the loader, so they list exactly the keys,
@@ -86,5 +89,6 @@ async fn main() -> ExitCode {
         Command::Schemas(args) => ExitCode::from(cmd::schemas::main(args).await),
         Command::Synth(args) => cmd::synth_main(args).await,
         Command::Config(args) => cmd::config::main(args),
+        Command::Dlq(args) => cmd::dlq::main(args).await,
     }
 }

@@ -353,3 +353,40 @@ fn mutual_tls_without_a_client_certificate_says_to_set_one() {
         "{text}"
     );
 }
+
+#[test]
+fn dlq_inspect_with_a_wrong_password_says_what_to_fix_at_once() {
+    let secret = format!("wrong-{}", unique("pw").replace('.', "-"));
+    let sec = sasl_ssl("SCRAM-SHA-512", &secret, &tls_file("ca.pem"));
+    let topic = unique("refused");
+    let feed = format!("ws://127.0.0.1:{}/ws", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &config(&sec, free_port(), &feed, &topic));
+    let started = std::time::Instant::now();
+    let out = Command::new(kgate_bin())
+        .args([
+            "dlq",
+            "inspect",
+            "--topic",
+            &format!("{topic}.dlq"),
+            "--config",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("refused the SASL SCRAM-SHA-512 login")
+            && text.contains("fix kafka.security.sasl.username / password"),
+        "{text}"
+    );
+    assert!(text.contains(&sec.brokers), "{text}");
+    // Answered at once, not after the metadata timeout.
+    assert!(started.elapsed() < Duration::from_secs(8), "{text}");
+    assert_secret_absent(&secret, "dlq inspect's output", &text);
+}

@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod config;
+pub mod dlq;
 pub mod run;
 pub mod schemas;
 pub mod synth;
@@ -81,27 +82,45 @@ pub async fn check_main(config: &Path, timeout: Duration) -> ExitCode {
     }
 }
 
-/// `kgate tail`: the brokers and registry from `--config` or the flags.
-pub async fn tail_main(args: tail::TailArgs) -> ExitCode {
-    let (kafka, registry) = match &args.config {
+/// The `kafka:` and `schema_registry:` sections of `config` when one is given, else the
+/// `brokers` flag; a `registry` URL flag wins over the config's. Errs with the config's errors.
+pub fn kafka_and_registry(
+    config: Option<&Path>,
+    brokers: &str,
+    registry: Option<&str>,
+) -> Result<(KafkaConfig, Option<RegistryConfig>), String> {
+    let (kafka, from_config) = match config {
         Some(path) => match Config::load(path) {
             Ok(c) => (c.kafka, c.schema_registry),
-            Err(e) => {
-                eprint!("{e}");
-                return ExitCode::from(2);
-            }
+            Err(e) => return Err(e.to_string()),
         },
         None => (
             KafkaConfig {
-                brokers: args.brokers.split(',').map(str::to_string).collect(),
+                brokers: brokers.split(',').map(str::to_string).collect(),
                 ..Default::default()
             },
             None,
         ),
     };
-    let registry = match &args.registry {
+    let registry = match registry {
         Some(url) => Some(RegistryConfig::from_url(url)),
-        None => registry,
+        None => from_config,
+    };
+    Ok((kafka, registry))
+}
+
+/// `kgate tail`: the brokers and registry from `--config` or the flags.
+pub async fn tail_main(args: tail::TailArgs) -> ExitCode {
+    let (kafka, registry) = match kafka_and_registry(
+        args.config.as_deref(),
+        &args.brokers,
+        args.registry.as_deref(),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(2);
+        }
     };
     let avro = match registry.map(|r| RegistryClient::new(&r)) {
         Some(Ok(client)) => Some(tail::AvroDecoding {
