@@ -458,23 +458,6 @@ fn resubscribes_after_a_broker_restart() {
     stop(&mut gw, 30);
 }
 
-/// Random text, so that zstd cannot shrink it under the broker's limit.
-fn random_text(n: usize) -> String {
-    use rand::Rng;
-    let mut rng = rand::rng();
-    (0..n)
-        .map(|_| rng.sample(rand::distr::Alphanumeric) as char)
-        .collect()
-}
-
-fn sha256_hex(b: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(b)
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect()
-}
-
 /// A 1.5 MB message (within `max_packet_size`, over the topic's 1 MiB `max.message.bytes`)
 /// followed by a good one: the big one goes to the DLQ as `too_large` (its first 64 KiB, its
 /// size and sha256), the good one lands exactly once, both are acked, and kgate stays on its

@@ -184,23 +184,6 @@ async fn a_full_buffer_answers_busy_to_sources_that_cannot_wait() {
     assert_eq!(sink.inflight(), 1);
 }
 
-/// Random text, so that zstd cannot shrink it under the broker's limit.
-fn random_text(n: usize) -> String {
-    use rand::Rng;
-    let mut rng = rand::rng();
-    (0..n)
-        .map(|_| rng.sample(rand::distr::Alphanumeric) as char)
-        .collect()
-}
-
-fn sha256_hex(b: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(b)
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect()
-}
-
 fn event_of(raw: String) -> (Event, tokio::sync::oneshot::Receiver<Fate>) {
     Event::with_ack(
         Bytes::from(raw),

@@ -404,3 +404,21 @@ pub fn services(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
     }
     c.output().unwrap()
 }
+
+/// Random text, so that zstd cannot shrink it under the broker's limit.
+pub fn random_text(n: usize) -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..n)
+        .map(|_| rng.sample(rand::distr::Alphanumeric) as char)
+        .collect()
+}
+
+/// The lowercase hex sha256 of `b` (what the DLQ's `original_sha256` header holds).
+pub fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
