@@ -185,11 +185,16 @@ pub enum ErrorType {
     TooLarge,
     /// A device frame is not a valid WRP message.
     InvalidWrp,
+    /// The record does not satisfy the pipeline's `validate:` rules (JSON Schema or Avro); the
+    /// message names the JSON path and the rule.
+    ValidationFailed,
+    /// A consumer sink (webhook, command, file) did not take the record after its retries.
+    SinkFailed,
 }
 
 impl ErrorType {
     /// Every kind, in declaration order (for `kgate dlq inspect --error-type` and help texts).
-    pub const ALL: [ErrorType; 11] = [
+    pub const ALL: [ErrorType; 13] = [
         ErrorType::InvalidJson,
         ErrorType::TransformFailed,
         ErrorType::MissingField,
@@ -201,6 +206,8 @@ impl ErrorType {
         ErrorType::ProduceFailed,
         ErrorType::TooLarge,
         ErrorType::InvalidWrp,
+        ErrorType::ValidationFailed,
+        ErrorType::SinkFailed,
     ];
 
     /// The DLQ header text and metric label.
@@ -217,6 +224,8 @@ impl ErrorType {
             ErrorType::ProduceFailed => "produce_failed",
             ErrorType::TooLarge => "too_large",
             ErrorType::InvalidWrp => "invalid_wrp",
+            ErrorType::ValidationFailed => "validation_failed",
+            ErrorType::SinkFailed => "sink_failed",
         }
     }
 

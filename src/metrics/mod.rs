@@ -137,8 +137,80 @@ pub struct Metrics {
     pub http_request_duration: HistogramVec,
     /// `http_records_per_request{route}`: records in each well-formed request.
     pub http_records_per_request: HistogramVec,
+    /// The consuming side's families (Kafka source, `kgate consume`, `kgate dlq replay`).
+    pub consumer: ConsumerFamilies,
     topics: Mutex<HashMap<String, Arc<TopicMetrics>>>,
     last_metadata_ok: AtomicU64,
+}
+
+/// The consuming side's families: what consumer groups read, commit and lag, the batches
+/// consumer sinks take, and DLQ replays.
+pub struct ConsumerFamilies {
+    /// `kafka_consumer_records_total{topic,group}`: records read and handed over.
+    pub records: IntCounterVec,
+    /// `kafka_consumer_commits_total{topic}`: offset commits that included the topic.
+    pub commits: IntCounterVec,
+    /// `kafka_consumer_errors_total{topic}`: fetch, commit and handling errors.
+    pub errors: IntCounterVec,
+    /// `kafka_consumer_lag{topic,partition,group}`: high watermark minus the consumer's position.
+    pub lag: IntGaugeVec,
+    /// `kafka_consumer_batch_size{sink}`: records in each batch a consumer sink took.
+    pub batch_size: HistogramVec,
+    /// `kafka_consumer_batch_duration_seconds{sink}`: a batch handed to its sink → settled.
+    pub batch_duration: HistogramVec,
+    /// `kafka_dlq_replayed_total{dlq_topic,target_topic}`: DLQ records sent again.
+    pub dlq_replayed: IntCounterVec,
+}
+
+impl ConsumerFamilies {
+    fn register(r: &Registry) -> ConsumerFamilies {
+        ConsumerFamilies {
+            records: counter(
+                r,
+                "kafka_consumer_records_total",
+                "Records read by a consumer group and handed over",
+                &["topic", "group"],
+            ),
+            commits: counter(
+                r,
+                "kafka_consumer_commits_total",
+                "Offset commits that included the topic",
+                &["topic"],
+            ),
+            errors: counter(
+                r,
+                "kafka_consumer_errors_total",
+                "Consumer fetch, commit and handling errors",
+                &["topic"],
+            ),
+            lag: gauge(
+                r,
+                "kafka_consumer_lag",
+                "Records between the consumer's position and the partition's high watermark",
+                &["topic", "partition", "group"],
+            ),
+            batch_size: histogram(
+                r,
+                "kafka_consumer_batch_size",
+                "Records in each batch a consumer sink took",
+                &["sink"],
+                RECORDS_BUCKETS,
+            ),
+            batch_duration: histogram(
+                r,
+                "kafka_consumer_batch_duration_seconds",
+                "A batch handed to its consumer sink until it was settled",
+                &["sink"],
+                LATENCY_BUCKETS,
+            ),
+            dlq_replayed: counter(
+                r,
+                "kafka_dlq_replayed_total",
+                "DLQ records sent again by `kgate dlq replay`",
+                &["dlq_topic", "target_topic"],
+            ),
+        }
+    }
 }
 
 /// The per-topic series, resolved once per topic.
@@ -592,7 +664,9 @@ impl Metrics {
         let mqtt = MqttFamilies::register(&r);
         let device = DeviceFamilies::register(&r);
         let http = HttpFamilies::register(&r);
+        let consumer = ConsumerFamilies::register(&r);
         Arc::new(Metrics {
+            consumer,
             producer,
             dlq_published: BoundedCounterVec::new(rejects.dlq_published, 1, max),
             dlq_failures: rejects.dlq_failures,
