@@ -112,6 +112,9 @@ pub struct Event {
     pub raw: Bytes,
     /// Headers that came with the input (MQTT properties, HTTP headers); kept in the DLQ too.
     pub headers: Vec<(String, Vec<u8>)>,
+    /// What to parse when it differs from `raw`: a Confluent-framed Avro record the Kafka source
+    /// decoded to JSON text. The DLQ keeps `raw`, the bytes as received.
+    pub decoded: Option<Bytes>,
     /// Where and when it came from.
     pub origin: Origin,
     /// Who waits for its fate.
@@ -129,6 +132,7 @@ impl Event {
         Event {
             raw,
             headers: Vec::new(),
+            decoded: None,
             origin,
             ack: Ack::none(),
             meta: Meta::empty(),

@@ -99,6 +99,7 @@ impl Source for KafkaSource {
             consumer,
             pipeline: ctx.pipeline,
             stop: ctx.stop,
+            group: Arc::from(self.config.group.as_str()),
             parts: HashMap::new(),
             fates: FuturesUnordered::new(),
             pending: 0,
@@ -249,6 +250,8 @@ struct Runner {
     consumer: KConsumer,
     pipeline: Arc<Pipeline>,
     stop: CancellationToken,
+    /// The consumer group (the DLQ's `consumer_group`).
+    group: Arc<str>,
     parts: HashMap<Tp, Partition>,
     fates: FuturesUnordered<BoxFuture<'static, Settled>>,
     /// Records handed over whose partition queue holds them.
@@ -315,6 +318,7 @@ impl Runner {
         ev.meta.insert("kafka.topic", &*topic);
         ev.meta.insert("kafka.partition", partition.to_string());
         ev.meta.insert("kafka.offset", offset.to_string());
+        ev.meta.insert("kafka.group", &*self.group);
         if let Some(k) = m.key() {
             ev.meta
                 .insert("kafka.key", String::from_utf8_lossy(k).into_owned());
