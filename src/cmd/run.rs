@@ -88,7 +88,8 @@ pub async fn run(gateway: Gateway, shutdown: CancellationToken) -> anyhow::Resul
         }
         None => None,
     };
-    let pipelines = build_pipelines(plans, &sink, schemas.as_ref()).await?;
+    let (pipelines, txn_sinks) =
+        build_pipelines(plans, &sink, &config, &metrics, schemas.as_ref()).await?;
     if let (Some(cache), Some(rc)) = (&schemas, &config.schema_registry) {
         cache.spawn_refresher(rc.refresh, background_stop.clone());
     }
@@ -116,7 +117,9 @@ pub async fn run(gateway: Gateway, shutdown: CancellationToken) -> anyhow::Resul
     }
 
     shutdown.cancelled().await;
-    let summary = stop(config.shutdown_timeout, &*sink, sources_stop, tasks).await;
+    let mut sinks = vec![sink.clone()];
+    sinks.extend(txn_sinks);
+    let summary = stop(config.shutdown_timeout, &sinks, sources_stop, tasks).await;
     background_stop.cancel();
     server_stop.cancel();
     if let Some(h) = server {
@@ -133,24 +136,67 @@ type Started = (
     String,
 );
 
-/// Builds each pipeline's processor (loading the schemas of fixed topics now) in front of `sink`.
+/// Builds each pipeline's processor (loading the schemas of fixed topics now) in front of `sink`,
+/// or, for an `exactly_once` pipeline, in front of a transactional sink of its own (returned
+/// too, to be drained at shutdown).
 async fn build_pipelines(
     plans: Vec<crate::gateway::PipelinePlan>,
     sink: &Arc<dyn Sink>,
+    config: &crate::gateway::Config,
+    metrics: &Arc<Metrics>,
     schemas: Option<&Arc<SchemaCache>>,
-) -> anyhow::Result<Vec<Started>> {
+) -> anyhow::Result<(Vec<Started>, Vec<Arc<dyn Sink>>)> {
     let mut started = Vec::with_capacity(plans.len());
+    let mut txn_sinks = Vec::new();
     for plan in plans {
         let name = plan.spec.name.clone();
         let topic = plan.spec.topic_text.clone();
+        let exactly_once = plan.spec.exactly_once;
         let processor = Processor::from_spec(plan.spec, schemas.cloned())?;
         if let Some(cache) = schemas {
             load_fixed_subjects(&processor, cache).await?;
         }
-        let pipeline = Arc::new(Pipeline::from_processor(processor, sink.clone()));
+        let sink = if exactly_once {
+            let id = transactional_id(&name);
+            tracing::info!(pipeline = %name, transactional_id = %id.id, "exactly-once: writing in Kafka transactions");
+            let s: Arc<dyn Sink> = KafkaSink::with_transactions(
+                &config.kafka,
+                &config.dlq.topic,
+                metrics.clone(),
+                Some(&id),
+            )?;
+            txn_sinks.push(s.clone());
+            s
+        } else {
+            sink.clone()
+        };
+        let pipeline = Arc::new(Pipeline::from_processor(processor, sink));
         started.push((pipeline, plan.source, name, topic));
     }
-    Ok(started)
+    Ok((started, txn_sinks))
+}
+
+/// How long an exactly-once transaction may stay open before the broker aborts it.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The `transactional.id` of an exactly-once pipeline: `kgate.<pipeline>.<host>`, the same at
+/// every restart on this host (a restart fences the killed process and aborts its open
+/// transaction), distinct between hosts (gateways on several machines share a group's
+/// partitions without fencing each other).
+fn transactional_id(pipeline: &str) -> crate::sink::TransactionalId {
+    crate::sink::TransactionalId {
+        id: format!("kgate.{pipeline}.{}", hostname()),
+        timeout: TRANSACTION_TIMEOUT,
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Spawns every pipeline's source; returns the `/ingest` routes the `http` sources registered.
@@ -180,14 +226,14 @@ fn start_sources(
 /// for every accepted record to settle, all within `timeout`; the summary is logged.
 async fn stop(
     timeout: Duration,
-    sink: &dyn Sink,
+    sinks: &[Arc<dyn Sink>],
     sources_stop: CancellationToken,
     mut tasks: JoinSet<()>,
 ) -> Summary {
     let started = Instant::now();
     let deadline = started + timeout;
     tracing::info!(
-        inflight = sink.inflight(),
+        inflight = sinks.iter().map(|s| s.inflight()).sum::<i64>(),
         ?timeout,
         "shutting down: stopping sources, then flushing"
     );
@@ -200,17 +246,26 @@ async fn stop(
         tracing::warn!("sources did not stop in time (is Kafka down with the buffer full?)");
         tasks.abort_all();
     }
-    let left = sink
-        .drain(deadline.saturating_duration_since(Instant::now()))
-        .await;
-    let t = sink.totals();
+    let mut left = 0;
+    for sink in sinks {
+        left += sink
+            .drain(deadline.saturating_duration_since(Instant::now()))
+            .await
+            .max(0);
+    }
+    let sum = |f: fn(&crate::sink::Totals) -> &std::sync::atomic::AtomicU64| {
+        sinks
+            .iter()
+            .map(|s| f(s.totals()).load(Ordering::Relaxed))
+            .sum()
+    };
     let summary = Summary {
-        accepted: t.accepted.load(Ordering::Relaxed),
-        delivered: t.delivered.load(Ordering::Relaxed),
-        dead_lettered: t.dead_lettered.load(Ordering::Relaxed),
-        dropped: t.dropped.load(Ordering::Relaxed),
-        failed: t.failed.load(Ordering::Relaxed),
-        undelivered: left.max(0) as u64,
+        accepted: sum(|t| &t.accepted),
+        delivered: sum(|t| &t.delivered),
+        dead_lettered: sum(|t| &t.dead_lettered),
+        dropped: sum(|t| &t.dropped),
+        failed: sum(|t| &t.failed),
+        undelivered: left as u64,
     };
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,

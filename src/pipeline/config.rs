@@ -54,6 +54,11 @@ pub struct PipelineConfig<S> {
     /// `avro` (subject `<topic>-key`, Confluent wire format).
     #[serde(default)]
     pub key_format: KeyFormat,
+    /// Kafka transactions: consume → produce the outputs and DLQ records → commit the offsets,
+    /// all in one transaction per batch, so that read_committed readers see each input's result
+    /// exactly once, even after a crash. Needs a `kafka` source.
+    #[serde(default)]
+    pub exactly_once: bool,
 }
 
 /// A pipeline's processing, resolved: what [`Processor`](super::Processor) runs.
@@ -79,6 +84,8 @@ pub struct PipelineSpec {
     pub avro: AvroConfig,
     /// How keys are written.
     pub key_format: KeyFormat,
+    /// Whether its sink writes in Kafka transactions with its source's offsets.
+    pub exactly_once: bool,
 }
 
 const NEEDS_PARSED: &str =
@@ -218,6 +225,7 @@ impl<S> PipelineConfig<S> {
             format: self.format,
             avro: self.avro.clone(),
             key_format: self.key_format,
+            exactly_once: self.exactly_once,
         })
     }
 }

@@ -389,6 +389,11 @@ impl Pipeline {
         self.sink.dlq_topic()
     }
 
+    /// The Kafka transactions its sink writes in (`exactly_once`), for its source.
+    pub fn transactions(&self) -> Option<Arc<dyn crate::sink::Transactions>> {
+        self.sink.transactions()
+    }
+
     /// Hands a record the source built itself (the REST Proxy's, already encoded) to the sink,
     /// to `partition` when one is named; its fate reaches `ev`'s ack like any other.
     pub async fn send(&self, rec: OutRecord, partition: Option<i32>, ev: Event) {

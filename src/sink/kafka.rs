@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, Notify};
 
 use futures_util::future::BoxFuture;
 
-use super::{OutRecord, Sink, Totals};
+use super::{OutRecord, Sink, Totals, Transactions};
 use crate::event::{Ack, ErrorType, Event, Fate, Origin, Rejection};
 use crate::kafka::{KafkaConfig, OnFull};
 use crate::metrics::{Metrics, TopicMetrics};
@@ -334,7 +334,9 @@ impl ProducerContext for SinkContext {
 
 /// Sends records to Kafka and rejected input to the DLQ; see the module docs.
 pub struct KafkaSink {
-    producer: ThreadedProducer<SinkContext>,
+    producer: Arc<ThreadedProducer<SinkContext>>,
+    /// Its transactions, when it writes in them (`exactly_once`).
+    txn: Option<Arc<KafkaTransactions>>,
     shared: Arc<Shared>,
     on_full: OnFull,
     /// The producer's `message.max.bytes`: what the DLQ copy of a record too large for Kafka
@@ -441,6 +443,17 @@ impl KafkaSink {
         dlq_topic: &str,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<KafkaSink>, ProducerError> {
+        KafkaSink::with_transactions(k, dlq_topic, metrics, None)
+    }
+
+    /// [`KafkaSink::new`], writing in Kafka transactions with this id when there is one (see
+    /// [`Sink::transactions`]).
+    pub fn with_transactions(
+        k: &KafkaConfig,
+        dlq_topic: &str,
+        metrics: Arc<Metrics>,
+        txn: Option<&TransactionalId>,
+    ) -> Result<Arc<KafkaSink>, ProducerError> {
         let (dlq_tx, dlq_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             metrics,
@@ -451,7 +464,10 @@ impl KafkaSink {
             settled: Notify::new(),
             dlq_tx,
         });
-        let config = crate::kafka::producer_client_config(k);
+        let mut config = crate::kafka::producer_client_config(k);
+        if let Some(t) = txn {
+            t.configure(&mut config);
+        }
         let max_record = config
             .get("message.max.bytes")
             .and_then(|v| v.trim().parse().ok())
@@ -462,7 +478,14 @@ impl KafkaSink {
                 errors: crate::kafka::ErrorLog::new(k),
             })
             .map_err(ProducerError)?;
+        let producer = Arc::new(producer);
         let sink = Arc::new(KafkaSink {
+            txn: txn.map(|t| {
+                Arc::new(KafkaTransactions {
+                    producer: producer.clone(),
+                    timeout: t.timeout,
+                })
+            }),
             producer,
             shared,
             on_full: k.producer.on_full,
@@ -746,6 +769,60 @@ impl Sink for KafkaSink {
     }
     fn dlq_topic(&self) -> &str {
         &self.shared.dlq_topic
+    }
+    fn transactions(&self) -> Option<Arc<dyn Transactions>> {
+        self.txn.clone().map(|t| t as Arc<dyn Transactions>)
+    }
+}
+
+/// The settings of a transactional sink (`exactly_once` pipelines).
+#[derive(Debug, Clone)]
+pub struct TransactionalId {
+    /// `transactional.id`: stable across restarts of one gateway, so that a restart fences the
+    /// killed one and aborts its open transaction at once.
+    pub id: String,
+    /// `transaction.timeout.ms`: the broker aborts a transaction left open longer (a producer
+    /// that died on another host); also each call's timeout.
+    pub timeout: Duration,
+}
+
+impl TransactionalId {
+    fn configure(&self, c: &mut rdkafka::ClientConfig) {
+        let ms = self.timeout.as_millis().max(1000).to_string();
+        // Transactions need idempotence, acks=all and a delivery timeout within the
+        // transaction's (librdkafka refuses `message.timeout.ms=0`, never expire, with them).
+        c.set("transactional.id", &self.id)
+            .set("transaction.timeout.ms", &ms)
+            .set("message.timeout.ms", &ms)
+            .set("enable.idempotence", "true")
+            .set("acks", "all");
+    }
+}
+
+/// A transactional sink's producer, for [`Transactions`].
+struct KafkaTransactions {
+    producer: Arc<ThreadedProducer<SinkContext>>,
+    timeout: Duration,
+}
+
+impl Transactions for KafkaTransactions {
+    fn init(&self) -> Result<(), KafkaError> {
+        self.producer.init_transactions(self.timeout)
+    }
+    fn begin(&self) -> Result<(), KafkaError> {
+        self.producer.begin_transaction()
+    }
+    fn commit(
+        &self,
+        offsets: &rdkafka::TopicPartitionList,
+        group: &rdkafka::consumer::ConsumerGroupMetadata,
+    ) -> Result<(), KafkaError> {
+        self.producer
+            .send_offsets_to_transaction(offsets, group, self.timeout)?;
+        self.producer.commit_transaction(self.timeout)
+    }
+    fn abort(&self) -> Result<(), KafkaError> {
+        self.producer.abort_transaction(self.timeout)
     }
 }
 

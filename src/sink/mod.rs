@@ -6,7 +6,7 @@
 mod kafka;
 mod memory;
 
-pub use kafka::{KafkaSink, ProducerError};
+pub use kafka::{KafkaSink, ProducerError, TransactionalId};
 pub use memory::MemorySink;
 
 use std::sync::atomic::AtomicU64;
@@ -65,4 +65,30 @@ pub trait Sink: Send + Sync {
     fn inflight(&self) -> i64;
     /// Where rejected events go (the DLQ topic), for messages that name it.
     fn dlq_topic(&self) -> &str;
+    /// The Kafka transactions this sink writes in (`exactly_once` pipelines); `None` when its
+    /// records are written outside transactions. Wrappers must pass it through.
+    fn transactions(&self) -> Option<Arc<dyn Transactions>> {
+        None
+    }
+}
+
+/// Kafka transactions of a sink that writes in them: the Kafka source of an `exactly_once`
+/// pipeline begins one per batch, hands the batch's events to the pipeline, waits for their
+/// fates, then commits its offsets with the records (or aborts). The calls block until the
+/// broker answers (up to the transaction timeout): make them from a blocking context.
+pub trait Transactions: Send + Sync {
+    /// Registers the transactional id with the broker, fencing an earlier producer with the same
+    /// id and aborting its open transaction (a killed gateway's). Once, before `begin`.
+    fn init(&self) -> Result<(), rdkafka::error::KafkaError>;
+    /// Starts a transaction: records sent until `commit` or `abort` belong to it.
+    fn begin(&self) -> Result<(), rdkafka::error::KafkaError>;
+    /// Adds the consumer's `offsets` (the next record to read, per partition) to the transaction
+    /// and commits it: the records and the offsets become visible together, or neither.
+    fn commit(
+        &self,
+        offsets: &rdkafka::TopicPartitionList,
+        group: &rdkafka::consumer::ConsumerGroupMetadata,
+    ) -> Result<(), rdkafka::error::KafkaError>;
+    /// Aborts the open transaction: its records are never visible to read_committed readers.
+    fn abort(&self) -> Result<(), rdkafka::error::KafkaError>;
 }

@@ -29,11 +29,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use prometheus::IntCounter;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientContext, Offset};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -42,9 +44,11 @@ use super::{Probe, ProbeCtx, Source, SourceCtx, SourceKind};
 use crate::config::{At, ConfigError};
 use crate::event::{Event, Fate, Origin};
 use crate::kafka::{ErrorLog, KafkaConfig};
+use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 
 mod config;
+mod eos;
 
 pub use config::{KafkaSourceConfig, StartAt};
 
@@ -88,18 +92,41 @@ impl Source for KafkaSource {
     }
 
     fn spawn(self: Box<Self>, ctx: SourceCtx, tasks: &mut JoinSet<()>) {
-        let consumer = match make_consumer(&self.config, &ctx.kafka, ctx.pipeline.name()) {
+        let txn = ctx.pipeline.transactions();
+        let consumer = match make_consumer(
+            &self.config,
+            &ctx.kafka,
+            ctx.pipeline.name(),
+            ctx.metrics.clone(),
+            txn.is_some(),
+        ) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(pipeline = %ctx.pipeline.name(), error = %e, "cannot create the Kafka consumer");
                 return;
             }
         };
+        let group: Arc<str> = Arc::from(self.config.group.as_str());
+        let records = RecordCounters::new(ctx.metrics.clone(), group.clone());
+        if let Some(txn) = txn {
+            let run = eos::TxnRunner {
+                consumer,
+                pipeline: ctx.pipeline,
+                stop: ctx.stop,
+                group,
+                records,
+                txn,
+                start: self.config.start,
+            };
+            tasks.spawn(run.run());
+            return;
+        }
         let run = Runner {
             consumer,
             pipeline: ctx.pipeline,
             stop: ctx.stop,
-            group: Arc::from(self.config.group.as_str()),
+            records,
+            group,
             parts: HashMap::new(),
             fates: FuturesUnordered::new(),
             pending: 0,
@@ -108,10 +135,15 @@ impl Source for KafkaSource {
     }
 }
 
-/// The consumer's context: librdkafka's logs and errors the gateway's way, rebalances logged.
+/// The consumer's context: librdkafka's logs and errors the gateway's way, rebalances logged,
+/// commits and lag counted.
 struct SourceContext {
     log: ErrorLog,
     pipeline: Arc<str>,
+    group: Arc<str>,
+    metrics: Arc<Metrics>,
+    /// Set when partitions are revoked (an exactly-once batch in flight is then aborted).
+    revoked: AtomicBool,
 }
 
 impl ClientContext for SourceContext {
@@ -121,9 +153,26 @@ impl ClientContext for SourceContext {
     fn error(&self, error: KafkaError, reason: &str) {
         self.log.error(error, reason)
     }
+    fn stats(&self, stats: rdkafka::Statistics) {
+        let lag = &self.metrics.consumer.lag;
+        for (topic, t) in &stats.topics {
+            for (p, part) in &t.partitions {
+                // -1: librdkafka's internal partition, or not known yet.
+                if *p >= 0 && part.consumer_lag >= 0 {
+                    lag.with_label_values(&[topic.as_str(), &p.to_string(), &self.group])
+                        .set(part.consumer_lag);
+                }
+            }
+        }
+    }
 }
 
 impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, r: &Rebalance<'_>) {
+        if let Rebalance::Revoke(_) = r {
+            self.revoked.store(true, Ordering::SeqCst);
+        }
+    }
     fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, r: &Rebalance<'_>) {
         match r {
             Rebalance::Assign(tpl) => {
@@ -137,24 +186,57 @@ impl ConsumerContext for SourceContext {
             }
         }
     }
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        let elements = offsets.elements();
+        let mut topics: Vec<&str> = elements.iter().map(|e| e.topic()).collect();
+        topics.dedup();
+        match result {
+            Ok(()) => {
+                for t in topics {
+                    self.metrics.consumer.commits.with_label_values(&[t]).inc();
+                }
+            }
+            // Nothing stored since the last commit: not an error.
+            Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                tracing::warn!(pipeline = %self.pipeline, error = %e, "Kafka source: offset commit failed (the next one carries the same offsets)");
+                for t in topics {
+                    self.metrics.consumer.errors.with_label_values(&[t]).inc();
+                }
+            }
+        }
+    }
 }
 
 type KConsumer = StreamConsumer<SourceContext>;
 
-/// The consumer: shared client settings, `options`, then the at-least-once settings.
+/// How often librdkafka reports statistics (the lag gauges).
+const STATS_EVERY: Duration = Duration::from_secs(5);
+
+/// The consumer: shared client settings, `options`, then kgate's own. At-least-once: automatic
+/// commits of the offsets kgate stored. Exactly-once (`transactional`): no commits of its own
+/// (offsets go with each transaction).
 fn make_consumer(
     c: &KafkaSourceConfig,
     k: &KafkaConfig,
     pipeline: &Arc<str>,
+    metrics: Arc<Metrics>,
+    transactional: bool,
 ) -> Result<KConsumer, KafkaError> {
     let mut cc = crate::kafka::base_client_config(k);
     for (key, v) in &c.options {
         cc.set(key, v);
     }
     cc.set("group.id", &c.group)
-        .set("enable.auto.commit", "true")
+        .set("enable.auto.commit", (!transactional).to_string())
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", c.start.as_str())
+        // Records of aborted transactions are never read (librdkafka's default, made explicit).
+        .set("isolation.level", "read_committed")
+        .set(
+            "statistics.interval.ms",
+            STATS_EVERY.as_millis().to_string(),
+        )
         .set(
             "auto.commit.interval.ms",
             c.commit_interval.as_millis().to_string(),
@@ -162,14 +244,79 @@ fn make_consumer(
     let consumer: KConsumer = cc.create_with_context(SourceContext {
         log: ErrorLog::new(k),
         pipeline: pipeline.clone(),
+        group: Arc::from(c.group.as_str()),
+        metrics,
+        revoked: AtomicBool::new(false),
     })?;
     let topics: Vec<&str> = c.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     Ok(consumer)
 }
 
+/// The event of a record, with its source values, input headers and a waiting ack.
+fn record_event(
+    m: &rdkafka::message::OwnedMessage,
+    pipeline: &Arc<str>,
+    group: &str,
+) -> (Event, oneshot::Receiver<Fate>) {
+    let topic = m.topic();
+    let partition = m.partition();
+    let offset = m.offset();
+    let raw = Bytes::copy_from_slice(m.payload().unwrap_or_default());
+    let origin = Origin::now(
+        pipeline.clone(),
+        Arc::from(format!("{topic}[{partition}]@{offset}")),
+    );
+    let (mut ev, rx) = Event::with_ack(raw, origin);
+    ev.meta.insert("kafka.topic", topic);
+    ev.meta.insert("kafka.partition", partition.to_string());
+    ev.meta.insert("kafka.offset", offset.to_string());
+    ev.meta.insert("kafka.group", group);
+    if let Some(k) = m.key() {
+        ev.meta
+            .insert("kafka.key", String::from_utf8_lossy(k).into_owned());
+    }
+    if let Some(hs) = m.headers() {
+        for h in hs.iter() {
+            let v = h.value.unwrap_or_default();
+            ev.meta.insert(
+                format!("kafka.header.{}", h.key),
+                String::from_utf8_lossy(v).into_owned(),
+            );
+            ev.headers.push((h.key.to_string(), v.to_vec()));
+        }
+    }
+    (ev, rx)
+}
+
 /// A topic partition.
 type Tp = (Arc<str>, i32);
+
+/// `kafka_consumer_records_total{topic,group}` of each topic read, resolved once per topic.
+struct RecordCounters {
+    metrics: Arc<Metrics>,
+    group: Arc<str>,
+    by_topic: HashMap<Arc<str>, IntCounter>,
+}
+
+impl RecordCounters {
+    fn new(metrics: Arc<Metrics>, group: Arc<str>) -> RecordCounters {
+        RecordCounters {
+            metrics,
+            group,
+            by_topic: HashMap::new(),
+        }
+    }
+
+    fn get(&mut self, topic: &Arc<str>) -> &IntCounter {
+        self.by_topic.entry(topic.clone()).or_insert_with(|| {
+            self.metrics
+                .consumer
+                .records
+                .with_label_values(&[topic, &self.group])
+        })
+    }
+}
 
 /// The records of one partition handed over and not yet settled, by offset (`None` = fate not
 /// known yet), and its generation (bumped when the queue is forgotten: older fates are ignored).
@@ -252,6 +399,7 @@ struct Runner {
     stop: CancellationToken,
     /// The consumer group (the DLQ's `consumer_group`).
     group: Arc<str>,
+    records: RecordCounters,
     parts: HashMap<Tp, Partition>,
     fates: FuturesUnordered<BoxFuture<'static, Settled>>,
     /// Records handed over whose partition queue holds them.
@@ -296,6 +444,7 @@ impl Runner {
                     }
                     Err(e) => {
                         tracing::warn!(pipeline = %self.pipeline.name(), error = %e, "Kafka source: fetch failed");
+                        self.records.metrics.consumer.errors.with_label_values(&["(fetch)"]).inc();
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 },
@@ -306,29 +455,10 @@ impl Runner {
 
     /// Makes the event of a record and hands it to the pipeline; its fate joins the queue.
     async fn hand_over(&mut self, m: rdkafka::message::OwnedMessage) {
+        let (ev, rx) = record_event(&m, self.pipeline.name(), &self.group);
         let topic: Arc<str> = Arc::from(m.topic());
-        let partition = m.partition();
-        let offset = m.offset();
-        let raw = Bytes::copy_from_slice(m.payload().unwrap_or_default());
-        let origin = Origin::now(
-            self.pipeline.name().clone(),
-            Arc::from(format!("{topic}[{partition}]@{offset}")),
-        );
-        let (mut ev, rx) = Event::with_ack(raw, origin);
-        ev.meta.insert("kafka.topic", &*topic);
-        ev.meta.insert("kafka.partition", partition.to_string());
-        ev.meta.insert("kafka.offset", offset.to_string());
-        ev.meta.insert("kafka.group", &*self.group);
-        if let Some(k) = m.key() {
-            ev.meta
-                .insert("kafka.key", String::from_utf8_lossy(k).into_owned());
-        }
-        if let Some(hs) = m.headers() {
-            ev.headers = hs
-                .iter()
-                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                .collect();
-        }
+        self.records.get(&topic).inc();
+        let (partition, offset) = (m.partition(), m.offset());
         let tp: Tp = (topic, partition);
         let Some(generation) = self.parts.entry(tp.clone()).or_default().push(offset) else {
             return; // Blocked until its seek back: it is read again then.
