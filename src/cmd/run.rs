@@ -100,6 +100,7 @@ pub async fn run(gateway: Gateway, shutdown: CancellationToken) -> anyhow::Resul
         pipelines,
         &metrics,
         &config.kafka,
+        schemas.as_ref(),
         &sources_stop,
         &mut tasks,
     );
@@ -204,6 +205,7 @@ fn start_sources(
     pipelines: Vec<Started>,
     metrics: &Arc<Metrics>,
     kafka: &KafkaConfig,
+    schemas: Option<&Arc<SchemaCache>>,
     stop: &CancellationToken,
     tasks: &mut JoinSet<()>,
 ) -> http::Routes {
@@ -215,6 +217,7 @@ fn start_sources(
             stop: stop.clone(),
             http_routes: http_routes.clone(),
             kafka: kafka.clone(),
+            schemas: schemas.cloned(),
         };
         source.spawn(ctx, tasks);
         tracing::info!(pipeline = %name, %topic, "pipeline started");

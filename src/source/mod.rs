@@ -124,6 +124,9 @@ pub struct SourceCtx {
     pub http_routes: http::Routes,
     /// The `kafka:` section (brokers, security), for sources that read from Kafka.
     pub kafka: crate::kafka::KafkaConfig,
+    /// The schema registry's cache, when one is configured: the Kafka source decodes
+    /// Confluent-framed Avro input through it.
+    pub schemas: Option<Arc<crate::registry::SchemaCache>>,
 }
 
 /// A resolved source, ready to probe (`kgate check`) or run (`kgate run`).

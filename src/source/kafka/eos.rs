@@ -30,9 +30,10 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use super::{record_event, unsettled, KConsumer, RecordCounters, StartAt, RETRY_AFTER};
+use super::{hand_to, record_event, unsettled, KConsumer, RecordCounters, StartAt, RETRY_AFTER};
 use crate::event::Fate;
 use crate::pipeline::Pipeline;
+use crate::registry::SchemaCache;
 use crate::sink::Transactions;
 
 /// How long a transaction collects records after its first.
@@ -53,6 +54,7 @@ pub(super) struct TxnRunner {
     pub(super) records: RecordCounters,
     pub(super) txn: Arc<dyn Transactions>,
     pub(super) start: StartAt,
+    pub(super) schemas: Option<Arc<SchemaCache>>,
 }
 
 /// The records of one transaction: per partition its first and last offset, and their fates.
@@ -229,7 +231,7 @@ impl TxnRunner {
         self.records.get(&topic).inc();
         batch.add(&topic, m.partition(), m.offset());
         batch.fates.push(rx);
-        self.pipeline.handle(ev).await;
+        hand_to(&self.pipeline, self.schemas.as_deref(), ev).await;
     }
 
     /// Waits for every fate of the batch; commits it with its offsets when Kafka holds all.

@@ -19,8 +19,10 @@
 //! (bounded by the gateway's `shutdown_timeout`, after which the task is aborted and the last
 //! stored offsets are what counts), stored, committed synchronously, and the consumer closed.
 //!
-//! Not built yet: waiting for pending fates at a rebalance (records of a revoked partition that
-//! were in flight are read again by its new owner), exactly-once (transactions).
+//! **Exactly-once** (a pipeline whose sink writes in transactions): see [`eos`].
+//!
+//! Not built yet: waiting for pending fates at a rebalance in at-least-once mode (records of a
+//! revoked partition that were in flight are read again by its new owner).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -42,10 +44,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Probe, ProbeCtx, Source, SourceCtx, SourceKind};
 use crate::config::{At, ConfigError};
-use crate::event::{Event, Fate, Origin};
+use crate::event::{ErrorType, Event, Fate, Origin, Rejection};
 use crate::kafka::{ErrorLog, KafkaConfig};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
+use crate::registry::SchemaCache;
 
 mod config;
 mod eos;
@@ -117,6 +120,7 @@ impl Source for KafkaSource {
                 records,
                 txn,
                 start: self.config.start,
+                schemas: ctx.schemas,
             };
             tasks.spawn(run.run());
             return;
@@ -127,6 +131,7 @@ impl Source for KafkaSource {
             stop: ctx.stop,
             records,
             group,
+            schemas: ctx.schemas,
             parts: HashMap::new(),
             fates: FuturesUnordered::new(),
             pending: 0,
@@ -251,6 +256,30 @@ fn make_consumer(
     let topics: Vec<&str> = c.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     Ok(consumer)
+}
+
+/// Hands a record's event to the pipeline. A Confluent-framed Avro value (magic byte 0, which
+/// no JSON text starts with) is decoded through the registry first (`decoded`; the DLQ keeps
+/// the original bytes); one that cannot be decoded goes to the DLQ as `schema_unavailable`.
+async fn hand_to(pipeline: &Pipeline, schemas: Option<&SchemaCache>, mut ev: Event) {
+    if let (Some(cache), Some(0)) = (schemas, ev.raw.first().copied()) {
+        match cache.decode(&ev.raw).await {
+            Ok((_, v)) => {
+                ev.decoded = Some(Bytes::from(serde_json::to_vec(&v).unwrap_or_default()));
+            }
+            Err(e) => {
+                let r = Rejection {
+                    error_type: ErrorType::SchemaUnavailable,
+                    message: format!(
+                        "an Avro record (Confluent framing) that cannot be decoded: {e}"
+                    ),
+                    source_topic: ev.meta.get("kafka.topic").unwrap_or_default().to_string(),
+                };
+                return pipeline.reject(ev, r).await;
+            }
+        }
+    }
+    pipeline.handle(ev).await
 }
 
 /// The event of a record, with its source values, input headers and a waiting ack.
@@ -400,6 +429,7 @@ struct Runner {
     /// The consumer group (the DLQ's `consumer_group`).
     group: Arc<str>,
     records: RecordCounters,
+    schemas: Option<Arc<SchemaCache>>,
     parts: HashMap<Tp, Partition>,
     fates: FuturesUnordered<BoxFuture<'static, Settled>>,
     /// Records handed over whose partition queue holds them.
@@ -466,7 +496,7 @@ impl Runner {
         self.pending += 1;
         self.fates
             .push(Box::pin(wait_fate(tp, generation, offset, rx)));
-        self.pipeline.handle(ev).await;
+        hand_to(&self.pipeline, self.schemas.as_deref(), ev).await;
     }
 
     /// Records a fate and stores the offsets its partition can now commit, in order. Returns
