@@ -124,13 +124,52 @@ fn raw_topic_is_validated_into_clean_and_dlq_with_offsets_committed() {
     p.flush(Duration::from_secs(30)).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let mut gw = spawn_run(dir.path(), &config(free_port(), &dlq, &raw, &group, &clean));
+    let port = free_port();
+    let mut gw = spawn_run(dir.path(), &config(port, &dlq, &raw, &group, &clean));
     let recs = consume(&brokers(), &clean, 2000, Duration::from_secs(90));
     let bad = consume(
         &brokers(),
         &dlq,
         malformed as usize,
         Duration::from_secs(30),
+    );
+    // The consumer's series: every record read counted, commits made, the lag reported (from
+    // librdkafka's statistics every 5 s) down to 0 on every partition.
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = http_get(&addr, "/metrics").map(|r| r.1).unwrap_or_default();
+        let lag_series = text
+            .lines()
+            .filter(|l| l.starts_with("kafka_consumer_lag{") && l.contains(&*raw))
+            .count();
+        let commits = metric(&text, "kafka_consumer_commits_total", &[&raw]);
+        let lag = metric(&text, "kafka_consumer_lag", &[&raw]);
+        if (lag_series == PARTITIONS as usize && lag == 0.0 && commits > 0.0)
+            || Instant::now() > deadline
+        {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let group_label = format!("group=\"{group}\"");
+    assert_eq!(
+        metric(&text, "kafka_consumer_records_total", &[&raw, &group_label]),
+        (2000 + malformed) as f64,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "kafka_consumer_commits_total", &[&raw]) > 0.0,
+        "{text}"
+    );
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("kafka_consumer_lag{")
+                && l.contains(&*raw)
+                && l.ends_with(" 0"))
+            .count(),
+        PARTITIONS as usize,
+        "{text}"
     );
     let summary = stop(&mut gw, 30);
     let (set, dups) = seqs(&recs);
