@@ -84,7 +84,8 @@ impl Gateway {
         })
     }
 
-    /// Parses and resolves config text; `env` looks up environment variables.
+    /// Parses and resolves config text; `env` looks up environment variables. Files the config
+    /// names (a pipeline's `validate.json_schema`) are relative to `file`'s directory.
     pub fn from_yaml_str(
         text: &str,
         file: &str,
@@ -92,7 +93,8 @@ impl Gateway {
     ) -> Result<Gateway, ConfigErrors> {
         let mut errors = Vec::new();
         let parsed: Option<Config> = config::parse(text, env, &mut errors);
-        let resolved = parsed.and_then(|c| c.resolve(&mut errors));
+        let base = Path::new(file).parent().unwrap_or(Path::new(""));
+        let resolved = parsed.and_then(|c| c.resolve_in(base, &mut errors));
         match resolved {
             Some(g) if errors.is_empty() => Ok(g),
             _ => Err(ConfigErrors {
@@ -119,8 +121,14 @@ impl Config {
     }
 
     /// Checks every section, each by the component that owns it, collecting every problem;
-    /// the resolved gateway when there is none.
+    /// the resolved gateway when there is none. Relative file names are read from the working
+    /// directory.
     pub fn resolve(self, errors: &mut Vec<ConfigError>) -> Option<Gateway> {
+        self.resolve_in(Path::new(""), errors)
+    }
+
+    /// [`Config::resolve`], relative file names read from `base` (the config file's directory).
+    pub fn resolve_in(self, base: &Path, errors: &mut Vec<ConfigError>) -> Option<Gateway> {
         let before = errors.len();
         if let Some(r) = &self.schema_registry {
             crate::registry::validate_config(r, "schema_registry", errors);
@@ -154,7 +162,14 @@ impl Config {
                 ));
             }
             let source = pl.source.resolve(At(&at.field("source")), errors);
-            let spec = pl.resolve(at, self.schema_registry.is_some(), errors);
+            let spec = pl.resolve(at, self.schema_registry.is_some(), base, errors);
+            let kind = pl.source.kind().name();
+            if pl.exactly_once && kind != "kafka" {
+                errors.push(ConfigError::new(
+                    at.field("exactly_once"),
+                    format!("Kafka transactions commit the offsets of the records a pipeline reads from Kafka, and this pipeline's source is `{kind}`; use a `kafka` source or remove `exactly_once`"),
+                ));
+            }
             if let (Some(spec), Some(source)) = (spec, source) {
                 pipelines.push(PipelinePlan { spec, source });
             }
