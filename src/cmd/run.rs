@@ -73,7 +73,8 @@ pub async fn run(gateway: Gateway, shutdown: CancellationToken) -> anyhow::Resul
         }
         None => None,
     };
-    let sink: Arc<dyn Sink> = KafkaSink::new(&config.kafka, &config.dlq.topic, metrics.clone())?;
+    let kafka_sink = KafkaSink::new(&config.kafka, &config.dlq.topic, metrics.clone())?;
+    let sink: Arc<dyn Sink> = kafka_sink.clone();
     // Stopped once everything is flushed: the broker watcher and the schema refresher.
     let background_stop = CancellationToken::new();
     watch_brokers(
@@ -88,7 +89,7 @@ pub async fn run(gateway: Gateway, shutdown: CancellationToken) -> anyhow::Resul
         }
         None => None,
     };
-    let pipelines = build_pipelines(plans, &sink, schemas.as_ref()).await?;
+    let pipelines = build_pipelines(plans, &kafka_sink, schemas.as_ref()).await?;
     if let (Some(cache), Some(rc)) = (&schemas, &config.schema_registry) {
         cache.spawn_refresher(rc.refresh, background_stop.clone());
     }
@@ -133,21 +134,36 @@ type Started = (
     String,
 );
 
-/// Builds each pipeline's processor (loading the schemas of fixed topics now) in front of `sink`.
+/// Builds each pipeline's processor (loading the schemas of fixed topics and of `validate:`
+/// now) in front of `sink`, or of a handle on it with the pipeline's own DLQ topic. Every DLQ
+/// topic is reserved in every pipeline's `topics_allowed`.
 async fn build_pipelines(
     plans: Vec<crate::gateway::PipelinePlan>,
-    sink: &Arc<dyn Sink>,
+    sink: &Arc<KafkaSink>,
     schemas: Option<&Arc<SchemaCache>>,
 ) -> anyhow::Result<Vec<Started>> {
     let mut started = Vec::with_capacity(plans.len());
+    let dlq_topics: Vec<String> = plans
+        .iter()
+        .filter_map(|p| p.spec.dlq_topic.clone())
+        .chain([sink.dlq_topic().to_string()])
+        .collect();
     for plan in plans {
         let name = plan.spec.name.clone();
         let topic = plan.spec.topic_text.clone();
-        let processor = Processor::from_spec(plan.spec, schemas.cloned())?;
+        let dlq = plan.spec.dlq_topic.clone();
+        let mut processor = Processor::from_spec(plan.spec, schemas.cloned())?;
+        for t in &dlq_topics {
+            processor.reserve_topic(t);
+        }
         if let Some(cache) = schemas {
             load_fixed_subjects(&processor, cache).await?;
         }
-        let pipeline = Arc::new(Pipeline::from_processor(processor, sink.clone()));
+        let to: Arc<dyn Sink> = match &dlq {
+            Some(t) => sink.with_dlq(t),
+            None => sink.clone(),
+        };
+        let pipeline = Arc::new(Pipeline::from_processor(processor, to));
         started.push((pipeline, plan.source, name, topic));
     }
     Ok(started)
@@ -253,14 +269,13 @@ fn watch_brokers(k: KafkaConfig, m: Arc<Metrics>, stop: CancellationToken) {
     });
 }
 
-/// Fetches the schemas of a pipeline with a fixed topic now, so that a missing subject or an
-/// unreachable registry stops the start with the fix; templated topics load theirs when first
-/// met.
+/// Fetches the schemas of a pipeline with a fixed topic, and of its `validate: {avro: …}`, now,
+/// so that a missing subject or an unreachable registry stops the start with the fix;
+/// templated topics load theirs when first met.
 async fn load_fixed_subjects(p: &Processor, cache: &SchemaCache) -> anyhow::Result<()> {
-    let Some(topic) = p.fixed_topic() else {
-        return Ok(());
-    };
-    for subject in p.subjects(topic) {
+    let fixed = p.fixed_topic().map(|t| p.subjects(t)).unwrap_or_default();
+    let validate = p.validate_subject().map(str::to_string);
+    for subject in fixed.into_iter().chain(validate) {
         let l = cache
             .load(&subject)
             .await

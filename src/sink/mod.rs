@@ -6,7 +6,7 @@
 mod kafka;
 mod memory;
 
-pub use kafka::{KafkaSink, ProducerError};
+pub use kafka::{DlqRoute, KafkaSink, ProducerError};
 pub use memory::MemorySink;
 
 use std::sync::atomic::AtomicU64;
