@@ -352,4 +352,71 @@ pipelines:
         // A feed nobody answers may trade durability for speed.
         load("kafka: {producer: {acks: 0, idempotence: false}}\npipelines:\n  - {name: f, source: {websocket: {urls: ['ws://h:1/ws']}}, topic: t}\n").unwrap();
     }
+
+    #[test]
+    fn validate_files_are_read_from_the_config_files_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("schemas")).unwrap();
+        std::fs::write(
+            dir.path().join("schemas/t.schema.json"),
+            r#"{"type": "object"}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("schemas/bad.schema.json"), r#"{"type": 7}"#).unwrap();
+        let config = dir.path().join("kgate.yaml");
+        let pipeline = |name: &str, rest: &str| {
+            format!("  - {{name: {name}, source: {{kafka: {{topics: [t.raw], group: g}}}}, topic: {name}.out, {rest}}}\n")
+        };
+        std::fs::write(
+            &config,
+            format!(
+                "pipelines:\n{}",
+                pipeline(
+                    "v",
+                    "validate: {json_schema: schemas/t.schema.json}, dlq: {topic: v.dlq}, exactly_once: true"
+                )
+            ),
+        )
+        .unwrap();
+        let g = Gateway::load(&config).unwrap();
+        let spec = &g.pipelines[0].spec;
+        assert!(spec.validate.is_some());
+        assert_eq!(spec.dlq_topic.as_deref(), Some("v.dlq"));
+        assert!(spec.exactly_once);
+
+        std::fs::write(
+            &config,
+            format!(
+                "pipelines:\n{}{}{}{}",
+                pipeline("a", "validate: {json_schema: schemas/missing.json}"),
+                pipeline("b", "validate: {json_schema: schemas/bad.schema.json}"),
+                pipeline("c", "validate: {avro: telemetry-value}"),
+                "  - {name: d, source: {websocket: {urls: ['ws://h:1/ws']}}, topic: d, exactly_once: true}\n",
+            ),
+        )
+        .unwrap();
+        let e = Gateway::load(&config).unwrap_err();
+        let find = |path: &str| {
+            e.errors
+                .iter()
+                .find(|x| x.path == path)
+                .unwrap_or_else(|| panic!("no error at {path}: {e}"))
+                .message
+                .clone()
+        };
+        let m = find("pipelines[0].validate.json_schema");
+        assert!(
+            m.contains("schemas/missing.json") && m.contains("config file's directory"),
+            "{m}"
+        );
+        let m = find("pipelines[1].validate.json_schema");
+        assert!(
+            m.contains("bad.schema.json") && m.contains("not a valid JSON Schema"),
+            "{m}"
+        );
+        assert!(find("pipelines[2].validate.avro").contains("schema_registry"));
+        let m = find("pipelines[3].exactly_once");
+        assert!(m.contains("`websocket`") && m.contains("kafka"), "{m}");
+        assert_eq!(e.errors.len(), 4, "{e}");
+    }
 }

@@ -666,6 +666,118 @@ mod tests {
         assert_eq!(r.key.as_deref(), Some(&b"fixed"[..]));
     }
 
+    /// A schema file in a temporary directory, and the YAML of a pipeline validating with it.
+    fn validating(rest: &str) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = dir.path().join("t.schema.json");
+        std::fs::write(
+            &schema,
+            r#"{"type": "object", "required": ["device_id", "temperature"],
+                "properties": {"device_id": {"type": "string"},
+                  "temperature": {"type": "number", "maximum": 150},
+                  "readings": {"type": "array", "items": {"type": "number"}}}}"#,
+        )
+        .unwrap();
+        let yaml = format!(
+            "{WS}topic: t.clean\nvalidate: {{json_schema: '{}'}}\n{rest}",
+            schema.display()
+        );
+        (dir, yaml)
+    }
+
+    #[test]
+    fn validation_rejects_with_the_path_and_the_rule() {
+        let (_dir, yaml) = validating("");
+        let p = processor(&yaml);
+        let ok = br#"{"device_id":"d1","temperature":21.5}"#;
+        // Unchanged JSON is written as received.
+        assert_eq!(&p.process_(&Bytes::from_static(ok)).unwrap().value[..], ok);
+        for (input, words) in [
+            (
+                &br#"{"device_id":"d1","temperature":180}"#[..],
+                "/temperature: maximum: 180 is greater than the maximum of 150",
+            ),
+            (
+                br#"{"temperature":1}"#,
+                r#"/: required: "device_id" is a required property"#,
+            ),
+            (br#"{"device_id":5,"temperature":1}"#, "/device_id: type:"),
+            // Deep in the tree: an unchanged event headed for `json` is otherwise read only at
+            // the top level, so validation must parse it whole.
+            (
+                br#"{"device_id":"d","temperature":1,"readings":[1,"x"]}"#,
+                "/readings/1: type:",
+            ),
+        ] {
+            let e = p.process_(&Bytes::from_static(input)).unwrap_err();
+            assert_eq!(e.error_type, ErrorType::ValidationFailed, "{e:?}");
+            assert_eq!(e.error_type, "validation_failed");
+            assert!(e.message.contains(words), "{}", e.message);
+            assert_eq!(e.source_topic, "t.clean");
+        }
+        let e = p.process_(&Bytes::from_static(b"{nope")).unwrap_err();
+        assert_eq!(e.error_type, ErrorType::InvalidJson);
+    }
+
+    #[test]
+    fn validation_sees_the_input_before_transforms() {
+        // The schema wants `device_id` as received; the transform then renames it.
+        let (_dir, yaml) = validating(
+            "transforms: [{rename: {from: /device_id, to: /device}}, {set: {path: /temperature, value: 999}}]\n",
+        );
+        let p = processor(&yaml);
+        let r = p
+            .process_(&Bytes::from_static(
+                br#"{"device_id":"d1","temperature":20}"#,
+            ))
+            .unwrap();
+        let v: Value = serde_json::from_slice(&r.value).unwrap();
+        assert_eq!(v, serde_json::json!({"device": "d1", "temperature": 999}));
+    }
+
+    #[test]
+    fn validate_config_errors() {
+        let (_dir, yaml) = validating("format: raw\n");
+        let e = config_errors(&yaml);
+        assert!(
+            e.iter()
+                .any(|e| e.path == "p.validate" && e.message.contains("format: json")),
+            "{e:?}"
+        );
+        let e = config_errors(&format!(
+            "{WS}topic: t\nvalidate: {{json_schema: /no/such/schema.json}}\n"
+        ));
+        assert!(
+            e.iter().any(|e| e.path == "p.validate.json_schema"
+                && e.message.contains("/no/such/schema.json")),
+            "{e:?}"
+        );
+        let e = config_errors(&format!(
+            "{WS}topic: t\nvalidate: {{avro: telemetry-value}}\n"
+        ));
+        assert!(
+            e.iter()
+                .any(|e| e.path == "p.validate.avro" && e.message.contains("schema_registry:")),
+            "{e:?}"
+        );
+        for (dlq, words) in [
+            ("'bad topic'", "not a valid topic name"),
+            ("__consumer_offsets", "reserved"),
+            ("t", "own output topic"),
+        ] {
+            let e = config_errors(&format!("{WS}topic: t\ndlq: {{topic: {dlq}}}\n"));
+            assert!(
+                e.iter()
+                    .any(|e| e.path == "p.dlq.topic" && e.message.contains(words)),
+                "{dlq}: {e:?}"
+            );
+        }
+        assert!(config_errors(&format!(
+            "{WS}topic: t\ndlq: {{topic: t.dlq}}\nexactly_once: true\n"
+        ))
+        .is_empty());
+    }
+
     /// The pipeline → sink → ack path, without a broker.
     mod fates {
         use super::*;
@@ -814,6 +926,44 @@ mod tests {
                 .rejections()
                 .iter()
                 .all(|(r, _)| r.error_type == ErrorType::TopicNotAllowed));
+        }
+
+        #[tokio::test]
+        async fn decoded_input_is_processed_and_the_dlq_keeps_the_raw_bytes() {
+            let (_dir, yaml) = validating("");
+            let sink = Arc::new(MemorySink::new());
+            let p = pipeline(&yaml, sink.clone());
+            let decoded = |json: &'static str| {
+                let (mut ev, rx) = Event::with_ack(
+                    Bytes::from_static(b"\x00\x00\x00\x00\x07avro-bytes"),
+                    Origin::now(p.name().clone(), Arc::from("test")),
+                );
+                ev.decoded = Some(Bytes::from_static(json.as_bytes()));
+                (ev, rx)
+            };
+            let (ev, rx) = decoded(r#"{"device_id":"d1","temperature":20}"#);
+            p.handle(ev).await;
+            assert!(matches!(rx.await.unwrap(), Fate::Delivered { .. }));
+            assert_eq!(
+                &sink.records()[0].record.value[..],
+                br#"{"device_id":"d1","temperature":20}"#
+            );
+            let (ev, rx) = decoded(r#"{"device_id":"d1","temperature":200}"#);
+            p.handle(ev).await;
+            match rx.await.unwrap() {
+                Fate::DeadLettered {
+                    error_type,
+                    message,
+                    ..
+                } => {
+                    assert_eq!(error_type, ErrorType::ValidationFailed);
+                    assert!(message.contains("/temperature: maximum"), "{message}");
+                }
+                other => panic!("expected dead-lettered, got {other:?}"),
+            }
+            let rejected = sink.rejections();
+            assert_eq!(rejected.len(), 1);
+            assert_eq!(&rejected[0].1[..], b"\x00\x00\x00\x00\x07avro-bytes");
         }
 
         #[tokio::test]
