@@ -326,4 +326,28 @@ mod tests {
         .unwrap();
         assert!(JsonSchemaCheck::load("remote.json", dir.path()).is_err());
     }
+
+    /// The example schema takes every record `kgate synth --feed iot` makes.
+    #[test]
+    fn the_example_schema_fits_the_iot_feed() {
+        use rand::SeedableRng;
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let c = JsonSchemaCheck::load("schemas/telemetry.schema.json", &base).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for seq in 0..2000 {
+            let m = crate::cmd::synth::message(crate::cmd::synth::Feed::Iot, seq, "s", &mut rng);
+            let v: Value = serde_json::from_str(&m).unwrap();
+            c.check(&v).unwrap_or_else(|e| panic!("{m}: {e}"));
+        }
+        let e = c
+            .check(
+                &json!({"device_id": "sensor-0001", "timestamp": "t", "heart_rate": 70.5,
+                "spo2": 97, "temperature": 51}),
+            )
+            .unwrap_err();
+        assert!(
+            e.contains("/heart_rate: type:") && e.contains("/temperature: maximum:"),
+            "{e}"
+        );
+    }
 }
