@@ -481,3 +481,108 @@ fn config_errors_name_the_field_and_the_fix() {
         );
     }
 }
+
+/// A pipeline's own DLQ (`KafkaSink::with_dlq`, as `kgate run` wires `dlq: {topic: …}`) takes
+/// its rejections and the records the broker refuses (the delivery-callback path); the root
+/// DLQ gets none of them; a rendered topic cannot reach it through `*`. Input read from Kafka
+/// keeps its key and where it was read.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pipelines_own_dlq_takes_its_rejections_and_what_kafka_refuses() {
+    use bytes::Bytes;
+    use kgate::event::{Event, Fate, Origin};
+    use kgate::sink::Sink;
+    use std::sync::Arc;
+
+    let topic = unique("own.out");
+    let own = unique("own.dlq");
+    let root = unique("own.rootdlq");
+    let k = kgate::kafka::KafkaConfig {
+        brokers: vec![brokers()],
+        ..Default::default()
+    };
+    let metrics = kgate::metrics::Metrics::new(&Default::default());
+    let sink = kgate::sink::KafkaSink::new(&k, &root, metrics).unwrap();
+    let route: Arc<dyn Sink> = sink.with_dlq(&own);
+    assert_eq!(route.dlq_topic(), own);
+    let pipeline = |yaml: String| {
+        let c = kgate::gateway::Config::from_yaml_str(&yaml, "t.yaml", &|_| None).unwrap();
+        kgate::pipeline::Pipeline::new(&c.pipelines[0], route.clone()).unwrap()
+    };
+    let src = "{websocket: {urls: ['ws://127.0.0.1:1/ws']}}";
+    let p = pipeline(format!(
+        "pipelines:\n  - {{name: own, source: {src}, topic: {topic}, key: '${{id}}'}}\n"
+    ));
+    let any = pipeline(format!(
+        "pipelines:\n  - {{name: any, source: {src}, topic: '${{t}}', topics_allowed: ['*']}}\n"
+    ));
+    let event = |raw: String| {
+        Event::with_ack(
+            Bytes::from(raw),
+            Origin::now(Arc::from("own"), Arc::from("test")),
+        )
+    };
+    // Read from Kafka (the source's values), and not JSON.
+    let (mut consumed, consumed_rx) = event("{oops".into());
+    for (k, v) in [
+        ("kafka.topic", "telemetry.raw"),
+        ("kafka.partition", "2"),
+        ("kafka.offset", "41"),
+        ("kafka.group", "g1"),
+        ("kafka.key", "in-key"),
+    ] {
+        consumed.meta.insert(k, v);
+    }
+    p.handle(consumed).await;
+    // Over the broker's 1 MiB (random text compresses to about 3/4): refused at delivery.
+    let big = format!(r#"{{"id":"big","pad":"{}"}}"#, random_text(1_500_000));
+    let (ev, big_rx) = event(big.clone());
+    p.handle(ev).await;
+    // A rendered topic naming the pipeline's DLQ: not through `*`.
+    let (ev, reserved_rx) = event(format!(r#"{{"t":"{own}"}}"#));
+    any.handle(ev).await;
+    let (ev, good_rx) = event(r#"{"id":"good"}"#.into());
+    p.handle(ev).await;
+
+    let within = Duration::from_secs(30);
+    let fate = |rx: tokio::sync::oneshot::Receiver<Fate>| async move {
+        tokio::time::timeout(within, rx).await.unwrap().unwrap()
+    };
+    for (rx, want) in [
+        (consumed_rx, "invalid_json"),
+        (big_rx, "too_large"),
+        (reserved_rx, "topic_not_allowed"),
+    ] {
+        match fate(rx).await {
+            Fate::DeadLettered { error_type, .. } => assert_eq!(error_type, want),
+            other => panic!("expected DeadLettered ({want}), got {other:?}"),
+        }
+    }
+    assert!(matches!(fate(good_rx).await, Fate::Delivered { .. }));
+    assert_eq!(route.drain(within).await, 0);
+
+    let dead = consume(&brokers(), &own, 3, within);
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    let by_type = |t: &str| {
+        dead.iter()
+            .find(|d| d.headers["error_type"] == t)
+            .unwrap_or_else(|| panic!("no {t} in the pipeline's DLQ"))
+    };
+    let c = by_type("invalid_json");
+    assert_eq!(c.value, b"{oops");
+    assert_eq!(c.key_str(), "in-key");
+    assert_eq!(c.headers["source_topic"], "telemetry.raw");
+    assert_eq!(c.headers["source_partition"], "2");
+    assert_eq!(c.headers["source_offset"], "41");
+    assert_eq!(c.headers["consumer_group"], "g1");
+    assert_eq!(c.headers["attempts"], "1");
+    let b = by_type("too_large");
+    assert_eq!(b.key_str(), "big", "other sources keep the record's key");
+    assert_eq!(b.headers["source_topic"], topic);
+    assert!(!b.headers.contains_key("source_offset"));
+    assert!(b.headers.contains_key("failed_at"));
+    by_type("topic_not_allowed");
+    assert!(consume(&brokers(), &root, 0, Duration::from_secs(3)).is_empty());
+    let recs = consume(&brokers(), &topic, 1, Duration::from_secs(10));
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].key_str(), "good");
+}
