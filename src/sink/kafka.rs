@@ -123,7 +123,8 @@ pub(crate) enum Kind {
         topic: Arc<TopicMetrics>,
         raw: Bytes,
         input_headers: Vec<(String, Vec<u8>)>,
-        consumed: Option<Box<Consumed>>,
+        /// The event's source values (moved, not copied): where a refused record was read.
+        meta: Meta,
     },
     Dlq(DeadLetter),
 }
@@ -298,7 +299,7 @@ impl ProducerContext for SinkContext {
                     topic,
                     raw,
                     input_headers,
-                    consumed,
+                    meta,
                 },
                 Err((err, msg)),
             ) => {
@@ -333,7 +334,7 @@ impl ProducerContext for SinkContext {
                         error_type,
                         message,
                         source_topic,
-                        consumed,
+                        Consumed::from_meta(&meta),
                     ),
                     origin,
                     slot,
@@ -614,7 +615,7 @@ impl KafkaSink {
                 topic: topic_metrics.clone(),
                 raw,
                 input_headers,
-                consumed: Consumed::from_meta(&meta),
+                meta,
             },
             origin,
             slot: Admission::admit(&self.shared, ack),
@@ -659,7 +660,7 @@ impl KafkaSink {
                     let Kind::Data {
                         raw,
                         input_headers,
-                        consumed,
+                        meta,
                         ..
                     } = op.kind
                     else {
@@ -688,7 +689,7 @@ impl KafkaSink {
                             error_type,
                             message,
                             rec.topic.to_string(),
-                            consumed,
+                            Consumed::from_meta(&meta),
                         ),
                         origin: op.origin,
                         slot: op.slot,
