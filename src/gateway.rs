@@ -84,7 +84,8 @@ impl Gateway {
         })
     }
 
-    /// Parses and resolves config text; `env` looks up environment variables.
+    /// Parses and resolves config text; `env` looks up environment variables. Files the config
+    /// names (a pipeline's `validate.json_schema`) are relative to `file`'s directory.
     pub fn from_yaml_str(
         text: &str,
         file: &str,
@@ -92,7 +93,8 @@ impl Gateway {
     ) -> Result<Gateway, ConfigErrors> {
         let mut errors = Vec::new();
         let parsed: Option<Config> = config::parse(text, env, &mut errors);
-        let resolved = parsed.and_then(|c| c.resolve(&mut errors));
+        let base = Path::new(file).parent().unwrap_or(Path::new(""));
+        let resolved = parsed.and_then(|c| c.resolve_in(base, &mut errors));
         match resolved {
             Some(g) if errors.is_empty() => Ok(g),
             _ => Err(ConfigErrors {
@@ -119,8 +121,14 @@ impl Config {
     }
 
     /// Checks every section, each by the component that owns it, collecting every problem;
-    /// the resolved gateway when there is none.
+    /// the resolved gateway when there is none. Relative file names are read from the working
+    /// directory.
     pub fn resolve(self, errors: &mut Vec<ConfigError>) -> Option<Gateway> {
+        self.resolve_in(Path::new(""), errors)
+    }
+
+    /// [`Config::resolve`], relative file names read from `base` (the config file's directory).
+    pub fn resolve_in(self, base: &Path, errors: &mut Vec<ConfigError>) -> Option<Gateway> {
         let before = errors.len();
         if let Some(r) = &self.schema_registry {
             crate::registry::validate_config(r, "schema_registry", errors);
@@ -154,7 +162,14 @@ impl Config {
                 ));
             }
             let source = pl.source.resolve(At(&at.field("source")), errors);
-            let spec = pl.resolve(at, self.schema_registry.is_some(), errors);
+            let spec = pl.resolve(at, self.schema_registry.is_some(), base, errors);
+            let kind = pl.source.kind().name();
+            if pl.exactly_once && kind != "kafka" {
+                errors.push(ConfigError::new(
+                    at.field("exactly_once"),
+                    format!("Kafka transactions commit the offsets of the records a pipeline reads from Kafka, and this pipeline's source is `{kind}`; use a `kafka` source or remove `exactly_once`"),
+                ));
+            }
             if let (Some(spec), Some(source)) = (spec, source) {
                 pipelines.push(PipelinePlan { spec, source });
             }
@@ -336,5 +351,72 @@ pipelines:
         assert!(e.errors[0].message.contains("pipeline `iot`"), "{e}");
         // A feed nobody answers may trade durability for speed.
         load("kafka: {producer: {acks: 0, idempotence: false}}\npipelines:\n  - {name: f, source: {websocket: {urls: ['ws://h:1/ws']}}, topic: t}\n").unwrap();
+    }
+
+    #[test]
+    fn validate_files_are_read_from_the_config_files_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("schemas")).unwrap();
+        std::fs::write(
+            dir.path().join("schemas/t.schema.json"),
+            r#"{"type": "object"}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("schemas/bad.schema.json"), r#"{"type": 7}"#).unwrap();
+        let config = dir.path().join("kgate.yaml");
+        let pipeline = |name: &str, rest: &str| {
+            format!("  - {{name: {name}, source: {{kafka: {{topics: [t.raw], group: g}}}}, topic: {name}.out, {rest}}}\n")
+        };
+        std::fs::write(
+            &config,
+            format!(
+                "pipelines:\n{}",
+                pipeline(
+                    "v",
+                    "validate: {json_schema: schemas/t.schema.json}, dlq: {topic: v.dlq}, exactly_once: true"
+                )
+            ),
+        )
+        .unwrap();
+        let g = Gateway::load(&config).unwrap();
+        let spec = &g.pipelines[0].spec;
+        assert!(spec.validate.is_some());
+        assert_eq!(spec.dlq_topic.as_deref(), Some("v.dlq"));
+        assert!(spec.exactly_once);
+
+        std::fs::write(
+            &config,
+            format!(
+                "pipelines:\n{}{}{}{}",
+                pipeline("a", "validate: {json_schema: schemas/missing.json}"),
+                pipeline("b", "validate: {json_schema: schemas/bad.schema.json}"),
+                pipeline("c", "validate: {avro: telemetry-value}"),
+                "  - {name: d, source: {websocket: {urls: ['ws://h:1/ws']}}, topic: d, exactly_once: true}\n",
+            ),
+        )
+        .unwrap();
+        let e = Gateway::load(&config).unwrap_err();
+        let find = |path: &str| {
+            e.errors
+                .iter()
+                .find(|x| x.path == path)
+                .unwrap_or_else(|| panic!("no error at {path}: {e}"))
+                .message
+                .clone()
+        };
+        let m = find("pipelines[0].validate.json_schema");
+        assert!(
+            m.contains("schemas/missing.json") && m.contains("config file's directory"),
+            "{m}"
+        );
+        let m = find("pipelines[1].validate.json_schema");
+        assert!(
+            m.contains("bad.schema.json") && m.contains("not a valid JSON Schema"),
+            "{m}"
+        );
+        assert!(find("pipelines[2].validate.avro").contains("schema_registry"));
+        let m = find("pipelines[3].exactly_once");
+        assert!(m.contains("`websocket`") && m.contains("kafka"), "{m}");
+        assert_eq!(e.errors.len(), 4, "{e}");
     }
 }

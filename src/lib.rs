@@ -15,3 +15,4 @@ pub mod serve;
 pub mod sink;
 pub mod source;
 pub mod transform;
+pub mod validate;

@@ -48,7 +48,7 @@ pub async fn check(path: &Path, timeout: Duration, each: &mut dyn FnMut(&Probe))
         line(p, &mut out);
     }
     if let Some(rc) = &gateway.config.schema_registry {
-        for p in check_registry(&gateway.config, rc).await {
+        for p in check_registry(&gateway, rc).await {
             line(p, &mut out);
         }
     }
@@ -90,6 +90,10 @@ async fn check_kafka(config: &Config, timeout: Duration) -> Vec<Probe> {
                 .map(|p| (p.topic.clone(), format!("pipelines.{}.topic", p.name)))
                 .collect();
             topics.push((config.dlq.topic.clone(), "dlq.topic".into()));
+            topics.extend(config.pipelines.iter().filter_map(|p| {
+                let d = p.dlq.as_ref()?;
+                Some((d.topic.clone(), format!("pipelines.{}.dlq.topic", p.name)))
+            }));
             for (topic, field) in topics {
                 let fixed = Template::parse(&topic)
                     .ok()
@@ -121,8 +125,9 @@ async fn check_kafka(config: &Config, timeout: Duration) -> Vec<Probe> {
     out
 }
 
-/// The registry answers, and each Avro pipeline with a fixed topic finds its subjects.
-async fn check_registry(config: &Config, rc: &RegistryConfig) -> Vec<Probe> {
+/// The registry answers, each Avro pipeline with a fixed topic finds its subjects, and each
+/// `validate: {avro: …}` its subject.
+async fn check_registry(gateway: &Gateway, rc: &RegistryConfig) -> Vec<Probe> {
     let mut out = Vec::new();
     let client = match RegistryClient::new(rc) {
         Ok(c) => c,
@@ -146,20 +151,24 @@ async fn check_registry(config: &Config, rc: &RegistryConfig) -> Vec<Probe> {
         }
     }
     let cache = SchemaCache::new(client, None);
-    for pc in &config.pipelines {
-        let Ok(p) = Processor::with_schemas(pc, Some(cache.clone())) else {
+    for plan in &gateway.pipelines {
+        let name = &plan.spec.name;
+        let Ok(p) = Processor::from_spec(plan.spec.clone(), Some(cache.clone())) else {
             continue;
         };
-        let Some(topic) = p.fixed_topic() else {
-            continue;
-        };
-        for subject in p.subjects(topic) {
+        let fixed = p.fixed_topic().map(|t| p.subjects(t)).unwrap_or_default();
+        let validate = p.validate_subject().map(str::to_string);
+        for (subject, what) in fixed
+            .into_iter()
+            .map(|s| (s, ""))
+            .chain(validate.map(|s| (s, ", validate")))
+        {
             out.push(match cache.load(&subject).await {
                 Ok(l) => Probe::ok(format!(
-                    "schema {subject} (pipeline {}): version {}, id {}",
-                    pc.name, l.version, l.id
+                    "schema {subject} (pipeline {name}{what}): version {}, id {}",
+                    l.version, l.id
                 )),
-                Err(e) => Probe::fail(format!("schema (pipeline {}): {e}", pc.name)),
+                Err(e) => Probe::fail(format!("schema (pipeline {name}{what}): {e}")),
             });
         }
     }

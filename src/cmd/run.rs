@@ -73,7 +73,8 @@ pub async fn run(gateway: Gateway, shutdown: CancellationToken) -> anyhow::Resul
         }
         None => None,
     };
-    let sink: Arc<dyn Sink> = KafkaSink::new(&config.kafka, &config.dlq.topic, metrics.clone())?;
+    let kafka_sink = KafkaSink::new(&config.kafka, &config.dlq.topic, metrics.clone())?;
+    let sink: Arc<dyn Sink> = kafka_sink.clone();
     // Stopped once everything is flushed: the broker watcher and the schema refresher.
     let background_stop = CancellationToken::new();
     watch_brokers(
@@ -89,7 +90,7 @@ pub async fn run(gateway: Gateway, shutdown: CancellationToken) -> anyhow::Resul
         None => None,
     };
     let (pipelines, txn_sinks) =
-        build_pipelines(plans, &sink, &config, &metrics, schemas.as_ref()).await?;
+        build_pipelines(plans, &kafka_sink, &config, &metrics, schemas.as_ref()).await?;
     if let (Some(cache), Some(rc)) = (&schemas, &config.schema_registry) {
         cache.spawn_refresher(rc.refresh, background_stop.clone());
     }
@@ -137,41 +138,51 @@ type Started = (
     String,
 );
 
-/// Builds each pipeline's processor (loading the schemas of fixed topics now) in front of `sink`,
-/// or, for an `exactly_once` pipeline, in front of a transactional sink of its own (returned
-/// too, to be drained at shutdown).
+/// Builds each pipeline's processor (loading the schemas of fixed topics and of `validate:`
+/// now) in front of `sink`, or of a handle on it with the pipeline's own DLQ topic, or, for an
+/// `exactly_once` pipeline, in front of a transactional sink of its own (returned too, to be
+/// drained at shutdown). Every DLQ topic is reserved in every pipeline's `topics_allowed`.
 async fn build_pipelines(
     plans: Vec<crate::gateway::PipelinePlan>,
-    sink: &Arc<dyn Sink>,
+    sink: &Arc<KafkaSink>,
     config: &crate::gateway::Config,
     metrics: &Arc<Metrics>,
     schemas: Option<&Arc<SchemaCache>>,
 ) -> anyhow::Result<(Vec<Started>, Vec<Arc<dyn Sink>>)> {
     let mut started = Vec::with_capacity(plans.len());
-    let mut txn_sinks = Vec::new();
+    let mut txn_sinks: Vec<Arc<dyn Sink>> = Vec::new();
+    let dlq_topics: Vec<String> = plans
+        .iter()
+        .filter_map(|p| p.spec.dlq_topic.clone())
+        .chain([sink.dlq_topic().to_string()])
+        .collect();
     for plan in plans {
         let name = plan.spec.name.clone();
         let topic = plan.spec.topic_text.clone();
+        let dlq = plan.spec.dlq_topic.clone();
         let exactly_once = plan.spec.exactly_once;
-        let processor = Processor::from_spec(plan.spec, schemas.cloned())?;
+        let mut processor = Processor::from_spec(plan.spec, schemas.cloned())?;
+        for t in &dlq_topics {
+            processor.reserve_topic(t);
+        }
         if let Some(cache) = schemas {
             load_fixed_subjects(&processor, cache).await?;
         }
-        let sink = if exactly_once {
+        let dlq_topic = dlq.as_deref().unwrap_or(&config.dlq.topic);
+        let to: Arc<dyn Sink> = if exactly_once {
             let id = transactional_id(&name);
             tracing::info!(pipeline = %name, transactional_id = %id.id, "exactly-once: writing in Kafka transactions");
-            let s: Arc<dyn Sink> = KafkaSink::with_transactions(
-                &config.kafka,
-                &config.dlq.topic,
-                metrics.clone(),
-                Some(&id),
-            )?;
+            let s: Arc<dyn Sink> =
+                KafkaSink::with_transactions(&config.kafka, dlq_topic, metrics.clone(), Some(&id))?;
             txn_sinks.push(s.clone());
             s
         } else {
-            sink.clone()
+            match &dlq {
+                Some(t) => sink.with_dlq(t),
+                None => sink.clone(),
+            }
         };
-        let pipeline = Arc::new(Pipeline::from_processor(processor, sink));
+        let pipeline = Arc::new(Pipeline::from_processor(processor, to));
         started.push((pipeline, plan.source, name, topic));
     }
     Ok((started, txn_sinks))
@@ -311,14 +322,13 @@ fn watch_brokers(k: KafkaConfig, m: Arc<Metrics>, stop: CancellationToken) {
     });
 }
 
-/// Fetches the schemas of a pipeline with a fixed topic now, so that a missing subject or an
-/// unreachable registry stops the start with the fix; templated topics load theirs when first
-/// met.
+/// Fetches the schemas of a pipeline with a fixed topic, and of its `validate: {avro: …}`, now,
+/// so that a missing subject or an unreachable registry stops the start with the fix;
+/// templated topics load theirs when first met.
 async fn load_fixed_subjects(p: &Processor, cache: &SchemaCache) -> anyhow::Result<()> {
-    let Some(topic) = p.fixed_topic() else {
-        return Ok(());
-    };
-    for subject in p.subjects(topic) {
+    let fixed = p.fixed_topic().map(|t| p.subjects(t)).unwrap_or_default();
+    let validate = p.validate_subject().map(str::to_string);
+    for subject in fixed.into_iter().chain(validate) {
         let l = cache
             .load(&subject)
             .await

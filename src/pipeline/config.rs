@@ -4,6 +4,7 @@
 //! transforms compiled once, every problem collected with its path.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -13,6 +14,7 @@ use crate::encode::{AvroConfig, Format, KeyFormat};
 use crate::kafka::{check_topic_pattern, reserved_topic, valid_topic_name, TopicAllow};
 use crate::registry::SubjectStrategy;
 use crate::transform::{Pointer, Template, Transform, TransformConfig};
+use crate::validate::{ValidateConfig, Validation};
 
 /// One pipeline: source → transforms → topic/key/headers → format → Kafka.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
@@ -54,11 +56,29 @@ pub struct PipelineConfig<S> {
     /// `avro` (subject `<topic>-key`, Confluent wire format).
     #[serde(default)]
     pub key_format: KeyFormat,
+    /// Check each record against a schema as received (after Avro decoding, before
+    /// transforms): `{json_schema: schemas/telemetry.schema.json}` or `{avro: <subject>}`. A
+    /// record that does not fit goes to the DLQ as `validation_failed`, naming the JSON path
+    /// and the rule. Needs `format: json` or `avro`.
+    #[serde(default)]
+    pub validate: Option<ValidateConfig>,
+    /// This pipeline's own dead-letter queue, e.g. `{topic: telemetry.dlq}`: its rejected input
+    /// and the records Kafka refuses go there. Default: the root `dlq:`.
+    #[serde(default)]
+    pub dlq: Option<PipelineDlqConfig>,
     /// Kafka transactions: consume → produce the outputs and DLQ records → commit the offsets,
     /// all in one transaction per batch, so that read_committed readers see each input's result
     /// exactly once, even after a crash. Needs a `kafka` source.
     #[serde(default)]
     pub exactly_once: bool,
+}
+
+/// `pipelines[].dlq:` — a pipeline's own dead-letter queue.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct PipelineDlqConfig {
+    /// Topic of this pipeline's DLQ (records with their original bytes and the reason).
+    pub topic: String,
 }
 
 /// A pipeline's processing, resolved: what [`Processor`](super::Processor) runs.
@@ -84,7 +104,11 @@ pub struct PipelineSpec {
     pub avro: AvroConfig,
     /// How keys are written.
     pub key_format: KeyFormat,
-    /// Whether its sink writes in Kafka transactions with its source's offsets.
+    /// The schema each record is checked against before transforms (`validate:`).
+    pub validate: Option<Validation>,
+    /// The pipeline's own DLQ topic (`dlq.topic`); `None`: the root `dlq:`.
+    pub dlq_topic: Option<String>,
+    /// Kafka transactions (`exactly_once`; the source is `kafka`).
     pub exactly_once: bool,
 }
 
@@ -93,11 +117,14 @@ const NEEDS_PARSED: &str =
 
 impl<S> PipelineConfig<S> {
     /// Checks everything but the source (at `at`, e.g. `pipelines[0]`); `has_registry` says
-    /// whether `schema_registry:` is configured. The compiled spec when there is no problem.
+    /// whether `schema_registry:` is configured; `base` is the config file's directory (files
+    /// such as `validate.json_schema` are relative to it). The compiled spec when there is no
+    /// problem.
     pub fn resolve(
         &self,
         at: At<'_>,
         has_registry: bool,
+        base: &Path,
         errors: &mut Vec<ConfigError>,
     ) -> Option<PipelineSpec> {
         let before = errors.len();
@@ -155,6 +182,8 @@ impl<S> PipelineConfig<S> {
                 "format `raw` passes bytes through unparsed, so transforms cannot apply; use `format: json`".into(),
             );
         }
+        let validate = self.validation(at, has_registry, base, &mut err);
+        self.check_dlq(at, &mut err);
         let raw = self.format == Format::Raw;
         let topic = match Template::parse(&self.topic) {
             Ok(t) => {
@@ -225,8 +254,83 @@ impl<S> PipelineConfig<S> {
             format: self.format,
             avro: self.avro.clone(),
             key_format: self.key_format,
+            validate,
+            dlq_topic: self.dlq.as_ref().map(|d| d.topic.clone()),
             exactly_once: self.exactly_once,
         })
+    }
+
+    /// `validate:` checked and compiled (the JSON Schema file read now).
+    fn validation(
+        &self,
+        at: At<'_>,
+        has_registry: bool,
+        base: &Path,
+        err: &mut impl FnMut(String, String),
+    ) -> Option<Validation> {
+        let v = self.validate.as_ref()?;
+        if self.format == Format::Raw {
+            err(
+                at.field("validate"),
+                "validation parses each record as JSON, and format `raw` does not; use `format: json` (unchanged records are still written byte for byte)".into(),
+            );
+            return None;
+        }
+        if let ValidateConfig::Avro(subject) = v {
+            if !has_registry {
+                err(
+                    at.field("validate.avro"),
+                    format!("subject `{subject}` lives in a schema registry; add `schema_registry: {{ url: http://127.0.0.1:8081/apis/ccompat/v7 }}`"),
+                );
+                return None;
+            }
+            if subject.trim().is_empty() {
+                err(
+                    at.field("validate.avro"),
+                    "empty; name the registry subject, e.g. `avro: telemetry-value`".into(),
+                );
+                return None;
+            }
+        }
+        match v.compile(base) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                err(at.field("validate.json_schema"), e);
+                None
+            }
+        }
+    }
+
+    /// `dlq.topic`: a topic name of its own (not the pipeline's output).
+    fn check_dlq(&self, at: At<'_>, err: &mut impl FnMut(String, String)) {
+        let Some(d) = &self.dlq else {
+            return;
+        };
+        if !valid_topic_name(&d.topic) {
+            err(
+                at.field("dlq.topic"),
+                format!(
+                    "`{}` is not a valid topic name; use letters, digits, `.`, `_` and `-`",
+                    d.topic
+                ),
+            );
+        } else if reserved_topic(&d.topic) {
+            err(
+                at.field("dlq.topic"),
+                format!(
+                    "`{}` is a reserved topic (`_schemas`, `__*`, `connect-*`); name a DLQ topic such as `{}.dlq`",
+                    d.topic, self.name
+                ),
+            );
+        } else if d.topic == self.topic {
+            err(
+                at.field("dlq.topic"),
+                format!(
+                    "`{}` is the pipeline's own output topic; give rejected records a topic of their own, e.g. `{}.dlq`",
+                    d.topic, self.topic
+                ),
+            );
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::Value;
 
-pub use config::{PipelineConfig, PipelineSpec};
+pub use config::{PipelineConfig, PipelineDlqConfig, PipelineSpec};
 
 use crate::config::{At, ConfigErrors};
 use crate::encode::{encoder_for, Encoder, Format, KeyFormat, RawEncoder};
@@ -19,6 +19,7 @@ use crate::kafka::{valid_topic_name, TopicAllow};
 use crate::registry::SchemaCache;
 use crate::sink::{OutRecord, Sink};
 use crate::transform::{Doc, Meta, Template, TopLevel, Transform};
+use crate::validate::{check_avro, Validation};
 
 /// Why a pipeline could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +30,11 @@ pub enum BuildError {
     /// `format: avro` without a schema cache.
     #[error("pipeline {0}: format avro needs a `schema_registry:` section with its url")]
     NoRegistry(String),
+    /// `validate: {avro: …}` without a schema cache.
+    #[error(
+        "pipeline {0}: `validate: {{avro: …}}` needs a `schema_registry:` section with its url"
+    )]
+    NoRegistryToValidate(String),
 }
 
 /// Topics a writer other than the pipeline may write (an HTTP token's `topics`), checked on
@@ -56,6 +62,10 @@ pub struct Processor {
     encoder: Box<dyn Encoder>,
     key_format: KeyFormat,
     format: Format,
+    /// What each record is checked against before transforms (`validate:`).
+    validation: Option<Validation>,
+    /// The registry's schemas, for `validate: {avro: …}` (and `format: avro`).
+    schemas: Option<Arc<SchemaCache>>,
 }
 
 /// An input as far as the encoder needs it parsed.
@@ -86,7 +96,12 @@ impl Processor {
         schemas: Option<Arc<SchemaCache>>,
     ) -> Result<Processor, BuildError> {
         let mut errors = Vec::new();
-        match c.resolve(At(""), schemas.is_some(), &mut errors) {
+        match c.resolve(
+            At(""),
+            schemas.is_some(),
+            std::path::Path::new(""),
+            &mut errors,
+        ) {
             Some(spec) if errors.is_empty() => Processor::from_spec(spec, schemas),
             _ => Err(BuildError::Invalid(ConfigErrors {
                 file: format!("pipeline {}", c.name),
@@ -100,7 +115,10 @@ impl Processor {
         spec: PipelineSpec,
         schemas: Option<Arc<SchemaCache>>,
     ) -> Result<Processor, BuildError> {
-        let encoder = encoder_for(spec.format, &spec.avro, schemas)
+        if matches!(spec.validate, Some(Validation::Avro { .. })) && schemas.is_none() {
+            return Err(BuildError::NoRegistryToValidate(spec.name.to_string()));
+        }
+        let encoder = encoder_for(spec.format, &spec.avro, schemas.clone())
             .ok_or_else(|| BuildError::NoRegistry(spec.name.to_string()))?;
         Ok(Processor {
             fixed_topic: spec.topic.fixed().map(Arc::from),
@@ -114,7 +132,23 @@ impl Processor {
             encoder,
             key_format: spec.key_format,
             format: spec.format,
+            validation: spec.validate,
+            schemas,
         })
+    }
+
+    /// The registry subject records are validated against (`validate: {avro: …}`).
+    pub fn validate_subject(&self) -> Option<&str> {
+        match &self.validation {
+            Some(Validation::Avro { subject }) => Some(subject),
+            _ => None,
+        }
+    }
+
+    /// Reserves a DLQ topic: a rendered topic reaches it only through a `topics_allowed`
+    /// entry naming it.
+    pub fn reserve_topic(&mut self, topic: &str) {
+        self.topics_allowed.reserve(topic);
     }
 
     /// The output format.
@@ -144,11 +178,12 @@ impl Processor {
     /// time); false when there is no cache or a subject could not be loaded (then the record
     /// goes to the DLQ as `schema_unavailable`).
     pub async fn load_schemas(&self, topic: &str) -> bool {
-        let Some(cache) = self.encoder.schemas() else {
+        let Some(cache) = &self.schemas else {
             return false;
         };
         let mut ok = true;
-        for s in self.subjects(topic) {
+        let validate = self.validate_subject().map(str::to_string);
+        for s in self.subjects(topic).into_iter().chain(validate) {
             if cache.get(&s).is_none() {
                 if let Err(e) = cache.load_throttled(&s).await {
                     tracing::warn!(pipeline = %self.name, subject = %s, "{e}");
@@ -221,8 +256,9 @@ impl Processor {
         }
     }
 
-    /// Parses and transforms the input as the encoder needs it: not at all (raw), only its top
-    /// level (unchanged JSON), or into a tree.
+    /// Parses, validates and transforms the input as the encoder needs it: not at all (raw),
+    /// only its top level (unchanged JSON, nothing to validate), or into a tree. Validation sees
+    /// the input as received, before transforms normalize it.
     fn parse<'r>(&self, raw: &'r Bytes, meta: &Meta) -> Result<Parsed<'r>, Rejection> {
         let mut parsed = Parsed {
             value: None,
@@ -234,7 +270,7 @@ impl Processor {
         }
         // Unchanged events headed for an encoder that needs no tree are only validated and
         // read at the top level; anything else (transforms, Avro, a non-object) gets the tree.
-        if self.transforms.is_empty() && !self.encoder.needs_value() {
+        if self.transforms.is_empty() && !self.encoder.needs_value() && self.validation.is_none() {
             parsed.top = TopLevel::parse(raw);
         }
         if parsed.top.is_none() {
@@ -245,6 +281,7 @@ impl Processor {
                     self.topic.fixed(),
                 )
             })?;
+            self.validate(&v)?;
             for t in &self.transforms {
                 t.apply(&mut v, meta)
                     .map_err(|e| self.reject(ErrorType::TransformFailed, e, self.topic.fixed()))?;
@@ -253,6 +290,34 @@ impl Processor {
             parsed.value = Some(v);
         }
         Ok(parsed)
+    }
+
+    /// Checks the parsed input against `validate:`.
+    fn validate(&self, v: &Value) -> Result<(), Rejection> {
+        let failed = |m: String| self.reject(ErrorType::ValidationFailed, m, self.topic.fixed());
+        match &self.validation {
+            None => Ok(()),
+            Some(Validation::JsonSchema(c)) => c.check(v).map_err(failed),
+            Some(Validation::Avro { subject }) => {
+                let loaded = match &self.schemas {
+                    Some(cache) => check_avro(cache, subject, v).map_err(failed)?,
+                    None => false,
+                };
+                if loaded {
+                    return Ok(());
+                }
+                let at = self
+                    .schemas
+                    .as_ref()
+                    .map(|c| c.client().url().to_string())
+                    .unwrap_or_default();
+                Err(self.reject(
+                    ErrorType::SchemaUnavailable,
+                    format!("no schema for subject {subject} (validate): the registry at {at} has none, or cannot be reached"),
+                    self.topic.fixed(),
+                ))
+            }
+        }
     }
 
     /// The record's topic: the fixed one, or the template rendered and checked.
@@ -369,6 +434,8 @@ impl Pipeline {
             encoder: Box::new(RawEncoder),
             key_format: KeyFormat::String,
             format: Format::Raw,
+            validation: None,
+            schemas: None,
         };
         processor.topics_allowed.reserve(sink.dlq_topic());
         Pipeline { processor, sink }
@@ -415,13 +482,17 @@ impl Pipeline {
 
     /// [`Pipeline::handle`], the record's topic also within `limit` (an HTTP token's `topics`;
     /// a record outside it goes to the DLQ as `topic_not_allowed`).
+    ///
+    /// The processor reads [`Event::decoded`] when the source decoded the input (Avro read from
+    /// Kafka), else `raw`; the DLQ keeps `raw` either way.
     pub async fn handle_within(&self, ev: Event, limit: Option<&TopicLimit<'_>>) {
-        let mut result = self.processor.process_within(&ev.raw, &ev.meta, limit);
+        let input = ev.decoded.as_ref().unwrap_or(&ev.raw);
+        let mut result = self.processor.process_within(input, &ev.meta, limit);
         if let Err(r) = &result {
             if r.error_type == ErrorType::SchemaUnavailable
                 && self.processor.load_schemas(&r.source_topic).await
             {
-                result = self.processor.process_within(&ev.raw, &ev.meta, limit);
+                result = self.processor.process_within(input, &ev.meta, limit);
             }
         }
         match result {
@@ -505,7 +576,7 @@ mod tests {
     fn config_errors(yaml: &str) -> Vec<ConfigError> {
         let c: PipelineConfig<serde_json::Value> = crate::config::from_yaml(yaml).unwrap();
         let mut errors = Vec::new();
-        let spec = c.resolve(At("p"), false, &mut errors);
+        let spec = c.resolve(At("p"), false, std::path::Path::new(""), &mut errors);
         assert_eq!(spec.is_none(), !errors.is_empty());
         errors
     }
@@ -598,6 +669,118 @@ mod tests {
         let r = p.process_(&Bytes::from_static(b"\x00not json")).unwrap();
         assert_eq!(&r.value[..], b"\x00not json");
         assert_eq!(r.key.as_deref(), Some(&b"fixed"[..]));
+    }
+
+    /// A schema file in a temporary directory, and the YAML of a pipeline validating with it.
+    fn validating(rest: &str) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = dir.path().join("t.schema.json");
+        std::fs::write(
+            &schema,
+            r#"{"type": "object", "required": ["device_id", "temperature"],
+                "properties": {"device_id": {"type": "string"},
+                  "temperature": {"type": "number", "maximum": 150},
+                  "readings": {"type": "array", "items": {"type": "number"}}}}"#,
+        )
+        .unwrap();
+        let yaml = format!(
+            "{WS}topic: t.clean\nvalidate: {{json_schema: '{}'}}\n{rest}",
+            schema.display()
+        );
+        (dir, yaml)
+    }
+
+    #[test]
+    fn validation_rejects_with_the_path_and_the_rule() {
+        let (_dir, yaml) = validating("");
+        let p = processor(&yaml);
+        let ok = br#"{"device_id":"d1","temperature":21.5}"#;
+        // Unchanged JSON is written as received.
+        assert_eq!(&p.process_(&Bytes::from_static(ok)).unwrap().value[..], ok);
+        for (input, words) in [
+            (
+                &br#"{"device_id":"d1","temperature":180}"#[..],
+                "/temperature: maximum: 180 is greater than the maximum of 150",
+            ),
+            (
+                br#"{"temperature":1}"#,
+                r#"/: required: "device_id" is a required property"#,
+            ),
+            (br#"{"device_id":5,"temperature":1}"#, "/device_id: type:"),
+            // Deep in the tree: an unchanged event headed for `json` is otherwise read only at
+            // the top level, so validation must parse it whole.
+            (
+                br#"{"device_id":"d","temperature":1,"readings":[1,"x"]}"#,
+                "/readings/1: type:",
+            ),
+        ] {
+            let e = p.process_(&Bytes::from_static(input)).unwrap_err();
+            assert_eq!(e.error_type, ErrorType::ValidationFailed, "{e:?}");
+            assert_eq!(e.error_type, "validation_failed");
+            assert!(e.message.contains(words), "{}", e.message);
+            assert_eq!(e.source_topic, "t.clean");
+        }
+        let e = p.process_(&Bytes::from_static(b"{nope")).unwrap_err();
+        assert_eq!(e.error_type, ErrorType::InvalidJson);
+    }
+
+    #[test]
+    fn validation_sees_the_input_before_transforms() {
+        // The schema wants `device_id` as received; the transform then renames it.
+        let (_dir, yaml) = validating(
+            "transforms: [{rename: {from: /device_id, to: /device}}, {set: {path: /temperature, value: 999}}]\n",
+        );
+        let p = processor(&yaml);
+        let r = p
+            .process_(&Bytes::from_static(
+                br#"{"device_id":"d1","temperature":20}"#,
+            ))
+            .unwrap();
+        let v: Value = serde_json::from_slice(&r.value).unwrap();
+        assert_eq!(v, serde_json::json!({"device": "d1", "temperature": 999}));
+    }
+
+    #[test]
+    fn validate_config_errors() {
+        let (_dir, yaml) = validating("format: raw\n");
+        let e = config_errors(&yaml);
+        assert!(
+            e.iter()
+                .any(|e| e.path == "p.validate" && e.message.contains("format: json")),
+            "{e:?}"
+        );
+        let e = config_errors(&format!(
+            "{WS}topic: t\nvalidate: {{json_schema: /no/such/schema.json}}\n"
+        ));
+        assert!(
+            e.iter().any(|e| e.path == "p.validate.json_schema"
+                && e.message.contains("/no/such/schema.json")),
+            "{e:?}"
+        );
+        let e = config_errors(&format!(
+            "{WS}topic: t\nvalidate: {{avro: telemetry-value}}\n"
+        ));
+        assert!(
+            e.iter()
+                .any(|e| e.path == "p.validate.avro" && e.message.contains("schema_registry:")),
+            "{e:?}"
+        );
+        for (dlq, words) in [
+            ("'bad topic'", "not a valid topic name"),
+            ("__consumer_offsets", "reserved"),
+            ("t", "own output topic"),
+        ] {
+            let e = config_errors(&format!("{WS}topic: t\ndlq: {{topic: {dlq}}}\n"));
+            assert!(
+                e.iter()
+                    .any(|e| e.path == "p.dlq.topic" && e.message.contains(words)),
+                "{dlq}: {e:?}"
+            );
+        }
+        assert!(config_errors(&format!(
+            "{WS}topic: t\ndlq: {{topic: t.dlq}}\nexactly_once: true\n"
+        ))
+        .is_empty());
     }
 
     /// The pipeline → sink → ack path, without a broker.
@@ -748,6 +931,44 @@ mod tests {
                 .rejections()
                 .iter()
                 .all(|(r, _)| r.error_type == ErrorType::TopicNotAllowed));
+        }
+
+        #[tokio::test]
+        async fn decoded_input_is_processed_and_the_dlq_keeps_the_raw_bytes() {
+            let (_dir, yaml) = validating("");
+            let sink = Arc::new(MemorySink::new());
+            let p = pipeline(&yaml, sink.clone());
+            let decoded = |json: &'static str| {
+                let (mut ev, rx) = Event::with_ack(
+                    Bytes::from_static(b"\x00\x00\x00\x00\x07avro-bytes"),
+                    Origin::now(p.name().clone(), Arc::from("test")),
+                );
+                ev.decoded = Some(Bytes::from_static(json.as_bytes()));
+                (ev, rx)
+            };
+            let (ev, rx) = decoded(r#"{"device_id":"d1","temperature":20}"#);
+            p.handle(ev).await;
+            assert!(matches!(rx.await.unwrap(), Fate::Delivered { .. }));
+            assert_eq!(
+                &sink.records()[0].record.value[..],
+                br#"{"device_id":"d1","temperature":20}"#
+            );
+            let (ev, rx) = decoded(r#"{"device_id":"d1","temperature":200}"#);
+            p.handle(ev).await;
+            match rx.await.unwrap() {
+                Fate::DeadLettered {
+                    error_type,
+                    message,
+                    ..
+                } => {
+                    assert_eq!(error_type, ErrorType::ValidationFailed);
+                    assert!(message.contains("/temperature: maximum"), "{message}");
+                }
+                other => panic!("expected dead-lettered, got {other:?}"),
+            }
+            let rejected = sink.rejections();
+            assert_eq!(rejected.len(), 1);
+            assert_eq!(&rejected[0].1[..], b"\x00\x00\x00\x00\x07avro-bytes");
         }
 
         #[tokio::test]

@@ -6,10 +6,15 @@
 //! to the DLQ cut to its first bytes with its size and sha256 (`too_large`), so that the DLQ
 //! write fits and the source learns `DeadLettered`. A send whose caller stops waiting while the
 //! buffer is full gives its in-flight slot back ([`Admission`]).
+//!
+//! One producer serves every pipeline; a pipeline with its own DLQ topic (`dlq: {topic: …}`)
+//! sends through a [`DlqRoute`] ([`KafkaSink::with_dlq`]), a handle whose DLQ topic rides in
+//! each record's in-flight state, so that the delivery callback dead-letters a refused record
+//! to its pipeline's DLQ.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -22,7 +27,7 @@ use tokio::sync::{mpsc, Notify};
 use futures_util::future::BoxFuture;
 
 use super::{OutRecord, Sink, Totals, Transactions};
-use crate::event::{Ack, ErrorType, Event, Fate, Origin, Rejection};
+use crate::event::{Ack, ErrorType, Event, Fate, Meta, Origin, Rejection};
 use crate::kafka::{KafkaConfig, OnFull};
 use crate::metrics::{Metrics, TopicMetrics};
 
@@ -38,6 +43,69 @@ pub(crate) struct DeadLetter {
     /// Keep only the first bytes of `raw` and a bounded key and headers, with the size and
     /// sha256 of `raw`: for records too large for Kafka, and for a DLQ record that was.
     truncate: bool,
+    /// Where the input was read, when it came from a Kafka topic.
+    consumed: Option<Box<Consumed>>,
+}
+
+/// Where a record the Kafka source read came from (its event's `kafka.*` source values): the
+/// consumer side of a DLQ record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Consumed {
+    topic: String,
+    partition: String,
+    offset: String,
+    group: String,
+    /// How many times it was tried (`attempts` a sink set, else 1).
+    attempts: String,
+    /// The input record's key.
+    key: Option<Vec<u8>>,
+}
+
+impl Consumed {
+    /// Read from an event's source values; `None` unless the Kafka source made it.
+    fn from_meta(meta: &Meta) -> Option<Box<Consumed>> {
+        let topic = meta.get("kafka.topic")?;
+        let get = |k: &str| meta.get(k).unwrap_or_default().to_string();
+        Some(Box::new(Consumed {
+            topic: topic.to_string(),
+            partition: get("kafka.partition"),
+            offset: get("kafka.offset"),
+            group: get("kafka.group"),
+            attempts: meta.get("attempts").unwrap_or("1").to_string(),
+            key: meta.get("kafka.key").map(|k| k.as_bytes().to_vec()),
+        }))
+    }
+}
+
+impl DeadLetter {
+    /// A letter for input from `consumed` (when read from Kafka: then its key is the input's
+    /// and its `source_topic` the topic it was read from) or from elsewhere (`key`,
+    /// `source_topic` as given).
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        raw: Bytes,
+        key: Option<Vec<u8>>,
+        input_headers: Vec<(String, Vec<u8>)>,
+        error_type: ErrorType,
+        message: String,
+        source_topic: String,
+        consumed: Option<Box<Consumed>>,
+    ) -> DeadLetter {
+        let (key, source_topic) = match &consumed {
+            Some(c) => (c.key.clone(), c.topic.clone()),
+            None => (key, source_topic),
+        };
+        DeadLetter {
+            raw,
+            key,
+            input_headers,
+            truncate: error_type == ErrorType::TooLarge,
+            error_type,
+            message,
+            source_topic,
+            consumed,
+        }
+    }
 }
 
 /// An event on its way to the DLQ.
@@ -46,6 +114,8 @@ struct DlqJob {
     letter: DeadLetter,
     origin: Origin,
     slot: Admission,
+    /// The DLQ topic (the pipeline's own, or the sink's).
+    dlq_topic: Arc<str>,
 }
 
 pub(crate) enum Kind {
@@ -53,6 +123,8 @@ pub(crate) enum Kind {
         topic: Arc<TopicMetrics>,
         raw: Bytes,
         input_headers: Vec<(String, Vec<u8>)>,
+        /// The event's source values (moved, not copied): where a refused record was read.
+        meta: Meta,
     },
     Dlq(DeadLetter),
 }
@@ -62,11 +134,14 @@ pub(crate) struct Inflight {
     kind: Kind,
     origin: Origin,
     slot: Admission,
+    /// Where the record goes if Kafka refuses it (data), or where it went (DLQ).
+    dlq_topic: Arc<str>,
 }
 
 struct Shared {
     metrics: Arc<Metrics>,
-    dlq_topic: String,
+    /// The root `dlq:` topic, for pipelines without their own.
+    dlq_topic: Arc<str>,
     totals: Totals,
     inflight: AtomicI64,
     /// Set while `drain` waits, so that deliveries only wake it when someone listens.
@@ -202,6 +277,7 @@ impl ProducerContext for SinkContext {
             kind,
             origin,
             mut slot,
+            dlq_topic,
         } = *opaque;
         slot.taken = true;
         let s = &self.shared;
@@ -223,6 +299,7 @@ impl ProducerContext for SinkContext {
                     topic,
                     raw,
                     input_headers,
+                    meta,
                 },
                 Err((err, msg)),
             ) => {
@@ -250,17 +327,18 @@ impl ProducerContext for SinkContext {
                 let key = msg.key().map(|k| k.to_vec());
                 // Stays in flight: the DLQ job settles it.
                 let job = DlqJob {
-                    letter: DeadLetter {
+                    letter: DeadLetter::new(
                         raw,
                         key,
                         input_headers,
-                        truncate: error_type == ErrorType::TooLarge,
                         error_type,
                         message,
                         source_topic,
-                    },
+                        Consumed::from_meta(&meta),
+                    ),
                     origin,
                     slot,
+                    dlq_topic,
                 };
                 if let Err(mpsc::error::SendError(job)) = s.dlq_tx.send(job) {
                     tracing::error!(
@@ -275,7 +353,7 @@ impl ProducerContext for SinkContext {
                 s.metrics
                     .dlq_published
                     .with_label_values(&[
-                        s.dlq_topic.as_str(),
+                        &*dlq_topic,
                         letter.source_topic.as_str(),
                         letter.error_type.as_str(),
                     ])
@@ -290,13 +368,14 @@ impl ProducerContext for SinkContext {
             }
             (Kind::Dlq(mut letter), Err((err, _))) if is_too_large(err) && !letter.truncate => {
                 // The DLQ topic takes less than the whole input: keep its first bytes.
-                tracing::warn!(dlq_topic = %s.dlq_topic, error_type = %letter.error_type, size = letter.raw.len(), error = %err,
+                tracing::warn!(%dlq_topic, error_type = %letter.error_type, size = letter.raw.len(), error = %err,
                     "the DLQ refused a record as too large; writing its first bytes instead");
                 letter.truncate = true;
                 let job = DlqJob {
                     letter,
                     origin,
                     slot,
+                    dlq_topic,
                 };
                 if let Err(mpsc::error::SendError(job)) = s.dlq_tx.send(job) {
                     tracing::error!("DLQ writer stopped; a DLQ record could not be written");
@@ -313,7 +392,7 @@ impl ProducerContext for SinkContext {
             (Kind::Dlq(letter), Err((err, _))) => {
                 s.metrics
                     .dlq_failures
-                    .with_label_values(&[s.dlq_topic.as_str()])
+                    .with_label_values(&[&*dlq_topic])
                     .inc();
                 s.totals.failed.fetch_add(1, Ordering::Relaxed);
                 let DeadLetter {
@@ -322,7 +401,7 @@ impl ProducerContext for SinkContext {
                     source_topic,
                     ..
                 } = letter;
-                tracing::error!(dlq_topic = %s.dlq_topic, %source_topic, %error_type, reason = %message, error = %err,
+                tracing::error!(%dlq_topic, %source_topic, %error_type, reason = %message, error = %err,
                     "the DLQ refused a record: it is lost; check that the DLQ topic exists and accepts writes");
                 slot.settle(Fate::Failed {
                     message: format!("{error_type}: {message}; DLQ write failed: {err}"),
@@ -370,6 +449,7 @@ fn dlq_record(
     max_record: u64,
 ) -> (Bytes, Option<Vec<u8>>, OwnedHeaders) {
     let received_at = humantime::format_rfc3339_millis(origin.received_at).to_string();
+    let failed_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
     let source = format!("{}:{}", origin.pipeline, origin.source);
     let mut value = letter.raw.clone();
     let mut key = letter.key.clone();
@@ -410,7 +490,13 @@ fn dlq_record(
         extra.push(("original_size", letter.raw.len().to_string()));
         extra.push(("original_sha256", hex));
     }
-    let mut headers = OwnedHeaders::new_with_capacity(input.len() + 6 + extra.len());
+    if let Some(c) = &letter.consumed {
+        extra.push(("source_partition", c.partition.clone()));
+        extra.push(("source_offset", c.offset.clone()));
+        extra.push(("consumer_group", c.group.clone()));
+        extra.push(("attempts", c.attempts.clone()));
+    }
+    let mut headers = OwnedHeaders::new_with_capacity(input.len() + 7 + extra.len());
     for (k, v) in input {
         headers = headers.insert(Header {
             key: k,
@@ -424,6 +510,7 @@ fn dlq_record(
         ("error_type", letter.error_type.as_str()),
         ("error_message", message),
         ("received_at", received_at.as_str()),
+        ("failed_at", failed_at.as_str()),
     ]
     .into_iter()
     .chain(extra.iter().map(|(k, v)| (*k, v.as_str())))
@@ -457,7 +544,7 @@ impl KafkaSink {
         let (dlq_tx, dlq_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             metrics,
-            dlq_topic: dlq_topic.to_string(),
+            dlq_topic: Arc::from(dlq_topic),
             totals: Totals::default(),
             inflight: AtomicI64::new(0),
             draining: AtomicBool::new(false),
@@ -496,6 +583,15 @@ impl KafkaSink {
         Ok(sink)
     }
 
+    /// A handle on this sink for a pipeline with its own DLQ topic: the same producer, counts
+    /// and drain; its rejections, and its records Kafka refuses, go to `dlq_topic`.
+    pub fn with_dlq(self: &Arc<Self>, dlq_topic: &str) -> Arc<DlqRoute> {
+        Arc::new(DlqRoute {
+            sink: self.clone(),
+            dlq_topic: Arc::from(dlq_topic),
+        })
+    }
+
     async fn dlq_writer(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<DlqJob>) {
         while let Some(job) = rx.recv().await {
             self.produce_dlq(job).await;
@@ -505,14 +601,22 @@ impl KafkaSink {
     /// Hands a record to the producer, to `partition` when one is named. With `on_full: block`
     /// it waits for room (backpressure); with `drop_newest` it drops the record, counts it and
     /// acks it as dropped; with an event's `max_wait` it answers Busy after that long. If the
-    /// caller stops waiting first, the record is taken back: not accepted, acked Busy.
-    async fn send_to(&self, rec: OutRecord, partition: Option<i32>, ev: Event) {
+    /// caller stops waiting first, the record is taken back: not accepted, acked Busy. Kafka
+    /// refusing it sends it to `dlq_topic`.
+    async fn send_to(
+        &self,
+        rec: OutRecord,
+        partition: Option<i32>,
+        ev: Event,
+        dlq_topic: &Arc<str>,
+    ) {
         let Event {
             raw,
             headers: input_headers,
             origin,
             ack,
             max_wait,
+            meta,
             ..
         } = ev;
         let give_up = max_wait.map(|w| Instant::now() + w);
@@ -534,9 +638,11 @@ impl KafkaSink {
                 topic: topic_metrics.clone(),
                 raw,
                 input_headers,
+                meta,
             },
             origin,
             slot: Admission::admit(&self.shared, ack),
+            dlq_topic: dlq_topic.clone(),
         });
         let mut record = BaseRecord::with_opaque_to(&rec.topic, opaque).payload(&rec.value[..]);
         if let Some(k) = &rec.key {
@@ -575,7 +681,10 @@ impl KafkaSink {
                     topic_metrics.failures.inc();
                     let op = *back.delivery_opaque;
                     let Kind::Data {
-                        raw, input_headers, ..
+                        raw,
+                        input_headers,
+                        meta,
+                        ..
                     } = op.kind
                     else {
                         unreachable!("data records carry Kind::Data")
@@ -596,17 +705,18 @@ impl KafkaSink {
                         (ErrorType::ProduceFailed, err.to_string())
                     };
                     self.produce_dlq(DlqJob {
-                        letter: DeadLetter {
+                        letter: DeadLetter::new(
                             raw,
-                            key: rec.key.clone(),
+                            rec.key.clone(),
                             input_headers,
-                            truncate: error_type == ErrorType::TooLarge,
                             error_type,
                             message,
-                            source_topic: rec.topic.to_string(),
-                        },
+                            rec.topic.to_string(),
+                            Consumed::from_meta(&meta),
+                        ),
                         origin: op.origin,
                         slot: op.slot,
+                        dlq_topic: op.dlq_topic,
                     })
                     .await;
                     return;
@@ -615,8 +725,8 @@ impl KafkaSink {
         }
     }
 
-    /// Sends rejected input to the DLQ with its original bytes and headers.
-    async fn reject(&self, ev: Event, r: Rejection) {
+    /// Sends rejected input to `dlq_topic` with its original bytes and headers.
+    async fn reject(&self, ev: Event, r: Rejection, dlq_topic: &Arc<str>) {
         self.shared
             .metrics
             .events_rejected
@@ -630,18 +740,22 @@ impl KafkaSink {
                 .inc();
         }
         let slot = Admission::admit(&self.shared, ev.ack);
+        let mut letter = DeadLetter::new(
+            ev.raw,
+            None,
+            ev.headers,
+            r.error_type,
+            r.message,
+            r.source_topic,
+            Consumed::from_meta(&ev.meta),
+        );
+        // Rejected input is kept whole, whatever its reason.
+        letter.truncate = false;
         self.produce_dlq(DlqJob {
-            letter: DeadLetter {
-                raw: ev.raw,
-                key: None,
-                input_headers: ev.headers,
-                error_type: r.error_type,
-                message: r.message,
-                source_topic: r.source_topic,
-                truncate: false,
-            },
+            letter,
             origin: ev.origin,
             slot,
+            dlq_topic: dlq_topic.clone(),
         })
         .await;
     }
@@ -654,13 +768,13 @@ impl KafkaSink {
                 return;
             };
             if is_too_large(&err) && !back.letter.truncate {
-                tracing::warn!(dlq_topic = %self.shared.dlq_topic, error_type = %back.letter.error_type, size = back.letter.raw.len(), limit = self.max_record,
+                tracing::warn!(dlq_topic = %back.dlq_topic, error_type = %back.letter.error_type, size = back.letter.raw.len(), limit = self.max_record,
                     "a DLQ record is too large for Kafka; writing its first bytes instead");
                 job = back;
                 job.letter.truncate = true;
                 continue;
             }
-            let dlq_topic = self.shared.dlq_topic.as_str();
+            let dlq_topic = &*back.dlq_topic;
             self.shared
                 .metrics
                 .dlq_failures
@@ -687,14 +801,16 @@ impl KafkaSink {
             letter,
             origin,
             slot,
+            dlq_topic,
         } = job;
         let (value, key, headers) = dlq_record(&letter, &origin, self.max_record);
         let opaque = Box::new(Inflight {
             kind: Kind::Dlq(letter),
             origin,
             slot,
+            dlq_topic: dlq_topic.clone(),
         });
-        let mut record = BaseRecord::with_opaque_to(&self.shared.dlq_topic, opaque)
+        let mut record = BaseRecord::with_opaque_to(&dlq_topic, opaque)
             .payload(&value[..])
             .headers(headers);
         if let Some(k) = &key {
@@ -709,7 +825,12 @@ impl KafkaSink {
                     tokio::time::sleep(FULL_RETRY).await;
                 }
                 Err((err, back)) => {
-                    let Inflight { kind, origin, slot } = *back.delivery_opaque;
+                    let Inflight {
+                        kind,
+                        origin,
+                        slot,
+                        dlq_topic,
+                    } = *back.delivery_opaque;
                     let Kind::Dlq(letter) = kind else {
                         unreachable!("DLQ records carry Kind::Dlq")
                     };
@@ -719,6 +840,7 @@ impl KafkaSink {
                             letter,
                             origin,
                             slot,
+                            dlq_topic,
                         },
                     ));
                 }
@@ -753,10 +875,10 @@ impl KafkaSink {
 
 impl Sink for KafkaSink {
     fn send(&self, rec: OutRecord, partition: Option<i32>, ev: Event) -> BoxFuture<'_, ()> {
-        Box::pin(self.send_to(rec, partition, ev))
+        Box::pin(self.send_to(rec, partition, ev, &self.shared.dlq_topic))
     }
     fn dead_letter(&self, ev: Event, r: Rejection) -> BoxFuture<'_, ()> {
-        Box::pin(self.reject(ev, r))
+        Box::pin(self.reject(ev, r, &self.shared.dlq_topic))
     }
     fn drain(&self, timeout: Duration) -> BoxFuture<'_, i64> {
         Box::pin(self.drain_within(timeout))
@@ -823,6 +945,38 @@ impl Transactions for KafkaTransactions {
     }
     fn abort(&self) -> Result<(), KafkaError> {
         self.producer.abort_transaction(self.timeout)
+    }
+}
+
+/// A pipeline's handle on the [`KafkaSink`] with a DLQ topic of its own
+/// ([`KafkaSink::with_dlq`]): records go through the one producer; rejections and refused
+/// records go to its DLQ topic. Counts, in-flight and drain are the sink's.
+pub struct DlqRoute {
+    sink: Arc<KafkaSink>,
+    dlq_topic: Arc<str>,
+}
+
+impl Sink for DlqRoute {
+    fn send(&self, rec: OutRecord, partition: Option<i32>, ev: Event) -> BoxFuture<'_, ()> {
+        Box::pin(self.sink.send_to(rec, partition, ev, &self.dlq_topic))
+    }
+    fn dead_letter(&self, ev: Event, r: Rejection) -> BoxFuture<'_, ()> {
+        Box::pin(self.sink.reject(ev, r, &self.dlq_topic))
+    }
+    fn drain(&self, timeout: Duration) -> BoxFuture<'_, i64> {
+        self.sink.drain(timeout)
+    }
+    fn totals(&self) -> &Totals {
+        self.sink.totals()
+    }
+    fn inflight(&self) -> i64 {
+        self.sink.inflight()
+    }
+    fn dlq_topic(&self) -> &str {
+        &self.dlq_topic
+    }
+    fn transactions(&self) -> Option<Arc<dyn Transactions>> {
+        self.sink.transactions()
     }
 }
 
@@ -916,6 +1070,7 @@ mod tests {
             message: "too large".into(),
             source_topic: "t".into(),
             truncate: true,
+            consumed: None,
         };
         let (value, key, h) = dlq_record(&letter, &origin, 67_174_400);
         assert_eq!(&value[..], &raw[..TOO_LARGE_PREFIX]);
@@ -946,5 +1101,92 @@ mod tests {
         assert_eq!(value.len(), raw.len());
         assert_eq!(header(&h, "original_size"), None);
         assert_eq!(header(&h, "huge").map(|v| v.len()), Some(20_000));
+    }
+
+    #[test]
+    fn a_consumed_record_keeps_where_it_was_read_and_its_key() {
+        let origin = Origin::now(Arc::from("validator"), Arc::from("telemetry.raw[2]@41"));
+        let mut meta = Meta::empty();
+        meta.insert("kafka.topic", "telemetry.raw");
+        meta.insert("kafka.partition", "2");
+        meta.insert("kafka.offset", "41");
+        meta.insert("kafka.group", "telemetry-validator");
+        meta.insert("kafka.key", "dev-7");
+        let letter = DeadLetter::new(
+            Bytes::from_static(b"{oops"),
+            Some(b"output-key".to_vec()),
+            vec![("trace".into(), b"t1".to_vec())],
+            ErrorType::ValidationFailed,
+            "/temperature: maximum: 180 is greater than the maximum of 150".into(),
+            "telemetry.clean".into(),
+            Consumed::from_meta(&meta),
+        );
+        let before = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let (value, key, h) = dlq_record(&letter, &origin, 1_000_000);
+        assert_eq!(&value[..], b"{oops");
+        assert_eq!(key.as_deref(), Some(&b"dev-7"[..]), "the input's key");
+        assert_eq!(header(&h, "trace").as_deref(), Some("t1"));
+        assert_eq!(
+            header(&h, "source_topic").as_deref(),
+            Some("telemetry.raw"),
+            "where it was read, not the output topic"
+        );
+        assert_eq!(header(&h, "source_partition").as_deref(), Some("2"));
+        assert_eq!(header(&h, "source_offset").as_deref(), Some("41"));
+        assert_eq!(
+            header(&h, "consumer_group").as_deref(),
+            Some("telemetry-validator")
+        );
+        assert_eq!(header(&h, "attempts").as_deref(), Some("1"));
+        assert_eq!(
+            header(&h, "error_type").as_deref(),
+            Some("validation_failed")
+        );
+        let failed_at = header(&h, "failed_at").unwrap();
+        assert!(
+            failed_at >= before && failed_at.ends_with('Z'),
+            "{failed_at}"
+        );
+        assert_eq!(failed_at.len(), "2026-01-01T00:00:00.000Z".len());
+
+        // A sink's `attempts` wins; no key on the input: none on the DLQ record.
+        let mut meta = Meta::empty();
+        meta.insert("kafka.topic", "t");
+        meta.insert("attempts", "4");
+        let letter = DeadLetter::new(
+            Bytes::new(),
+            Some(b"k".to_vec()),
+            Vec::new(),
+            ErrorType::SinkFailed,
+            "x".into(),
+            "out".into(),
+            Consumed::from_meta(&meta),
+        );
+        let (_, key, h) = dlq_record(&letter, &origin, 1_000_000);
+        assert_eq!(key, None);
+        assert_eq!(header(&h, "attempts").as_deref(), Some("4"));
+
+        // Other sources: no consumer headers; the key and source topic as given.
+        let letter = DeadLetter::new(
+            Bytes::new(),
+            Some(b"k".to_vec()),
+            Vec::new(),
+            ErrorType::ProduceFailed,
+            "x".into(),
+            "out".into(),
+            Consumed::from_meta(&Meta::empty()),
+        );
+        let (_, key, h) = dlq_record(&letter, &origin, 1_000_000);
+        assert_eq!(key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(header(&h, "source_topic").as_deref(), Some("out"));
+        assert!(header(&h, "failed_at").is_some());
+        for absent in [
+            "source_partition",
+            "source_offset",
+            "consumer_group",
+            "attempts",
+        ] {
+            assert_eq!(header(&h, absent), None, "{absent}");
+        }
     }
 }

@@ -6,7 +6,7 @@
 mod kafka;
 mod memory;
 
-pub use kafka::{KafkaSink, ProducerError, TransactionalId};
+pub use kafka::{DlqRoute, KafkaSink, ProducerError, TransactionalId};
 pub use memory::MemorySink;
 
 use std::sync::atomic::AtomicU64;
