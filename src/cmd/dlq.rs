@@ -730,6 +730,10 @@ pub struct ReplayArgs {
     /// Brokers, when no config is given.
     #[arg(long, default_value = "127.0.0.1:9092")]
     pub brokers: String,
+    /// Output format: a table (with --dry-run) and the counts as text, or one JSON object per
+    /// record (with --dry-run, with its `target`) and one `{"replay": {counts}}` line.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
     /// Serve Prometheus metrics (kafka_dlq_replayed_total{dlq_topic,target_topic}) on this
     /// address while the replay runs, e.g. 127.0.0.1:9465.
     #[arg(long, value_name = "ADDR")]
@@ -1176,6 +1180,8 @@ const BATCH_TIME: Duration = Duration::from_secs(1);
 struct Item {
     record: DlqRecord,
     plan: Plan,
+    /// In a produce request Kafka refused: sent alone on the next try.
+    suspect: bool,
 }
 
 /// Builds Kafka headers.
@@ -1202,8 +1208,10 @@ struct Replayer<'a> {
 }
 
 impl Replayer<'_> {
-    /// Sends `batch` and commits `offsets` in one transaction. A record its target refuses is
-    /// sent back to the DLQ instead, in a new transaction (the refused one is aborted).
+    /// Sends `batch` and commits `offsets` in one transaction. Kafka refuses a produce request
+    /// as a whole, so a refusal in a batch makes its records suspects: the transaction is
+    /// aborted and the batch sent again, each suspect alone first; a suspect refused alone goes
+    /// back to the DLQ instead (each retry settles at least one record, so this ends).
     fn send_batch(
         &mut self,
         batch: &mut [Item],
@@ -1219,48 +1227,47 @@ impl Replayer<'_> {
         }
         let brokers = &self.brokers;
         let group = &self.group;
-        // At most one retry per record: each retry moves at least one record to the DLQ.
-        for _ in 0..=batch.len() {
-            producer.begin_transaction().map_err(|e| {
-                anyhow::anyhow!(
-                    "beginning a transaction at {brokers}: {e}{}",
-                    fenced_hint(&e)
-                )
-            })?;
-            producer.context().results.lock().expect("lock").clear();
-            for (i, item) in batch.iter().enumerate() {
-                let (topic, headers) = match &item.plan {
-                    Plan::Send(t) => (t.as_str(), item.record.replay_headers(dlq)),
-                    Plan::Fail(t, ty, why) => (
-                        dlq,
-                        item.record
-                            .back_to_dlq_headers(dlq, group, t.as_deref(), *ty, why),
-                    ),
-                    _ => continue,
-                };
-                let mut rec = BaseRecord::with_opaque_to(topic, i)
-                    .payload(&item.record.value[..])
-                    .headers(owned_headers(&headers));
-                if let Some(k) = &item.record.key {
-                    rec = rec.key(&k[..]);
-                }
-                loop {
-                    match producer.send(rec) {
-                        Ok(()) => break,
-                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                            rec = back;
-                            producer.poll(Duration::from_millis(50));
-                        }
-                        Err((e, _)) => {
-                            let _ = producer.abort_transaction(TXN_TIMEOUT);
-                            anyhow::bail!("sending to {topic} at {brokers}: {e}");
-                        }
+        let again = "nothing of this batch was committed; run the replay again to go on";
+        let abort = |why: String| -> anyhow::Error {
+            let _ = producer.abort_transaction(TXN_TIMEOUT);
+            anyhow::anyhow!("{why}")
+        };
+        let send = |i: usize, item: &Item| -> anyhow::Result<()> {
+            let (topic, headers) = match &item.plan {
+                Plan::Send(t) => (t.as_str(), item.record.replay_headers(dlq)),
+                Plan::Fail(t, ty, why) => (
+                    dlq,
+                    item.record
+                        .back_to_dlq_headers(dlq, group, t.as_deref(), *ty, why),
+                ),
+                _ => return Ok(()),
+            };
+            let mut rec = BaseRecord::with_opaque_to(topic, i)
+                .payload(&item.record.value[..])
+                .headers(owned_headers(&headers));
+            if let Some(k) = &item.record.key {
+                rec = rec.key(&k[..]);
+            }
+            loop {
+                match producer.send(rec) {
+                    Ok(()) => return Ok(()),
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        rec = back;
+                        producer.poll(Duration::from_millis(50));
+                    }
+                    Err((e, _)) => {
+                        return Err(abort(format!(
+                            "sending to {topic} at {brokers}: {e}; {again}"
+                        )))
                     }
                 }
             }
+        };
+        // Flushes and reads the delivery results: Ok(true) when a record was refused (it is
+        // marked: a suspect, or when `alone`, back to the DLQ).
+        let settle = |batch: &mut [Item], alone: bool| -> anyhow::Result<bool> {
             if let Err(e) = producer.flush(TXN_TIMEOUT) {
-                let _ = producer.abort_transaction(TXN_TIMEOUT);
-                anyhow::bail!("sending a batch to {brokers}: {e}; nothing of it was committed, run the replay again to go on");
+                return Err(abort(format!("sending a batch to {brokers}: {e}; {again}")));
             }
             let results = std::mem::take(&mut *producer.context().results.lock().expect("lock"));
             let mut refused = false;
@@ -1269,21 +1276,54 @@ impl Replayer<'_> {
                 let item = &mut batch[i];
                 match (&item.plan, record_error(&e)) {
                     (Plan::Send(t), Some(ty)) => {
-                        let why = format!("replay to {t} at {brokers}: {e}");
-                        item.plan = Plan::Fail(Some(t.clone()), ty, why);
                         refused = true;
+                        if alone {
+                            let why = format!("replay to {t} at {brokers}: {e}");
+                            item.plan = Plan::Fail(Some(t.clone()), ty, why);
+                        } else {
+                            item.suspect = true;
+                        }
                     }
                     (Plan::Send(t), None) => {
-                        let _ = producer.abort_transaction(TXN_TIMEOUT);
-                        anyhow::bail!("sending to {t} at {brokers}: {e}; nothing of this batch was committed, run the replay again to go on");
+                        return Err(abort(format!("sending to {t} at {brokers}: {e}; {again}")))
                     }
                     _ => {
-                        let _ = producer.abort_transaction(TXN_TIMEOUT);
-                        anyhow::bail!("sending a record back to the DLQ {dlq} at {brokers}: {e}; nothing of this batch was committed, run the replay again to go on");
+                        return Err(abort(format!(
+                            "sending a record back to the DLQ {dlq} at {brokers}: {e}; {again}"
+                        )))
                     }
                 }
             }
-            if refused {
+            Ok(refused)
+        };
+        'retry: for _ in 0..=2 * batch.len() {
+            producer.begin_transaction().map_err(|e| {
+                anyhow::anyhow!(
+                    "beginning a transaction at {brokers}: {e}{}",
+                    fenced_hint(&e)
+                )
+            })?;
+            producer.context().results.lock().expect("lock").clear();
+            for i in 0..batch.len() {
+                if batch[i].suspect && matches!(batch[i].plan, Plan::Send(_)) {
+                    send(i, &batch[i])?;
+                    if settle(batch, true)? {
+                        producer.abort_transaction(TXN_TIMEOUT).map_err(|e| {
+                            anyhow::anyhow!(
+                                "aborting a transaction at {brokers}: {e}{}",
+                                fenced_hint(&e)
+                            )
+                        })?;
+                        continue 'retry;
+                    }
+                }
+            }
+            for (i, item) in batch.iter().enumerate() {
+                if !(item.suspect && matches!(item.plan, Plan::Send(_))) {
+                    send(i, item)?;
+                }
+            }
+            if settle(batch, false)? {
                 producer.abort_transaction(TXN_TIMEOUT).map_err(|e| {
                     anyhow::anyhow!(
                         "aborting a transaction at {brokers}: {e}{}",
@@ -1300,11 +1340,10 @@ impl Replayer<'_> {
                 .send_offsets_to_transaction(&tpl, &meta, TXN_TIMEOUT)
                 .and_then(|()| producer.commit_transaction(TXN_TIMEOUT));
             if let Err(e) = commit {
-                let _ = producer.abort_transaction(TXN_TIMEOUT);
-                anyhow::bail!(
-                    "committing a batch at {brokers}: {e}{}; nothing of this batch was committed, run the replay again to go on",
+                return Err(abort(format!(
+                    "committing a batch at {brokers}: {e}{}; {again}",
                     fenced_hint(&e)
-                );
+                )));
             }
             for item in batch.iter() {
                 match &item.plan {
@@ -1331,7 +1370,7 @@ impl Replayer<'_> {
             }
             return Ok(());
         }
-        anyhow::bail!("a batch kept failing at {brokers}; run the replay again to go on")
+        anyhow::bail!("a batch kept being refused at {brokers}; {again}")
     }
 }
 
@@ -1513,7 +1552,11 @@ fn replay(
                         }
                     }
                     if !args.dry_run {
-                        batch.push(Item { record, plan });
+                        batch.push(Item {
+                            record,
+                            plan,
+                            suspect: false,
+                        });
                     }
                 }
                 Some(Err(e)) => anyhow::bail!("reading {dlq} at {brokers}: {e}"),
@@ -1644,33 +1687,45 @@ async fn replay_main(args: ReplayArgs) -> ExitCode {
     shutdown.cancel();
     match done {
         Ok(Ok((counts, shown))) => {
-            if args.dry_run && !shown.is_empty() {
-                let rows: Vec<DlqRecord> = shown
-                    .iter()
-                    .take(DRY_RUN_ROWS)
-                    .map(|(r, _)| r.clone())
-                    .collect();
-                let targets: HashMap<(i32, i64), &str> = shown
-                    .iter()
-                    .map(|(r, t)| ((r.partition, r.offset), t.as_str()))
-                    .collect();
-                print!(
-                    "{}",
-                    table(&rows, |r| format!(
-                        "→ {}  {}",
-                        targets
-                            .get(&(r.partition, r.offset))
-                            .copied()
-                            .unwrap_or("-"),
-                        preview(r, None)
-                    ))
-                );
-                if shown.len() > DRY_RUN_ROWS {
-                    println!("… and {} more", shown.len() - DRY_RUN_ROWS);
+            match args.output {
+                Output::Json => {
+                    for (r, target) in &shown {
+                        let mut j = record_json(r, None);
+                        j["target"] = target.as_str().into();
+                        println!("{j}");
+                    }
+                    println!("{}", counts.json());
                 }
-                println!();
+                Output::Table => {
+                    if !shown.is_empty() {
+                        let rows: Vec<DlqRecord> = shown
+                            .iter()
+                            .take(DRY_RUN_ROWS)
+                            .map(|(r, _)| r.clone())
+                            .collect();
+                        let targets: HashMap<(i32, i64), &str> = shown
+                            .iter()
+                            .map(|(r, t)| ((r.partition, r.offset), t.as_str()))
+                            .collect();
+                        print!(
+                            "{}",
+                            table(&rows, |r| format!(
+                                "→ {}  {}",
+                                targets
+                                    .get(&(r.partition, r.offset))
+                                    .copied()
+                                    .unwrap_or("-"),
+                                preview(r, None)
+                            ))
+                        );
+                        if shown.len() > DRY_RUN_ROWS {
+                            println!("… and {} more", shown.len() - DRY_RUN_ROWS);
+                        }
+                        println!();
+                    }
+                    print!("{}", counts.text(&args.topic, args.dry_run));
+                }
             }
-            print!("{}", counts.text(&args.topic, args.dry_run));
             if counts.interrupted {
                 ExitCode::from(130)
             } else {
