@@ -1211,7 +1211,7 @@ impl Replayer<'_> {
     /// Sends `batch` and commits `offsets` in one transaction. Kafka refuses a produce request
     /// as a whole, so a refusal in a batch makes its records suspects: the transaction is
     /// aborted and the batch sent again, each suspect alone first; a suspect refused alone goes
-    /// back to the DLQ instead (each retry settles at least one record, so this ends).
+    /// back to the DLQ instead (each retry, or each other one, settles at least one record, so this ends).
     fn send_batch(
         &mut self,
         batch: &mut [Item],
@@ -1271,9 +1271,19 @@ impl Replayer<'_> {
             }
             let results = std::mem::take(&mut *producer.context().results.lock().expect("lock"));
             let mut refused = false;
+            let mut purged = false;
             for (i, e) in results {
                 let Some(e) = e else { continue };
                 let item = &mut batch[i];
+                // A refusal makes the transaction abortable: librdkafka purges what was queued
+                // after it. Those records are sent again with the batch.
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
+                ) {
+                    purged = true;
+                    continue;
+                }
                 match (&item.plan, record_error(&e)) {
                     (Plan::Send(t), Some(ty)) => {
                         refused = true;
@@ -1294,9 +1304,12 @@ impl Replayer<'_> {
                     }
                 }
             }
-            Ok(refused)
+            // Purged without a refusal of its own (after an abort, librdkafka may purge what
+            // is queued while it bumps the producer epoch): the batch is tried again.
+            Ok(refused || purged)
         };
-        'retry: for _ in 0..=2 * batch.len() {
+        // Each abort costs a round more (see above).
+        'retry: for _ in 0..4 * batch.len() + 4 {
             producer.begin_transaction().map_err(|e| {
                 anyhow::anyhow!(
                     "beginning a transaction at {brokers}: {e}{}",
