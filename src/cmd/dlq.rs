@@ -1961,4 +1961,215 @@ mod tests {
         r.value = b"{oops".to_vec();
         assert_eq!(record_json(&r, None)["value"], "{oops");
     }
+
+    fn hdrs(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    fn dlq_rec(input: &[(&str, &str)], kgate: &[(&str, &str)]) -> DlqRecord {
+        let mut headers = hdrs(input);
+        headers.extend(hdrs(kgate));
+        DlqRecord {
+            partition: 1,
+            offset: 42,
+            timestamp: Some(1),
+            headers,
+            key: Some(b"k".to_vec()),
+            value: b"v".to_vec(),
+        }
+    }
+
+    const KGATE: &[(&str, &str)] = &[
+        ("source", "market:ws://h/ws"),
+        ("pipeline", "market"),
+        ("source_topic", "trades.v1"),
+        ("error_type", "produce_failed"),
+        ("error_message", "m"),
+        ("received_at", "2026-12-07T04:00:00.000Z"),
+        ("failed_at", "2026-12-07T04:00:01.000Z"),
+        ("source_partition", "0"),
+        ("source_offset", "9"),
+        ("consumer_group", "g"),
+        ("attempts", "3"),
+    ];
+
+    #[test]
+    fn replay_takes_kgates_headers_off_and_keeps_the_inputs() {
+        // An input header named like kgate's is kept: kgate's own is the last one.
+        let r = dlq_rec(&[("trace", "t1"), ("source", "device-7")], KGATE);
+        assert_eq!(
+            r.original_headers(),
+            hdrs(&[("trace", "t1"), ("source", "device-7")])
+        );
+        assert_eq!(
+            r.replay_headers("e.dlq"),
+            hdrs(&[
+                ("trace", "t1"),
+                ("source", "device-7"),
+                ("replayed_from", "e.dlq[1]@42"),
+                ("replay_count", "1"),
+            ])
+        );
+        // An earlier replay's headers are replaced, its count goes on.
+        let r = dlq_rec(
+            &[
+                ("trace", "t1"),
+                ("replayed_from", "x[0]@1"),
+                ("replay_count", "2"),
+            ],
+            KGATE,
+        );
+        assert_eq!(r.replay_count(), 2);
+        assert_eq!(
+            r.replay_headers("e.dlq"),
+            hdrs(&[
+                ("trace", "t1"),
+                ("replayed_from", "e.dlq[1]@42"),
+                ("replay_count", "3"),
+            ])
+        );
+        // Back to the DLQ: the replayed record's headers, then kgate's for the new failure.
+        let back = DlqRecord {
+            headers: r.back_to_dlq_headers(
+                "e.dlq",
+                "g2",
+                Some("gone.v1"),
+                ErrorType::ProduceFailed,
+                "topic gone.v1 does not exist",
+            ),
+            ..r.clone()
+        };
+        assert_eq!(back.replay_count(), 3);
+        assert_eq!(back.header("source_topic").as_deref(), Some("gone.v1"));
+        assert_eq!(back.header("error_type").as_deref(), Some("produce_failed"));
+        assert_eq!(
+            back.header("received_at").as_deref(),
+            Some("2026-12-07T04:00:00.000Z")
+        );
+        assert!(back.header("failed_at").is_some());
+        // Replayed once more, it comes out as it went in, with the count 4.
+        assert_eq!(
+            back.replay_headers("e.dlq"),
+            hdrs(&[
+                ("trace", "t1"),
+                ("replayed_from", "e.dlq[1]@42"),
+                ("replay_count", "4"),
+            ])
+        );
+    }
+
+    #[test]
+    fn the_planner_filters_stops_at_max_attempts_and_refuses_bad_targets() {
+        let planner = |to: Option<&'static str>, error_type: Option<&str>| Planner {
+            dlq_topic: "e.dlq",
+            to,
+            filter: Filter {
+                error_type: error_type.map(String::from),
+                source_topic: None,
+            },
+            max_attempts: 2,
+        };
+        let mut exists = |t: &str| -> TargetCheck {
+            if t == "gone.v1" {
+                Err((ErrorType::ProduceFailed, "does not exist".into()))
+            } else {
+                Ok(())
+            }
+        };
+        let r = dlq_rec(&[], KGATE);
+        let p = planner(None, None);
+        assert_eq!(p.plan(&r, &mut exists), Plan::Send("trades.v1".into()));
+        assert_eq!(
+            planner(Some("other.v1"), None).plan(&r, &mut exists),
+            Plan::Send("other.v1".into())
+        );
+        assert_eq!(
+            planner(None, Some("too_large")).plan(&r, &mut exists),
+            Plan::Filtered
+        );
+        let tired = dlq_rec(&[("replay_count", "2")], KGATE);
+        assert_eq!(p.plan(&tired, &mut exists), Plan::Exhausted);
+        let mut cut = r.clone();
+        cut.headers.extend(hdrs(&[("original_size", "9000000")]));
+        assert_eq!(p.plan(&cut, &mut exists), Plan::Truncated);
+        let to = |t: &str| {
+            let mut r = r.clone();
+            r.headers
+                .push(("source_topic".into(), t.as_bytes().to_vec()));
+            r
+        };
+        for (t, ty) in [
+            ("gone.v1", ErrorType::ProduceFailed),
+            ("e.dlq", ErrorType::TopicNotAllowed),
+            ("__consumer_offsets", ErrorType::TopicNotAllowed),
+            ("_schemas", ErrorType::TopicNotAllowed),
+            ("bad topic", ErrorType::InvalidTopic),
+        ] {
+            match p.plan(&to(t), &mut exists) {
+                Plan::Fail(Some(target), got, _) => {
+                    assert_eq!((target.as_str(), got), (t, ty));
+                }
+                other => panic!("{t}: {other:?}"),
+            }
+        }
+        let nowhere = dlq_rec(&[], &[("error_type", "produce_failed")]);
+        assert!(matches!(
+            p.plan(&nowhere, &mut exists),
+            Plan::Fail(None, ErrorType::InvalidTopic, _)
+        ));
+    }
+
+    #[test]
+    fn rates_parse_and_the_bucket_paces() {
+        assert_eq!(parse_rate("500"), Ok(500.0));
+        assert_eq!(parse_rate("2.5/s"), Ok(2.5));
+        for bad in ["0", "-1", "fast", "1/m", ""] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+        // 100/s in bursts of 10: 10 at once, then one every 10 ms.
+        let mut b = TokenBucket::new(100.0);
+        let t0 = b.last;
+        for _ in 0..10 {
+            assert_eq!(b.take_at(t0), Duration::ZERO);
+        }
+        let wait = b.take_at(t0);
+        assert!((wait.as_secs_f64() - 0.01).abs() < 1e-9, "{wait:?}");
+        // A second later the bucket is full again, not fuller.
+        let t1 = t0 + Duration::from_secs(1);
+        for _ in 0..10 {
+            assert_eq!(b.take_at(t1), Duration::ZERO);
+        }
+        assert!(b.take_at(t1) > Duration::ZERO);
+    }
+
+    #[test]
+    fn progress_shows_count_rate_and_eta() {
+        let p = Progress {
+            tty: false,
+            label: "dlq replay e.dlq".into(),
+            total: 1000,
+            started: Instant::now(),
+            printed: None,
+        };
+        assert_eq!(
+            p.line(250, 240, Duration::from_secs(5)),
+            "dlq replay e.dlq: 250/1000 read (25%), 240 sent, 50 records/s, ETA 15s"
+        );
+        assert!(p.line(0, 0, Duration::ZERO).ends_with("ETA -"));
+    }
+
+    #[test]
+    fn the_transactional_id_is_stable_per_group_and_dlq() {
+        assert_eq!(
+            transactional_id("kgate-dlq-replay.e.dlq", "e.dlq"),
+            "kgate-dlq-replay.kgate-dlq-replay.e.dlq.e.dlq"
+        );
+        assert_ne!(
+            transactional_id("a", "e.dlq"),
+            transactional_id("b", "e.dlq")
+        );
+    }
 }
