@@ -921,3 +921,65 @@ fn replay_refuses_the_dlq_and_reserved_topics_as_targets() {
         assert!(err.contains(to), "{err}");
     }
 }
+
+/// SIGINT mid-way: the replay commits its batch and exits 130; run again it sends the rest.
+/// Meanwhile --metrics-listen serves kafka_dlq_replayed_total.
+#[test]
+fn an_interrupted_replay_commits_its_batch_and_goes_on() {
+    const N: u64 = 6_000;
+    let target = unique("replay.int");
+    let dlq = unique("replay.int.dlq");
+    create_topic(&target, 2, &[]);
+    create_topic(&dlq, 3, &[]);
+    let recs: Vec<_> = (0..N)
+        .map(|seq| {
+            (
+                Original {
+                    key: None,
+                    value: format!(r#"{{"seq":{seq}}}"#).into_bytes(),
+                    headers: vec![("h".into(), seq.to_string())],
+                },
+                kgate_headers(&target, "schema_unavailable"),
+            )
+        })
+        .collect();
+    write_dlq(&dlq, &recs);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut first = spawn_kgate(&[
+        "dlq",
+        "replay",
+        "--brokers",
+        &brokers(),
+        "--topic",
+        &dlq,
+        "--rate",
+        "1000",
+        "--metrics-listen",
+        &addr,
+    ]);
+    let before = read_topic(&target, 500, Duration::from_secs(120), true);
+    assert!(before.len() >= 500, "{}", first.log_text());
+    let (status, body) = http_get(&addr, "/metrics").expect("metrics");
+    assert_eq!(status, 200);
+    let replayed = metric(
+        &body,
+        "kafka_dlq_replayed_total",
+        &[
+            &format!("dlq_topic=\"{dlq}\""),
+            &format!("target_topic=\"{target}\""),
+        ],
+    );
+    assert!(replayed >= 1.0, "{body}");
+    first.signal("-INT");
+    let status = first.wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(130), "{}", first.log_text());
+    let at_stop = read_topic(&target, 500, Duration::from_secs(60), false).len() as u64;
+    assert!(at_stop < N, "finished before the SIGINT ({at_stop})");
+
+    let report = replay_ok(&["--topic", &dlq]);
+    assert_eq!(report["sent"].as_u64().unwrap(), N - at_stop, "{report}");
+    let got = read_topic(&target, N as usize, Duration::from_secs(120), false);
+    let seqs: std::collections::BTreeSet<u64> = got.iter().map(Full::seq).collect();
+    assert_eq!(got.len() as u64, N);
+    assert_eq!(seqs.len() as u64, N);
+}
