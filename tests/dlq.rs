@@ -912,7 +912,8 @@ fn a_record_the_target_refuses_goes_back_to_the_dlq_and_the_rest_is_sent() {
     assert_eq!(in_dlq[7].value, recs[3].0.value);
 }
 
-/// --to the DLQ itself or a reserved topic is refused before anything is read.
+/// --to the DLQ itself, a reserved topic or one that does not exist is refused before anything
+/// is read.
 #[test]
 fn replay_refuses_the_dlq_and_reserved_topics_as_targets() {
     for to in ["events.v1.dlq", "__consumer_offsets", "_schemas"] {
@@ -920,6 +921,21 @@ fn replay_refuses_the_dlq_and_reserved_topics_as_targets() {
         assert_eq!(code, 2, "{to}: {out}\n{err}");
         assert!(err.contains(to), "{err}");
     }
+    // A --to that does not exist: nothing is read, the DLQ stays as it is.
+    let dlq = unique("replay.to.dlq");
+    let gone = unique("replay.gone");
+    create_topic(&dlq, 1, &[]);
+    write_dlq(
+        &dlq,
+        &[(original(0, &[]), kgate_headers("t", "produce_failed"))],
+    );
+    let (code, out, err) = replay(&["--topic", &dlq, "--to", &gone]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains(&gone) && err.contains("does not exist") && err.contains(&brokers()),
+        "{err}"
+    );
+    assert_eq!(read_topic(&dlq, 1, Duration::from_secs(30), false).len(), 1);
 }
 
 /// SIGINT mid-way: the replay commits its batch and exits 130; run again it sends the rest.

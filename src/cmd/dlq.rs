@@ -1439,6 +1439,12 @@ fn replay(
             .set("auto.offset.reset", "earliest")
             .create_with_context(Default::default())?;
     let mut ends = bounds(&consumer, kafka, dlq, args.since)?;
+    // A --to that cannot be written would send every record back to the DLQ: refused first.
+    if let Some(to) = &args.to {
+        if let Err((_, why)) = topic_exists(&consumer, &brokers, to) {
+            anyhow::bail!("--to {to}: {why}");
+        }
+    }
     // Go on where the group stopped.
     if !ends.is_empty() {
         let mut ask = TopicPartitionList::new();
