@@ -1567,6 +1567,7 @@ fn replay(
                             r.counts.selected += 1;
                             if let Some(b) = &mut bucket {
                                 b.take();
+                                last = Instant::now();
                             }
                         }
                     }
