@@ -55,8 +55,8 @@ enum Command {
     /// Talks to a Confluent-compatible schema registry (Confluent, Apicurio's /apis/ccompat/v7,
     /// Karapace, Redpanda).
     Schemas(cmd::schemas::SchemasArgs),
-    /// Look at the dead-letter queue: `inspect` prints its records and counts them by error type
-    /// and source topic.
+    /// The dead-letter queue: `inspect` prints its records and counts them by error type and
+    /// source topic; `replay` sends them again (back to their source topic), exactly once.
     Dlq(cmd::dlq::DlqArgs),
     /// The config file's JSON Schema (for editors) and its Markdown reference.
     ///
