@@ -278,7 +278,7 @@ impl Invalid {
     /// `every`, `2 * every`, `3 * every`, ...
     pub fn for_seq(seq: u64, every: Option<u64>) -> Option<Invalid> {
         let every = every.filter(|&n| n > 0)?;
-        if seq == 0 || seq % every != 0 {
+        if seq == 0 || !seq.is_multiple_of(every) {
             return None;
         }
         Some(match (seq / every - 1) % 3 {
