@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2154 # root, seconds and step come from scripts/demo
 # `scripts/demo iot`: the IoT validator demo. Sourced by scripts/demo (which sets root, seconds,
 # step and runs the system packages step first); runs to the end and exits.
 #
@@ -41,7 +42,7 @@ demo_iot() {
   else
     echo "note: validate: is off (DEMO_VALIDATE=${DEMO_VALIDATE:-auto}: this kgate has no validate: step, or it was turned off);"
     echo "      only malformed JSON and records without device_id are rejected"
-    grep -v '#@validate' "$here/kgate.yaml" >"$logs/iot.yaml"
+    grep -v '#@validate$' "$here/kgate.yaml" >"$logs/iot.yaml"
   fi
 
   pids=()
@@ -52,7 +53,9 @@ demo_iot() {
 
   step "3/5 a synthetic iot feed at $rate msg/s on ws://127.0.0.1:$port/ws, every ${every}th message invalid"
   echo "(rotating: malformed JSON, no device_id, heart_rate 300)"
-  "$kgate" synth --listen "127.0.0.1:$port" --feed iot --rate "$rate" --invalid-every "$every" \
+  # setsid: Ctrl-C reaches this script only, which then stops the feed, lets the validator settle,
+  # shows the DLQ and stops kgate, in that order.
+  setsid "$kgate" synth --listen "127.0.0.1:$port" --feed iot --rate "$rate" --invalid-every "$every" \
     --id demo-iot >"$logs/synth-iot.log" 2>&1 &
   synth=$!
   pids+=("$synth")
@@ -61,7 +64,9 @@ demo_iot() {
   step "4/5 kgate check, then kgate run: feed → telemetry.raw; telemetry.raw → validator → telemetry.clean | telemetry.dlq"
   sed -n '/^pipelines:/,$p' "$logs/iot.yaml"
   "$kgate" check --config "$logs/iot.yaml" || true
-  "$kgate" run --config "$logs/iot.yaml" >"$logs/kgate-iot.log" 2>&1 &
+  local t_run since
+  t_run=$(date +%s)
+  setsid "$kgate" run --config "$logs/iot.yaml" >"$logs/kgate-iot.log" 2>&1 &
   gw=$!
   pids+=("$gw")
 
@@ -73,7 +78,7 @@ demo_iot() {
   fi
   stop=0
   trap 'stop=1' INT TERM
-  local start elapsed
+  local start
   start=$(date +%s)
   while [ "$stop" = 0 ]; do
     sleep 5 & wait $! || true
@@ -91,16 +96,16 @@ demo_iot() {
   echo; echo "stopping the feed; waiting for the validator to settle what telemetry.raw holds..."
   kill -TERM "$synth" 2>/dev/null || true
   wait "$synth" 2>/dev/null || true
-  local i
-  for i in $(seq 1 40); do
+  for _ in $(seq 1 40); do
     iot_settled && break
     sleep 0.5
   done
   echo "$(date +%T)  $(iot_counts)"
-  elapsed=$(($(date +%s) - start + 60))
+  # Only this run's DLQ records: written since kgate started (the topic keeps earlier runs').
+  since=$(($(date +%s) - t_run + 1))
 
-  echo; echo "the rejected records of this run (kgate dlq inspect --topic telemetry.dlq --max 5 --since ${elapsed}s):"
-  "$kgate" dlq inspect --brokers "${KAFKA_BROKERS:-127.0.0.1:9092}" --topic telemetry.dlq --max 5 --since "${elapsed}s" || true
+  echo; echo "the rejected records of this run (kgate dlq inspect --topic telemetry.dlq --max 5 --since ${since}s):"
+  "$kgate" dlq inspect --brokers "${KAFKA_BROKERS:-127.0.0.1:9092}" --topic telemetry.dlq --max 5 --since "${since}s" || true
 
   echo; echo "stopping kgate (SIGTERM: stop reading, settle, commit, flush)..."
   kill -TERM "$gw" 2>/dev/null || true
@@ -133,6 +138,7 @@ iot_counts() {
 iot_settled() {
   local c
   c="$(iot_counts)"
+  # shellcheck disable=SC2086 # split into words on purpose
   set -- $c
   # raw N clean N dlq N ...
   [ "$2" -gt 0 ] && [ $(($4 + $6)) -ge "$2" ]
