@@ -95,6 +95,15 @@ pub struct SynthArgs {
     #[arg(long, value_name = "N")]
     pub stall_after: Option<u64>,
 
+    /// For validator demos and tests (iot feed only): every Nth message (seq N, 2N, 3N, ...) is
+    /// invalid, rotating through three kinds: malformed JSON (seq N: the message cut short, its
+    /// closing brace missing), a required field missing (seq 2N: no "device_id"), and a value
+    /// out of range (seq 3N: "heart_rate" 300, where real readings are 58-94); then again from
+    /// the first kind. Sequence numbers and counts are unchanged: the invalid messages are sent in
+    /// place of valid ones. Off by default
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub invalid_every: Option<u64>,
+
     /// Exit once --count messages were sent and the last client has disconnected (for scripts
     /// and tests; ignored when --count is 0)
     #[arg(long)]
@@ -181,6 +190,12 @@ pub async fn serve_listener(
             ""
         }
     );
+    if args.invalid_every.is_some() && args.feed != Feed::Iot {
+        anyhow::bail!(
+            "synth: --invalid-every is for --feed iot only (its invalid kinds are iot fields), not --feed {}",
+            args.feed
+        );
+    }
     if args.exit_when_done && args.count == 0 {
         tracing::warn!("synth: --exit-when-done has no effect without --count");
     }
@@ -246,6 +261,78 @@ pub fn message(feed: Feed, seq: u64, source: &str, rng: &mut impl Rng) -> String
     out
 }
 
+/// What makes a message of `--invalid-every` invalid; the kinds take turns (see [`Invalid::for_seq`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Invalid {
+    /// Not JSON: the message is cut short (its closing brace is missing).
+    MalformedJson,
+    /// The required field `device_id` is missing.
+    MissingField,
+    /// `heart_rate` is 300, out of any plausible range (real readings are 58-94).
+    OutOfRange,
+}
+
+impl Invalid {
+    /// The kind of message `seq` with `--invalid-every every`: none unless `seq` is a multiple of
+    /// `every`; then malformed JSON, missing field, out of range, malformed JSON, ... for seq
+    /// `every`, `2 * every`, `3 * every`, ...
+    pub fn for_seq(seq: u64, every: Option<u64>) -> Option<Invalid> {
+        let every = every.filter(|&n| n > 0)?;
+        if seq == 0 || !seq.is_multiple_of(every) {
+            return None;
+        }
+        Some(match (seq / every - 1) % 3 {
+            0 => Invalid::MalformedJson,
+            1 => Invalid::MissingField,
+            _ => Invalid::OutOfRange,
+        })
+    }
+
+    /// Turns a valid iot message (as [`message`] writes it) into an invalid one of this kind.
+    pub fn apply(self, msg: &mut String) {
+        match self {
+            Invalid::MalformedJson => {
+                msg.pop();
+            }
+            Invalid::MissingField => {
+                // `"device_id":"sensor-0007",` (a string value without commas, then a comma).
+                if let Some(start) = msg.find(r#""device_id":"#) {
+                    if let Some(len) = msg[start..].find(',') {
+                        msg.replace_range(start..=start + len, "");
+                    }
+                }
+            }
+            Invalid::OutOfRange => {
+                const FIELD: &str = r#""heart_rate":"#;
+                if let Some(at) = msg.find(FIELD) {
+                    let start = at + FIELD.len();
+                    let len = msg[start..]
+                        .find(|c: char| !c.is_ascii_digit())
+                        .unwrap_or(msg.len() - start);
+                    msg.replace_range(start..start + len, "300");
+                }
+            }
+        }
+    }
+}
+
+/// [`message`] with `--invalid-every`: message `seq` as the server sends it.
+pub fn message_with_invalid(
+    feed: Feed,
+    seq: u64,
+    source: &str,
+    rng: &mut impl Rng,
+    invalid_every: Option<u64>,
+) -> String {
+    let mut out = message(feed, seq, source, rng);
+    if feed == Feed::Iot {
+        if let Some(kind) = Invalid::for_seq(seq, invalid_every) {
+            kind.apply(&mut out);
+        }
+    }
+    out
+}
+
 // ---------------------------------------------------------------------------------------------
 // Server-wide state: sequence numbers, unsent queue, rate limit.
 
@@ -254,6 +341,8 @@ struct Shared {
     seed: u64,
     count: u64,
     stall_after: Option<u64>,
+    /// `--invalid-every`: every Nth message is made invalid (see [`Invalid`]).
+    invalid_every: Option<u64>,
     /// `source` already encoded as a JSON string (with quotes).
     source_json: String,
     /// The next never-used sequence number.
@@ -279,6 +368,7 @@ impl Shared {
             seed: args.seed,
             count: args.count,
             stall_after: args.stall_after,
+            invalid_every: args.invalid_every,
             source_json: json_string(source),
             next_seq: AtomicU64::new(1),
             unsent: Mutex::new(BTreeSet::new()),
@@ -717,6 +807,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 &now_rfc3339(),
                 &mut rng,
             );
+            if let Some(kind) = Invalid::for_seq(seq, shared.invalid_every) {
+                kind.apply(&mut text);
+            }
             // Ok means tungstenite has the frame in its buffer (a WouldBlock while writing it out
             // is reported as Ok). An error means the frame did not make it: keep its seq.
             if let Err(e) = Pin::new(&mut self.ws).start_send(Message::text(text)) {
@@ -1104,6 +1197,7 @@ mod tests {
             seed: 1,
             id: Some("test-feed".into()),
             stall_after: None,
+            invalid_every: None,
             exit_when_done: false,
             tls_cert: None,
             tls_key: None,
@@ -1348,6 +1442,110 @@ mod tests {
     }
 
     #[test]
+    fn invalid_every_rotates_three_kinds_and_is_off_by_default() {
+        use Invalid::*;
+        assert_eq!(Invalid::for_seq(5, None), None);
+        assert_eq!(Invalid::for_seq(5, Some(0)), None);
+        let kinds: Vec<_> = (1..=40).map(|s| Invalid::for_seq(s, Some(5))).collect();
+        let want: Vec<_> = (1..=40u64)
+            .map(|s| match s {
+                5 | 20 | 35 => Some(MalformedJson),
+                10 | 25 | 40 => Some(MissingField),
+                15 | 30 => Some(OutOfRange),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(kinds, want);
+        assert_eq!(Invalid::for_seq(1, Some(1)), Some(MalformedJson));
+
+        // Off: exactly `message`'s content (timestamps aside), the rng used the same way.
+        for seq in 1..=50 {
+            let mut plain: Value =
+                serde_json::from_str(&message(Feed::Iot, seq, "s", &mut rng())).unwrap();
+            let off = message_with_invalid(Feed::Iot, seq, "s", &mut rng(), None);
+            let mut off: Value = serde_json::from_str(&off).unwrap();
+            plain.as_object_mut().unwrap().remove("timestamp");
+            off.as_object_mut().unwrap().remove("timestamp");
+            assert_eq!(plain, off);
+        }
+
+        // On, every 4th of 1..=120: 30 invalid (10 of each kind), 90 valid; counted by content.
+        let (mut valid, mut malformed, mut missing, mut out_of_range) = (0, 0, 0, 0);
+        for seq in 1..=120u64 {
+            let text = message_with_invalid(Feed::Iot, seq, "s", &mut rng(), Some(4));
+            let Ok(v) = serde_json::from_str::<Value>(&text) else {
+                assert_eq!(seq % 12, 4, "seq {seq} malformed: {text}");
+                assert!(text.starts_with('{') && !text.ends_with('}'), "{text}");
+                malformed += 1;
+                continue;
+            };
+            assert_eq!(v["seq"], seq, "{text}");
+            assert!(v["patient_id"].is_string() && v["spo2"].is_f64(), "{text}");
+            let hr = v["heart_rate"].as_u64().unwrap();
+            if v.get("device_id").is_none() {
+                assert_eq!(seq % 12, 8, "{text}");
+                assert!((40..=200).contains(&hr));
+                missing += 1;
+            } else if hr == 300 {
+                assert_eq!(seq % 12, 0, "{text}");
+                assert!(v["device_id"].as_str().unwrap().starts_with("sensor-"));
+                out_of_range += 1;
+            } else {
+                assert_ne!(seq % 4, 0, "seq {seq} should be invalid: {text}");
+                assert!((40..=200).contains(&hr));
+                valid += 1;
+            }
+        }
+        assert_eq!((valid, malformed, missing, out_of_range), (90, 10, 10, 10));
+    }
+
+    #[tokio::test]
+    async fn server_sends_invalid_every_nth_message() {
+        let mut a = args(Feed::Iot, 0, 30);
+        a.invalid_every = Some(3);
+        let server = Server::start(a).await;
+        let mut ws = server.connect().await;
+        let mut texts = Vec::new();
+        while texts.len() < 30 {
+            let msg = tokio::time::timeout(Duration::from_secs(3), ws.next())
+                .await
+                .expect("message in time")
+                .expect("connection open")
+                .unwrap();
+            if let Message::Text(t) = msg {
+                texts.push(t.as_str().to_owned());
+            }
+        }
+        let parsed: Vec<Option<Value>> =
+            texts.iter().map(|t| serde_json::from_str(t).ok()).collect();
+        // seq 3, 12, 21, 30 are malformed; the others parse, in order.
+        let unparsed: Vec<usize> = (0..30).filter(|&i| parsed[i].is_none()).collect();
+        assert_eq!(unparsed, [2, 11, 20, 29]);
+        let no_device = parsed
+            .iter()
+            .flatten()
+            .filter(|v| v.get("device_id").is_none())
+            .count();
+        let hr_300 = parsed
+            .iter()
+            .flatten()
+            .filter(|v| v["heart_rate"] == 300)
+            .count();
+        assert_eq!((no_device, hr_300), (3, 3));
+        drop(ws);
+        server.stop().await;
+
+        // Only the iot feed has these kinds.
+        let mut a = args(Feed::Ticker, 0, 1);
+        a.invalid_every = Some(3);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let e = serve_listener(listener, a, CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("--feed iot only"), "{e:#}");
+    }
+
+    #[test]
     fn sequence_accounting_is_exact() {
         let shared = Shared::new(&args(Feed::Ticker, 0, 5), "s");
         assert_eq!(shared.take_seq(), Some(1));
@@ -1415,6 +1613,12 @@ mod tests {
             (0, Some(5), Some("x"))
         );
         assert!(a.exit_when_done);
+        assert_eq!(d.invalid_every, None);
+        let i = Cli::try_parse_from(["kgate", "--feed", "iot", "--invalid-every", "100"])
+            .unwrap()
+            .synth;
+        assert_eq!(i.invalid_every, Some(100));
+        assert!(Cli::try_parse_from(["kgate", "--invalid-every", "0"]).is_err());
         let t = Cli::try_parse_from(["kgate", "--tls-cert", "c.pem", "--tls-key", "k.pem"])
             .unwrap()
             .synth;
