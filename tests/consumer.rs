@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -309,7 +309,7 @@ fn sigkill_mid_batch_then_restart_skips_nothing() {
     std::fs::write(
         &script,
         format!(
-            "while IFS= read -r line; do printf '%s\\n' \"$line\" >> '{}'; sleep 0.01; echo ok; done\n",
+            "while IFS= read -r line; do printf '%s\\n' \"$line\" >> '{}'; sleep 0.05; echo ok; done\n",
             handled.display()
         ),
     )
