@@ -652,3 +652,44 @@ fn sigterm_finishes_the_batch_commits_and_exits_0() {
     assert_eq!(recs.len(), 251, "nothing old read again");
     assert_eq!(seq_of(&recs[250]), 250);
 }
+
+/// (6) `--from-timestamp`: a new group starts at the first record written at or after the time
+/// in every partition.
+#[test]
+fn from_timestamp_starts_at_the_first_record_at_or_after_the_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("consumer.time");
+    create_topic(&topic, 3);
+    produce(&topic, 0..60, &|_| false);
+    // Every record so far has a timestamp before `at` (CreateTime, in milliseconds).
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 1;
+    std::thread::sleep(Duration::from_millis(20));
+    produce(&topic, 60..100, &|_| false);
+    let group = unique("time-g");
+    let at = at.to_string();
+    let mut c = Consume::start(
+        dir.path(),
+        "c",
+        &[
+            "--topic",
+            &topic,
+            "--group",
+            &group,
+            "--from-timestamp",
+            &at,
+            "--max",
+            "40",
+        ],
+    );
+    assert!(c.wait(60).success(), "{}", c.log_text());
+    let recs = records_in(&c.out);
+    assert_eq!(
+        counts(&recs).into_iter().collect::<Vec<_>>(),
+        (60..100).map(|s| (s, 1)).collect::<Vec<_>>()
+    );
+    assert!(all_committed(&group, &topic, 3));
+}

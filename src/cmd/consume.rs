@@ -48,6 +48,8 @@ Consumers with the same --group share the topic's partitions; another group gets
 Examples:
   # follow a topic as JSON lines, from the start for a new group
   kgate consume --topic trades --group audit --from-beginning
+  # what arrived in the last 10 minutes (sets the group's offsets first)
+  kgate consume --topic trades --group replay-10m --from-timestamp 10m
   # the first 5 records, then stop (their offsets committed)
   kgate consume --topic trades --group peek --from-beginning --max 5
   # batches of up to 500 records (or 1s) POSTed to a webhook; failures retried, then the DLQ
@@ -76,6 +78,13 @@ pub struct ConsumeArgs {
     /// A new group starts at the end: only records written from now on (the default).
     #[arg(long)]
     pub from_end: bool,
+    /// Start at the first record written at or after this time, for every partition: an RFC
+    /// 3339 time (`2026-12-07T06:00:00Z`), a duration ago (`1h`, `30m`) or epoch
+    /// milliseconds. It sets the group's committed offsets before joining (as
+    /// `kafka-consumer-groups --reset-offsets --to-datetime` does), so the group must have no
+    /// running members.
+    #[arg(long, value_name = "TIME", conflicts_with_all = ["from_beginning", "from_end"], value_parser = parse_time)]
+    pub from_timestamp: Option<i64>,
     /// Where records go: `stdout`, `file:PATH`, `webhook:URL` or `command:PROGRAM ARGS...`
     /// (split on spaces). For headers, a bearer token or rotation use --sink-config.
     #[arg(short, long, default_value = "stdout", conflicts_with = "sink_config")]
@@ -282,6 +291,16 @@ async fn run(args: ConsumeArgs, setup: Setup) -> anyhow::Result<bool> {
         None => deliver.clone(),
     };
 
+    if let Some(ts) = args.from_timestamp {
+        let (kafka, group, topics) = (
+            setup.kafka.clone(),
+            setup.group.clone(),
+            args.topics.clone(),
+        );
+        let n = tokio::task::spawn_blocking(move || reset_to_time(&kafka, &group, &topics, ts))
+            .await??;
+        tracing::info!(group = %setup.group, partitions = n, at_ms = ts, "group offsets set to the first record at or after the time");
+    }
     let source_config = KafkaSourceConfig {
         topics: args.topics.clone(),
         group: setup.group.clone(),
@@ -355,6 +374,81 @@ async fn run(args: ConsumeArgs, setup: Setup) -> anyhow::Result<bool> {
         && joined.is_ok()
         && left == 0
         && t.failed.load(Ordering::Relaxed) == 0)
+}
+
+/// `--from-timestamp`: a time, a duration ago, or epoch milliseconds → epoch milliseconds.
+fn parse_time(s: &str) -> Result<i64, String> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    let at = match humantime::parse_rfc3339_weak(s) {
+        Ok(t) => t,
+        Err(_) => match humantime::parse_duration(s) {
+            Ok(ago) => std::time::SystemTime::now()
+                .checked_sub(ago)
+                .ok_or_else(|| format!("`{s}` ago is before 1970"))?,
+            Err(_) => {
+                return Err(format!(
+                    "`{s}` is not a time; write e.g. `2026-12-07T06:00:00Z`, `1h` (ago) or epoch milliseconds"
+                ))
+            }
+        },
+    };
+    let ms = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| format!("`{s}` is before 1970"))?
+        .as_millis();
+    i64::try_from(ms).map_err(|_| format!("`{s}` is too far in the future"))
+}
+
+/// Commits, for `group`, the offset of the first record at or after `ts_ms` in every
+/// partition of `topics` (the end where there is none); how many partitions.
+fn reset_to_time(
+    kafka: &KafkaConfig,
+    group: &str,
+    topics: &[String],
+    ts_ms: i64,
+) -> anyhow::Result<usize> {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+    let timeout = Duration::from_secs(10);
+    let c: BaseConsumer<crate::kafka::QuietContext> = crate::kafka::base_client_config(kafka)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create_with_context(Default::default())?;
+    let mut tpl = TopicPartitionList::new();
+    for t in topics {
+        let md = c
+            .fetch_metadata(Some(t), timeout)
+            .with_context(|| format!("cannot reach Kafka at {}", kafka.brokers.join(",")))?;
+        let parts = md
+            .topics()
+            .first()
+            .filter(|m| m.error().is_none() && !m.partitions().is_empty())
+            .map(|m| m.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
+            .ok_or_else(|| anyhow::anyhow!("topic {t} does not exist"))?;
+        for p in parts {
+            tpl.add_partition_offset(t, p, Offset::Offset(ts_ms))?;
+        }
+    }
+    let found = c
+        .offsets_for_times(tpl, timeout)
+        .context("looking up the offsets for --from-timestamp")?;
+    let mut commit = TopicPartitionList::new();
+    for e in found.elements() {
+        let offset = match e.offset() {
+            Offset::Offset(o) => o,
+            // No record at or after the time: start at the end.
+            _ => c.fetch_watermarks(e.topic(), e.partition(), timeout)?.1,
+        };
+        commit.add_partition_offset(e.topic(), e.partition(), Offset::Offset(offset))?;
+    }
+    c.commit(&commit, CommitMode::Sync).with_context(|| {
+        format!(
+            "cannot set the offsets of group {group} (is a member of it running? stop it first)"
+        )
+    })?;
+    Ok(commit.count())
 }
 
 fn summary(t: &Totals) -> String {
@@ -467,5 +561,18 @@ mod tests {
         for bad in ["file:", "stdout:x", "kafka:t", "command: "] {
             assert!(parse_sink(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(parse_time("1700000000000"), Ok(1_700_000_000_000));
+        assert_eq!(parse_time("2023-11-14T22:13:20Z"), Ok(1_700_000_000_000));
+        let ago = parse_time("1h").unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        assert!((now - 3_600_000 - ago).abs() < 60_000);
+        assert!(parse_time("yesterday").is_err());
     }
 }
