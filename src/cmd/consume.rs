@@ -187,8 +187,22 @@ impl Setup {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read --sink-config {}", path.display()))?;
-                crate::config::from_yaml::<DeliverConfig>(&text)
-                    .map_err(|e| anyhow::anyhow!("--sink-config {}: {e}", path.display()))?
+                let mut errors = Vec::new();
+                let parsed = crate::config::parse::<DeliverConfig>(
+                    &text,
+                    &|k| std::env::var(k).ok(),
+                    &mut errors,
+                );
+                match parsed {
+                    Some(c) if errors.is_empty() => c,
+                    _ => anyhow::bail!(
+                        "{}",
+                        crate::config::ConfigErrors {
+                            file: path.display().to_string(),
+                            errors
+                        }
+                    ),
+                }
             }
             None => parse_sink(&a.sink)?,
         };
