@@ -557,3 +557,143 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
         _ => f(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Origin;
+    use crate::sink::MemorySink;
+    use bytes::Bytes;
+    use tokio::sync::oneshot;
+
+    fn event(offset: i64) -> (Event, oneshot::Receiver<Fate>) {
+        let (mut ev, rx) = Event::with_ack(
+            Bytes::from(format!("{{\"n\":{offset}}}")),
+            Origin::now(Arc::from("consume"), Arc::from("t")),
+        );
+        ev.meta.insert("kafka.topic", "t");
+        ev.meta.insert("kafka.partition", "0");
+        ev.meta.insert("kafka.offset", offset.to_string());
+        (ev, rx)
+    }
+
+    fn record() -> OutRecord {
+        OutRecord {
+            topic: Arc::from("t"),
+            key: None,
+            value: Bytes::new(),
+            headers: Vec::new(),
+        }
+    }
+
+    fn command(script: &str, max_records: usize, max_attempts: u32) -> DeliverConfig {
+        let mut c = CommandConfig::new(vec!["sh".into(), "-c".into(), script.into()]);
+        c.max_attempts = max_attempts;
+        c.backoff = Duration::from_millis(1);
+        DeliverConfig {
+            command: Some(c),
+            batch: BatchConfig {
+                max_records,
+                timeout: Duration::from_secs(3600),
+                ..BatchConfig::default()
+            },
+            ..DeliverConfig::default()
+        }
+    }
+
+    /// A child that answers one batch and exits is started again for the next: every record
+    /// delivered, in batches of 2 (the last, partial one flushed by `drain`).
+    #[tokio::test]
+    async fn a_command_that_exits_is_restarted_and_every_batch_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let script = format!(
+            "read -r l && printf '%s\\n' \"$l\" >> '{}' && echo ok",
+            out.display()
+        );
+        let dlq = Arc::new(MemorySink::new());
+        let sink = DeliverSink::new(
+            &command(&script, 2, 3),
+            dlq.clone(),
+            Metrics::new(&Default::default()),
+            None,
+        )
+        .unwrap();
+        let mut fates = Vec::new();
+        for o in 0..5 {
+            let (ev, rx) = event(o);
+            sink.send(record(), None, ev).await;
+            fates.push(rx);
+        }
+        assert_eq!(sink.drain(Duration::from_secs(30)).await, 0);
+        for (o, rx) in fates.into_iter().enumerate() {
+            assert_eq!(
+                rx.await.unwrap(),
+                Fate::Delivered {
+                    topic: "t".into(),
+                    partition: 0,
+                    offset: o as i64
+                }
+            );
+        }
+        let text = std::fs::read_to_string(&out).unwrap();
+        let sizes: Vec<usize> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .unwrap()
+                    .as_array()
+                    .unwrap()
+                    .len()
+            })
+            .collect();
+        assert_eq!(sizes, [2, 2, 1]);
+        assert_eq!(sink.totals().delivered.load(Ordering::Relaxed), 5);
+        assert!(dlq.rejections().is_empty());
+    }
+
+    /// A command that answers an error: the batch is tried `max_attempts` times, then each of
+    /// its records is dead-lettered as sink_failed and its fate is DeadLettered.
+    #[tokio::test]
+    async fn a_batch_refused_after_its_attempts_goes_to_the_dlq() {
+        let dlq = Arc::new(MemorySink::new());
+        let sink = DeliverSink::new(
+            &command("while read -r l; do echo 'nope: bad'; done", 3, 2),
+            dlq.clone(),
+            Metrics::new(&Default::default()),
+            None,
+        )
+        .unwrap();
+        let mut fates = Vec::new();
+        for o in 0..3 {
+            let (ev, rx) = event(o);
+            sink.send(record(), None, ev).await;
+            fates.push(rx);
+        }
+        for rx in fates {
+            assert!(matches!(
+                rx.await.unwrap(),
+                Fate::DeadLettered {
+                    error_type: ErrorType::SinkFailed,
+                    ..
+                }
+            ));
+        }
+        assert_eq!(sink.drain(Duration::from_secs(5)).await, 0);
+        let r = dlq.rejections();
+        assert_eq!(r.len(), 3);
+        for (i, (rej, raw)) in r.iter().enumerate() {
+            assert_eq!(rej.error_type, ErrorType::SinkFailed);
+            assert_eq!(rej.source_topic, "t");
+            assert!(
+                rej.message.contains("after 2 attempts") && rej.message.contains("nope: bad"),
+                "{}",
+                rej.message
+            );
+            assert_eq!(&raw[..], format!("{{\"n\":{i}}}").as_bytes());
+        }
+        let t = sink.totals();
+        assert_eq!(t.dead_lettered.load(Ordering::Relaxed), 3);
+        assert_eq!(t.delivered.load(Ordering::Relaxed), 0);
+    }
+}
