@@ -693,3 +693,67 @@ fn from_timestamp_starts_at_the_first_record_at_or_after_the_time() {
     );
     assert!(all_committed(&group, &topic, 3));
 }
+
+/// (7) A Confluent-framed Avro value is printed decoded through the registry (`--registry`),
+/// next to a JSON one and a binary one.
+#[test]
+fn avro_values_are_decoded_through_the_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("consumer.avro");
+    create_topic(&topic, 1);
+    let schema = r#"{"type":"record","name":"Reading","fields":[{"name":"id","type":"long"},{"name":"s","type":"string"}]}"#;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut resp = agent
+        .post(&format!("{}/subjects/{topic}-value/versions", registry()))
+        .header("Content-Type", "application/vnd.schemaregistry.v1+json")
+        .send(serde_json::json!({ "schema": schema }).to_string())
+        .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+    let id = v["id"].as_u64().unwrap() as u32;
+    // {"id": 7, "s": "hi"}: zigzag varint 14, then length 2 (zigzag 4) and the bytes.
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&id.to_be_bytes());
+    framed.extend_from_slice(&[0x0e, 0x04, b'h', b'i']);
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    for value in [framed.as_slice(), br#"{"seq":1}"#, b"\xff\xfe"] {
+        p.send(BaseRecord::<(), [u8]>::to(&topic).payload(value))
+            .unwrap();
+    }
+    p.flush(Duration::from_secs(10)).unwrap();
+    let group = unique("avro-g");
+    let reg = registry();
+    let mut c = Consume::start(
+        dir.path(),
+        "c",
+        &[
+            "--topic",
+            &topic,
+            "--group",
+            &group,
+            "--from-beginning",
+            "--max",
+            "3",
+            "--registry",
+            &reg,
+        ],
+    );
+    assert!(c.wait(60).success(), "{}", c.log_text());
+    let recs = records_in(&c.out);
+    let values: Vec<&serde_json::Value> = recs.iter().map(|r| &r["value"]).collect();
+    assert_eq!(
+        values,
+        [
+            &serde_json::json!({"id": 7, "s": "hi"}),
+            &serde_json::json!({"seq": 1}),
+            &serde_json::json!({"base64": "//4="}),
+        ]
+    );
+    assert!(recs.iter().all(|r| r["key"].is_null()));
+}
