@@ -455,10 +455,13 @@ fn a_poison_record_goes_to_the_dlq_and_the_loop_goes_on() {
     let (url, hook) = serve_hook(|_, body| body.to_string().contains("\"poison\":true"));
     produce(&topic, 0..N, &poison);
     let sink = format!("webhook:{url}");
+    let metrics = format!("127.0.0.1:{}", free_port());
     let mut c = Consume::start(
         dir.path(),
         "c",
         &[
+            "--metrics",
+            &metrics,
             "--topic",
             &topic,
             "--group",
@@ -486,6 +489,30 @@ fn a_poison_record_goes_to_the_dlq_and_the_loop_goes_on() {
         Duration::from_secs(30),
         || all_committed(&group, &topic, 2),
         "every offset, the poison ones included, to be committed",
+    );
+    let bad_n = (0..N).filter(|s| poison(*s)).count() as f64;
+    let (_, text) = http_get(&metrics, "/metrics").unwrap();
+    let t = format!("topic=\"{topic}\"");
+    assert_eq!(
+        metric(&text, "kafka_consumer_errors_total", &[&t]),
+        3.0 * bad_n,
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "kafka_dlq_published_total",
+            &["error_type=\"sink_failed\""]
+        ),
+        bad_n
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "kafka_consumer_batch_size_count",
+            &["sink=\"webhook\""]
+        ),
+        N as f64
     );
     assert!(c.term(30).success(), "{}", c.log_text());
     let h = hook.lock().unwrap();

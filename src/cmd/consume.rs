@@ -121,6 +121,10 @@ pub struct ConsumeArgs {
     /// How long the shutdown may take to finish the batch and commit.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9102): batch sizes and
+    /// durations, sink errors, DLQ records.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Config file whose `kafka:` (brokers, security), `schema_registry:` and `dlq:` to use.
     #[arg(short, long, env = "KGATE_CONFIG")]
     pub config: Option<PathBuf>,
@@ -285,6 +289,16 @@ fn parse_sink(s: &str) -> anyhow::Result<DeliverConfig> {
 /// stop was clean.
 async fn run(args: ConsumeArgs, setup: Setup) -> anyhow::Result<bool> {
     let metrics = Metrics::new(&Default::default());
+    let server_stop = CancellationToken::new();
+    let server = match args.metrics {
+        Some(addr) => {
+            let h =
+                crate::metrics::serve(addr, 16, None, metrics.clone(), server_stop.clone()).await?;
+            tracing::info!("metrics at http://{addr}/metrics");
+            Some(h)
+        }
+        None => None,
+    };
     let dlq: Arc<dyn Sink> = KafkaSink::new(&setup.kafka, &setup.dlq_topic, metrics.clone())?;
     let schemas = match &setup.registry {
         Some(rc) => Some(SchemaCache::new(
@@ -381,6 +395,10 @@ async fn run(args: ConsumeArgs, setup: Setup) -> anyhow::Result<bool> {
     let left = dlq
         .drain(deadline.saturating_duration_since(tokio::time::Instant::now()))
         .await;
+    server_stop.cancel();
+    if let Some(h) = server {
+        let _ = h.await;
+    }
     let t = deliver.totals();
     let summary = summary(t);
     tracing::info!("consume stopped: {summary}");
