@@ -365,7 +365,14 @@ impl Runner {
                     Err(_) => break,
                 }
             }
-            if closed || (self.shared.draining.load(Ordering::Acquire) && self.rx.is_empty()) {
+            // A steady stream keeps `recv` ready ahead of the timer: check the age here too.
+            let expired = open
+                .since
+                .is_some_and(|t| t + self.batch.timeout <= tokio::time::Instant::now());
+            if closed
+                || expired
+                || (self.shared.draining.load(Ordering::Acquire) && self.rx.is_empty())
+            {
                 close(&mut open, &mut ready);
             }
             if !ready.is_empty() {
@@ -650,6 +657,34 @@ mod tests {
         assert_eq!(sizes, [2, 2, 1]);
         assert_eq!(sink.totals().delivered.load(Ordering::Relaxed), 5);
         assert!(dlq.rejections().is_empty());
+    }
+
+    /// A batch that is not full goes when its timeout passes, without a drain.
+    #[tokio::test]
+    async fn a_partial_batch_goes_at_its_timeout() {
+        let mut c = command("while read -r l; do echo ok; done", 100, 1);
+        c.batch.timeout = Duration::from_millis(50);
+        let sink = DeliverSink::new(
+            &c,
+            Arc::new(MemorySink::new()),
+            Metrics::new(&Default::default()),
+            None,
+        )
+        .unwrap();
+        let mut fates = Vec::new();
+        for o in 0..3 {
+            let (ev, rx) = event(o);
+            sink.send(record(), None, ev).await;
+            fates.push(rx);
+        }
+        for rx in fates {
+            let fate = tokio::time::timeout(Duration::from_secs(20), rx)
+                .await
+                .expect("settled without a drain")
+                .unwrap();
+            assert!(matches!(fate, Fate::Delivered { .. }), "{fate:?}");
+        }
+        assert_eq!(sink.inflight(), 0);
     }
 
     /// A command that answers an error: the batch is tried `max_attempts` times, then each of
