@@ -161,8 +161,10 @@ impl Shared {
             _ => &self.totals.failed,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        // Counted before the answer, so that whoever got it sees the counts include it.
+        let last = self.inflight.fetch_sub(1, Ordering::AcqRel) == 1;
         ack.resolve(fate);
-        if self.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if last {
             self.settled.notify_waiters();
         }
     }
