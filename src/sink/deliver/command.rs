@@ -55,7 +55,9 @@ impl Command {
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
-                .kill_on_drop(true)
+                // Not killed with kgate: when kgate exits its stdin closes, and a handler
+                // that reads to the end finishes on its own.
+                .kill_on_drop(false)
                 .spawn()
                 .map_err(|e| {
                     Failure::Retry(format!("cannot start `{}`: {e}", self.argv.join(" ")))
