@@ -331,6 +331,26 @@ mod tests {
         e.into_iter().map(|e| e.path).collect()
     }
 
+    /// The schema a pipeline's `sink:` will show editors: every struct closed, every field
+    /// documented.
+    #[test]
+    fn json_schema_is_closed_and_documented() {
+        let s = serde_json::to_value(schemars::schema_for!(DeliverConfig)).unwrap();
+        assert_eq!(s["additionalProperties"], false, "{s:#}");
+        for def in [
+            "WebhookConfig",
+            "FileConfig",
+            "CommandConfig",
+            "BatchConfig",
+        ] {
+            let d = &s["$defs"][def];
+            assert_eq!(d["additionalProperties"], false, "{def}: {d:#}");
+            for (name, p) in d["properties"].as_object().unwrap() {
+                assert!(p.get("description").is_some(), "{def}.{name} has no doc");
+            }
+        }
+    }
+
     #[test]
     fn defaults_and_checks_with_paths() {
         let c: DeliverConfig = crate::config::from_yaml(
