@@ -3,7 +3,8 @@
 //!
 //! The value is the JSON itself when it parses (copied as is, its line breaks — whitespace in
 //! valid JSON — turned into spaces so that a record stays one line), the decoded record when
-//! it is Confluent-framed Avro and a registry is known, else a UTF-8 string, else
+//! it is Confluent-framed Avro and a registry is known (or the source decoded it already:
+//! `Event::decoded`), else a UTF-8 string, else
 //! `{"base64": ...}`. No tree is built for JSON or text: this is the hot path of
 //! `kgate consume --sink stdout`.
 
@@ -60,7 +61,8 @@ pub(super) fn record(out: &mut Vec<u8>, ev: &Event, avro: Option<&Decoded>) {
             base64(out, &ev.raw);
             out.push(b'}');
         }
-        None => value(out, &ev.raw),
+        // The source decoded it already (Avro to JSON text).
+        None => value(out, ev.decoded.as_deref().unwrap_or(&ev.raw)),
     }
     out.push(b'}');
 }
@@ -162,5 +164,8 @@ mod tests {
         let v = line(&ev(b"\0\0\0\0\x01\x0e"), Some(&d));
         assert_eq!(v["value"]["avro_error"], "schema 1 not found");
         assert!(is_framed(b"\0\0\0\0\x01\x0e") && !is_framed(b"{}"));
+        let mut e = ev(b"\0\0\0\0\x01\x0e");
+        e.decoded = Some(Bytes::from_static(br#"{"id":7}"#));
+        assert_eq!(line(&e, None)["value"]["id"], 7);
     }
 }

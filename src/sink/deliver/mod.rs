@@ -442,7 +442,7 @@ impl Runner {
         }
         for (i, ev) in batch.iter().enumerate() {
             let avro = match &self.schemas {
-                Some(cache) if encode::is_framed(&ev.raw) => {
+                Some(cache) if ev.decoded.is_none() && encode::is_framed(&ev.raw) => {
                     Some(cache.decode(&ev.raw).await.map(|(_, v)| v))
                 }
                 _ => None,
