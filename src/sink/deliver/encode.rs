@@ -9,9 +9,11 @@
 //! `kgate consume --sink stdout`.
 
 use base64::Engine;
+use bytes::Bytes;
 use serde_json::Value;
 
 use crate::event::Event;
+use crate::sink::OutRecord;
 
 /// What the Avro decoding of a framed value gave.
 pub(super) type Decoded = Result<Value, String>;
@@ -21,9 +23,16 @@ pub(super) fn is_framed(raw: &[u8]) -> bool {
     raw.len() > 5 && raw[0] == 0
 }
 
-/// Appends the record of `ev` to `out` (no line break); `avro` is its decoded value when it
-/// was framed and a registry was asked.
-pub(super) fn record(out: &mut Vec<u8>, ev: &Event, avro: Option<&Decoded>) {
+/// Appends `rec` (made from `ev`) to `out` (no line break): where it was read from `ev`'s meta;
+/// its key (else the one read), headers and value from `rec`. `decoded` is the value the source
+/// decoded already, `avro` the one decoded here when it was framed and a registry was asked.
+pub(super) fn record(
+    out: &mut Vec<u8>,
+    ev: &Event,
+    rec: &OutRecord,
+    decoded: Option<&Bytes>,
+    avro: Option<&Decoded>,
+) {
     let meta = &ev.meta;
     out.extend_from_slice(b"{\"topic\":");
     string(out, meta.get("kafka.topic").unwrap_or_default());
@@ -36,12 +45,13 @@ pub(super) fn record(out: &mut Vec<u8>, ev: &Event, avro: Option<&Decoded>) {
         number(out, Some(ts));
     }
     out.extend_from_slice(b",\"key\":");
-    match meta.get("kafka.key") {
-        Some(k) => string(out, k),
-        None => out.extend_from_slice(b"null"),
+    match (&rec.key, meta.get("kafka.key")) {
+        (Some(k), _) => bytes_value(out, k),
+        (None, Some(k)) => string(out, k),
+        (None, None) => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"headers\":{");
-    for (i, (k, v)) in ev.headers.iter().enumerate() {
+    for (i, (k, v)) in rec.headers.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
@@ -58,11 +68,11 @@ pub(super) fn record(out: &mut Vec<u8>, ev: &Event, avro: Option<&Decoded>) {
             out.extend_from_slice(b"{\"avro_error\":");
             string(out, e);
             out.extend_from_slice(b",\"base64\":");
-            base64(out, &ev.raw);
+            base64(out, &rec.value);
             out.push(b'}');
         }
         // The source decoded it already (Avro to JSON text).
-        None => value(out, ev.decoded.as_deref().unwrap_or(&ev.raw)),
+        None => value(out, decoded.unwrap_or(&rec.value)),
     }
     out.push(b'}');
 }
@@ -121,7 +131,6 @@ fn number(out: &mut Vec<u8>, s: Option<&str>) {
 mod tests {
     use super::*;
     use crate::event::Origin;
-    use bytes::Bytes;
     use std::sync::Arc;
 
     fn ev(raw: &'static [u8]) -> Event {
@@ -136,11 +145,43 @@ mod tests {
         ev
     }
 
-    fn line(ev: &Event, avro: Option<&Decoded>) -> Value {
+    /// The record of a raw pass-through (as `kgate consume` makes it).
+    fn passthrough(ev: &Event) -> OutRecord {
+        OutRecord {
+            topic: Arc::from("t"),
+            key: None,
+            value: ev.raw.clone(),
+            headers: ev.headers.clone(),
+        }
+    }
+
+    fn line_of(ev: &Event, rec: &OutRecord, avro: Option<&Decoded>) -> Value {
         let mut out = Vec::new();
-        record(&mut out, ev, avro);
+        record(&mut out, ev, rec, ev.decoded.as_ref(), avro);
         assert!(!out.contains(&b'\n'));
         serde_json::from_slice(&out).unwrap()
+    }
+
+    fn line(ev: &Event, avro: Option<&Decoded>) -> Value {
+        line_of(ev, &passthrough(ev), avro)
+    }
+
+    /// A pipeline's record (transformed value, its own key and headers) is what is shown.
+    #[test]
+    fn the_pipeline_record_is_shown() {
+        let mut e = ev(b"{\"a\":1}");
+        e.meta.insert("kafka.key", "read-key");
+        let rec = OutRecord {
+            topic: Arc::from("t"),
+            key: Some(vec![0xff]),
+            value: Bytes::from_static(b"{\"b\":2}"),
+            headers: vec![("x".into(), b"y".to_vec())],
+        };
+        let v = line_of(&e, &rec, None);
+        assert_eq!(v["value"], serde_json::json!({"b": 2}));
+        assert_eq!(v["key"], serde_json::json!({"base64": "/w=="}));
+        assert_eq!(v["headers"], serde_json::json!({"x": "y"}));
+        assert_eq!(v["offset"], 42);
     }
 
     #[test]

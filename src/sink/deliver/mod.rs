@@ -173,7 +173,7 @@ impl Shared {
 /// A consumer sink: batches events for its destination and answers their Acks; see the
 /// module doc.
 pub struct DeliverSink {
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<Item>,
     shared: Arc<Shared>,
     dlq: Arc<dyn Sink>,
     dlq_topic: String,
@@ -249,14 +249,14 @@ impl DeliverSink {
         self.shared.kind
     }
 
-    async fn accept(&self, ev: Event) {
+    async fn accept(&self, rec: OutRecord, ev: Event) {
         self.shared.totals.accepted.fetch_add(1, Ordering::Relaxed);
         self.shared.inflight.fetch_add(1, Ordering::AcqRel);
-        if let Err(mpsc::error::SendError(mut ev)) = self.tx.send(ev).await {
+        if let Err(mpsc::error::SendError(mut item)) = self.tx.send(Item { ev, rec }).await {
             let fate = Fate::Failed {
                 message: "the consumer sink has stopped".into(),
             };
-            self.shared.settle(&mut ev.ack, fate);
+            self.shared.settle(&mut item.ev.ack, fate);
         }
     }
 
@@ -278,10 +278,10 @@ impl DeliverSink {
 }
 
 impl Sink for DeliverSink {
-    fn send(&self, _rec: OutRecord, _partition: Option<i32>, ev: Event) -> BoxFuture<'_, ()> {
-        // The event carries the bytes as read (`raw`), its key and headers: a consumer sink
-        // shows the record as it is in Kafka, whatever the pipeline made of it.
-        Box::pin(self.accept(ev))
+    fn send(&self, rec: OutRecord, _partition: Option<i32>, ev: Event) -> BoxFuture<'_, ()> {
+        // The record is what the pipeline made (for `kgate consume`'s raw pass-through, the
+        // bytes as read); the event says where it was read and is what the DLQ keeps.
+        Box::pin(self.accept(rec, ev))
     }
     fn dead_letter(&self, ev: Event, r: Rejection) -> BoxFuture<'_, ()> {
         Box::pin(async move {
@@ -321,7 +321,7 @@ async fn to_dlq(shared: &Arc<Shared>, dlq: &dyn Sink, mut ev: Event, r: Rejectio
 
 /// The batching task: owns the destination.
 struct Runner {
-    rx: mpsc::Receiver<Event>,
+    rx: mpsc::Receiver<Item>,
     target: Box<dyn Target>,
     shared: Arc<Shared>,
     dlq: Arc<dyn Sink>,
@@ -331,10 +331,16 @@ struct Runner {
     buf: Vec<u8>,
 }
 
-/// Events gathered into one batch.
+/// A record to hand over and the event it came from.
+struct Item {
+    ev: Event,
+    rec: OutRecord,
+}
+
+/// Records gathered into one batch.
 #[derive(Default)]
 struct Open {
-    events: Vec<Event>,
+    events: Vec<Item>,
     bytes: u64,
     since: Option<tokio::time::Instant>,
 }
@@ -342,7 +348,7 @@ struct Open {
 impl Runner {
     async fn run(mut self) {
         let mut open = Open::default();
-        let mut ready: Vec<Vec<Event>> = Vec::new();
+        let mut ready: Vec<Vec<Item>> = Vec::new();
         let mut closed = false;
         while !closed {
             let deadline = open.since.map(|t| t + self.batch.timeout);
@@ -383,8 +389,8 @@ impl Runner {
         }
     }
 
-    fn add(&self, open: &mut Open, ready: &mut Vec<Vec<Event>>, ev: Event) {
-        open.bytes += ev.raw.len() as u64;
+    fn add(&self, open: &mut Open, ready: &mut Vec<Vec<Item>>, ev: Item) {
+        open.bytes += ev.rec.value.len() as u64;
         open.events.push(ev);
         if open.since.is_none() {
             open.since = Some(tokio::time::Instant::now());
@@ -395,7 +401,7 @@ impl Runner {
     }
 
     /// Hands the ready batches over: all in one body for a stream, else one by one.
-    async fn deliver(&mut self, batches: Vec<Vec<Event>>) {
+    async fn deliver(&mut self, batches: Vec<Vec<Item>>) {
         if self.target.coalesces() {
             self.buf.clear();
             for b in &batches {
@@ -435,22 +441,23 @@ impl Runner {
     }
 
     /// Lays out a batch in the destination's shape (decoding framed Avro values first).
-    async fn encode(&mut self, batch: &[Event]) {
+    async fn encode(&mut self, batch: &[Item]) {
         let shape = self.target.shape();
         if shape != Shape::Records {
             self.buf.push(b'[');
         }
-        for (i, ev) in batch.iter().enumerate() {
+        for (i, Item { ev, rec }) in batch.iter().enumerate() {
+            let decoded = ev.decoded.as_ref().filter(|_| rec.value == ev.raw);
             let avro = match &self.schemas {
-                Some(cache) if ev.decoded.is_none() && encode::is_framed(&ev.raw) => {
-                    Some(cache.decode(&ev.raw).await.map(|(_, v)| v))
+                Some(cache) if decoded.is_none() && encode::is_framed(&rec.value) => {
+                    Some(cache.decode(&rec.value).await.map(|(_, v)| v))
                 }
                 _ => None,
             };
             if i > 0 && shape != Shape::Records {
                 self.buf.push(b',');
             }
-            encode::record(&mut self.buf, ev, avro.as_ref());
+            encode::record(&mut self.buf, ev, rec, decoded, avro.as_ref());
             if shape == Shape::Records {
                 self.buf.push(b'\n');
             }
@@ -465,7 +472,7 @@ impl Runner {
     /// Answers the Acks of delivered batches, or sends their records to the DLQ.
     async fn finish(
         &mut self,
-        batches: Vec<Vec<Event>>,
+        batches: Vec<Vec<Item>>,
         result: Result<(), Failure>,
         attempts: u32,
         started: Instant,
@@ -478,7 +485,7 @@ impl Runner {
         }
         let failure = match result {
             Ok(()) => {
-                for mut ev in batches.into_iter().flatten() {
+                for Item { mut ev, .. } in batches.into_iter().flatten() {
                     let fate = delivered(&ev);
                     self.shared.settle(&mut ev.ack, fate);
                 }
@@ -492,7 +499,7 @@ impl Runner {
         let topics: BTreeSet<String> = batches
             .iter()
             .flatten()
-            .map(|ev| ev.meta.get("kafka.topic").unwrap_or_default().to_string())
+            .map(|i| i.ev.meta.get("kafka.topic").unwrap_or_default().to_string())
             .collect();
         for t in &topics {
             m.errors.with_label_values(&[t]).inc_by(u64::from(attempts));
@@ -502,7 +509,7 @@ impl Runner {
                 tracing::error!(sink = self.shared.kind, to = %self.target.describe(), error = %msg,
                     "consumer sink: the destination is gone; stopping (the records it did not take are read again next time)");
                 self.shared.fatal.cancel();
-                for mut ev in batches.into_iter().flatten() {
+                for Item { mut ev, .. } in batches.into_iter().flatten() {
                     let fate = Fate::Failed {
                         message: msg.clone(),
                     };
@@ -518,7 +525,7 @@ impl Runner {
                 );
                 let n: usize = batches.iter().map(Vec::len).sum();
                 tracing::warn!(sink = self.shared.kind, records = n, dlq_topic = %self.dlq.dlq_topic(), "{message}; the records go to the DLQ");
-                for mut ev in batches.into_iter().flatten() {
+                for Item { mut ev, .. } in batches.into_iter().flatten() {
                     ev.meta.insert("attempts", attempts.to_string());
                     let r = Rejection {
                         error_type: ErrorType::SinkFailed,
@@ -533,7 +540,7 @@ impl Runner {
 }
 
 /// Moves the open batch (if any) to the ready ones.
-fn close(open: &mut Open, ready: &mut Vec<Vec<Event>>) {
+fn close(open: &mut Open, ready: &mut Vec<Vec<Item>>) {
     if !open.events.is_empty() {
         ready.push(std::mem::take(&mut open.events));
     }
