@@ -110,7 +110,7 @@ pub struct ConsumeArgs {
     pub backoff: Option<Duration>,
     /// Stop after this many records (their offsets committed); records read beyond them are
     /// left for the next run.
-    #[arg(short = 'n', long, value_name = "N")]
+    #[arg(short = 'n', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max: Option<u64>,
     /// The DLQ topic (else the config's `dlq.topic`, else events.v1.dlq).
     #[arg(long, value_name = "TOPIC")]
