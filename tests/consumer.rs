@@ -373,6 +373,20 @@ struct Hook {
 fn serve_hook(
     fail: impl Fn(u64, &serde_json::Value) -> bool + Send + Sync + 'static,
 ) -> (String, Arc<Mutex<Hook>>) {
+    serve_hook_status(move |call, body| {
+        if fail(call, body) {
+            "500 Internal Server Error"
+        } else {
+            "200 OK"
+        }
+    })
+}
+
+/// The test webhook with the status line chosen by `status(call_no, body)`; a 2xx records
+/// the body's seqs, anything else counts as failed.
+fn serve_hook_status(
+    fail: impl Fn(u64, &serde_json::Value) -> &'static str + Send + Sync + 'static,
+) -> (String, Arc<Mutex<Hook>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/in", listener.local_addr().unwrap());
     let hook = Arc::new(Mutex::new(Hook::default()));
@@ -413,15 +427,15 @@ fn serve_hook(
                     let status = {
                         let mut g = h.lock().unwrap();
                         g.calls += 1;
-                        if fail(g.calls, &v) {
-                            g.failed += 1;
-                            "500 Internal Server Error"
-                        } else {
+                        let status = fail(g.calls, &v);
+                        if status.starts_with('2') {
                             for rec in v.as_array().unwrap() {
                                 g.delivered.push(seq_of(rec));
                             }
-                            "200 OK"
+                        } else {
+                            g.failed += 1;
                         }
+                        status
                     };
                     let _ = write!(w, "HTTP/1.1 {status}\r\ncontent-length: 2\r\n\r\nno");
                 }
@@ -783,4 +797,68 @@ fn avro_values_are_decoded_through_the_registry() {
         ]
     );
     assert!(recs.iter().all(|r| r["key"].is_null()));
+}
+
+/// (8) A 4xx other than 408/429 is not tried again: the record goes to the DLQ after one
+/// attempt, the others are delivered.
+#[test]
+fn a_client_error_is_dead_lettered_without_retries() {
+    const N: u64 = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("consumer.4xx");
+    let dlq = unique("consumer.4xx.dlq");
+    let group = unique("4xx-g");
+    create_topic(&topic, 1);
+    create_topic(&dlq, 1);
+    let refused = |s: u64| s % 10 == 3;
+    let (url, hook) = serve_hook_status(move |_, body| {
+        let seq = body[0]["value"]["seq"].as_u64().unwrap();
+        if refused(seq) {
+            "422 Unprocessable Entity"
+        } else {
+            "200 OK"
+        }
+    });
+    produce(&topic, 0..N, &|_| false);
+    let sink = format!("webhook:{url}");
+    let mut c = Consume::start(
+        dir.path(),
+        "c",
+        &[
+            "--topic",
+            &topic,
+            "--group",
+            &group,
+            "--from-beginning",
+            "--sink",
+            &sink,
+            "--max-attempts",
+            "5",
+            "--backoff",
+            "10ms",
+            "--dlq-topic",
+            &dlq,
+            "--commit-interval",
+            "200ms",
+        ],
+    );
+    wait_until(
+        Duration::from_secs(60),
+        || all_committed(&group, &topic, 1),
+        "every offset to be committed",
+    );
+    assert!(c.term(30).success(), "{}", c.log_text());
+    let bad: Vec<u64> = (0..N).filter(|s| refused(*s)).collect();
+    let h = hook.lock().unwrap();
+    assert_eq!(h.failed, bad.len() as u64, "one attempt each");
+    assert_eq!(h.delivered.len() as u64, N - bad.len() as u64);
+    let dead = dlq_by_seq(&dlq, bad.len());
+    assert_eq!(dead.keys().copied().collect::<Vec<_>>(), bad);
+    for r in dead.values() {
+        let msg = &r.headers["error_message"];
+        assert!(
+            msg.contains("after 1 attempt:") && msg.contains("422"),
+            "{msg}"
+        );
+    }
 }
