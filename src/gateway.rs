@@ -170,6 +170,12 @@ impl Config {
                     format!("Kafka transactions commit the offsets of the records a pipeline reads from Kafka, and this pipeline's source is `{kind}`; use a `kafka` source or remove `exactly_once`"),
                 ));
             }
+            if pl.sink.is_some() && kind != "kafka" {
+                errors.push(ConfigError::new(
+                    at.field("sink"),
+                    format!("a consumer sink takes records read from Kafka (their offsets are committed once it took them), and this pipeline's source is `{kind}`; use a `kafka` source, or write to a `topic:`"),
+                ));
+            }
             if let (Some(spec), Some(source)) = (spec, source) {
                 pipelines.push(PipelinePlan { spec, source });
             }

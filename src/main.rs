@@ -55,6 +55,12 @@ enum Command {
     /// Talks to a Confluent-compatible schema registry (Confluent, Apicurio's /apis/ccompat/v7,
     /// Karapace, Redpanda).
     Schemas(cmd::schemas::SchemasArgs),
+    /// Consume topics as a consumer group and hand each record to a sink: stdout (JSON lines),
+    /// a rotating file, an HTTP webhook or a long-lived command; batched or single.
+    ///
+    /// A record's offset is committed only once the sink took it (or its DLQ record is in
+    /// Kafka): at-least-once. SIGINT/SIGTERM finishes the batch, commits and exits 0.
+    Consume(cmd::consume::ConsumeArgs),
     /// The dead-letter queue: `inspect` prints its records and counts them by error type and
     /// source topic; `replay` sends them again (back to their source topic), exactly once.
     Dlq(cmd::dlq::DlqArgs),
@@ -90,5 +96,6 @@ async fn main() -> ExitCode {
         Command::Synth(args) => cmd::synth_main(args).await,
         Command::Config(args) => cmd::config::main(args),
         Command::Dlq(args) => cmd::dlq::main(args).await,
+        Command::Consume(args) => cmd::consume::main(args).await,
     }
 }

@@ -87,6 +87,8 @@ async fn check_kafka(config: &Config, timeout: Duration) -> Vec<Probe> {
             let mut topics: Vec<(String, String)> = config
                 .pipelines
                 .iter()
+                // A pipeline with a consumer `sink:` writes no topic.
+                .filter(|p| p.sink.is_none())
                 .map(|p| (p.topic.clone(), format!("pipelines.{}.topic", p.name)))
                 .collect();
             topics.push((config.dlq.topic.clone(), "dlq.topic".into()));

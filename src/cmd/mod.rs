@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod config;
+pub mod consume;
 pub mod dlq;
 pub mod run;
 pub mod schemas;

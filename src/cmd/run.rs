@@ -13,7 +13,7 @@ use crate::kafka::{fetch_metadata, report_diagnosis, KafkaConfig, MetadataError}
 use crate::metrics::{self, Metrics};
 use crate::pipeline::{Pipeline, Processor};
 use crate::registry::{RegistryClient, SchemaCache};
-use crate::sink::{KafkaSink, Sink};
+use crate::sink::{DeliverSink, KafkaSink, Sink};
 use crate::source::{http, SourceCtx};
 
 /// What a run did, reported at shutdown.
@@ -89,8 +89,11 @@ pub async fn run(gateway: Gateway, shutdown: CancellationToken) -> anyhow::Resul
         }
         None => None,
     };
-    let (pipelines, txn_sinks) =
-        build_pipelines(plans, &kafka_sink, &config, &metrics, schemas.as_ref()).await?;
+    let Built {
+        pipelines,
+        txn_sinks,
+        deliver_sinks,
+    } = build_pipelines(plans, &kafka_sink, &config, &metrics, schemas.as_ref()).await?;
     if let (Some(cache), Some(rc)) = (&schemas, &config.schema_registry) {
         cache.spawn_refresher(rc.refresh, background_stop.clone());
     }
@@ -121,7 +124,14 @@ pub async fn run(gateway: Gateway, shutdown: CancellationToken) -> anyhow::Resul
     shutdown.cancelled().await;
     let mut sinks = vec![sink.clone()];
     sinks.extend(txn_sinks);
-    let summary = stop(config.shutdown_timeout, &sinks, sources_stop, tasks).await;
+    let summary = stop(
+        config.shutdown_timeout,
+        &deliver_sinks,
+        &sinks,
+        sources_stop,
+        tasks,
+    )
+    .await;
     background_stop.cancel();
     server_stop.cancel();
     if let Some(h) = server {
@@ -148,9 +158,10 @@ async fn build_pipelines(
     config: &crate::gateway::Config,
     metrics: &Arc<Metrics>,
     schemas: Option<&Arc<SchemaCache>>,
-) -> anyhow::Result<(Vec<Started>, Vec<Arc<dyn Sink>>)> {
+) -> anyhow::Result<Built> {
     let mut started = Vec::with_capacity(plans.len());
     let mut txn_sinks: Vec<Arc<dyn Sink>> = Vec::new();
+    let mut deliver_sinks: Vec<Arc<dyn Sink>> = Vec::new();
     let dlq_topics: Vec<String> = plans
         .iter()
         .filter_map(|p| p.spec.dlq_topic.clone())
@@ -161,6 +172,7 @@ async fn build_pipelines(
         let topic = plan.spec.topic_text.clone();
         let dlq = plan.spec.dlq_topic.clone();
         let exactly_once = plan.spec.exactly_once;
+        let sink_config = plan.spec.sink.clone();
         let mut processor = Processor::from_spec(plan.spec, schemas.cloned())?;
         for t in &dlq_topics {
             processor.reserve_topic(t);
@@ -169,7 +181,17 @@ async fn build_pipelines(
             load_fixed_subjects(&processor, cache).await?;
         }
         let dlq_topic = dlq.as_deref().unwrap_or(&config.dlq.topic);
-        let to: Arc<dyn Sink> = if exactly_once {
+        let to: Arc<dyn Sink> = if let Some(c) = &sink_config {
+            let dlq: Arc<dyn Sink> = match &dlq {
+                Some(t) => sink.with_dlq(t),
+                None => sink.clone(),
+            };
+            let s: Arc<dyn Sink> = DeliverSink::new(c, dlq, metrics.clone(), schemas.cloned())
+                .with_context(|| format!("pipeline {name}: its sink"))?;
+            tracing::info!(pipeline = %name, "records go to a consumer sink");
+            deliver_sinks.push(s.clone());
+            s
+        } else if exactly_once {
             let id = transactional_id(&name);
             tracing::info!(pipeline = %name, transactional_id = %id.id, "exactly-once: writing in Kafka transactions");
             let s: Arc<dyn Sink> =
@@ -185,7 +207,21 @@ async fn build_pipelines(
         let pipeline = Arc::new(Pipeline::from_processor(processor, to));
         started.push((pipeline, plan.source, name, topic));
     }
-    Ok((started, txn_sinks))
+    Ok(Built {
+        pipelines: started,
+        txn_sinks,
+        deliver_sinks,
+    })
+}
+
+/// The pipelines built, and the sinks besides the shared Kafka sink that shutdown drains.
+struct Built {
+    pipelines: Vec<Started>,
+    /// Transactional sinks of `exactly_once` pipelines.
+    txn_sinks: Vec<Arc<dyn Sink>>,
+    /// Consumer sinks of pipelines with `sink:` (drained while their sources stop: a source
+    /// waits for the fates of its open batch).
+    deliver_sinks: Vec<Arc<dyn Sink>>,
 }
 
 /// How long an exactly-once transaction may stay open before the broker aborts it.
@@ -236,10 +272,13 @@ fn start_sources(
     http_routes
 }
 
-/// The orderly shutdown: stop the sources (they hand over what they read), wait for them, then
-/// for every accepted record to settle, all within `timeout`; the summary is logged.
+/// The orderly shutdown: stop the sources (they hand over what they read) while the consumer
+/// sinks flush their open batches (a Kafka source waits for those fates), then wait for every
+/// accepted record to settle in the Kafka sinks (which carry the consumer sinks' DLQ records),
+/// all within `timeout`; the summary is logged.
 async fn stop(
     timeout: Duration,
+    deliver: &[Arc<dyn Sink>],
     sinks: &[Arc<dyn Sink>],
     sources_stop: CancellationToken,
     mut tasks: JoinSet<()>,
@@ -252,26 +291,44 @@ async fn stop(
         "shutting down: stopping sources, then flushing"
     );
     sources_stop.cancel();
-    let joined = tokio::time::timeout_at(deadline.into(), async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    let flushes = futures_util::future::join_all(deliver.iter().map(|d| d.drain(timeout)));
+    let (flushed, joined) = tokio::join!(
+        flushes,
+        tokio::time::timeout_at(deadline.into(), async {
+            while tasks.join_next().await.is_some() {}
+        })
+    );
     if joined.is_err() {
         tracing::warn!("sources did not stop in time (is Kafka down with the buffer full?)");
         tasks.abort_all();
     }
-    let mut left = 0;
+    let mut left: i64 = flushed.iter().map(|l| (*l).max(0)).sum();
     for sink in sinks {
         left += sink
             .drain(deadline.saturating_duration_since(Instant::now()))
             .await
             .max(0);
     }
-    let sum = |f: fn(&crate::sink::Totals) -> &std::sync::atomic::AtomicU64| {
-        sinks
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    // A consumer sink's dead-lettered records are counted once, where their DLQ record was
+    // written (the Kafka sink).
+    let sum = |f: fn(&crate::sink::Totals) -> &std::sync::atomic::AtomicU64| -> u64 {
+        let kafka: u64 = sinks.iter().map(|s| load(f(s.totals()))).sum();
+        let consumers: u64 = deliver
             .iter()
-            .map(|s| f(s.totals()).load(Ordering::Relaxed))
-            .sum()
+            .map(|s| {
+                let t = s.totals();
+                let v = load(f(t));
+                if std::ptr::eq(f(t), &t.dead_lettered) {
+                    0
+                } else if std::ptr::eq(f(t), &t.accepted) {
+                    v.saturating_sub(load(&t.dead_lettered))
+                } else {
+                    v
+                }
+            })
+            .sum();
+        kafka + consumers
     };
     let summary = Summary {
         accepted: sum(|t| &t.accepted),

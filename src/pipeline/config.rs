@@ -29,7 +29,9 @@ pub struct PipelineConfig<S> {
     #[serde(default)]
     pub transforms: Vec<TransformConfig>,
     /// Target topic: a fixed name or a template like `ticks.${exchange}` (here `${...}` is an
-    /// event field or a source value, not an environment variable).
+    /// event field or a source value, not an environment variable). Required, except with
+    /// `sink:` (records then go to the sink, not to a topic).
+    #[serde(default)]
     pub topic: String,
     /// Topics a templated `topic` may render to: names, `prefix*` or `*`; a record routed
     /// elsewhere goes to the DLQ as `topic_not_allowed`. Default: the template's fixed start
@@ -71,6 +73,12 @@ pub struct PipelineConfig<S> {
     /// exactly once, even after a crash. Needs a `kafka` source.
     #[serde(default)]
     pub exactly_once: bool,
+    /// Hand records to a consumer sink instead of a Kafka topic: `stdout`, a rotating `file`,
+    /// an HTTP `webhook` or a long-lived `command`, batched or single (see `kgate consume`).
+    /// Needs a `kafka` source; its offsets are committed once the sink took each record (or its
+    /// DLQ record is in Kafka). Leave out `topic:`.
+    #[serde(default)]
+    pub sink: Option<crate::sink::DeliverConfig>,
 }
 
 /// `pipelines[].dlq:` — a pipeline's own dead-letter queue.
@@ -110,6 +118,8 @@ pub struct PipelineSpec {
     pub dlq_topic: Option<String>,
     /// Kafka transactions (`exactly_once`; the source is `kafka`).
     pub exactly_once: bool,
+    /// The consumer sink records go to instead of a topic (`sink:`).
+    pub sink: Option<crate::sink::DeliverConfig>,
 }
 
 const NEEDS_PARSED: &str =
@@ -185,7 +195,46 @@ impl<S> PipelineConfig<S> {
         let validate = self.validation(at, has_registry, base, &mut err);
         self.check_dlq(at, &mut err);
         let raw = self.format == Format::Raw;
-        let topic = match Template::parse(&self.topic) {
+        // With a consumer sink, a record's "topic" is the one it was read from.
+        let topic_text = match (&self.sink, self.topic.is_empty()) {
+            (Some(_), true) => "${@kafka.topic}".to_string(),
+            (Some(_), false) => {
+                err(
+                    at.field("topic"),
+                    "a pipeline with `sink:` hands records to its sink, not to a topic; remove `topic:` (or `sink:`)".into(),
+                );
+                self.topic.clone()
+            }
+            (None, true) => {
+                err(
+                    at.field("topic"),
+                    "missing: the topic records go to, e.g. `telemetry.clean` (or a consumer `sink:` instead)".into(),
+                );
+                "-".to_string()
+            }
+            (None, false) => self.topic.clone(),
+        };
+        if let Some(s) = &self.sink {
+            let path = at.field("sink");
+            let mut found = Vec::new();
+            crate::sink::deliver::check(s, At(&path), &mut found);
+            for e in found {
+                err(e.path, e.message);
+            }
+            if self.topics_allowed.is_some() {
+                err(
+                    at.field("topics_allowed"),
+                    "a pipeline with `sink:` writes no topic; remove `topics_allowed`".into(),
+                );
+            }
+            if self.exactly_once {
+                err(
+                    at.field("exactly_once"),
+                    "Kafka transactions cover Kafka outputs only, and `sink:` hands records to a sink outside Kafka; remove one of them".into(),
+                );
+            }
+        }
+        let topic = match Template::parse(&topic_text) {
             Ok(t) => {
                 if let Some(fixed) = t.fixed() {
                     if !valid_topic_name(fixed) {
@@ -207,7 +256,11 @@ impl<S> PipelineConfig<S> {
                 None
             }
         };
-        let topics_allowed = self.topics_allowed(at, topic.as_ref(), &mut err);
+        let topics_allowed = if self.sink.is_some() {
+            Some(TopicAllow::any())
+        } else {
+            self.topics_allowed(at, topic.as_ref(), &mut err)
+        };
         let mut template = |field: String, text: &str, what: &str| match Template::parse(text) {
             Ok(t) if t.reads_fields() && raw => {
                 err(
@@ -243,7 +296,7 @@ impl<S> PipelineConfig<S> {
             name: Arc::from(self.name.as_str()),
             transforms,
             topic: topic?,
-            topic_text: self.topic.clone(),
+            topic_text,
             topics_allowed: topics_allowed?,
             // Every template parsed (no error was added), so nothing is lost here.
             key: key.flatten(),
@@ -257,6 +310,7 @@ impl<S> PipelineConfig<S> {
             validate,
             dlq_topic: self.dlq.as_ref().map(|d| d.topic.clone()),
             exactly_once: self.exactly_once,
+            sink: self.sink.clone(),
         })
     }
 

@@ -55,6 +55,9 @@ pub struct Processor {
     topic_text: String,
     /// Where a rendered topic may go (the DLQ topic reserved once the sink is known).
     topics_allowed: TopicAllow,
+    /// False with a consumer sink: the topic only says where a record was read, nothing is
+    /// written there, so it is not checked against `topics_allowed`.
+    checks_topic: bool,
     /// The topic when it is fixed, shared by every record instead of copied.
     fixed_topic: Option<Arc<str>>,
     key: Option<Template>,
@@ -122,6 +125,7 @@ impl Processor {
             .ok_or_else(|| BuildError::NoRegistry(spec.name.to_string()))?;
         Ok(Processor {
             fixed_topic: spec.topic.fixed().map(Arc::from),
+            checks_topic: spec.sink.is_none(),
             name: spec.name,
             transforms: spec.transforms,
             topic: spec.topic,
@@ -335,6 +339,9 @@ impl Processor {
                 None,
             )
         })?;
+        if !self.checks_topic {
+            return Ok(Arc::from(t));
+        }
         if !valid_topic_name(&t) {
             return Err(self.reject(
                 ErrorType::InvalidTopic,
@@ -428,6 +435,7 @@ impl Pipeline {
             topic: Template::meta("topic"),
             topic_text: "${@topic}".into(),
             topics_allowed: TopicAllow::any(),
+            checks_topic: true,
             fixed_topic: None,
             key: None,
             headers: Vec::new(),

@@ -3,9 +3,11 @@
 //! first sink ([`KafkaSink`]); [`MemorySink`] keeps records in memory so that the pipeline → sink
 //! → ack path can be tested without a broker.
 
+pub mod deliver;
 mod kafka;
 mod memory;
 
+pub use deliver::{DeliverConfig, DeliverSink};
 pub use kafka::{DlqRoute, KafkaSink, ProducerError, TransactionalId};
 pub use memory::MemorySink;
 

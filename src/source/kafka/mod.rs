@@ -301,6 +301,9 @@ fn record_event(
     ev.meta.insert("kafka.partition", partition.to_string());
     ev.meta.insert("kafka.offset", offset.to_string());
     ev.meta.insert("kafka.group", group);
+    if let Some(ms) = m.timestamp().to_millis() {
+        ev.meta.insert("kafka.timestamp", ms.to_string());
+    }
     if let Some(k) = m.key() {
         ev.meta
             .insert("kafka.key", String::from_utf8_lossy(k).into_owned());
