@@ -457,3 +457,72 @@ fn group_lag_reset_offsets_and_delete() {
     );
     kjson(&["topics", "delete", &topic, "--yes"]);
 }
+
+/// A config file whose `kafka:` section logs in over SASL_SSL with `password`.
+fn sasl_config(dir: &std::path::Path, password: &str) -> String {
+    let brokers = std::env::var("KGATE_SASL_SSL_BROKERS")
+        .expect("KGATE_SASL_SSL_BROKERS: run through `scripts/test admin`");
+    let ca = std::path::PathBuf::from(
+        std::env::var("KGATE_TLS_DIR").expect("KGATE_TLS_DIR: run through `scripts/test admin`"),
+    )
+    .join("ca.pem");
+    let path = write_config(
+        dir,
+        &format!(
+            "kafka:\n  brokers: ['{brokers}']\n  security: {{protocol: SASL_SSL, sasl: {{mechanism: SCRAM-SHA-512, username: kgate, password: '{password}'}}, tls: {{ca: '{}'}}}}\npipelines:\n  - name: unused\n    source: {{websocket: {{urls: ['ws://127.0.0.1:1/']}}}}\n    topic: unused\n",
+            ca.display()
+        ),
+    );
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn config_file_security_is_used_and_a_refused_login_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = sasl_config(dir.path(), "kgate-secret");
+    let topic = unique("admin.sasl");
+    // Over SASL_SSL: --config FILE and --config KEY=VALUE side by side.
+    kjson(&[
+        "topics",
+        "create",
+        &topic,
+        "--partitions",
+        "2",
+        "--config",
+        &good,
+        "--config",
+        "retention.ms=3600000",
+    ]);
+    let d = kjson(&["topics", "describe", &topic, "--config", &good]);
+    assert_eq!(partitions_of(&d).len(), 2);
+    assert_eq!(config(&d, "retention.ms")["value"], "3600000");
+    let c = kjson(&["cluster", "--config", &good]);
+    let sasl_port = std::env::var("KGATE_SASL_SSL_BROKERS").unwrap();
+    let sasl_port: i64 = sasl_port.rsplit(':').next().unwrap().parse().unwrap();
+    assert!(
+        c["brokers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["port"] == sasl_port),
+        "{c}"
+    );
+    kjson(&["topics", "delete", &topic, "--yes", "--config", &good]);
+
+    // A wrong password: exit 1, one line naming the broker, the user and the fix; never the
+    // password.
+    let dir2 = tempfile::tempdir().unwrap();
+    let bad = sasl_config(dir2.path(), "not-the-password-42");
+    let (code, out, err) = kgate(&["topics", "list", "--config", &bad]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("refused the SASL SCRAM-SHA-512 login of user \"kgate\"")
+            && err.contains("kafka.security.sasl"),
+        "{err}"
+    );
+    assert!(!err.contains("not-the-password-42") && !out.contains("not-the-password-42"));
+    // A config with errors is a usage error.
+    let broken = write_config(dir2.path(), "kafka: {brokers: 7}\n");
+    let (code, _, err) = kgate(&["groups", "list", "--config", broken.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+}
