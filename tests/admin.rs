@@ -526,3 +526,65 @@ fn config_file_security_is_used_and_a_refused_login_is_named() {
     let (code, _, err) = kgate(&["groups", "list", "--config", broken.to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
 }
+
+/// `kgate ARGS --brokers B` on a pseudo-terminal (util-linux `script`), `typed` on its stdin:
+/// (exit code, what the terminal showed).
+fn kgate_on_terminal(args: &[&str], typed: &str) -> (i32, String) {
+    let cmd = format!("{} {} --brokers {}", kgate_bin(), args.join(" "), brokers());
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env_remove("KGATE_CONFIG")
+        .env("KGATE_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect(
+            "util-linux `script` runs a command on a pseudo-terminal (apt-get install bsdutils)",
+        );
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{typed}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn delete_asks_on_a_terminal() {
+    let topic = unique("admin.ask");
+    kjson(&["topics", "create", &topic, "--partitions", "2"]);
+    produce(&topic, 2, 3, now_ms());
+    // Anything but the topic's name keeps it.
+    let (code, shown) = kgate_on_terminal(&["topics", "delete", &topic], "yes");
+    assert_eq!(code, 1, "{shown}");
+    assert!(
+        shown.contains(&format!(
+            "Delete topic {topic} and its 6 message(s) in 2 partition(s)? Type `{topic}` to confirm"
+        )),
+        "{shown}"
+    );
+    assert!(shown.contains("not confirmed"), "{shown}");
+    assert_eq!(kjson(&["topics", "describe", &topic])["messages"], 6);
+    // Its name deletes it.
+    let (code, shown) = kgate_on_terminal(&["topics", "delete", &topic], &topic);
+    assert_eq!(code, 0, "{shown}");
+    assert!(shown.contains(&format!("deleted topic {topic}")), "{shown}");
+    let pattern = format!("^{}$", regex_escape(&topic));
+    wait_until(
+        Duration::from_secs(30),
+        || {
+            kjson(&["topics", "list", "--pattern", &pattern])
+                .as_array()
+                .unwrap()
+                .is_empty()
+        },
+        "the deleted topic to leave the list",
+    );
+}
