@@ -250,6 +250,53 @@ fn describing_or_deleting_a_missing_topic_names_it() {
             "{args:?}: {err}"
         );
     }
+    // The broker's refusals name the topic, Kafka's error code and the fix.
+    let (code, _, err) = kgate(&[
+        "topics",
+        "create",
+        &topic,
+        "--partitions",
+        "1",
+        "--replication-factor",
+        "99",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "cannot create topic {topic}: INVALID_REPLICATION_FACTOR: the replication factor must be at least 1 and at most the number of brokers"
+        )),
+        "{err}"
+    );
+    let (code, _, err) = kgate(&[
+        "topics",
+        "create",
+        &topic,
+        "--partitions",
+        "1",
+        "--config",
+        "no.such.key=1",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("cannot create topic {topic}: INVALID_CONFIG")),
+        "{err}"
+    );
+    // Neither made it.
+    let (code, _, _) = kgate(&["topics", "describe", &topic]);
+    assert_eq!(code, 1);
+    // A missing group is named too.
+    let group = unique("admin-missing");
+    for args in [
+        vec!["groups", "describe", group.as_str()],
+        vec!["groups", "delete", group.as_str(), "--yes"],
+    ] {
+        let (code, _, err) = kgate(&args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("consumer group {group} does not exist")),
+            "{args:?}: {err}"
+        );
+    }
     // Usage errors exit 2.
     let (code, _, err) = kgate(&["topics", "list", "--pattern", "("]);
     assert_eq!(code, 2, "{err}");

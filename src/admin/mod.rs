@@ -249,9 +249,9 @@ impl<'a> Ctx<'a> {
             C::InvalidPartitions => {
                 "the partition count must be at least 1, and more than the topic has when adding".into()
             }
-            C::InvalidConfig => format!(
-                "the broker refuses a --config key or value; `kgate topics describe {name}` lists the keys a topic has"
-            ),
+            C::InvalidConfig => {
+                "the broker refuses a --config key or value; `kgate topics describe TOPIC --all-configs` lists the keys a topic has".into()
+            }
             C::PolicyViolation => "the broker's topic policy (create.topic.policy.class.name / alter.config.policy.class.name) refuses it".into(),
             C::TopicDeletionDisabled => "the broker has delete.topic.enable=false".into(),
             C::NonEmptyGroup => "the group has active members; stop its consumers first".into(),
