@@ -69,6 +69,12 @@ enum Command {
     /// Both are generated from the same source as the loader, so they list exactly the keys,
     /// types and defaults that `kgate run` reads.
     Config(cmd::config::ConfigArgs),
+    /// The Kafka cluster: its id, controller, brokers, topic and partition counts.
+    Cluster(cmd::admin::ClusterArgs),
+    /// Kafka topics: list, describe (partitions, watermarks, configs), create, alter, delete.
+    Topics(cmd::topics::TopicsArgs),
+    /// Consumer groups: list, describe (members, lag per partition), reset-offsets, delete.
+    Groups(cmd::groups::GroupsArgs),
 }
 
 fn init_logging() {
@@ -97,5 +103,8 @@ async fn main() -> ExitCode {
         Command::Config(args) => cmd::config::main(args),
         Command::Dlq(args) => cmd::dlq::main(args).await,
         Command::Consume(args) => cmd::consume::main(args).await,
+        Command::Cluster(args) => cmd::admin::cluster_main(args).await,
+        Command::Topics(args) => cmd::topics::main(args).await,
+        Command::Groups(args) => cmd::groups::main(args).await,
     }
 }

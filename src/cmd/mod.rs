@@ -2,14 +2,17 @@
 //! prints; `main.rs` calls one `main` here per subcommand. The library outside `cmd/` prints
 //! nothing.
 
+pub mod admin;
 pub mod check;
 pub mod config;
 pub mod consume;
 pub mod dlq;
+pub mod groups;
 pub mod run;
 pub mod schemas;
 pub mod synth;
 pub mod tail;
+pub mod topics;
 
 use std::path::Path;
 use std::process::ExitCode;
