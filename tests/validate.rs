@@ -396,7 +396,7 @@ fn an_avro_subject_validates_plain_json() {
         assert_eq!(r.headers["error_type"], "validation_failed");
         let m = &r.headers["error_message"];
         assert!(
-            m.contains(&format!("does not fit Avro subject {subject} version"))
+            m.contains(&format!("(Avro subject {subject} version"))
                 && m.contains(&format!("{path}: expected")),
             "{k}: {m}"
         );

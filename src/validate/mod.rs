@@ -147,9 +147,12 @@ impl JsonSchemaCheck {
                 e.kind().keyword()
             ));
         }
+        // The path and rule first: a table column shows the start of the message.
+        let name = Path::new(&self.file)
+            .file_name()
+            .map_or(self.file.as_str(), |n| n.to_str().unwrap_or(&self.file));
         Err(format!(
-            "does not fit JSON Schema {}: {}{}",
-            self.file,
+            "{}{} (JSON Schema {name})",
             found.join("; "),
             if more { "; and more" } else { "" }
         ))
@@ -172,12 +175,12 @@ pub fn check_avro(cache: &SchemaCache, subject: &str, v: &Value) -> Result<bool,
     });
     r.map(|()| true).map_err(|m: avro::Mismatch| {
         format!(
-            "does not fit Avro subject {subject} version {} (id {}): {}: expected {}, found {}",
-            latest.version,
-            latest.id,
+            "{}: expected {}, found {} (Avro subject {subject} version {}, id {})",
             or_root(&m.path),
             m.expected,
-            m.found
+            m.found,
+            latest.version,
+            latest.id,
         )
     })
 }
@@ -255,7 +258,7 @@ mod tests {
             .check(&json!({"temperature": "hot", "humidity": 200}))
             .unwrap_err();
         // Four rules fail (two required, a type, a maximum): three are named.
-        let body = e.split_once("telemetry.schema.json: ").unwrap().1;
+        let body = e.strip_suffix(" (JSON Schema telemetry.schema.json)").unwrap();
         let parts: Vec<&str> = body.split("; ").collect();
         assert_eq!(parts.len(), MAX_REPORTED + 1, "{e}");
         assert_eq!(parts[MAX_REPORTED], "and more", "{e}");
