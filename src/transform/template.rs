@@ -8,6 +8,7 @@
 
 use super::{Doc, Pointer};
 use crate::config::{split_refs, Piece};
+use std::borrow::Cow;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
@@ -26,7 +27,7 @@ enum Part {
 /// Values a source attaches to an event for templates (`${@name}`), e.g. `topic` and
 /// `topic.1` for MQTT or `device_id` for a device connection.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Meta(Vec<(String, String)>);
+pub struct Meta(Vec<(Cow<'static, str>, String)>);
 
 impl Meta {
     /// No values.
@@ -35,12 +36,13 @@ impl Meta {
     }
 
     /// Adds a value (a later value of the same name wins).
-    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
+    /// Names are mostly fixed (`kafka.topic`): a `&'static str` costs no allocation.
+    pub fn insert(&mut self, name: impl Into<Cow<'static, str>>, value: impl Into<String>) {
         self.0.push((name.into(), value.into()));
     }
 
     /// Builder form of [`Meta::insert`].
-    pub fn with(mut self, name: impl Into<String>, value: impl Into<String>) -> Meta {
+    pub fn with(mut self, name: impl Into<Cow<'static, str>>, value: impl Into<String>) -> Meta {
         self.insert(name, value);
         self
     }
@@ -50,7 +52,7 @@ impl Meta {
         self.0
             .iter()
             .rev()
-            .find(|(k, _)| k == name)
+            .find(|(k, _)| k.as_ref() == name)
             .map(|(_, v)| v.as_str())
     }
 
@@ -61,7 +63,7 @@ impl Meta {
 
     /// The values in insertion order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.0.iter().map(|(k, v)| (k.as_ref(), v.as_str()))
     }
 }
 

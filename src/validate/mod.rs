@@ -258,7 +258,9 @@ mod tests {
             .check(&json!({"temperature": "hot", "humidity": 200}))
             .unwrap_err();
         // Four rules fail (two required, a type, a maximum): three are named.
-        let body = e.strip_suffix(" (JSON Schema telemetry.schema.json)").unwrap();
+        let body = e
+            .strip_suffix(" (JSON Schema telemetry.schema.json)")
+            .unwrap();
         let parts: Vec<&str> = body.split("; ").collect();
         assert_eq!(parts.len(), MAX_REPORTED + 1, "{e}");
         assert_eq!(parts[MAX_REPORTED], "and more", "{e}");

@@ -922,7 +922,7 @@ impl Conn<'_> {
                 ev.meta = base.clone();
                 ev.meta.insert("event", "message");
                 for (k, v) in d.meta.iter() {
-                    ev.meta.insert(k, v);
+                    ev.meta.insert(k.to_string(), v);
                 }
                 s.pipeline.handle(ev).await
             }

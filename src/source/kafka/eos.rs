@@ -30,7 +30,9 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use super::{hand_to, record_event, unsettled, KConsumer, RecordCounters, StartAt, RETRY_AFTER};
+use super::{
+    hand_to, record_event, unsettled, KConsumer, RecordCounters, StartAt, Topics, RETRY_AFTER,
+};
 use crate::event::Fate;
 use crate::pipeline::Pipeline;
 use crate::registry::SchemaCache;
@@ -55,6 +57,7 @@ pub(super) struct TxnRunner {
     pub(super) txn: Arc<dyn Transactions>,
     pub(super) start: StartAt,
     pub(super) schemas: Option<Arc<SchemaCache>>,
+    pub(super) topics: Topics,
 }
 
 /// The records of one transaction: per partition its first and last offset, and their fates.
@@ -226,8 +229,8 @@ impl TxnRunner {
     }
 
     async fn hand_over(&mut self, batch: &mut Batch, m: rdkafka::message::OwnedMessage) {
-        let (ev, rx) = record_event(&m, self.pipeline.name(), &self.group);
-        let topic: Arc<str> = Arc::from(m.topic());
+        let topic = self.topics.get(m.topic());
+        let (ev, rx) = record_event(&m, &topic, self.pipeline.name(), &self.group);
         self.records.get(&topic).inc();
         batch.add(&topic, m.partition(), m.offset());
         batch.fates.push(rx);

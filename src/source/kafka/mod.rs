@@ -121,6 +121,7 @@ impl Source for KafkaSource {
                 txn,
                 start: self.config.start,
                 schemas: ctx.schemas,
+                topics: Topics::default(),
             };
             tasks.spawn(run.run());
             return;
@@ -132,6 +133,7 @@ impl Source for KafkaSource {
             records,
             group,
             schemas: ctx.schemas,
+            topics: Topics::default(),
             parts: HashMap::new(),
             fates: FuturesUnordered::new(),
             pending: 0,
@@ -282,22 +284,22 @@ async fn hand_to(pipeline: &Pipeline, schemas: Option<&SchemaCache>, mut ev: Eve
     pipeline.handle(ev).await
 }
 
-/// The event of a record, with its source values, input headers and a waiting ack.
-fn record_event(
-    m: &rdkafka::message::OwnedMessage,
+/// The event of a record, with its source values, input headers and a waiting ack; `topic` is
+/// the record's topic, shared (see [`Topics`]). The payload is copied once, from librdkafka's
+/// buffer into the event.
+fn record_event<M: Message>(
+    m: &M,
+    topic: &Arc<str>,
     pipeline: &Arc<str>,
     group: &str,
 ) -> (Event, oneshot::Receiver<Fate>) {
-    let topic = m.topic();
     let partition = m.partition();
     let offset = m.offset();
     let raw = Bytes::copy_from_slice(m.payload().unwrap_or_default());
-    let origin = Origin::now(
-        pipeline.clone(),
-        Arc::from(format!("{topic}[{partition}]@{offset}")),
-    );
+    // The partition and offset are source values and DLQ headers of their own.
+    let origin = Origin::now(pipeline.clone(), topic.clone());
     let (mut ev, rx) = Event::with_ack(raw, origin);
-    ev.meta.insert("kafka.topic", topic);
+    ev.meta.insert("kafka.topic", &**topic);
     ev.meta.insert("kafka.partition", partition.to_string());
     ev.meta.insert("kafka.offset", offset.to_string());
     ev.meta.insert("kafka.group", group);
@@ -319,6 +321,21 @@ fn record_event(
         }
     }
     (ev, rx)
+}
+
+/// Topic names read so far, each shared by every event of its topic instead of copied.
+#[derive(Default)]
+struct Topics(HashMap<String, Arc<str>>);
+
+impl Topics {
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(t) = self.0.get(name) {
+            return t.clone();
+        }
+        let t: Arc<str> = Arc::from(name);
+        self.0.insert(name.to_string(), t.clone());
+        t
+    }
 }
 
 /// A topic partition.
@@ -433,6 +450,7 @@ struct Runner {
     group: Arc<str>,
     records: RecordCounters,
     schemas: Option<Arc<SchemaCache>>,
+    topics: Topics,
     parts: HashMap<Tp, Partition>,
     fates: FuturesUnordered<BoxFuture<'static, Settled>>,
     /// Records handed over whose partition queue holds them.
@@ -472,8 +490,11 @@ impl Runner {
                 }
                 m = self.consumer.recv(), if self.pending < MAX_PENDING => match m {
                     Ok(m) => {
-                        let m = m.detach();
-                        self.hand_over(m).await
+                        let topic = self.topics.get(m.topic());
+                        let (ev, rx) = record_event(&m, &topic, self.pipeline.name(), &self.group);
+                        let (partition, offset) = (m.partition(), m.offset());
+                        drop(m);
+                        self.hand_over(ev, rx, (topic, partition), offset).await
                     }
                     Err(e) => {
                         tracing::warn!(pipeline = %self.pipeline.name(), error = %e, "Kafka source: fetch failed");
@@ -486,13 +507,9 @@ impl Runner {
         self.shutdown().await;
     }
 
-    /// Makes the event of a record and hands it to the pipeline; its fate joins the queue.
-    async fn hand_over(&mut self, m: rdkafka::message::OwnedMessage) {
-        let (ev, rx) = record_event(&m, self.pipeline.name(), &self.group);
-        let topic: Arc<str> = Arc::from(m.topic());
-        self.records.get(&topic).inc();
-        let (partition, offset) = (m.partition(), m.offset());
-        let tp: Tp = (topic, partition);
+    /// Hands a record's event to the pipeline; its fate joins its partition's queue.
+    async fn hand_over(&mut self, ev: Event, rx: oneshot::Receiver<Fate>, tp: Tp, offset: i64) {
+        self.records.get(&tp.0).inc();
         let Some(generation) = self.parts.entry(tp.clone()).or_default().push(offset) else {
             return; // Blocked until its seek back: it is read again then.
         };
