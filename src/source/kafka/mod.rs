@@ -59,7 +59,7 @@ pub use config::{KafkaSourceConfig, StartAt};
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Most records handed over whose fate is not known yet; past it kgate stops fetching.
-const MAX_PENDING: usize = 50_000;
+const MAX_PENDING: usize = 10_000;
 
 impl SourceKind for KafkaSourceConfig {
     fn name(&self) -> &'static str {
