@@ -1,6 +1,7 @@
 //! kgate: the ingestion gateway to Apache Kafka. The binary is a thin CLI over this library;
 //! ARCHITECTURE.md walks the road of an event through these modules.
 
+pub mod admin;
 pub mod avro;
 pub mod cmd;
 pub mod config;

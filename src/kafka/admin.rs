@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::metadata::Metadata;
 
 use super::KafkaConfig;
 
@@ -80,38 +81,7 @@ fn fetch_blocking(k: &KafkaConfig, timeout: Duration) -> Result<Fetched, Metadat
     let consumer: BaseConsumer<super::QuietContext> = super::base_client_config(k)
         .create_with_context(Default::default())
         .map_err(MetadataError::Client)?;
-    // In steps, serving the client's error events between them: a refused login or TLS
-    // handshake is reported there (the request itself only times out), and it will not heal
-    // by waiting, so it is answered at once with what to fix.
-    let deadline = Instant::now() + timeout;
-    let mut attempt = FIRST_ATTEMPT;
-    let md = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match consumer.fetch_metadata(None, attempt.min(left)) {
-            Ok(md) => break md,
-            Err(source) => {
-                // One poll serves one event (a log line too) and answers None for most:
-                // serve a batch.
-                for _ in 0..64 {
-                    let _ = consumer.poll(Duration::ZERO);
-                }
-                if let Some(diagnosis) = consumer.context().diagnosis(k) {
-                    return Err(MetadataError::Refused {
-                        brokers: k.brokers.join(","),
-                        diagnosis,
-                    });
-                }
-                if Instant::now() >= deadline {
-                    return Err(MetadataError::Unreachable {
-                        brokers: k.brokers.join(","),
-                        timeout,
-                        source,
-                    });
-                }
-                attempt = (attempt * 2).min(LONGEST_ATTEMPT);
-            }
-        }
-    };
+    let md = metadata_blocking(&consumer, k, None, timeout)?;
     let brokers = md
         .brokers()
         .iter()
@@ -138,4 +108,49 @@ async fn broker_auto_create(k: &KafkaConfig, broker: i32, timeout: Duration) -> 
     let cfg = res.into_iter().next()?.ok()?;
     let entry = cfg.get("auto.create.topics.enable")?;
     entry.value.as_deref().map(|v| v == "true")
+}
+
+/// Cluster metadata (all topics, or `topic`) through `consumer`, a client made from
+/// [`super::base_client_config`]`(k)` with a [`super::QuietContext`]: retried until `timeout`,
+/// and answered at once with what to fix when the broker refuses the client's settings.
+/// Blocking: call it from `spawn_blocking`.
+pub fn metadata_blocking(
+    consumer: &BaseConsumer<super::QuietContext>,
+    k: &KafkaConfig,
+    topic: Option<&str>,
+    timeout: Duration,
+) -> Result<Metadata, MetadataError> {
+    // In steps, serving the client's error events between them: a refused login or TLS
+    // handshake is reported there (the request itself only times out), and it will not heal
+    // by waiting, so it is answered at once with what to fix.
+    let deadline = Instant::now() + timeout;
+    let mut attempt = FIRST_ATTEMPT;
+    let md = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match consumer.fetch_metadata(topic, attempt.min(left)) {
+            Ok(md) => break md,
+            Err(source) => {
+                // One poll serves one event (a log line too) and answers None for most:
+                // serve a batch.
+                for _ in 0..64 {
+                    let _ = consumer.poll(Duration::ZERO);
+                }
+                if let Some(diagnosis) = consumer.context().diagnosis(k) {
+                    return Err(MetadataError::Refused {
+                        brokers: k.brokers.join(","),
+                        diagnosis,
+                    });
+                }
+                if Instant::now() >= deadline {
+                    return Err(MetadataError::Unreachable {
+                        brokers: k.brokers.join(","),
+                        timeout,
+                        source,
+                    });
+                }
+                attempt = (attempt * 2).min(LONGEST_ATTEMPT);
+            }
+        }
+    };
+    Ok(md)
 }

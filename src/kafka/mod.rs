@@ -6,7 +6,7 @@ mod admin;
 mod config;
 mod diagnose;
 
-pub use admin::{fetch_metadata, BrokerInfo, MetadataError};
+pub use admin::{fetch_metadata, metadata_blocking, BrokerInfo, MetadataError};
 pub use config::{
     Acks, Compression, DlqConfig, KafkaConfig, OnFull, ProducerConfig, SaslConfig, SaslMechanism,
     SecurityConfig, SecurityProtocol, TlsConfig,
