@@ -63,6 +63,12 @@ enum Command {
     /// Both are generated from the same source as the loader, so they list exactly the keys,
     /// types and defaults that `kgate run` reads.
     Config(cmd::config::ConfigArgs),
+    /// The web UI: topics, messages (Avro decoded), consumer groups and lag, schemas, the DLQ.
+    ///
+    /// Serves the config's `kafka:`, `schema_registry:` and `dlq:` with its `ui:` settings
+    /// (read-only unless `ui.write` and a user with the write role). `kgate ui hash-password`
+    /// prints the argon2 hash of a password read from stdin.
+    Ui(cmd::ui::UiArgs),
 }
 
 fn init_logging() {
@@ -90,5 +96,6 @@ async fn main() -> ExitCode {
         Command::Synth(args) => cmd::synth_main(args).await,
         Command::Config(args) => cmd::config::main(args),
         Command::Dlq(args) => cmd::dlq::main(args).await,
+        Command::Ui(args) => cmd::ui::main(args).await,
     }
 }

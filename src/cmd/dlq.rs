@@ -1400,7 +1400,7 @@ fn fenced_hint(e: &KafkaError) -> &'static str {
 /// Replays `args.topic`, stopping at the end offsets it had at the start, or when `stop` is
 /// set (after committing the batch in progress). With --dry-run, `shown` gets the records that
 /// would be sent.
-fn replay(
+pub fn replay(
     kafka: &KafkaConfig,
     args: &ReplayArgs,
     stop: &AtomicBool,

@@ -9,6 +9,7 @@ pub mod run;
 pub mod schemas;
 pub mod synth;
 pub mod tail;
+pub mod ui;
 
 use std::path::Path;
 use std::process::ExitCode;

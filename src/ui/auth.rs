@@ -1,0 +1,331 @@
+//! Who is asking: sessions from the login page (argon2 password hashes), bearer tokens for
+//! scripts, or nobody when no user is configured (loopback only, read-only). Writes need
+//! `ui.write`, an authenticated identity with the `write` role and, for a session, its CSRF
+//! token in the `X-CSRF-Token` header.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::config::{Role, UiConfig};
+use super::Ui;
+
+/// The session cookie's name.
+pub const COOKIE: &str = "kgate_session";
+/// The header that carries a session's CSRF token on every write.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+/// Sessions kept at once; the oldest goes first past it.
+const MAX_SESSIONS: usize = 10_000;
+
+/// Why a password could not be hashed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot hash the password: {0}")]
+pub struct HashError(String);
+
+/// The argon2id hash (PHC string) of `password`, with a random salt: what `ui.users[].password_hash`
+/// holds.
+pub fn hash_password(password: &str) -> Result<String, HashError> {
+    let mut salt = [0u8; 16];
+    rand::Rng::fill(&mut rand::rng(), &mut salt[..]);
+    let salt = SaltString::encode_b64(&salt).map_err(|e| HashError(e.to_string()))?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| HashError(e.to_string()))
+}
+
+/// Whether `password` matches the PHC string `hash`.
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// How a request was authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// No users configured (loopback): anyone, read-only.
+    Anonymous,
+    /// A session cookie.
+    Session,
+    /// `Authorization: Bearer`.
+    Token,
+}
+
+/// Who is asking; put into each request's extensions.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The user or token name (`anonymous` without auth).
+    pub name: String,
+    /// What they may do.
+    pub role: Role,
+    /// How they were recognised.
+    pub via: Via,
+    /// The session's CSRF token (sessions only).
+    pub csrf: Option<String>,
+}
+
+impl Identity {
+    /// Whether this identity may use the write actions under `config`.
+    pub fn can_write(&self, config: &UiConfig) -> bool {
+        config.write && self.via != Via::Anonymous && self.role == Role::Write
+    }
+}
+
+#[derive(Debug)]
+struct Session {
+    user: String,
+    role: Role,
+    csrf: String,
+    expires: Instant,
+}
+
+/// The logged-in sessions (in memory: a restart logs everyone out), and the tokens' digests.
+pub struct Auth {
+    sessions: Mutex<HashMap<String, Session>>,
+    tokens: Vec<([u8; 32], String, Role)>,
+    ttl: Duration,
+    /// A hash to check unknown user names against, so that they take as long as known ones.
+    dummy_hash: String,
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    rand::Rng::fill(&mut rand::rng(), &mut b[..]);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Auth {
+    /// From `ui:`.
+    pub fn new(config: &UiConfig) -> Auth {
+        Auth {
+            sessions: Mutex::new(HashMap::new()),
+            tokens: config
+                .tokens
+                .iter()
+                .map(|t| {
+                    (
+                        Sha256::digest(t.token.expose().as_bytes()).into(),
+                        t.name.clone(),
+                        t.role,
+                    )
+                })
+                .collect(),
+            ttl: config.session_ttl,
+            dummy_hash: hash_password("not a password anyone has").unwrap_or_default(),
+        }
+    }
+
+    /// The user and role of a bearer token, comparing every token in constant time.
+    fn token(&self, token: &str) -> Option<(String, Role)> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut found = None;
+        for (d, name, role) in &self.tokens {
+            if bool::from(d.ct_eq(&digest)) {
+                found = Some((name.clone(), *role));
+            }
+        }
+        found
+    }
+
+    /// Checks a user's password (blocking: argon2 takes a while on purpose); a new session's
+    /// id when it matches.
+    pub fn login(&self, config: &UiConfig, user: &str, password: &str) -> Option<String> {
+        let found = config.users.iter().find(|u| u.name == user);
+        let hash = found.map_or(self.dummy_hash.as_str(), |u| u.password_hash.as_str());
+        let ok = verify_password(password, hash);
+        let u = found.filter(|_| ok)?;
+        let id = random_hex(32);
+        let mut s = self.sessions.lock().expect("sessions lock");
+        let now = Instant::now();
+        s.retain(|_, v| v.expires > now);
+        if s.len() >= MAX_SESSIONS {
+            if let Some(oldest) = s
+                .iter()
+                .min_by_key(|(_, v)| v.expires)
+                .map(|(k, _)| k.clone())
+            {
+                s.remove(&oldest);
+            }
+        }
+        s.insert(
+            id.clone(),
+            Session {
+                user: u.name.clone(),
+                role: u.role,
+                csrf: random_hex(24),
+                expires: now + self.ttl,
+            },
+        );
+        Some(id)
+    }
+
+    /// Ends a session.
+    pub fn logout(&self, id: &str) {
+        self.sessions.lock().expect("sessions lock").remove(id);
+    }
+
+    fn session(&self, id: &str) -> Option<Identity> {
+        let s = self.sessions.lock().expect("sessions lock");
+        let v = s.get(id).filter(|v| v.expires > Instant::now())?;
+        Some(Identity {
+            name: v.user.clone(),
+            role: v.role,
+            via: Via::Session,
+            csrf: Some(v.csrf.clone()),
+        })
+    }
+
+    /// The session cookie's value for `id` (`Secure` under TLS).
+    pub fn cookie(&self, id: &str, secure: bool) -> String {
+        format!(
+            "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+            self.ttl.as_secs(),
+            if secure { "; Secure" } else { "" }
+        )
+    }
+}
+
+/// The session id in a request's cookies.
+pub fn session_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
+/// Who sent `headers`, when anyone known.
+pub fn identify(ui: &Ui, headers: &HeaderMap) -> Option<Identity> {
+    if !ui.config.auth_enabled() {
+        return Some(Identity {
+            name: "anonymous".into(),
+            role: Role::Read,
+            via: Via::Anonymous,
+            csrf: None,
+        });
+    }
+    if let Some(token) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    {
+        return ui.auth.token(token.trim()).map(|(name, role)| Identity {
+            name,
+            role,
+            via: Via::Token,
+            csrf: None,
+        });
+    }
+    session_id(headers).and_then(|id| ui.auth.session(&id))
+}
+
+fn json_error(status: StatusCode, msg: &str) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": msg }))).into_response()
+}
+
+/// The middleware in front of everything but the login page and the static assets: no known
+/// identity → 401 on `/api`, a redirect to `/login` for pages; a write (any method but GET and
+/// HEAD) needs [`Identity::can_write`] and, for a session, its CSRF token → else 403.
+pub async fn guard(State(ui): State<Arc<Ui>>, mut req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    let api = path.starts_with("/api/");
+    let Some(who) = identify(&ui, req.headers()) else {
+        if api {
+            return json_error(
+                StatusCode::UNAUTHORIZED,
+                "no session; log in at /login or send `Authorization: Bearer TOKEN`",
+            );
+        }
+        let next = percent_encoding::utf8_percent_encode(
+            req.uri().path_and_query().map_or("/", |p| p.as_str()),
+            percent_encoding::NON_ALPHANUMERIC,
+        );
+        return Redirect::to(&format!("/login?next={next}")).into_response();
+    };
+    let mutating = !matches!(*req.method(), Method::GET | Method::HEAD);
+    if mutating {
+        // Logging out is no write action, but it is CSRF-checked like one.
+        if path != "/logout" && !who.can_write(&ui.config) {
+            let why = if !ui.config.write {
+                "the UI is read-only; set `ui.write: true` in the config to allow write actions"
+            } else {
+                "this user may not write; give it `role: write` in `ui.users`"
+            };
+            return json_error(StatusCode::FORBIDDEN, why);
+        }
+        if let Some(want) = &who.csrf {
+            let got = req
+                .headers()
+                .get(CSRF_HEADER)
+                .map(|v| v.as_bytes())
+                .unwrap_or_default();
+            if !bool::from(got.ct_eq(want.as_bytes())) {
+                return json_error(
+                    StatusCode::FORBIDDEN,
+                    "missing or wrong X-CSRF-Token header; reload the page",
+                );
+            }
+        }
+        tracing::info!(user = %who.name, method = %req.method(), path, "UI request that changes something");
+    }
+    req.extensions_mut().insert(who);
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_hash_and_verify() {
+        let h = hash_password("correct horse").unwrap();
+        assert!(h.starts_with("$argon2id$"), "{h}");
+        assert!(verify_password("correct horse", &h));
+        assert!(!verify_password("wrong", &h));
+        assert!(!verify_password("correct horse", "not a hash"));
+    }
+
+    #[test]
+    fn sessions_tokens_and_roles() {
+        let h = hash_password("pw").unwrap();
+        let c: UiConfig = serde_yaml::from_str(&format!(
+            "write: true\nusers: [{{name: w, password_hash: '{h}', role: write}}, {{name: r, password_hash: '{h}'}}]\ntokens: [{{name: ci, token: 0123456789abcdef0123, role: write}}]"
+        ))
+        .unwrap();
+        let a = Auth::new(&c);
+        assert!(a.login(&c, "w", "nope").is_none());
+        assert!(a.login(&c, "nobody", "pw").is_none());
+        let id = a.login(&c, "w", "pw").unwrap();
+        let who = a.session(&id).unwrap();
+        assert!(who.can_write(&c) && who.csrf.is_some());
+        let r = a.login(&c, "r", "pw").unwrap();
+        assert!(!a.session(&r).unwrap().can_write(&c));
+        assert_eq!(a.token("0123456789abcdef0123").unwrap().0, "ci");
+        assert!(a.token("0123456789abcdef0124").is_none());
+        a.logout(&id);
+        assert!(a.session(&id).is_none());
+        let cookie = a.cookie("x", true);
+        assert!(
+            cookie.contains("HttpOnly")
+                && cookie.contains("SameSite=Strict")
+                && cookie.ends_with("Secure")
+        );
+    }
+}
