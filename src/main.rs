@@ -63,6 +63,12 @@ enum Command {
     /// Both are generated from the same source as the loader, so they list exactly the keys,
     /// types and defaults that `kgate run` reads.
     Config(cmd::config::ConfigArgs),
+    /// The Kafka cluster: its id, controller, brokers, topic and partition counts.
+    Cluster(cmd::admin::ClusterArgs),
+    /// Kafka topics: list, describe (partitions, watermarks, configs), create, alter, delete.
+    Topics(cmd::topics::TopicsArgs),
+    /// Consumer groups: list, describe (members, lag per partition), reset-offsets, delete.
+    Groups(cmd::groups::GroupsArgs),
     /// The web UI: topics, messages (Avro decoded), consumer groups and lag, schemas, the DLQ.
     ///
     /// Serves the config's `kafka:`, `schema_registry:` and `dlq:` with its `ui:` settings
@@ -96,6 +102,9 @@ async fn main() -> ExitCode {
         Command::Synth(args) => cmd::synth_main(args).await,
         Command::Config(args) => cmd::config::main(args),
         Command::Dlq(args) => cmd::dlq::main(args).await,
+        Command::Cluster(args) => cmd::admin::cluster_main(args).await,
+        Command::Topics(args) => cmd::topics::main(args).await,
+        Command::Groups(args) => cmd::groups::main(args).await,
         Command::Ui(args) => cmd::ui::main(args).await,
     }
 }

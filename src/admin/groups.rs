@@ -234,11 +234,14 @@ fn committed(
 }
 
 /// The group as the coordinator describes it; `None` when it is unknown (`Dead`).
+/// A group's state, protocol type, protocol and members.
+type Described = (String, String, String, Vec<GroupMember>);
+
 fn group_info(
     c: &BaseConsumer<QuietContext>,
     k: &KafkaConfig,
     group: &str,
-) -> Result<Option<(String, String, String, Vec<GroupMember>)>, AdminError> {
+) -> Result<Option<Described>, AdminError> {
     let list = c
         .fetch_group_list(Some(group), TIMEOUT)
         .map_err(|e| Ctx::new(k, "describe", "consumer group", group).kafka(e))?;
@@ -256,10 +259,7 @@ fn group_info(
         }))
 }
 
-fn total_lag(
-    offsets: &HashMap<(String, i32), i64>,
-    marks: &HashMap<(String, i32), (i64, i64)>,
-) -> i64 {
+fn total_lag(offsets: &HashMap<(String, i32), i64>, marks: &super::Watermarks) -> i64 {
     offsets
         .iter()
         .map(|(key, off)| marks.get(key).map_or(0, |(_, high)| (high - off).max(0)))

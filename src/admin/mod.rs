@@ -42,7 +42,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 pub enum AdminError {
     /// The brokers could not be reached or refused the client's settings.
     #[error(transparent)]
-    Metadata(#[from] MetadataError),
+    Metadata(Box<MetadataError>),
     /// A client could not be created (bad settings).
     #[error("cannot create a Kafka client for {brokers}: {source}")]
     Client {
@@ -91,7 +91,7 @@ pub enum AdminError {
     #[error("{0}")]
     Invalid(String),
     /// The broker refused the operation on the resource with an error code.
-    #[error("Kafka {brokers}: cannot {op} {resource}: {code}{hint}")]
+    #[error("Kafka {brokers}: cannot {op} {resource}: {}{hint}", code_name(*code))]
     Refused {
         /// The bootstrap servers.
         brokers: String,
@@ -99,8 +99,8 @@ pub enum AdminError {
         op: String,
         /// The resource, e.g. `topic ticks.v1.raw`.
         resource: String,
-        /// Kafka's error code, e.g. `TOPIC_AUTHORIZATION_FAILED`.
-        code: String,
+        /// Kafka's error code (shown as Kafka names it, e.g. `TOPIC_AUTHORIZATION_FAILED`).
+        code: RDKafkaErrorCode,
         /// `: ` and what to do, or empty.
         hint: String,
     },
@@ -114,11 +114,17 @@ pub enum AdminError {
         /// The resource.
         resource: String,
         /// What librdkafka said.
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     /// The blocking task did not complete (the runtime is shutting down).
     #[error("the Kafka request was cancelled: {0}")]
     Cancelled(#[from] tokio::task::JoinError),
+}
+
+impl From<MetadataError> for AdminError {
+    fn from(e: MetadataError) -> AdminError {
+        AdminError::Metadata(Box::new(e))
+    }
 }
 
 /// `TopicAuthorizationFailed` → `TOPIC_AUTHORIZATION_FAILED`, the name Kafka's docs use.
@@ -183,7 +189,7 @@ impl<'a> Ctx<'a> {
             brokers: self.brokers(),
             op: format!("{} {}", self.op, self.kind),
             resource: self.name.to_string(),
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -260,7 +266,7 @@ impl<'a> Ctx<'a> {
             brokers,
             op: op.to_string(),
             resource: format!("{kind} {name}"),
-            code: code_name(code),
+            code,
             hint: if hint.is_empty() {
                 hint
             } else {
@@ -320,12 +326,15 @@ pub fn is_internal(topic: &str) -> bool {
     topic.starts_with("__")
 }
 
+/// (low, high) watermarks by (topic, partition).
+pub(crate) type Watermarks = HashMap<(String, i32), (i64, i64)>;
+
 /// (low, high) watermarks of `parts`, two batched ListOffsets requests (earliest, latest)
 /// rather than two per partition; a partition either leaves out is asked alone.
 pub(crate) fn watermarks(
     c: &BaseConsumer<QuietContext>,
     parts: &[(String, i32)],
-) -> Result<HashMap<(String, i32), (i64, i64)>, KafkaError> {
+) -> Result<Watermarks, KafkaError> {
     let mut out = HashMap::with_capacity(parts.len());
     if parts.is_empty() {
         return Ok(out);

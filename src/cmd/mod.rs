@@ -2,13 +2,16 @@
 //! prints; `main.rs` calls one `main` here per subcommand. The library outside `cmd/` prints
 //! nothing.
 
+pub mod admin;
 pub mod check;
 pub mod config;
 pub mod dlq;
+pub mod groups;
 pub mod run;
 pub mod schemas;
 pub mod synth;
 pub mod tail;
+pub mod topics;
 pub mod ui;
 
 use std::path::Path;
