@@ -123,13 +123,33 @@ pub fn pipeline_series(text: &str) -> Vec<Value> {
     out
 }
 
+/// The number of consumer groups (one ListGroups request: `admin::list_groups` also computes
+/// every group's lag, which takes seconds with many groups).
+fn group_count(kafka: &crate::kafka::KafkaConfig) -> Result<usize, ApiError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let e = |e: rdkafka::error::KafkaError| {
+        ApiError(
+            StatusCode::BAD_GATEWAY,
+            format!("Kafka {}: listing groups: {e}", kafka.brokers.join(",")),
+        )
+    };
+    let c: BaseConsumer<crate::kafka::QuietContext> = crate::kafka::base_client_config(kafka)
+        .create_with_context(Default::default())
+        .map_err(e)?;
+    Ok(c.fetch_group_list(None, Duration::from_secs(10))
+        .map_err(e)?
+        .groups()
+        .len())
+}
+
 /// `GET /api/overview`: the cluster, its brokers and counts, the registry, and (inside `kgate
 /// run`) the pipelines' counters.
 pub async fn overview(State(ui): State<Arc<Ui>>) -> ApiResult {
     let cluster = admin::cluster(&ui.kafka).await?;
-    let groups = match admin::list_groups(&ui.kafka).await {
-        Ok(g) => json!(g.len()),
-        Err(e) => json!({ "error": e.to_string() }),
+    let kafka = ui.kafka.clone();
+    let groups = match blocking(move || group_count(&kafka)).await {
+        Ok(n) => json!(n),
+        Err(e) => json!({ "error": e.1 }),
     };
     let registry = match &ui.registry {
         None => Value::Null,
