@@ -118,7 +118,9 @@ await step("a consumer group's lag per partition", async () => {
 await step('schemas: a subject version pretty-printed', async () => {
   await page.goto(RW + '/schemas');
   await page.click(`button[data-s="${SUBJECT}"]`);
-  await page.waitForSelector('#schema >> text="type": "record"');
+  await page.waitForFunction(() => document.querySelector('#schema').textContent.includes('"type": "record"'));
+  const title = await page.locator('#schema-title').innerText();
+  expect(title.startsWith(`${SUBJECT} version 1`), `title: ${title}`);
   await shot(page, 'schemas');
 });
 
