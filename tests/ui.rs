@@ -650,3 +650,44 @@ fn browser_scenarios_in_headless_chromium() {
         );
     }
 }
+
+/// `kgate run` with `ui:` serves the UI beside its pipelines; the overview carries the
+/// pipelines' counters from the same registry `/metrics` renders: 500 records published.
+#[test]
+fn kgate_run_serves_the_ui_with_the_pipelines_counters() {
+    let topic = unique("ui.run");
+    let (_synth, url) = spawn_synth("trades", &["--rate", "0", "--count", "500"]);
+    let ui_port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let _gw = spawn_run(
+        dir.path(),
+        &format!(
+            "kafka: {{brokers: ['{}']}}\nmetrics: {{listen: '127.0.0.1:{}'}}\nui: {{listen: '127.0.0.1:{ui_port}'}}\npipelines:\n  - name: trades\n    source: {{websocket: {{urls: ['{url}']}}}}\n    topic: {topic}\n",
+            brokers(),
+            free_port()
+        ),
+    );
+    assert_eq!(
+        consume(&brokers(), &topic, 500, Duration::from_secs(60)).len(),
+        500
+    );
+    let base = format!("http://127.0.0.1:{ui_port}");
+    let mut o = Value::Null;
+    wait_until(
+        Duration::from_secs(30),
+        || {
+            o = call("GET", &format!("{base}/api/overview"), &[], None).1;
+            o["pipelines"].as_array().is_some_and(|s| {
+                s.iter().any(|x| {
+                    x["name"] == "kafka_messages_published_total"
+                        && x["labels"]["topic"] == topic.as_str()
+                        && x["value"] == 500.0
+                })
+            })
+        },
+        "the overview to count 500 published records",
+    );
+    let (s, page) = call("GET", &format!("{base}/"), &[], None);
+    assert_eq!(s, 200);
+    assert!(page.as_str().unwrap().contains("kgate pipelines"));
+}
