@@ -250,6 +250,53 @@ fn describing_or_deleting_a_missing_topic_names_it() {
             "{args:?}: {err}"
         );
     }
+    // The broker's refusals name the topic, Kafka's error code and the fix.
+    let (code, _, err) = kgate(&[
+        "topics",
+        "create",
+        &topic,
+        "--partitions",
+        "1",
+        "--replication-factor",
+        "99",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "cannot create topic {topic}: INVALID_REPLICATION_FACTOR: the replication factor must be at least 1 and at most the number of brokers"
+        )),
+        "{err}"
+    );
+    let (code, _, err) = kgate(&[
+        "topics",
+        "create",
+        &topic,
+        "--partitions",
+        "1",
+        "--config",
+        "no.such.key=1",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("cannot create topic {topic}: INVALID_CONFIG")),
+        "{err}"
+    );
+    // Neither made it.
+    let (code, _, _) = kgate(&["topics", "describe", &topic]);
+    assert_eq!(code, 1);
+    // A missing group is named too.
+    let group = unique("admin-missing");
+    for args in [
+        vec!["groups", "describe", group.as_str()],
+        vec!["groups", "delete", group.as_str(), "--yes"],
+    ] {
+        let (code, _, err) = kgate(&args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("consumer group {group} does not exist")),
+            "{args:?}: {err}"
+        );
+    }
     // Usage errors exit 2.
     let (code, _, err) = kgate(&["topics", "list", "--pattern", "("]);
     assert_eq!(code, 2, "{err}");
@@ -456,4 +503,135 @@ fn group_lag_reset_offsets_and_delete() {
         "{err}"
     );
     kjson(&["topics", "delete", &topic, "--yes"]);
+}
+
+/// A config file whose `kafka:` section logs in over SASL_SSL with `password`.
+fn sasl_config(dir: &std::path::Path, password: &str) -> String {
+    let brokers = std::env::var("KGATE_SASL_SSL_BROKERS")
+        .expect("KGATE_SASL_SSL_BROKERS: run through `scripts/test admin`");
+    let ca = std::path::PathBuf::from(
+        std::env::var("KGATE_TLS_DIR").expect("KGATE_TLS_DIR: run through `scripts/test admin`"),
+    )
+    .join("ca.pem");
+    let path = write_config(
+        dir,
+        &format!(
+            "kafka:\n  brokers: ['{brokers}']\n  security: {{protocol: SASL_SSL, sasl: {{mechanism: SCRAM-SHA-512, username: kgate, password: '{password}'}}, tls: {{ca: '{}'}}}}\npipelines:\n  - name: unused\n    source: {{websocket: {{urls: ['ws://127.0.0.1:1/']}}}}\n    topic: unused\n",
+            ca.display()
+        ),
+    );
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn config_file_security_is_used_and_a_refused_login_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = sasl_config(dir.path(), "kgate-secret");
+    let topic = unique("admin.sasl");
+    // Over SASL_SSL: --config FILE and --config KEY=VALUE side by side.
+    kjson(&[
+        "topics",
+        "create",
+        &topic,
+        "--partitions",
+        "2",
+        "--config",
+        &good,
+        "--config",
+        "retention.ms=3600000",
+    ]);
+    let d = kjson(&["topics", "describe", &topic, "--config", &good]);
+    assert_eq!(partitions_of(&d).len(), 2);
+    assert_eq!(config(&d, "retention.ms")["value"], "3600000");
+    let c = kjson(&["cluster", "--config", &good]);
+    let sasl_port = std::env::var("KGATE_SASL_SSL_BROKERS").unwrap();
+    let sasl_port: i64 = sasl_port.rsplit(':').next().unwrap().parse().unwrap();
+    assert!(
+        c["brokers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["port"] == sasl_port),
+        "{c}"
+    );
+    kjson(&["topics", "delete", &topic, "--yes", "--config", &good]);
+
+    // A wrong password: exit 1, one line naming the broker, the user and the fix; never the
+    // password.
+    let dir2 = tempfile::tempdir().unwrap();
+    let bad = sasl_config(dir2.path(), "not-the-password-42");
+    let (code, out, err) = kgate(&["topics", "list", "--config", &bad]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("refused the SASL SCRAM-SHA-512 login of user \"kgate\"")
+            && err.contains("kafka.security.sasl"),
+        "{err}"
+    );
+    assert!(!err.contains("not-the-password-42") && !out.contains("not-the-password-42"));
+    // A config with errors is a usage error.
+    let broken = write_config(dir2.path(), "kafka: {brokers: 7}\n");
+    let (code, _, err) = kgate(&["groups", "list", "--config", broken.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+}
+
+/// `kgate ARGS --brokers B` on a pseudo-terminal (util-linux `script`), `typed` on its stdin:
+/// (exit code, what the terminal showed).
+fn kgate_on_terminal(args: &[&str], typed: &str) -> (i32, String) {
+    let cmd = format!("{} {} --brokers {}", kgate_bin(), args.join(" "), brokers());
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env_remove("KGATE_CONFIG")
+        .env("KGATE_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect(
+            "util-linux `script` runs a command on a pseudo-terminal (apt-get install bsdutils)",
+        );
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{typed}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn delete_asks_on_a_terminal() {
+    let topic = unique("admin.ask");
+    kjson(&["topics", "create", &topic, "--partitions", "2"]);
+    produce(&topic, 2, 3, now_ms());
+    // Anything but the topic's name keeps it.
+    let (code, shown) = kgate_on_terminal(&["topics", "delete", &topic], "yes");
+    assert_eq!(code, 1, "{shown}");
+    assert!(
+        shown.contains(&format!(
+            "Delete topic {topic} and its 6 message(s) in 2 partition(s)? Type `{topic}` to confirm"
+        )),
+        "{shown}"
+    );
+    assert!(shown.contains("not confirmed"), "{shown}");
+    assert_eq!(kjson(&["topics", "describe", &topic])["messages"], 6);
+    // Its name deletes it.
+    let (code, shown) = kgate_on_terminal(&["topics", "delete", &topic], &topic);
+    assert_eq!(code, 0, "{shown}");
+    assert!(shown.contains(&format!("deleted topic {topic}")), "{shown}");
+    let pattern = format!("^{}$", regex_escape(&topic));
+    wait_until(
+        Duration::from_secs(30),
+        || {
+            kjson(&["topics", "list", "--pattern", &pattern])
+                .as_array()
+                .unwrap()
+                .is_empty()
+        },
+        "the deleted topic to leave the list",
+    );
 }

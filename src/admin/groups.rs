@@ -266,6 +266,9 @@ fn total_lag(offsets: &HashMap<(String, i32), i64>, marks: &super::Watermarks) -
         .sum()
 }
 
+/// How many groups' committed offsets `list_groups` asks for at once.
+const LAG_FETCHES: usize = 16;
+
 /// Every consumer group with its state, members and total lag (one OffsetFetch per group),
 /// by group id.
 pub async fn list_groups(k: &KafkaConfig) -> Result<Vec<GroupSummary>, AdminError> {
@@ -279,18 +282,37 @@ pub async fn list_groups(k: &KafkaConfig) -> Result<Vec<GroupSummary>, AdminErro
         let parts = all_partitions(&md, None);
         let marks = watermarks(&c, &parts)
             .map_err(|e| Ctx::new(&k, "read offsets of", "topics", "").kafka(e))?;
-        let mut out: Vec<GroupSummary> = list
-            .groups()
+        let groups = list.groups();
+        let names: Vec<String> = groups.iter().map(|g| g.name().to_string()).collect();
+        // One OffsetFetch per group, each through a client with that group.id: asked
+        // LAG_FETCHES at a time (one after another, 100 groups took 12 s).
+        let mut lags: Vec<Option<i64>> = Vec::with_capacity(groups.len());
+        for chunk in names.chunks(LAG_FETCHES) {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = chunk
+                    .iter()
+                    .map(|g| {
+                        let (k, parts, marks) = (&k, &parts, &marks);
+                        s.spawn(move || {
+                            committed(k, g, parts)
+                                .ok()
+                                .map(|offsets| total_lag(&offsets, marks))
+                        })
+                    })
+                    .collect();
+                lags.extend(handles.into_iter().map(|h| h.join().ok().flatten()));
+            });
+        }
+        let mut out: Vec<GroupSummary> = groups
             .iter()
-            .map(|g| GroupSummary {
+            .zip(lags)
+            .map(|(g, lag)| GroupSummary {
                 group: g.name().to_string(),
                 state: g.state().to_string(),
                 protocol_type: g.protocol_type().to_string(),
                 protocol: g.protocol().to_string(),
                 members: g.members().len(),
-                lag: committed(&k, g.name(), &parts)
-                    .ok()
-                    .map(|offsets| total_lag(&offsets, &marks)),
+                lag,
             })
             .collect();
         out.sort_by(|a, b| a.group.cmp(&b.group));

@@ -121,6 +121,60 @@ pub enum AdminError {
     Cancelled(#[from] tokio::task::JoinError),
 }
 
+/// What kind of failure an [`AdminError`] is, for callers that answer with a status (the web
+/// UI's API: 404, 409, 400, 403, 503, 500).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The topic or group does not exist.
+    NotFound,
+    /// It exists already, or the group is active.
+    Conflict,
+    /// The request itself is wrong (arguments, config values).
+    Invalid,
+    /// The brokers refused the client's login or its rights (ACLs).
+    Forbidden,
+    /// The brokers could not be reached or did not answer in time.
+    Unavailable,
+    /// Anything else.
+    Other,
+}
+
+impl AdminError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        use RDKafkaErrorCode as C;
+        match self {
+            AdminError::NoTopic { .. } | AdminError::NoGroup { .. } => ErrorKind::NotFound,
+            AdminError::TopicExists { .. } | AdminError::GroupActive { .. } => ErrorKind::Conflict,
+            AdminError::Invalid(_) => ErrorKind::Invalid,
+            AdminError::Metadata(m) => match **m {
+                MetadataError::Refused { .. } => ErrorKind::Forbidden,
+                MetadataError::Unreachable { .. } => ErrorKind::Unavailable,
+                _ => ErrorKind::Other,
+            },
+            AdminError::Refused { code, .. } => match code {
+                C::TopicAuthorizationFailed
+                | C::GroupAuthorizationFailed
+                | C::ClusterAuthorizationFailed => ErrorKind::Forbidden,
+                C::InvalidReplicationFactor
+                | C::InvalidPartitions
+                | C::InvalidConfig
+                | C::InvalidTopic
+                | C::PolicyViolation => ErrorKind::Invalid,
+                C::NonEmptyGroup
+                | C::UnknownMemberId
+                | C::IllegalGeneration
+                | C::RebalanceInProgress => ErrorKind::Conflict,
+                C::UnknownTopicOrPartition => ErrorKind::NotFound,
+                _ => ErrorKind::Other,
+            },
+            AdminError::Kafka { .. } => ErrorKind::Unavailable,
+            AdminError::Client { .. } | AdminError::Cancelled(_) => ErrorKind::Other,
+        }
+    }
+}
+
 impl From<MetadataError> for AdminError {
     fn from(e: MetadataError) -> AdminError {
         AdminError::Metadata(Box::new(e))
@@ -176,6 +230,13 @@ impl<'a> Ctx<'a> {
         self.k.brokers.join(",")
     }
 
+    /// `topic ticks.v1.raw`, or `topics` for a request about all of them.
+    fn resource(&self) -> String {
+        format!("{} {}", self.kind, self.name)
+            .trim_end()
+            .to_string()
+    }
+
     /// The request failed as a whole.
     pub(crate) fn kafka(&self, source: KafkaError) -> AdminError {
         if let Some(code) = source.rdkafka_error_code() {
@@ -187,8 +248,8 @@ impl<'a> Ctx<'a> {
         }
         AdminError::Kafka {
             brokers: self.brokers(),
-            op: format!("{} {}", self.op, self.kind),
-            resource: self.name.to_string(),
+            op: self.op.to_string(),
+            resource: self.resource(),
             source: Box::new(source),
         }
     }
@@ -241,7 +302,8 @@ impl<'a> Ctx<'a> {
                 "{who} may not {op} consumer group {name}; grant it with `kafka-acls.sh --add --allow-principal User:{user} --operation {acl_op} --group {name}`, or use another kafka.security user"
             ),
             C::ClusterAuthorizationFailed => format!(
-                "{who} may not {op} {kind}s on this cluster; grant it the cluster's {acl_op} ACL, or use another kafka.security user"
+                "{who} may not {op} {} (a cluster permission); grant it the cluster's {acl_op} ACL (`kafka-acls.sh --add --allow-principal User:{user} --operation {acl_op} --cluster`), or use another kafka.security user",
+                self.resource()
             ),
             C::InvalidReplicationFactor => {
                 "the replication factor must be at least 1 and at most the number of brokers (`kgate cluster` lists them)".into()
@@ -249,9 +311,9 @@ impl<'a> Ctx<'a> {
             C::InvalidPartitions => {
                 "the partition count must be at least 1, and more than the topic has when adding".into()
             }
-            C::InvalidConfig => format!(
-                "the broker refuses a --config key or value; `kgate topics describe {name}` lists the keys a topic has"
-            ),
+            C::InvalidConfig => {
+                "the broker refuses a --config key or value; `kgate topics describe TOPIC --all-configs` lists the keys a topic has".into()
+            }
             C::PolicyViolation => "the broker's topic policy (create.topic.policy.class.name / alter.config.policy.class.name) refuses it".into(),
             C::TopicDeletionDisabled => "the broker has delete.topic.enable=false".into(),
             C::NonEmptyGroup => "the group has active members; stop its consumers first".into(),
@@ -265,7 +327,7 @@ impl<'a> Ctx<'a> {
         AdminError::Refused {
             brokers,
             op: op.to_string(),
-            resource: format!("{kind} {name}"),
+            resource: self.resource(),
             code,
             hint: if hint.is_empty() {
                 hint
@@ -489,5 +551,30 @@ mod tests {
             e,
             "Kafka b1:9094: topic t exists; pick another name, or change it with `kgate topics alter t`"
         );
+    }
+
+    #[test]
+    fn errors_have_a_kind_for_status_codes() {
+        let k = KafkaConfig::default();
+        let ctx = Ctx::new(&k, "create", "topic", "t");
+        let kind = |c| ctx.code(c).kind();
+        assert_eq!(
+            kind(RDKafkaErrorCode::TopicAlreadyExists),
+            ErrorKind::Conflict
+        );
+        assert_eq!(
+            kind(RDKafkaErrorCode::UnknownTopicOrPartition),
+            ErrorKind::NotFound
+        );
+        assert_eq!(
+            kind(RDKafkaErrorCode::TopicAuthorizationFailed),
+            ErrorKind::Forbidden
+        );
+        assert_eq!(kind(RDKafkaErrorCode::InvalidConfig), ErrorKind::Invalid);
+        let all = Ctx::new(&k, "list", "topics", "");
+        assert!(all
+            .code(RDKafkaErrorCode::ClusterAuthorizationFailed)
+            .to_string()
+            .contains("cannot list topics: CLUSTER_AUTHORIZATION_FAILED"));
     }
 }

@@ -72,13 +72,19 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let n = headers.len();
     let mut width: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     let mut numeric = vec![true; n];
+    let mut any_number = vec![false; n];
     for row in rows {
         for (i, cell) in row.iter().enumerate().take(n) {
             width[i] = width[i].max(cell.chars().count());
-            if cell != "-" && cell.parse::<f64>().is_err() {
+            if cell.parse::<f64>().is_ok() {
+                any_number[i] = true;
+            } else if cell != "-" {
                 numeric[i] = false;
             }
         }
+    }
+    for (num, any) in numeric.iter_mut().zip(&any_number) {
+        *num &= *any;
     }
     let line = |cells: &mut dyn Iterator<Item = &str>| {
         let mut s = String::new();
