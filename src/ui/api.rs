@@ -32,11 +32,15 @@ impl IntoResponse for ApiError {
 
 impl From<AdminError> for ApiError {
     fn from(e: AdminError) -> ApiError {
-        let status = match &e {
-            AdminError::NoTopic { .. } | AdminError::NoGroup { .. } => StatusCode::NOT_FOUND,
-            AdminError::TopicExists { .. } | AdminError::GroupActive { .. } => StatusCode::CONFLICT,
-            AdminError::Invalid(_) => StatusCode::BAD_REQUEST,
-            _ => StatusCode::BAD_GATEWAY,
+        use admin::ErrorKind as K;
+        let status = match e.kind() {
+            K::NotFound => StatusCode::NOT_FOUND,
+            K::Conflict => StatusCode::CONFLICT,
+            K::Invalid => StatusCode::BAD_REQUEST,
+            // Kafka's ACLs refused kgate's credentials (the message names them).
+            K::Forbidden => StatusCode::FORBIDDEN,
+            K::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            K::Other => StatusCode::BAD_GATEWAY,
         };
         ApiError(status, e.to_string())
     }
