@@ -609,6 +609,23 @@ fn browser_scenarios_in_headless_chromium() {
         "no Playwright in tests/ui/node_modules: run `cd tests/ui && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci`"
     );
     let f = fixture();
+    // `kgate run` with a pipeline and the UI beside it.
+    let run_topic = unique("ui.run-browser");
+    let (_synth, url) = spawn_synth("trades", &["--rate", "0", "--count", "300"]);
+    let ui_port = free_port();
+    let run_dir = tempfile::tempdir().unwrap();
+    let _gw = spawn_run(
+        run_dir.path(),
+        &format!(
+            "kafka: {{brokers: ['{}']}}\nmetrics: {{listen: '127.0.0.1:{}'}}\nui: {{listen: '127.0.0.1:{ui_port}'}}\npipelines:\n  - name: trades\n    source: {{websocket: {{urls: ['{url}']}}}}\n    topic: {run_topic}\n    key: '${{exchange}}|${{symbol}}'\n",
+            brokers(),
+            free_port()
+        ),
+    );
+    assert_eq!(
+        consume(&brokers(), &run_topic, 300, Duration::from_secs(60)).len(),
+        300
+    );
     let shots: PathBuf = repo().join("target/ui-screenshots");
     let out = Command::new("node")
         .arg("ui.spec.mjs")
@@ -627,6 +644,8 @@ fn browser_scenarios_in_headless_chromium() {
         .env("UI_NEW_TOPIC", unique("ui.created"))
         .env("UI_SUBJECT", &f.subject)
         .env("UI_SCREENSHOTS", &shots)
+        .env("UI_RUN", format!("http://127.0.0.1:{ui_port}"))
+        .env("UI_RUN_PUBLISHED", "300")
         .output()
         .expect("node (install Node.js 18 or later)");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -637,7 +656,7 @@ fn browser_scenarios_in_headless_chromium() {
         "browser scenarios failed:\n{stdout}\n{stderr}"
     );
     let passed = stdout.lines().filter(|l| l.starts_with("ok - ")).count();
-    assert_eq!(passed, 8, "{stdout}");
+    assert_eq!(passed, 10, "{stdout}");
     // The replayed record arrived in its source topic.
     let got = consume(&brokers(), &f.target, 1, Duration::from_secs(30));
     assert_eq!(got.len(), 1);

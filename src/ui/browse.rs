@@ -56,6 +56,9 @@ pub struct Page {
     pub scanned: u64,
     /// The position after this page, `partition:offset,…`; none at the end of every partition.
     pub next: Option<String>,
+    /// Where every partition read stands after this page (also at its end), `partition:offset,…`:
+    /// the cursor of a live tail's next poll.
+    pub position: String,
     /// Each partition read: (low watermark, high watermark).
     pub watermarks: BTreeMap<i32, (i64, i64)>,
     /// The deadline or the scan cap ended the page before it was full.
@@ -222,8 +225,10 @@ pub fn read_page(
             ranges.insert(p, (start, high));
         }
     }
+    let starts: BTreeMap<i32, i64> = ranges.iter().map(|(&p, &(s, _))| (p, s)).collect();
     ranges.retain(|_, (s, e)| s < e);
     let mut page = Page {
+        position: String::new(),
         topic: topic.to_string(),
         records: Vec::new(),
         scanned: 0,
@@ -298,14 +303,18 @@ pub fn read_page(
     let more = at
         .iter()
         .any(|(p, o)| page.watermarks.get(p).is_some_and(|&(_, h)| *o < h));
+    let cursor = |m: &BTreeMap<i32, i64>| {
+        m.iter()
+            .map(|(p, o)| format!("{p}:{o}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     if more && !from_end {
-        page.next = Some(
-            at.iter()
-                .map(|(p, o)| format!("{p}:{o}"))
-                .collect::<Vec<_>>()
-                .join(","),
-        );
+        page.next = Some(cursor(&at));
     }
+    let mut position = starts;
+    position.extend(at);
+    page.position = cursor(&position);
     Ok(page)
 }
 

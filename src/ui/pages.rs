@@ -129,7 +129,7 @@ fn layout(ui: &Ui, who: &Identity, page: &str, arg: &str, title: &str, body: &st
 pub async fn overview(State(ui): State<Arc<Ui>>, Extension(who): Extension<Identity>) -> Response {
     let body = r#"<section class="cards" id="cluster"><p class="muted">Loading the cluster…</p></section>
 <h2>Brokers</h2><div id="brokers"></div>
-<h2>kgate pipelines</h2><div id="pipelines"><p class="muted">…</p></div>"#;
+<h2>kgate pipelines</h2><section class="cards" id="totals"></section><div id="pipelines"><p class="muted">…</p></div>"#;
     layout(&ui, &who, "overview", "", "Overview", body)
 }
 
@@ -171,7 +171,8 @@ pub async fn topic(
 <input name="key" placeholder="key contains">
 <input name="value" placeholder="value contains">
 <input name="header" placeholder="header or name=value">
-<button type="submit">Read</button></form>
+<button type="submit">Read</button>
+<label><input name="tail" type="checkbox"> live tail</label></form>
 <div id="messages"></div>
 <div class="bar"><button id="next" hidden>Next page →</button><span id="page-info" class="muted"></span></div>
 <h2>Partitions</h2><div id="partitions"></div>

@@ -115,6 +115,33 @@ await step("a consumer group's lag per partition", async () => {
   await shot(page, 'group');
 });
 
+await step('live tail shows a record produced while it runs', async () => {
+  await page.goto(RW + `/topics/${encodeURIComponent(TOPIC)}`);
+  await page.waitForSelector('#messages table');
+  await page.check('#browse [name=tail]');
+  await page.waitForSelector('#page-info >> text=live:');
+  const st = await pageFetch(page, 'POST', `/api/topics/${encodeURIComponent(TOPIC)}/messages`,
+    { key: 'tail-1', value: { device: 'tail-1', temp: 1.5, seq: 99 }, format: 'avro', subject: SUBJECT });
+  expect(st === 200, `produce answered ${st}`);
+  await page.waitForSelector('#messages .key >> text=tail-1');
+  const first = await page.locator('#messages tbody tr').first().innerText();
+  expect(first.includes('tail-1') && first.includes('avro'), `newest row: ${first}`);
+  await page.uncheck('#browse [name=tail]');
+});
+
+if (env.UI_RUN) {
+  await step('inside kgate run the overview counts the pipeline\'s records', async () => {
+    const ctx = await browser.newContext(wide);
+    const p = await ctx.newPage();
+    await p.goto(env.UI_RUN + '/');
+    await p.waitForSelector(`#totals .card >> text=${env.UI_RUN_PUBLISHED}`);
+    const totals = await p.locator('#totals').innerText();
+    expect(totals.includes('published to Kafka'), totals);
+    await shot(p, 'overview-run');
+    await ctx.close();
+  });
+}
+
 await step('schemas: a subject version pretty-printed', async () => {
   await page.goto(RW + '/schemas');
   await page.click(`button[data-s="${SUBJECT}"]`);

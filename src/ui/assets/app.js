@@ -58,14 +58,27 @@ async function overview() {
       }
       const now = Date.now();
       const rows = o.pipelines.filter((s) => s.name.startsWith('kgate_') || s.name.startsWith('kafka_'));
+      const sums = {};
       for (const s of rows) {
         const k = s.name + JSON.stringify(s.labels);
         const prev = last[k];
-        s.rate = prev && s.name.endsWith('_total') ? (s.value - prev.v) / ((now - prev.t) / 1000) : null;
+        s.rate = prev && s.name.endsWith('_total') && now > prev.t ? (s.value - prev.v) / ((now - prev.t) / 1000) : null;
         last[k] = { v: s.value, t: now };
+        const sum = sums[s.name] || (sums[s.name] = { v: 0, r: null });
+        sum.v += s.value;
+        if (s.rate !== null) sum.r = (sum.r || 0) + s.rate;
       }
-      show('pipelines', table([['series', (s) => esc(s.name)], ['labels', (s) => esc(Object.entries(s.labels).map(([k, v]) => `${k}=${v}`).join(' '))],
-        ['value', (s) => num(s.value), 'num'], ['per second', (s) => (s.rate === null ? '' : s.rate.toFixed(1)), 'num']], rows));
+      const total = (name, label) => {
+        const s = sums[name] || { v: 0, r: null };
+        return card(num(s.v) + (s.r === null ? '' : ` <small class="muted">${s.r.toFixed(1)}/s</small>`), label);
+      };
+      const received = Object.keys(sums).filter((n) => n.endsWith('messages_received_total') || n === 'kafka_consumer_records_total' || n === 'kgate_device_frames_total');
+      const inSum = received.reduce((a, n) => a + sums[n].v, 0);
+      show('totals', card(num(inSum), 'received by sources') + total('kafka_messages_published_total', 'published to Kafka') +
+        total('kafka_dlq_published_total', 'dead-lettered') + total('kgate_events_rejected_total', 'rejected') +
+        total('kafka_delivery_errors_total', 'delivery errors') + total('kgate_producer_inflight_records', 'in flight'));
+      show('pipelines', '<details><summary>Every series (' + rows.length + ')</summary>' + table([['series', (s) => esc(s.name)], ['labels', (s) => esc(Object.entries(s.labels).map(([k, v]) => `${k}=${v}`).join(' '))],
+        ['value', (s) => num(s.value), 'num'], ['per second', (s) => (s.rate === null ? '' : s.rate.toFixed(1)), 'num']], rows) + '</details>');
     } catch (e) { fail('cluster', e); }
   }
   await load();
@@ -101,6 +114,11 @@ async function topics() {
 }
 
 // ------------------------------------------------------------------------------------- topic
+const messageTable = (records) => table([
+  ['partition', (r) => r.partition, 'num'], ['offset', (r) => r.offset, 'num'], ['time', (r) => esc(time(r.timestamp))],
+  ['key', (r) => `<span class="key">${esc(r.key ?? '')}</span>`],
+  ['headers', (r) => `<pre>${esc(Object.entries(r.headers).map(([k, v]) => `${k}: ${v}`).join('\n'))}</pre>`],
+  ['value', (r) => `<span class="badge ${esc(r.value_as)}">${esc(r.value_as)}</span><pre>${esc(fmtValue(r.value, r.value_as))}</pre>`]], records);
 async function topic() {
   const base = `/api/topics/${enc(arg)}`;
   try {
@@ -132,15 +150,35 @@ async function topic() {
       next = pg.next;
       $('#next').hidden = !next;
       $('#page-info').textContent = `${pg.records.length} shown, ${num(pg.scanned)} read${pg.truncated ? ' (stopped at the time limit: narrow the filter or go on with the next page)' : ''}`;
-      show('messages', table([
-        ['partition', (r) => r.partition, 'num'], ['offset', (r) => r.offset, 'num'], ['time', (r) => esc(time(r.timestamp))],
-        ['key', (r) => `<span class="key">${esc(r.key ?? '')}</span>`],
-        ['headers', (r) => `<pre>${esc(Object.entries(r.headers).map(([k, v]) => `${k}: ${v}`).join('\n'))}</pre>`],
-        ['value', (r) => `<span class="badge ${esc(r.value_as)}">${esc(r.value_as)}</span><pre>${esc(fmtValue(r.value, r.value_as))}</pre>`]], pg.records));
-    } catch (e) { fail('messages', e); }
+      show('messages', messageTable(pg.records));
+      return pg;
+    } catch (e) { fail('messages', e); return null; }
   }
   f.addEventListener('submit', (ev) => { ev.preventDefault(); read(null); });
   $('#next').addEventListener('click', () => read(next));
+  // Live tail: from the end, then every 2 s whatever arrived since (newest first, 500 kept).
+  let tailTimer = null;
+  f.tail.addEventListener('change', async () => {
+    clearInterval(tailTimer);
+    if (!f.tail.checked) return;
+    f.from.value = 'end'; fromChanged();
+    let pg = await read(null);
+    let seen = pg ? pg.records.slice().reverse() : [];
+    let position = pg ? pg.position : '';
+    tailTimer = setInterval(async () => {
+      if (!f.tail.checked) { clearInterval(tailTimer); return; }
+      const q = new URLSearchParams({ limit: '500', cursor: position });
+      if (f.partition.value !== '') q.set('partition', f.partition.value);
+      for (const k of ['key', 'value', 'header']) if (f[k].value) q.set(k, f[k].value);
+      try {
+        const p = await get(`${base}/messages?${q}`);
+        position = p.position;
+        seen = p.records.slice().reverse().concat(seen).slice(0, 500);
+        $('#page-info').textContent = `live: ${seen.length} shown, newest first`;
+        show('messages', messageTable(seen));
+      } catch (e) { fail('messages', e); }
+    }, 2000);
+  });
   read(null);
 
   $('#produce')?.addEventListener('submit', async (ev) => {
