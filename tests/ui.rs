@@ -710,3 +710,94 @@ fn kgate_run_serves_the_ui_with_the_pipelines_counters() {
     assert_eq!(s, 200);
     assert!(page.as_str().unwrap().contains("kgate pipelines"));
 }
+
+/// Write mode: a topic's retention edited (the change answered and read back), a group's
+/// offsets reset (a dry run commits nothing, then to the latest: lag 0); the compatibility
+/// check of a pasted schema, which changes nothing and so is allowed in read-only mode.
+#[test]
+fn api_edits_retention_resets_offsets_and_checks_compatibility() {
+    let f = fixture();
+    let w = bearer(TOKEN);
+    let h = [("authorization", w.as_str())];
+    let (s, b) = call(
+        "POST",
+        &format!("{}/api/topics/{}/configs", f.rw, f.topic),
+        &h,
+        Some(&json!({ "retention": "3d" })),
+    );
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["changes"][0]["name"], "retention.ms", "{b}");
+    assert_eq!(b["changes"][0]["new"], "259200000", "{b}");
+    let (_, d) = call("GET", &format!("{}/api/topics/{}", f.rw, f.topic), &h, None);
+    let r = d["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "retention.ms")
+        .unwrap()
+        .clone();
+    assert_eq!(r["value"], "259200000", "{r}");
+    assert_eq!(r["default"], false, "{r}");
+    let (s, _) = call(
+        "POST",
+        &format!("{}/api/topics/{}/configs", f.ro, f.topic),
+        &h,
+        Some(&json!({ "retention": "1d" })),
+    );
+    assert_eq!(s, 403, "read-only mode");
+
+    let reset = |body: Value| {
+        let (s, b) = call(
+            "POST",
+            &format!("{}/api/groups/{}/reset", f.rw, f.group),
+            &h,
+            Some(&body),
+        );
+        assert_eq!(s, 200, "{b}");
+        b
+    };
+    let lag = || {
+        call("GET", &format!("{}/api/groups/{}", f.rw, f.group), &h, None).1["total_lag"].clone()
+    };
+    let dry = reset(json!({ "topic": f.topic, "to": "earliest" }));
+    assert_eq!(dry["executed"], false);
+    let changes = dry["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 2, "{dry}");
+    assert!(changes.iter().all(|c| c["new"] == 0), "{dry}");
+    assert_eq!(lag(), 2, "a dry run commits nothing");
+    let done = reset(json!({ "topic": f.topic, "to": "latest", "execute": true }));
+    assert_eq!(done["executed"], true);
+    assert_eq!(lag(), 0);
+    let (s, b) = call(
+        "POST",
+        &format!("{}/api/groups/{}/reset", f.rw, f.group),
+        &h,
+        Some(&json!({ "topic": f.topic, "to": "sideways" })),
+    );
+    assert_eq!(s, 400, "{b}");
+
+    let compatible = SCHEMA.replace(
+        r#"{"name": "seq", "type": "long"}"#,
+        r#"{"name": "seq", "type": "long"}, {"name": "site", "type": "string", "default": "-"}"#,
+    );
+    assert_ne!(compatible, SCHEMA);
+    let incompatible = SCHEMA.replace(
+        r#"{"name": "temp", "type": "double"}"#,
+        r#"{"name": "temp", "type": "string"}"#,
+    );
+    let r = bearer(READ_TOKEN);
+    let check = |schema: &str| {
+        let (s, b) = call(
+            "POST",
+            &format!("{}/api/schemas/{}/compatibility", f.ro, f.subject),
+            &[("authorization", &r)],
+            Some(&json!({ "schema": schema })),
+        );
+        assert_eq!(s, 200, "{b}");
+        b
+    };
+    assert_eq!(check(&compatible)["compatible"], true);
+    let no = check(&incompatible);
+    assert_eq!(no["compatible"], false, "{no}");
+    assert!(!no["reasons"].as_array().unwrap().is_empty(), "{no}");
+}

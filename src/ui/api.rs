@@ -379,6 +379,128 @@ pub async fn delete_topic(State(ui): State<Arc<Ui>>, Path(topic): Path<String>) 
     Ok(Json(json!({ "deleted": topic })))
 }
 
+/// `POST /api/topics/{topic}/configs` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigEdit {
+    /// `retention.ms` as a duration (`7d`), or `-1`/`forever`.
+    #[serde(default)]
+    pub retention: Option<String>,
+    /// Other topic configs to set.
+    #[serde(default)]
+    pub configs: BTreeMap<String, String>,
+}
+
+/// `retention` as `retention.ms`.
+fn retention_ms(r: &str) -> Result<String, ApiError> {
+    let r = r.trim();
+    if r == "-1" || r == "forever" {
+        return Ok("-1".into());
+    }
+    Ok(humantime::parse_duration(r)
+        .map_err(|e| bad(format!("retention `{r}`: {e}; write e.g. 7d or 12h")))?
+        .as_millis()
+        .to_string())
+}
+
+/// `POST /api/topics/{topic}/configs` (write mode): sets configs (the others set on the topic
+/// are kept) and answers what changed.
+pub async fn alter_topic(
+    State(ui): State<Arc<Ui>>,
+    Path(topic): Path<String>,
+    Json(c): Json<ConfigEdit>,
+) -> ApiResult {
+    let mut configs: Vec<(String, String)> = c.configs.into_iter().collect();
+    if let Some(r) = c.retention.as_deref().filter(|r| !r.trim().is_empty()) {
+        configs.push(("retention.ms".into(), retention_ms(r)?));
+    }
+    if configs.is_empty() {
+        return Err(bad("nothing to change: give `retention` or `configs`"));
+    }
+    let changes = admin::alter_topic_configs(&ui.kafka, &topic, &configs).await?;
+    Ok(Json(json!({ "topic": topic, "changes": changes })))
+}
+
+/// `POST /api/groups/{group}/reset` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResetRequest {
+    /// The topic whose partitions move.
+    pub topic: String,
+    /// `earliest`, `latest`, `offset` (to `value`), `shift` (by `value`, negative = back) or
+    /// `datetime` (`value` in RFC 3339).
+    pub to: String,
+    /// The offset, shift or time.
+    #[serde(default)]
+    pub value: Option<String>,
+    /// Commit the new offsets; false (the default) answers what would change.
+    #[serde(default)]
+    pub execute: bool,
+}
+
+/// `POST /api/groups/{group}/reset` (write mode): `kgate groups reset-offsets`; refused while
+/// the group has members.
+pub async fn reset_group(
+    State(ui): State<Arc<Ui>>,
+    Path(group): Path<String>,
+    Json(r): Json<ResetRequest>,
+) -> ApiResult {
+    let value = r.value.as_deref().map(str::trim).unwrap_or("");
+    let int = |what: &str| {
+        value
+            .parse::<i64>()
+            .map_err(|_| bad(format!("to {what}: `{value}` is not a whole number")))
+    };
+    let to = match r.to.as_str() {
+        "earliest" => admin::ResetTo::Earliest,
+        "latest" => admin::ResetTo::Latest,
+        "offset" => admin::ResetTo::Offset(int("offset")?),
+        "shift" => admin::ResetTo::ShiftBy(int("shift")?),
+        "datetime" => {
+            admin::ResetTo::Datetime(humantime::parse_rfc3339_weak(value).map_err(|e| {
+                bad(format!(
+                    "to datetime: `{value}`: {e}; write e.g. 2026-12-07T06:00:00Z"
+                ))
+            })?)
+        }
+        t => {
+            return Err(bad(format!(
+                "to `{t}`: use earliest, latest, offset, shift or datetime"
+            )))
+        }
+    };
+    let changes = admin::reset_offsets(&ui.kafka, &group, &r.topic, to, r.execute).await?;
+    Ok(Json(
+        json!({ "group": group, "executed": r.execute, "changes": changes }),
+    ))
+}
+
+/// `POST /api/schemas/{subject}/compatibility` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompatibilityRequest {
+    /// The schema text to check.
+    pub schema: String,
+}
+
+/// `POST /api/schemas/{subject}/compatibility`: whether `schema` may be the subject's next
+/// version, and why not. Changes nothing (allowed in read-only mode; CSRF-checked).
+pub async fn compatibility(
+    State(ui): State<Arc<Ui>>,
+    Path(subject): Path<String>,
+    Json(c): Json<CompatibilityRequest>,
+) -> ApiResult {
+    let cache = ui.registry.as_ref().ok_or_else(no_registry)?;
+    let (ok, reasons) = cache
+        .client()
+        .check_compatibility(&subject, &c.schema)
+        .await
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    Ok(Json(
+        json!({ "subject": subject, "compatible": ok, "reasons": reasons }),
+    ))
+}
+
 /// `POST /api/topics/{topic}/messages` body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -261,8 +261,10 @@ pub async fn guard(State(ui): State<Arc<Ui>>, mut req: Request, next: Next) -> R
     };
     let mutating = !matches!(*req.method(), Method::GET | Method::HEAD);
     if mutating {
-        // Logging out is no write action, but it is CSRF-checked like one.
-        if path != "/logout" && !who.can_write(&ui.config) {
+        // Logging out and checking a schema's compatibility change nothing, but they are
+        // CSRF-checked like writes.
+        let changes = path != "/logout" && !path.ends_with("/compatibility");
+        if changes && !who.can_write(&ui.config) {
             let why = if !ui.config.write {
                 "the UI is read-only; set `ui.write: true` in the config to allow write actions"
             } else {

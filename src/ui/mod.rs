@@ -103,7 +103,13 @@ pub fn router(ui: Arc<Ui>) -> Router {
             get(api::messages).post(api::produce),
         )
         .route("/api/groups", get(api::groups))
+        .route("/api/topics/{topic}/configs", post(api::alter_topic))
         .route("/api/groups/{group}", get(api::group))
+        .route("/api/groups/{group}/reset", post(api::reset_group))
+        .route(
+            "/api/schemas/{subject}/compatibility",
+            post(api::compatibility),
+        )
         .route("/api/schemas", get(api::schemas))
         .route(
             "/api/schemas/{subject}/versions/{version}",

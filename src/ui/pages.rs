@@ -187,6 +187,9 @@ pub async fn topic(
 <label class="wide">Value <textarea name="value" rows="4" required>{}</textarea></label>
 <label class="wide">Headers <input name="headers" placeholder="name=value, name2=value2"></label>
 <button type="submit">Send</button> <span class="status"></span></form></details>
+<details class="write-form"><summary>Edit retention</summary>
+<form id="edit-retention"><label>Retention <input name="retention" placeholder="7d, 12h or forever" required></label>
+<button type="submit">Set</button> <span class="status"></span></form></details>
 <details class="write-form danger"><summary>Delete this topic</summary>
 <form id="delete-topic"><label>Type the topic's name to confirm <input name="confirm" required></label>
 <button type="submit" class="danger">Delete</button> <span class="status"></span></form></details>"#);
@@ -207,17 +210,30 @@ pub async fn group(
     Extension(who): Extension<Identity>,
     Path(group): Path<String>,
 ) -> Response {
-    let body = r#"<section class="cards" id="summary"><p class="muted">Loading…</p></section>
+    let mut body = String::from(
+        r#"<section class="cards" id="summary"><p class="muted">Loading…</p></section>
 <h2>Total lag over time <span class="muted">(sampled every 5 s while this page is open)</span></h2><div id="chart"></div>
 <h2>Lag per partition</h2><div id="partitions"></div>
-<h2>Members</h2><div id="members"></div>"#;
-    layout(&ui, &who, "group", &group, &group, body)
+<h2>Members</h2><div id="members"></div>"#,
+    );
+    if who.can_write(&ui.config) {
+        body.push_str(r#"<h2>Write</h2>
+<details class="write-form"><summary>Reset offsets</summary>
+<form id="reset"><label>Topic <select name="topic" required></select></label>
+<label>To <select name="to"><option>earliest</option><option>latest</option><option>offset</option><option>shift</option><option>datetime</option></select></label>
+<label>Value <input name="value" placeholder="offset, ±shift or 2026-12-07T06:00:00Z"></label>
+<label><span><input name="execute" type="checkbox"> execute (else a dry run)</span></label>
+<button type="submit">Reset</button> <span class="status"></span></form><div id="reset-result"></div></details>"#);
+    }
+    layout(&ui, &who, "group", &group, &group, &body)
 }
 
 /// `/schemas`.
 pub async fn schemas(State(ui): State<Arc<Ui>>, Extension(who): Extension<Identity>) -> Response {
     let body = r#"<div class="split"><div id="subjects"><p class="muted">Loading…</p></div>
-<div><h2 id="schema-title">Pick a version</h2><pre id="schema" class="code"></pre></div></div>"#;
+<div><h2 id="schema-title">Pick a version</h2><pre id="schema" class="code"></pre>
+<h2>Compatibility check</h2><form id="compat"><p class="muted">Paste a schema to check it against the picked subject's compatibility level (nothing is registered).</p>
+<textarea name="schema" rows="8" style="width:100%"></textarea><div class="bar"><button type="submit">Check</button><span id="compat-result"></span></div></form></div></div>"#;
     layout(&ui, &who, "schemas", "", "Schemas", body)
 }
 

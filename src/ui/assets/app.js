@@ -193,6 +193,14 @@ async function topic() {
       formStatus(p, `sent: partition ${r.partition}, offset ${r.offset}`, true);
     } catch (e) { formStatus(p, e.message, false); }
   });
+  $('#edit-retention')?.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const r = ev.target;
+    try {
+      const a = await api('POST', `${base}/configs`, { retention: r.retention.value });
+      formStatus(r, a.changes.length ? a.changes.map((c) => `${c.name}: ${c.old ?? 'default'} → ${c.new}`).join('; ') : 'no change', true);
+    } catch (e) { formStatus(r, e.message, false); }
+  });
   $('#delete-topic')?.addEventListener('submit', async (ev) => {
     ev.preventDefault();
     const d = ev.target;
@@ -225,6 +233,7 @@ function chart(points) {
 
 async function group() {
   const samples = [];
+  let topicsListed = false;
   async function load() {
     try {
       const g = await get(`/api/groups/${enc(arg)}`);
@@ -234,16 +243,42 @@ async function group() {
       show('chart', chart(samples));
       show('partitions', table([['topic', (p) => `<a href="/topics/${enc(p.topic)}">${esc(p.topic)}</a>`], ['partition', (p) => p.partition, 'num'],
         ['committed', (p) => num(p.committed), 'num'], ['end', (p) => num(p.end), 'num'], ['lag', (p) => num(p.lag), 'num'], ['member', (p) => esc(p.member || '')]], g.partitions));
+      const sel = $('#reset [name=topic]');
+      if (sel && !topicsListed) {
+        topicsListed = true;
+        for (const t of [...new Set(g.partitions.map((p) => p.topic))]) sel.insertAdjacentHTML('beforeend', `<option>${esc(t)}</option>`);
+      }
       show('members', table([['member', (m) => esc(m.id)], ['client', (m) => esc(m.client_id)], ['host', (m) => esc(m.host)],
         ['assignment', (m) => esc(m.assignment.map((a) => `${a.topic}[${a.partitions.join(',')}]`).join(' '))]], g.members));
     } catch (e) { fail('summary', e); }
   }
+  $('#reset')?.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const r = ev.target;
+    try {
+      const a = await api('POST', `/api/groups/${enc(arg)}/reset`, { topic: r.topic.value, to: r.to.value, value: r.value.value || null, execute: r.execute.checked });
+      formStatus(r, a.executed ? 'offsets committed' : 'dry run: nothing committed', true);
+      show('reset-result', table([['partition', (c) => c.partition, 'num'], ['current', (c) => num(c.current), 'num'], ['new', (c) => num(c.new), 'num'], ['lag after', (c) => num(c.lag_after), 'num']], a.changes));
+      if (a.executed) load();
+    } catch (e) { formStatus(r, e.message, false); }
+  });
   await load();
   setInterval(load, 5000);
 }
 
 // ----------------------------------------------------------------------------------- schemas
 async function schemas() {
+  let picked = null;
+  $('#compat').addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const out = $('#compat-result');
+    if (!picked) { out.className = 'error'; out.textContent = 'pick a subject version first'; return; }
+    try {
+      const c = await api('POST', `/api/schemas/${enc(picked)}/compatibility`, { schema: ev.target.schema.value });
+      out.className = c.compatible ? 'ok' : 'error';
+      out.textContent = c.compatible ? `compatible with ${picked}` : `not compatible with ${picked}: ${c.reasons.join('; ')}`;
+    } catch (e) { out.className = 'error'; out.textContent = e.message; }
+  });
   try {
     const s = await get('/api/schemas');
     show('subjects', `<p class="muted">${s.subjects.length} subjects at ${esc(s.registry)}</p>` + s.subjects.map((x) =>
@@ -256,6 +291,7 @@ async function schemas() {
         const v = await get(`/api/schemas/${enc(b.dataset.s)}/versions/${b.dataset.v}`);
         $('#schema-title').textContent = `${v.subject} version ${v.version} (id ${v.id}, ${v.schema_type})`;
         $('#schema').textContent = typeof v.schema === 'string' ? v.schema : JSON.stringify(v.schema, null, 2);
+        picked = v.subject;
       } catch (e) { $('#schema').textContent = e.message; }
     });
   } catch (e) { fail('subjects', e); }
