@@ -25,6 +25,10 @@ pub const COOKIE: &str = "kgate_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// Sessions kept at once; the oldest goes first past it.
 const MAX_SESSIONS: usize = 10_000;
+/// Failed logins of one user name after which its logins are refused for [`LOCKOUT`].
+const MAX_FAILURES: u32 = 10;
+/// How long a user name stays locked after [`MAX_FAILURES`] failed logins.
+const LOCKOUT: Duration = Duration::from_secs(60);
 
 /// Why a password could not be hashed.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +100,8 @@ struct Session {
 /// The logged-in sessions (in memory: a restart logs everyone out), and the tokens' digests.
 pub struct Auth {
     sessions: Mutex<HashMap<String, Session>>,
+    /// Failed logins by user name: how many in a row, and the last one's time.
+    failures: Mutex<HashMap<String, (u32, Instant)>>,
     tokens: Vec<([u8; 32], String, Role)>,
     ttl: Duration,
     /// A hash to check unknown user names against, so that they take as long as known ones.
@@ -113,6 +119,7 @@ impl Auth {
     pub fn new(config: &UiConfig) -> Auth {
         Auth {
             sessions: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
             tokens: config
                 .tokens
                 .iter()
@@ -143,10 +150,28 @@ impl Auth {
 
     /// Checks a user's password (blocking: argon2 takes a while on purpose); a new session's
     /// id when it matches.
+    /// After [`MAX_FAILURES`] failures in a row a user name is refused for [`LOCKOUT`]
+    /// without checking its password.
     pub fn login(&self, config: &UiConfig, user: &str, password: &str) -> Option<String> {
+        {
+            let mut f = self.failures.lock().expect("failures lock");
+            f.retain(|_, (_, at)| at.elapsed() < LOCKOUT);
+            if f.get(user).is_some_and(|(n, _)| *n >= MAX_FAILURES) {
+                return None;
+            }
+        }
         let found = config.users.iter().find(|u| u.name == user);
         let hash = found.map_or(self.dummy_hash.as_str(), |u| u.password_hash.as_str());
         let ok = verify_password(password, hash);
+        {
+            let mut f = self.failures.lock().expect("failures lock");
+            if ok && found.is_some() {
+                f.remove(user);
+            } else if f.len() < MAX_SESSIONS {
+                let e = f.entry(user.to_string()).or_insert((0, Instant::now()));
+                *e = (e.0 + 1, Instant::now());
+            }
+        }
         let u = found.filter(|_| ok)?;
         let id = random_hex(32);
         let mut s = self.sessions.lock().expect("sessions lock");
@@ -323,6 +348,12 @@ mod tests {
         assert!(a.token("0123456789abcdef0124").is_none());
         a.logout(&id);
         assert!(a.session(&id).is_none());
+        // Ten failures in a row lock the name, even for the right password.
+        for _ in 0..MAX_FAILURES {
+            assert!(a.login(&c, "r", "guess").is_none());
+        }
+        assert!(a.login(&c, "r", "pw").is_none(), "locked");
+        assert!(a.login(&c, "w", "pw").is_some(), "other names are not");
         let cookie = a.cookie("x", true);
         assert!(
             cookie.contains("HttpOnly")

@@ -142,12 +142,16 @@ if (env.UI_RUN) {
   });
 }
 
-await step('schemas: a subject version pretty-printed', async () => {
+await step('schemas: a subject version pretty-printed, a pasted schema checked', async () => {
   await page.goto(RW + '/schemas');
   await page.click(`button[data-s="${SUBJECT}"]`);
   await page.waitForFunction(() => document.querySelector('#schema').textContent.includes('"type": "record"'));
   const title = await page.locator('#schema-title').innerText();
   expect(title.startsWith(`${SUBJECT} version 1`), `title: ${title}`);
+  // The compatibility check of a pasted schema: the version itself is compatible.
+  await page.fill('#compat [name=schema]', await page.locator('#schema').innerText());
+  await page.click('#compat button[type=submit]');
+  await page.waitForSelector(`#compat-result.ok >> text=compatible with ${SUBJECT}`);
   await shot(page, 'schemas');
 });
 
