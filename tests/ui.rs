@@ -573,6 +573,8 @@ fn api_replays_the_dlq_in_the_background() {
             "the replay to finish",
         );
         assert_eq!(j["state"], "done", "{j}");
+        // The progress of the last batch: the one record read.
+        assert_eq!(j["progress"]["read"], 1, "{j}");
         j["result"]["replay"].clone()
     };
     let dry = run(json!({ "topic": f.dlq, "dry_run": true }));

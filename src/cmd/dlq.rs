@@ -1407,6 +1407,19 @@ pub fn replay(
     metrics: Option<Arc<Metrics>>,
     shown: &mut Vec<(DlqRecord, String)>,
 ) -> anyhow::Result<ReplayCounts> {
+    replay_with_progress(kafka, args, stop, metrics, shown, &|_, _| {})
+}
+
+/// [`replay`], calling `on_batch(records to read, counts so far)` after every batch (the web
+/// UI's progress of a replay job).
+pub fn replay_with_progress(
+    kafka: &KafkaConfig,
+    args: &ReplayArgs,
+    stop: &AtomicBool,
+    metrics: Option<Arc<Metrics>>,
+    shown: &mut Vec<(DlqRecord, String)>,
+    on_batch: &dyn Fn(u64, &ReplayCounts),
+) -> anyhow::Result<ReplayCounts> {
     let brokers = kafka.brokers.join(",");
     let dlq = args.topic.as_str();
     let group = args.group();
@@ -1609,6 +1622,7 @@ pub fn replay(
             r.send_batch(&mut batch, &offsets)?;
         }
         progress.update(r.counts.read, r.counts.sent);
+        on_batch(total, &r.counts);
     }
     progress.finish();
     r.counts.interrupted = !ends.is_empty();

@@ -641,6 +641,9 @@ pub struct ReplayJob {
     pub state: &'static str,
     /// The request, as JSON.
     pub request: Value,
+    /// While it runs: `{total, read, sent}` after each batch (`total` counts transaction
+    /// markers too, so it is an upper bound).
+    pub progress: Option<Value>,
     /// The counts once done (`{"replay": {…}}`), with the dry run's records.
     pub result: Option<Value>,
     /// Why it failed.
@@ -652,6 +655,7 @@ fn job_json(id: u64, j: &ReplayJob) -> Value {
         "id": id,
         "state": j.state,
         "request": j.request,
+        "progress": j.progress,
         "result": j.result,
         "error": j.error,
     })
@@ -707,17 +711,25 @@ pub async fn replay(
     let job = ReplayJob {
         state: "running",
         request,
+        progress: None,
         result: None,
         error: None,
     };
     ui.jobs.lock().expect("jobs lock").insert(id, job.clone());
     let kafka = ui.kafka.clone();
     let ui2 = ui.clone();
+    let ui3 = ui.clone();
     tokio::spawn(async move {
         let done = tokio::task::spawn_blocking(move || {
             let stop = AtomicBool::new(false);
             let mut shown = Vec::new();
-            dlq::replay(&kafka, &args, &stop, None, &mut shown).map(|c| (c, shown))
+            let progress = |total: u64, c: &dlq::ReplayCounts| {
+                if let Some(j) = ui3.jobs.lock().expect("jobs lock").get_mut(&id) {
+                    j.progress = Some(json!({ "total": total, "read": c.read, "sent": c.sent }));
+                }
+            };
+            dlq::replay_with_progress(&kafka, &args, &stop, None, &mut shown, &progress)
+                .map(|c| (c, shown))
         })
         .await;
         let mut jobs = ui2.jobs.lock().expect("jobs lock");

@@ -326,7 +326,12 @@ async function dlq() {
     try {
       let job = await api('POST', '/api/dlq/replay', body);
       show('replay-status', `<p class="muted">Replay ${job.id} running…</p>`);
-      while (job.state === 'running') { await new Promise((ok) => setTimeout(ok, 500)); job = await get(`/api/dlq/replay/${job.id}`); }
+      while (job.state === 'running') {
+        await new Promise((ok) => setTimeout(ok, 500));
+        job = await get(`/api/dlq/replay/${job.id}`);
+        const p = job.progress;
+        if (p) show('replay-status', `<p class="muted">Replay ${job.id} running: ${num(p.read)} of at most ${num(p.total)} read, ${num(p.sent)} sent…</p>`);
+      }
       if (job.state === 'failed') { show('replay-status', `<p class="error">Replay ${job.id} failed: ${esc(job.error)}</p>`); return; }
       const c = job.result.replay;
       show('replay-status', `<p class="ok" id="replay-done">Replay ${job.id} ${job.request.dry_run ? '(dry run) ' : ''}done: ${c.read} read, ${c.selected} selected, ${c.sent} ${job.request.dry_run ? 'would be ' : ''}sent, ${c.sent_to_dlq} back to the DLQ, ${c.exhausted} exhausted, ${c.too_large} too large, ${c.skipped_by_filter} skipped.</p>` +
