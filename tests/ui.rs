@@ -803,3 +803,89 @@ fn api_edits_retention_resets_offsets_and_checks_compatibility() {
     assert_eq!(no["compatible"], false, "{no}");
     assert!(!no["reasons"].as_array().unwrap().is_empty(), "{no}");
 }
+
+/// Over TLS (`ui.tls`) the session cookie is `Secure`; a listener that is not loopback without
+/// users is refused at start, naming the fix.
+#[tokio::test]
+async fn tls_cookie_is_secure_and_non_loopback_needs_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("open.yaml");
+    std::fs::write(
+        &open,
+        format!(
+            "kafka: {{brokers: ['{}']}}\nui: {{listen: '0.0.0.0:{}'}}\n",
+            brokers(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(kgate_bin())
+        .args(["ui", "--config", open.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ui.listen")
+            && err.contains("not a loopback")
+            && err.contains("kgate ui hash-password"),
+        "{err}"
+    );
+
+    let pki = common::pki::generate(dir.path(), "ui");
+    let port = free_port();
+    let config = dir.path().join("tls.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "kafka: {{brokers: ['{}']}}\nui:\n  listen: '127.0.0.1:{port}'\n  tls: {{cert_file: '{}', key_file: '{}'}}\n  users: [{{name: u, password_hash: '{}'}}]\n",
+            brokers(),
+            pki.server_cert.display(),
+            pki.server_key.display(),
+            hash(PASS)
+        ),
+    )
+    .unwrap();
+    let _ui = spawn_kgate(&["ui", "--config", config.to_str().unwrap()]);
+    wait_until(
+        Duration::from_secs(20),
+        || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        "kgate ui to listen",
+    );
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&pki.ca).unwrap()).unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let base = format!("https://127.0.0.1:{port}");
+    let r = client
+        .get(format!("{base}/api/topics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = client
+        .post(format!("{base}/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("user=u&password={}", PASS.replace(' ', "+")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.contains("; Secure")
+            && cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let session = cookie.split(';').next().unwrap();
+    let r = client
+        .get(format!("{base}/api/overview"))
+        .header("cookie", session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}
