@@ -534,8 +534,34 @@ fn api_auth_read_only_mode_roles_and_csrf() {
         Some(&json!({ "name": new })),
     );
     assert_eq!(s, 409, "exists: {b}");
+    let (s, b) = call(
+        "POST",
+        &format!("{}/api/topics/{new}/partitions", f.rw),
+        &wh,
+        Some(&json!({ "total": 3 })),
+    );
+    assert_eq!(s, 200, "{b}");
+    let (_, d) = call("GET", &format!("{}/api/topics/{new}", f.rw), &wh, None);
+    assert_eq!(d["partitions"].as_array().unwrap().len(), 3, "{d}");
     let (s, b) = call("DELETE", &format!("{}/api/topics/{new}", f.rw), &wh, None);
     assert_eq!(s, 200, "{b}");
+    let (s, _) = call("GET", &format!("{}/api/topics/{new}", f.rw), &wh, None);
+    assert_eq!(s, 404, "deleted");
+    // Deleting the fixture's (inactive) group: gone from the list.
+    let (s, b) = call(
+        "DELETE",
+        &format!("{}/api/groups/{}", f.rw, f.group),
+        &wh,
+        None,
+    );
+    assert_eq!(s, 200, "{b}");
+    let (s, _) = call(
+        "GET",
+        &format!("{}/api/groups/{}", f.rw, f.group),
+        &wh,
+        None,
+    );
+    assert_eq!(s, 404, "deleted group");
     // A read-only user's page has no write controls even in write mode.
     let resp = agent
         .post(&format!("{}/login", f.rw))

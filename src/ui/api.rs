@@ -421,6 +421,30 @@ pub async fn alter_topic(
     Ok(Json(json!({ "topic": topic, "changes": changes })))
 }
 
+/// `POST /api/topics/{topic}/partitions` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Partitions {
+    /// The new total (more than today's).
+    pub total: usize,
+}
+
+/// `POST /api/topics/{topic}/partitions` (write mode): grows the topic to `total` partitions.
+pub async fn add_partitions(
+    State(ui): State<Arc<Ui>>,
+    Path(topic): Path<String>,
+    Json(p): Json<Partitions>,
+) -> ApiResult {
+    admin::add_partitions(&ui.kafka, &topic, p.total).await?;
+    Ok(Json(json!({ "topic": topic, "partitions": p.total })))
+}
+
+/// `DELETE /api/groups/{group}` (write mode): deletes an inactive group and its offsets.
+pub async fn delete_group(State(ui): State<Arc<Ui>>, Path(group): Path<String>) -> ApiResult {
+    admin::delete_group(&ui.kafka, &group).await?;
+    Ok(Json(json!({ "deleted": group })))
+}
+
 /// `POST /api/groups/{group}/reset` body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

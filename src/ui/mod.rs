@@ -104,7 +104,11 @@ pub fn router(ui: Arc<Ui>) -> Router {
         )
         .route("/api/groups", get(api::groups))
         .route("/api/topics/{topic}/configs", post(api::alter_topic))
-        .route("/api/groups/{group}", get(api::group))
+        .route("/api/topics/{topic}/partitions", post(api::add_partitions))
+        .route(
+            "/api/groups/{group}",
+            get(api::group).delete(api::delete_group),
+        )
         .route("/api/groups/{group}/reset", post(api::reset_group))
         .route(
             "/api/schemas/{subject}/compatibility",

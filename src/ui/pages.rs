@@ -195,6 +195,9 @@ pub async fn topic(
 <details class="write-form"><summary>Edit retention</summary>
 <form id="edit-retention"><label>Retention <input name="retention" placeholder="7d, 12h or forever" required></label>
 <button type="submit">Set</button> <span class="status"></span></form></details>
+<details class="write-form"><summary>Add partitions</summary>
+<form id="add-partitions"><label>New total <input name="total" type="number" min="2" required></label>
+<button type="submit">Add</button> <span class="status"></span></form></details>
 <details class="write-form danger"><summary>Delete this topic</summary>
 <form id="delete-topic"><label>Type the topic's name to confirm <input name="confirm" required></label>
 <button type="submit" class="danger">Delete</button> <span class="status"></span></form></details>"#);
@@ -228,7 +231,10 @@ pub async fn group(
 <label>To <select name="to"><option>earliest</option><option>latest</option><option>offset</option><option>shift</option><option>datetime</option></select></label>
 <label>Value <input name="value" placeholder="offset, ±shift or 2026-12-07T06:00:00Z"></label>
 <label><span><input name="execute" type="checkbox"> execute (else a dry run)</span></label>
-<button type="submit">Reset</button> <span class="status"></span></form><div id="reset-result"></div></details>"#);
+<button type="submit">Reset</button> <span class="status"></span></form><div id="reset-result"></div></details>
+<details class="write-form danger"><summary>Delete this group</summary>
+<form id="delete-group"><label>Type the group's name to confirm <input name="confirm" required></label>
+<button type="submit" class="danger">Delete</button> <span class="status"></span></form></details>"#);
     }
     layout(&ui, &who, "group", &group, &group, &body)
 }
@@ -369,4 +375,27 @@ pub async fn logout(State(ui): State<Arc<Ui>>, headers: HeaderMap) -> Response {
         )],
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_escaped_and_only_local_paths_are_followed() {
+        assert_eq!(
+            esc(r#"<a href="x">&'</a>"#),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;&lt;/a&gt;"
+        );
+        assert_eq!(safe_next(Some("/topics/t?x=1")), "/topics/t?x=1");
+        for evil in [
+            "//evil.example/",
+            "https://evil.example/",
+            "/\\evil",
+            "topics",
+        ] {
+            assert_eq!(safe_next(Some(evil)), "/", "{evil}");
+        }
+        assert_eq!(safe_next(None), "/");
+    }
 }

@@ -201,6 +201,11 @@ async function topic() {
       formStatus(r, a.changes.length ? a.changes.map((c) => `${c.name}: ${c.old ?? 'default'} → ${c.new}`).join('; ') : 'no change', true);
     } catch (e) { formStatus(r, e.message, false); }
   });
+  $('#add-partitions')?.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const a = ev.target;
+    try { await api('POST', `${base}/partitions`, { total: Number(a.total.value) }); formStatus(a, `now ${a.total.value} partitions`, true); } catch (e) { formStatus(a, e.message, false); }
+  });
   $('#delete-topic')?.addEventListener('submit', async (ev) => {
     ev.preventDefault();
     const d = ev.target;
@@ -252,6 +257,12 @@ async function group() {
         ['assignment', (m) => esc(m.assignment.map((a) => `${a.topic}[${a.partitions.join(',')}]`).join(' '))]], g.members));
     } catch (e) { fail('summary', e); }
   }
+  $('#delete-group')?.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const d = ev.target;
+    if (d.confirm.value !== arg) { formStatus(d, 'the name does not match', false); return; }
+    try { await api('DELETE', `/api/groups/${enc(arg)}`); location.href = '/groups'; } catch (e) { formStatus(d, e.message, false); }
+  });
   $('#reset')?.addEventListener('submit', async (ev) => {
     ev.preventDefault();
     const r = ev.target;
