@@ -737,6 +737,13 @@ fn kgate_run_serves_the_ui_with_the_pipelines_counters() {
     let (s, page) = call("GET", &format!("{base}/"), &[], None);
     assert_eq!(s, 200);
     assert!(page.as_str().unwrap().contains("kgate pipelines"));
+    // Without users, another site's name for 127.0.0.1 (DNS rebinding) is refused.
+    let mut c = TcpStream::connect(("127.0.0.1", ui_port)).unwrap();
+    c.write_all(b"GET /api/topics HTTP/1.1\r\nHost: evil.example:80\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut c, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
 }
 
 /// Write mode: a topic's retention edited (the change answered and read back), a group's

@@ -261,6 +261,23 @@ pub fn identify(ui: &Ui, headers: &HeaderMap) -> Option<Identity> {
     session_id(headers).and_then(|id| ui.auth.session(&id))
 }
 
+/// Whether a `Host` header names this machine's loopback (`localhost`, `127.x.x.x`, `[::1]`,
+/// with or without a port). An absent header (HTTP/1.0) counts as loopback.
+pub fn loopback_host(host: &str) -> bool {
+    if host.is_empty() {
+        return true;
+    }
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn json_error(status: StatusCode, msg: &str) -> Response {
     (status, axum::Json(serde_json::json!({ "error": msg }))).into_response()
 }
@@ -270,6 +287,22 @@ fn json_error(status: StatusCode, msg: &str) -> Response {
 /// HEAD) needs [`Identity::can_write`] and, for a session, its CSRF token → else 403.
 pub async fn guard(State(ui): State<Arc<Ui>>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
+    // Without users the UI trusts whoever reaches the loopback address; a page of another site
+    // whose name resolves to 127.0.0.1 (DNS rebinding) would reach it too, with its own name
+    // in `Host`. So without users only loopback names are served.
+    if !ui.config.auth_enabled() {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        if !loopback_host(host) {
+            return json_error(
+                StatusCode::FORBIDDEN,
+                "without `ui.users` the UI answers only to loopback host names (localhost, 127.0.0.1, [::1]); configure users to serve other names",
+            );
+        }
+    }
     let api = path.starts_with("/api/");
     let Some(who) = identify(&ui, req.headers()) else {
         if api {
@@ -319,6 +352,28 @@ pub async fn guard(State(ui): State<Arc<Ui>>, mut req: Request, next: Next) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for h in [
+            "localhost:8080",
+            "127.0.0.1:8080",
+            "127.0.0.2",
+            "[::1]:8080",
+            "LOCALHOST",
+            "",
+        ] {
+            assert!(loopback_host(h), "{h}");
+        }
+        for h in [
+            "evil.example",
+            "evil.example:8080",
+            "10.0.0.1:8080",
+            "localhost.evil.example",
+        ] {
+            assert!(!loopback_host(h), "{h}");
+        }
+    }
 
     #[test]
     fn passwords_hash_and_verify() {
