@@ -56,6 +56,7 @@ pub struct UiUser {
     /// prints it. Never the password itself.
     pub password_hash: String,
     /// `read` (the default) or `write` (write actions, when `ui.write` is on).
+    #[schemars(extend("default" = "read"))]
     #[serde(default)]
     pub role: Role,
 }
@@ -70,6 +71,7 @@ pub struct UiToken {
     /// The token (at least 16 characters); write it as `${ENV_VAR}`.
     pub token: Secret,
     /// `read` (the default) or `write`.
+    #[schemars(extend("default" = "read"))]
     #[serde(default)]
     pub role: Role,
 }
