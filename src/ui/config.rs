@@ -54,6 +54,7 @@ pub struct UiUser {
     pub name: String,
     /// The password's argon2 hash (PHC string `$argon2id$…`), as `kgate ui hash-password`
     /// prints it. Never the password itself.
+    #[schemars(extend("writeOnly" = true))]
     pub password_hash: String,
     /// `read` (the default) or `write` (write actions, when `ui.write` is on).
     #[schemars(extend("default" = "read"))]
