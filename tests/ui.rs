@@ -394,6 +394,23 @@ fn api_reads_topics_messages_groups_schemas_and_the_dlq() {
     assert_eq!(q["summary"]["by_source_topic"][&f.target], 1, "{q}");
     assert_eq!(q["records"][0]["value"]["device"], "dev-dlq", "{q}");
     assert_eq!(get("/api/dlq?topic=no.such.dlq.ui").0, 404);
+
+    // A value over 64 KiB is shown by its first 64 KiB, with its size.
+    let big = unique("ui.big");
+    create_topic(&big, 1);
+    let text = "x".repeat(100_000);
+    let w = bearer(TOKEN);
+    let (s, b) = call(
+        "POST",
+        &format!("{}/api/topics/{big}/messages", f.rw),
+        &[("authorization", &w)],
+        Some(&json!({ "value": text, "format": "text" })),
+    );
+    assert_eq!(s, 200, "{b}");
+    let (s, m) = get(&format!("/api/topics/{big}/messages"));
+    assert_eq!(s, 200, "{m}");
+    assert_eq!(m["records"][0]["value_truncated"], 100_000, "{m}");
+    assert_eq!(m["records"][0]["value"].as_str().unwrap().len(), 64 * 1024);
 }
 
 /// 401 without a session or token; 403 for every write in read-only mode, for a read-only

@@ -18,6 +18,9 @@ use crate::kafka::KafkaConfig;
 pub const MAX_LIMIT: usize = 500;
 /// The most records read to fill a filtered page.
 pub const MAX_SCAN: u64 = 50_000;
+/// The most bytes of one value a page shows (a page of 500 stays a few MB at most); the
+/// record says `value_truncated: <its size>` then.
+pub const MAX_VALUE: usize = 64 * 1024;
 /// How long one page may take to read.
 pub const DEADLINE: Duration = Duration::from_secs(8);
 
@@ -269,8 +272,15 @@ pub fn read_page(
                     open.remove(&p);
                 }
                 page.scanned += 1;
-                let r = DlqRecord::from_message(&m);
-                let json = record_json(&r, avro);
+                let mut r = DlqRecord::from_message(&m);
+                let size = r.value.len();
+                if size > MAX_VALUE {
+                    r.value.truncate(MAX_VALUE);
+                }
+                let mut json = record_json(&r, avro);
+                if size > MAX_VALUE {
+                    json["value_truncated"] = size.into();
+                }
                 if matches(q, &json) {
                     kept.push((r.timestamp.unwrap_or(0), json));
                 }

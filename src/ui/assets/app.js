@@ -118,7 +118,7 @@ const messageTable = (records) => table([
   ['partition', (r) => r.partition, 'num'], ['offset', (r) => r.offset, 'num'], ['time', (r) => esc(time(r.timestamp))],
   ['key', (r) => `<span class="key">${esc(r.key ?? '')}</span>`],
   ['headers', (r) => `<pre>${esc(Object.entries(r.headers).map(([k, v]) => `${k}: ${v}`).join('\n'))}</pre>`],
-  ['value', (r) => `<span class="badge ${esc(r.value_as)}">${esc(r.value_as)}</span><pre>${esc(fmtValue(r.value, r.value_as))}</pre>`]], records);
+  ['value', (r) => `<span class="badge ${esc(r.value_as)}">${esc(r.value_as)}</span>${r.value_truncated ? ` <span class="muted">the first 64 KiB of ${num(r.value_truncated)} bytes</span>` : ''}<pre>${esc(fmtValue(r.value, r.value_as))}</pre>`]], records);
 async function topic() {
   const base = `/api/topics/${enc(arg)}`;
   try {
