@@ -691,6 +691,7 @@ fn browser_scenarios_in_headless_chromium() {
         .env("UI_SCREENSHOTS", &shots)
         .env("UI_RUN", format!("http://127.0.0.1:{ui_port}"))
         .env("UI_RUN_PUBLISHED", "300")
+        .env("UI_RUN_TOPIC", &run_topic)
         .output()
         .expect("node (install Node.js 18 or later)");
     let stdout = String::from_utf8_lossy(&out.stdout);

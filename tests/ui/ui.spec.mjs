@@ -137,6 +137,9 @@ if (env.UI_RUN) {
     await p.waitForSelector(`#totals .card >> text=${env.UI_RUN_PUBLISHED}`);
     const totals = await p.locator('#totals').innerText();
     expect(totals.includes('published to Kafka'), totals);
+    await p.waitForSelector('#pipelines h3 >> text=By topic');
+    const byTopic = await p.locator('#pipelines table').filter({ hasText: env.UI_RUN_TOPIC }).first().innerText();
+    expect(byTopic.includes(env.UI_RUN_TOPIC) && byTopic.includes('mean ack ms'), byTopic);
     await shot(p, 'overview-run');
     await ctx.close();
   });

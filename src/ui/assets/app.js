@@ -77,7 +77,37 @@ async function overview() {
       show('totals', card(num(inSum), 'received by sources') + total('kafka_messages_published_total', 'published to Kafka') +
         total('kafka_dlq_published_total', 'dead-lettered') + total('kgate_events_rejected_total', 'rejected') +
         total('kafka_delivery_errors_total', 'delivery errors') + total('kgate_producer_inflight_records', 'in flight'));
-      show('pipelines', '<details><summary>Every series (' + rows.length + ')</summary>' + table([['series', (s) => esc(s.name)], ['labels', (s) => esc(Object.entries(s.labels).map(([k, v]) => `${k}=${v}`).join(' '))],
+      // By topic, by feed URL and by pipeline: one row each, one column per counter (with its
+      // rate), and the mean produce request latency (Kafka's ack) per topic.
+      const pivot = (key) => {
+        const by = {};
+        for (const s of rows) {
+          const v = s.labels[key];
+          if (v === undefined || s.name.endsWith('_bucket')) continue;
+          const r = by[v] || (by[v] = { [key]: v });
+          const short = s.name.replace(/^(kgate|kafka)_/, '').replace(/^producer_websocket_/, 'websocket_').replace(/_total$/, '');
+          r[short] = (r[short] || 0) + s.value;
+          if (s.rate !== null) r[short + ' /s'] = (r[short + ' /s'] || 0) + s.rate;
+        }
+        const out = Object.values(by);
+        for (const r of out) {
+          if (r.producer_request_duration_seconds_count) r['mean ack ms'] = (1000 * r.producer_request_duration_seconds_sum) / r.producer_request_duration_seconds_count;
+          for (const k of Object.keys(r)) if (k.includes('duration_seconds_')) delete r[k];
+        }
+        return out;
+      };
+      const pivotTable = (key, title) => {
+        const rs = pivot(key);
+        if (!rs.length) return '';
+        const cols = [...new Set(rs.flatMap((r) => Object.keys(r)))].filter((k) => k !== key && !k.endsWith(' /s'));
+        return `<h3>${esc(title)}</h3>` + table([[key, (r) => esc(r[key])], ...cols.map((c) => [c.replaceAll('_', ' '), (r) => {
+          const v = r[c]; const rate = r[c + ' /s'];
+          if (v === undefined) return '';
+          return (c === 'mean ack ms' ? v.toFixed(1) : num(v)) + (rate ? ` <small class="muted">${rate.toFixed(1)}/s</small>` : '');
+        }, 'num'])], rs);
+      };
+      show('pipelines', pivotTable('pipeline', 'By pipeline') + pivotTable('url', 'By feed') + pivotTable('topic', 'By topic') + pivotTable('dlq_topic', 'By DLQ topic') +
+        '<details><summary>Every series (' + rows.length + ')</summary>' + table([['series', (s) => esc(s.name)], ['labels', (s) => esc(Object.entries(s.labels).map(([k, v]) => `${k}=${v}`).join(' '))],
         ['value', (s) => num(s.value), 'num'], ['per second', (s) => (s.rate === null ? '' : s.rate.toFixed(1)), 'num']], rows) + '</details>');
     } catch (e) { fail('cluster', e); }
   }
