@@ -255,7 +255,8 @@ pub async fn dlq(State(ui): State<Arc<Ui>>, Extension(who): Extension<Identity>)
 <input name="error_type" placeholder="error type"><input name="source_topic" placeholder="source topic">
 <button type="submit">Read</button></form>
 <section class="cards" id="summary"></section>
-<div class="split"><div><h2>By error type</h2><div id="by-type"></div></div><div><h2>By source topic</h2><div id="by-source"></div></div></div>"#,
+<div class="split"><div><h2>By error type</h2><div id="by-type"></div></div><div><h2>By source topic</h2><div id="by-source"></div></div></div>
+<h2>Over time <span class="muted">(the records below, by hour)</span></h2><div id="over-time"></div>"#,
         esc(&ui.dlq_topic)
     );
     if who.can_write(&ui.config) {

@@ -163,6 +163,7 @@ await step('replay a DLQ record to its source topic', async () => {
   await page.fill('#dlq-form [name=topic]', DLQ);
   await page.click('#dlq-form button[type=submit]');
   await page.waitForSelector('#records tbody tr');
+  expect(await page.locator('#over-time svg.chart rect').count() === 1, 'one bar for the one record');
   await page.uncheck('#replay [name=dry_run]');
   await page.click('#replay button[type=submit]');
   await page.waitForSelector('#replay-done', { timeout: 60000 });

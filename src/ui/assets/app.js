@@ -339,10 +339,38 @@ async function schemas() {
 }
 
 // --------------------------------------------------------------------------------------- dlq
+// Records per hour as bars, each hour's count stacked by error type (title on hover).
+function hourBars(records) {
+  const hours = {};
+  for (const r of records) {
+    if (!r.timestamp) continue;
+    const h = Math.floor(r.timestamp / 3600000);
+    (hours[h] || (hours[h] = {}))[r.headers.error_type || '-'] = ((hours[h] || {})[r.headers.error_type || '-'] || 0) + 1;
+  }
+  const keys = Object.keys(hours).map(Number).sort((a, b) => a - b);
+  if (!keys.length) return '<p class="muted">None.</p>';
+  const first = keys[0], last = keys[keys.length - 1], n = last - first + 1;
+  const max = Math.max(...keys.map((h) => Object.values(hours[h]).reduce((a, b) => a + b, 0)));
+  const w = 600, h = 100, bw = w / n;
+  const colors = ['#1f4e79', '#bf3989', '#9a6700', '#1a7f37', '#cf222e', '#6a737d'];
+  const types = [...new Set(records.map((r) => r.headers.error_type || '-'))];
+  let bars = '';
+  for (const k of keys) {
+    let y = h;
+    for (const [t, c] of Object.entries(hours[k])) {
+      const bh = (c / max) * (h - 14);
+      y -= bh;
+      bars += `<rect x="${(k - first) * bw + 1}" y="${y}" width="${Math.max(1, bw - 2)}" height="${bh}" fill="${colors[types.indexOf(t) % colors.length]}"><title>${esc(new Date(k * 3600000).toISOString().slice(0, 13))}:00 ${esc(t)}: ${c}</title></rect>`;
+    }
+  }
+  const legend = types.map((t, i) => `<span><svg width="10" height="10"><rect width="10" height="10" fill="${colors[i % colors.length]}"/></svg> ${esc(t)}</span>`).join(' ');
+  return `<svg class="chart" viewBox="0 0 ${w} ${h}" preserveAspectRatio="none">${bars}<text x="4" y="11" font-size="10">${num(max)}</text></svg><div class="bar">${legend}</div>`;
+}
+
 async function dlq() {
   const f = $('#dlq-form');
   async function load() {
-    const q = new URLSearchParams();
+    const q = new URLSearchParams({ limit: '500' });
     for (const k of ['topic', 'error_type', 'source_topic']) if (f[k].value) q.set(k, f[k].value);
     show('summary', '<p class="muted">Reading the DLQ…</p>');
     try {
@@ -352,6 +380,7 @@ async function dlq() {
       const counts = (o) => table([['', (r) => esc(r[0])], ['records', (r) => num(r[1]), 'num']], Object.entries(o));
       show('by-type', counts(s.by_error_type));
       show('by-source', counts(s.by_source_topic));
+      show('over-time', hourBars(d.records));
       show('records', table([['partition', (r) => r.partition, 'num'], ['offset', (r) => r.offset, 'num'], ['time', (r) => esc(time(r.timestamp))],
         ['error', (r) => `<b>${esc(r.headers.error_type)}</b><br>${esc(r.headers.error_message || '')}`], ['source topic', (r) => esc(r.headers.source_topic || '')],
         ['key', (r) => `<span class="key">${esc(r.key ?? '')}</span>`],
