@@ -349,7 +349,8 @@ function hourBars(records) {
   }
   const keys = Object.keys(hours).map(Number).sort((a, b) => a - b);
   if (!keys.length) return '<p class="muted">None.</p>';
-  const first = keys[0], last = keys[keys.length - 1], n = last - first + 1;
+  // At least a day wide, ending with the newest hour.
+  const last = keys[keys.length - 1], n = Math.max(24, last - keys[0] + 1), first = last - n + 1;
   const max = Math.max(...keys.map((h) => Object.values(hours[h]).reduce((a, b) => a + b, 0)));
   const w = 600, h = 100, bw = w / n;
   const colors = ['#1f4e79', '#bf3989', '#9a6700', '#1a7f37', '#cf222e', '#6a737d'];
@@ -364,7 +365,7 @@ function hourBars(records) {
     }
   }
   const legend = types.map((t, i) => `<span><svg width="10" height="10"><rect width="10" height="10" fill="${colors[i % colors.length]}"/></svg> ${esc(t)}</span>`).join(' ');
-  return `<svg class="chart" viewBox="0 0 ${w} ${h}" preserveAspectRatio="none">${bars}<text x="4" y="11" font-size="10">${num(max)}</text></svg><div class="bar">${legend}</div>`;
+  return `<svg class="chart" viewBox="0 0 ${w} ${h}" preserveAspectRatio="none">${bars}<text x="4" y="11" font-size="10">${num(max)}</text></svg><div class="bar muted"><span>${esc(new Date(first * 3600000).toISOString().slice(0, 13).replace('T', ' '))}:00</span><span>→ ${esc(new Date(last * 3600000).toISOString().slice(0, 13).replace('T', ' '))}:00 UTC</span></div><div class="bar">${legend}</div>`;
 }
 
 async function dlq() {
