@@ -44,6 +44,10 @@ pub struct Config {
     /// The Confluent-compatible schema registry (for Avro).
     #[serde(default)]
     pub schema_registry: Option<RegistryConfig>,
+    /// The web UI (topics, messages, groups, schemas, the DLQ, these pipelines), served beside
+    /// the pipelines; `kgate ui --config F` serves it alone. None = not served.
+    #[serde(default)]
+    pub ui: Option<crate::ui::UiConfig>,
 }
 
 fn default_shutdown_timeout() -> Duration {
@@ -62,6 +66,8 @@ pub struct Gateway {
     pub metrics_listen: Option<SocketAddr>,
     /// The HTTP server, when `http:` is configured.
     pub http: Option<HttpServerSettings>,
+    /// Where the web UI is served, when `ui:` is configured.
+    pub ui_listen: Option<SocketAddr>,
     /// The pipelines, in config order.
     pub pipelines: Vec<PipelinePlan>,
 }
@@ -136,7 +142,8 @@ impl Config {
         self.kafka.validate(At("kafka"), errors);
         let metrics_listen = self.metrics.resolve(At("metrics"), errors);
         self.dlq.validate(At("dlq"), errors);
-        if self.pipelines.is_empty() && self.http.is_none() {
+        let ui_listen = self.ui.as_ref().and_then(|u| u.resolve(At("ui"), errors));
+        if self.pipelines.is_empty() && self.http.is_none() && self.ui.is_none() {
             errors.push(ConfigError::new(
                 "pipelines",
                 "no pipelines; add one with a `name`, a `source`, a `topic` (see examples/trades.yaml)",
@@ -226,6 +233,7 @@ impl Config {
         (errors.len() == before).then_some(Gateway {
             metrics_listen,
             http,
+            ui_listen,
             pipelines,
             config: self,
         })

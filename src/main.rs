@@ -75,6 +75,12 @@ enum Command {
     Topics(cmd::topics::TopicsArgs),
     /// Consumer groups: list, describe (members, lag per partition), reset-offsets, delete.
     Groups(cmd::groups::GroupsArgs),
+    /// The web UI: topics, messages (Avro decoded), consumer groups and lag, schemas, the DLQ.
+    ///
+    /// Serves the config's `kafka:`, `schema_registry:` and `dlq:` with its `ui:` settings
+    /// (read-only unless `ui.write` and a user with the write role). `kgate ui hash-password`
+    /// prints the argon2 hash of a password read from stdin.
+    Ui(cmd::ui::UiArgs),
 }
 
 fn init_logging() {
@@ -106,5 +112,6 @@ async fn main() -> ExitCode {
         Command::Cluster(args) => cmd::admin::cluster_main(args).await,
         Command::Topics(args) => cmd::topics::main(args).await,
         Command::Groups(args) => cmd::groups::main(args).await,
+        Command::Ui(args) => cmd::ui::main(args).await,
     }
 }

@@ -1400,12 +1400,25 @@ fn fenced_hint(e: &KafkaError) -> &'static str {
 /// Replays `args.topic`, stopping at the end offsets it had at the start, or when `stop` is
 /// set (after committing the batch in progress). With --dry-run, `shown` gets the records that
 /// would be sent.
-fn replay(
+pub fn replay(
     kafka: &KafkaConfig,
     args: &ReplayArgs,
     stop: &AtomicBool,
     metrics: Option<Arc<Metrics>>,
     shown: &mut Vec<(DlqRecord, String)>,
+) -> anyhow::Result<ReplayCounts> {
+    replay_with_progress(kafka, args, stop, metrics, shown, &|_, _| {})
+}
+
+/// [`replay`], calling `on_batch(records to read, counts so far)` after every batch (the web
+/// UI's progress of a replay job).
+pub fn replay_with_progress(
+    kafka: &KafkaConfig,
+    args: &ReplayArgs,
+    stop: &AtomicBool,
+    metrics: Option<Arc<Metrics>>,
+    shown: &mut Vec<(DlqRecord, String)>,
+    on_batch: &dyn Fn(u64, &ReplayCounts),
 ) -> anyhow::Result<ReplayCounts> {
     let brokers = kafka.brokers.join(",");
     let dlq = args.topic.as_str();
@@ -1609,6 +1622,7 @@ fn replay(
             r.send_batch(&mut batch, &offsets)?;
         }
         progress.update(r.counts.read, r.counts.sent);
+        on_batch(total, &r.counts);
     }
     progress.finish();
     r.counts.interrupted = !ends.is_empty();

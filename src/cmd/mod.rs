@@ -13,6 +13,7 @@ pub mod schemas;
 pub mod synth;
 pub mod tail;
 pub mod topics;
+pub mod ui;
 
 use std::path::Path;
 use std::process::ExitCode;

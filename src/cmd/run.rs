@@ -58,6 +58,7 @@ pub async fn run(gateway: Gateway, shutdown: CancellationToken) -> anyhow::Resul
         config,
         metrics_listen,
         http: http_settings,
+        ui_listen,
         pipelines: plans,
     } = gateway;
     let metrics = Metrics::new(&config.metrics.labels);
@@ -89,6 +90,20 @@ pub async fn run(gateway: Gateway, shutdown: CancellationToken) -> anyhow::Resul
         }
         None => None,
     };
+    if let (Some(addr), Some(u)) = (ui_listen, &config.ui) {
+        let ui = crate::ui::Ui::new(
+            u.clone(),
+            config.kafka.clone(),
+            config.dlq.topic.clone(),
+            schemas.clone(),
+            Some(metrics.clone()),
+        );
+        crate::ui::serve(addr, ui, server_stop.clone()).await?;
+        tracing::info!(
+            "web UI at {}://{addr}/",
+            if u.tls.is_some() { "https" } else { "http" }
+        );
+    }
     let Built {
         pipelines,
         txn_sinks,
