@@ -103,7 +103,7 @@ fn cluster_shows_brokers_controller_and_counts() {
     );
     assert!(brokers.iter().any(|b| b["id"] == controller), "{c}");
     assert!(c["topics"].as_u64().unwrap() >= 1, "{c}");
-    assert!(c["partitions"].as_u64().unwrap() >= c["topics"].as_u64().unwrap() + 1);
+    assert!(c["partitions"].as_u64().unwrap() > c["topics"].as_u64().unwrap());
     // The table names the same cluster id.
     let (code, out, err) = kgate(&["cluster"]);
     assert_eq!(code, 0, "{err}");
