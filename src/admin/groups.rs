@@ -237,13 +237,40 @@ fn committed(
 /// A group's state, protocol type, protocol and members.
 type Described = (String, String, String, Vec<GroupMember>);
 
+/// `fetch_group_list`, tried again for up to 20 s while the group coordinator is still loading
+/// or moving (a fresh cluster's `__consumer_offsets`, a broker restart): those answers mean
+/// "ask again", not "no such group".
+fn group_list(
+    c: &BaseConsumer<QuietContext>,
+    group: Option<&str>,
+) -> rdkafka::error::KafkaResult<rdkafka::groups::GroupList> {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match c.fetch_group_list(group, TIMEOUT) {
+            Err(e)
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(
+                        C::CoordinatorLoadInProgress
+                            | C::CoordinatorNotAvailable
+                            | C::NotCoordinator
+                    )
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+            r => return r,
+        }
+    }
+}
+
 fn group_info(
     c: &BaseConsumer<QuietContext>,
     k: &KafkaConfig,
     group: &str,
 ) -> Result<Option<Described>, AdminError> {
-    let list = c
-        .fetch_group_list(Some(group), TIMEOUT)
+    let list = group_list(c, Some(group))
         .map_err(|e| Ctx::new(k, "describe", "consumer group", group).kafka(e))?;
     Ok(list
         .groups()
@@ -276,8 +303,7 @@ pub async fn list_groups(k: &KafkaConfig) -> Result<Vec<GroupSummary>, AdminErro
     tokio::task::spawn_blocking(move || {
         let c = consumer(&k, None)?;
         let md = metadata(&c, &k, None)?;
-        let list = c
-            .fetch_group_list(None, TIMEOUT)
+        let list = group_list(&c, None)
             .map_err(|e| Ctx::new(&k, "list", "consumer groups", "").kafka(e))?;
         let parts = all_partitions(&md, None);
         let marks = watermarks(&c, &parts)
