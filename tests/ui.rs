@@ -394,6 +394,17 @@ fn api_reads_topics_messages_groups_schemas_and_the_dlq() {
     assert_eq!(q["summary"]["by_source_topic"][&f.target], 1, "{q}");
     assert_eq!(q["records"][0]["value"]["device"], "dev-dlq", "{q}");
     assert_eq!(get("/api/dlq?topic=no.such.dlq.ui").0, 404);
+    // A page view reads only the newest `scan` records, and says how many older it left.
+    produce_dlq(&f.dlq, &f.target, br#"{"device": "dev-2"}"#);
+    produce_dlq(&f.dlq, &f.target, br#"{"device": "dev-3"}"#);
+    let (s, q) = get(&format!("/api/dlq?topic={}&scan=1", f.dlq));
+    assert_eq!(s, 200, "{q}");
+    assert_eq!(q["summary"]["read"], 1, "{q}");
+    assert_eq!(q["summary"]["older_unread"], 2, "{q}");
+    assert_eq!(q["records"][0]["value"]["device"], "dev-3", "{q}");
+    let (_, q) = get(&format!("/api/dlq?topic={}", f.dlq));
+    assert_eq!(q["summary"]["read"], 3, "{q}");
+    assert_eq!(q["summary"]["older_unread"], 0, "{q}");
 
     // A value over 64 KiB is shown by its first 64 KiB, with its size.
     let big = unique("ui.big");

@@ -214,6 +214,8 @@ pub struct Inspection {
     pub by_error_type: BTreeMap<String, u64>,
     /// Matching records by `source_topic`.
     pub by_source_topic: BTreeMap<String, u64>,
+    /// Older records left unread because only the newest were asked for.
+    pub older_unread: u64,
 }
 
 impl Inspection {
@@ -345,11 +347,13 @@ pub fn bounds(
 }
 
 /// Reads `topic` from the beginning (or `since` ago) up to the end offsets at the start, with
-/// `assign` (no group, nothing committed).
+/// `assign` (no group, nothing committed); with `newest`, only about that many of the newest
+/// records (split evenly over the partitions), the rest counted in `older_unread`.
 pub fn read(
     kafka: &KafkaConfig,
     topic: &str,
     since: Option<Duration>,
+    newest: Option<u64>,
     filter: &Filter,
     max: usize,
 ) -> anyhow::Result<Inspection> {
@@ -361,11 +365,19 @@ pub fn read(
             .set("enable.auto.offset.store", "false")
             .create_with_context(Default::default())?;
     let mut ends = bounds(&consumer, kafka, topic, since)?;
+    let mut found = Inspection::default();
+    if let Some(n) = newest.filter(|_| !ends.is_empty()) {
+        let each = i64::try_from(n.div_ceil(ends.len() as u64)).unwrap_or(i64::MAX);
+        for (low, high) in ends.values_mut() {
+            let from = (*high).saturating_sub(each).max(*low);
+            found.older_unread += u64::try_from(from - *low).unwrap_or(0);
+            *low = from;
+        }
+    }
     let mut tpl = TopicPartitionList::new();
     for (&p, &(low, _)) in &ends {
         tpl.add_partition_offset(topic, p, Offset::Offset(low))?;
     }
-    let mut found = Inspection::default();
     if ends.is_empty() {
         return Ok(found);
     }
@@ -499,6 +511,7 @@ pub fn summary_json(found: &Inspection) -> Value {
         "shown": found.records.len(),
         "by_error_type": found.by_error_type,
         "by_source_topic": found.by_source_topic,
+        "older_unread": found.older_unread,
     }})
 }
 
@@ -1826,7 +1839,7 @@ async fn inspect_main(args: InspectArgs) -> ExitCode {
         source_topic: args.source_topic.clone(),
     };
     let done = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let found = read(&kafka, &args.topic, args.since, &filter, args.max)?;
+        let found = read(&kafka, &args.topic, args.since, None, &filter, args.max)?;
         let avro = avro.as_ref();
         match args.output {
             Output::Json => {

@@ -274,9 +274,16 @@ pub struct DlqQuery {
     pub error_type: Option<String>,
     /// Only this `source_topic`.
     pub source_topic: Option<String>,
-    /// The newest records shown (the summary counts all); 50 by default, at most 500.
+    /// The newest records shown; 50 by default, at most 500.
     pub limit: Option<usize>,
+    /// How many of the newest records are read and counted (100,000 by default, at most
+    /// 1,000,000): a page view costs at most that, however long the DLQ has grown.
+    pub scan: Option<u64>,
 }
+
+/// The newest DLQ records a page view reads by default, and at most.
+const DLQ_SCAN: u64 = 100_000;
+const DLQ_SCAN_MAX: u64 = 1_000_000;
 
 /// `GET /api/dlq`: as `kgate dlq inspect --output json`: the summary by error type and source
 /// topic, and the newest records.
@@ -290,11 +297,12 @@ pub async fn dlq(State(ui): State<Arc<Ui>>, Query(q): Query<DlqQuery>) -> ApiRes
         source_topic: q.source_topic.filter(|s| !s.is_empty()),
     };
     let max = q.limit.unwrap_or(50).clamp(1, browse::MAX_LIMIT);
+    let scan = q.scan.unwrap_or(DLQ_SCAN).clamp(1, DLQ_SCAN_MAX);
     let avro = avro_decoding(&ui);
     let kafka = ui.kafka.clone();
     let t = topic.clone();
     let found = blocking(move || {
-        let found = dlq::read(&kafka, &t, None, &filter, max).map_err(|e| {
+        let found = dlq::read(&kafka, &t, None, Some(scan), &filter, max).map_err(|e| {
             let msg = format!("{e:#}");
             let status = if msg.contains("does not exist") {
                 StatusCode::NOT_FOUND

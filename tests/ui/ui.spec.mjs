@@ -162,7 +162,12 @@ await step('replay a DLQ record to its source topic', async () => {
   await page.goto(RW + '/dlq');
   await page.fill('#dlq-form [name=topic]', DLQ);
   await page.click('#dlq-form button[type=submit]');
-  await page.waitForSelector('#records tbody tr');
+  try {
+    await page.waitForSelector('#records tbody tr', { timeout: 60000 });
+  } catch (e) {
+    throw new Error(`no DLQ record shown; the page said: ${(await page.locator("main").innerText()).replace(/\s*\n\s*/g, " / ")}`);
+  }
+  expect(new URL(page.url()).searchParams.get('topic') === DLQ, `the address names the topic: ${page.url()}`);
   expect(await page.locator('#over-time svg.chart rect').count() === 1, 'one bar for the one record');
   await page.uncheck('#replay [name=dry_run]');
   await page.click('#replay button[type=submit]');

@@ -126,8 +126,13 @@ async function topics() {
       ['replication', (t) => t.replication_factor, 'num'], ['messages', (t) => num(t.messages), 'num'],
       ['retention', (t) => duration(t.retention_ms)], ['cleanup', (t) => esc(t.cleanup_policy || '')]], rows));
   };
+  let reads = 0;
   const load = async () => {
-    try { all = (await get('/api/topics' + ($('#internal').checked ? '?internal=true' : ''))).topics; render(); } catch (e) { fail('topics', e); }
+    const mine = ++reads;
+    try {
+      const got = (await get('/api/topics' + ($('#internal').checked ? '?internal=true' : ''))).topics;
+      if (mine === reads) { all = got; render(); }
+    } catch (e) { if (mine === reads) fail('topics', e); }
   };
   $('#search').addEventListener('input', render);
   $('#internal').addEventListener('change', load);
@@ -166,7 +171,9 @@ async function topic() {
   const fromChanged = () => { f.offset.hidden = f.from.value !== 'offset'; f.timestamp.hidden = f.from.value !== 'timestamp'; };
   f.from.addEventListener('change', fromChanged);
   let next = null;
+  let reads = 0; // only the newest read is drawn (the page's first may finish after a search)
   async function read(cursor) {
+    const mine = ++reads;
     const q = new URLSearchParams({ limit: f.limit.value });
     if (f.partition.value !== '') q.set('partition', f.partition.value);
     if (cursor) q.set('cursor', cursor);
@@ -177,12 +184,13 @@ async function topic() {
     show('messages', '<p class="muted">Reading…</p>');
     try {
       const pg = await get(`${base}/messages?${q}`);
+      if (mine !== reads) return null;
       next = pg.next;
       $('#next').hidden = !next;
       $('#page-info').textContent = `${pg.records.length} shown, ${num(pg.scanned)} read${pg.truncated ? ' (stopped at the time limit: narrow the filter or go on with the next page)' : ''}`;
       show('messages', messageTable(pg.records));
       return pg;
-    } catch (e) { fail('messages', e); return null; }
+    } catch (e) { if (mine === reads) fail('messages', e); return null; }
   }
   f.addEventListener('submit', (ev) => { ev.preventDefault(); read(null); });
   $('#next').addEventListener('click', () => read(next));
@@ -370,14 +378,25 @@ function hourBars(records) {
 
 async function dlq() {
   const f = $('#dlq-form');
+  // The filter rides in the address (a link names what it shows); only the newest read is
+  // drawn, so a slow earlier read (the page's first) never overwrites a newer one.
+  const given = new URLSearchParams(location.search);
+  for (const k of ['topic', 'error_type', 'source_topic']) if (given.get(k)) f[k].value = given.get(k);
+  let reads = 0;
   async function load() {
+    const mine = ++reads;
     const q = new URLSearchParams({ limit: '500' });
-    for (const k of ['topic', 'error_type', 'source_topic']) if (f[k].value) q.set(k, f[k].value);
+    const shown = new URLSearchParams();
+    for (const k of ['topic', 'error_type', 'source_topic']) if (f[k].value) { q.set(k, f[k].value); shown.set(k, f[k].value); }
+    const qs = shown.toString();
+    history.replaceState(null, '', location.pathname + (qs ? '?' + qs : ''));
     show('summary', '<p class="muted">Reading the DLQ…</p>');
     try {
       const d = await get('/api/dlq?' + q);
+      if (mine !== reads) return;
       const s = d.summary;
-      show('summary', card(num(s.read), 'records read') + card(num(s.matched), 'matching') + card(num(s.shown), 'shown'));
+      show('summary', card(num(s.read), 'records read') + card(num(s.matched), 'matching') + card(num(s.shown), 'shown') +
+        (s.older_unread ? card(num(s.older_unread), 'older, not read (the newest are counted)') : ''));
       const counts = (o) => table([['', (r) => esc(r[0])], ['records', (r) => num(r[1]), 'num']], Object.entries(o));
       show('by-type', counts(s.by_error_type));
       show('by-source', counts(s.by_source_topic));
@@ -386,7 +405,7 @@ async function dlq() {
         ['error', (r) => `<b>${esc(r.headers.error_type)}</b><br>${esc(r.headers.error_message || '')}`], ['source topic', (r) => esc(r.headers.source_topic || '')],
         ['key', (r) => `<span class="key">${esc(r.key ?? '')}</span>`],
         ['value', (r) => `<span class="badge ${esc(r.value_as)}">${esc(r.value_as)}</span><pre>${esc(fmtValue(r.value, r.value_as))}</pre>`]], d.records));
-    } catch (e) { fail('summary', e); show('records', ''); }
+    } catch (e) { if (mine === reads) { fail('summary', e); show('records', ''); } }
   }
   f.addEventListener('submit', (ev) => { ev.preventDefault(); load(); });
   $('#replay')?.addEventListener('submit', async (ev) => {
