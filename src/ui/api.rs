@@ -18,7 +18,7 @@ use super::auth::Identity;
 use super::browse::{self, BrowseError};
 use super::Ui;
 use crate::admin::{self, AdminError};
-use crate::cmd::dlq::{self, AvroDecoding};
+use crate::dlq::{self, AvroDecoding};
 
 /// An API error: its status and `{"error": message}`.
 #[derive(Debug)]
@@ -719,7 +719,7 @@ pub async fn replay(
     if r.rate.is_some_and(|x| x.is_nan() || x <= 0.0) {
         return Err(bad("rate must be more than 0 records a second"));
     }
-    let args = dlq::ReplayArgs {
+    let args = dlq::ReplayRequest {
         topic: topic.clone(),
         to: nonempty(&r.to),
         error_type: nonempty(&r.error_type),
@@ -729,10 +729,6 @@ pub async fn replay(
         dry_run: r.dry_run,
         max_attempts: r.max_attempts.unwrap_or(3).max(1),
         group: nonempty(&r.group),
-        config: None,
-        brokers: String::new(),
-        output: dlq::Output::Json,
-        metrics_listen: None,
     };
     let request = json!({
         "topic": topic, "to": args.to, "error_type": args.error_type,
@@ -755,13 +751,21 @@ pub async fn replay(
         let done = tokio::task::spawn_blocking(move || {
             let stop = AtomicBool::new(false);
             let mut shown = Vec::new();
-            let progress = |total: u64, c: &dlq::ReplayCounts| {
+            // The job's progress, at most every 200 ms (and at the end of each batch's last
+            // record): the status endpoint shares the lock.
+            let mut shown_at: Option<std::time::Instant> = None;
+            let mut progress = |total: u64, c: &dlq::ReplayCounts| {
+                if shown_at.is_some_and(|t| t.elapsed() < std::time::Duration::from_millis(200))
+                    && c.read < total
+                {
+                    return;
+                }
+                shown_at = Some(std::time::Instant::now());
                 if let Some(j) = ui3.jobs.lock().expect("jobs lock").get_mut(&id) {
                     j.progress = Some(json!({ "total": total, "read": c.read, "sent": c.sent }));
                 }
             };
-            dlq::replay_with_progress(&kafka, &args, &stop, None, &mut shown, &progress)
-                .map(|c| (c, shown))
+            dlq::replay(&kafka, &args, &stop, None, &mut shown, &mut progress).map(|c| (c, shown))
         })
         .await;
         let mut jobs = ui2.jobs.lock().expect("jobs lock");

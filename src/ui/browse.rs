@@ -11,7 +11,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::cmd::dlq::{record_json, AvroDecoding, DlqRecord};
+use crate::dlq::{record_json, AvroDecoding, DlqRecord};
 use crate::kafka::KafkaConfig;
 
 /// The most records one page holds.
