@@ -529,6 +529,17 @@ impl Replayer<'_> {
             // is queued while it bumps the producer epoch): the batch is tried again.
             Ok(refused || purged)
         };
+        // Aborts the transaction to send the batch again.
+        let abort_for_retry = || {
+            producer
+                .abort_transaction(TXN_TIMEOUT)
+                .map_err(|e| DlqError::Batch {
+                    why: format!(
+                        "aborting a transaction at {brokers}: {e}{}",
+                        fenced_hint(&e)
+                    ),
+                })
+        };
         // Each abort costs a round more (see above).
         'retry: for _ in 0..4 * batch.len() + 4 {
             producer.begin_transaction().map_err(|e| DlqError::Batch {
@@ -542,14 +553,7 @@ impl Replayer<'_> {
                 if batch[i].suspect && matches!(batch[i].plan, Plan::Send(_)) {
                     send(i, &batch[i])?;
                     if settle(batch, true)? {
-                        producer
-                            .abort_transaction(TXN_TIMEOUT)
-                            .map_err(|e| DlqError::Batch {
-                                why: format!(
-                                    "aborting a transaction at {brokers}: {e}{}",
-                                    fenced_hint(&e)
-                                ),
-                            })?;
+                        abort_for_retry()?;
                         continue 'retry;
                     }
                 }
@@ -560,14 +564,7 @@ impl Replayer<'_> {
                 }
             }
             if settle(batch, false)? {
-                producer
-                    .abort_transaction(TXN_TIMEOUT)
-                    .map_err(|e| DlqError::Batch {
-                        why: format!(
-                            "aborting a transaction at {brokers}: {e}{}",
-                            fenced_hint(&e)
-                        ),
-                    })?;
+                abort_for_retry()?;
                 continue;
             }
             let meta = self
