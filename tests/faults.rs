@@ -45,19 +45,27 @@ struct Broker {
 
 impl Broker {
     fn start() -> Broker {
-        let kport = free_port();
+        Broker::start_on(free_port(), None)
+    }
+
+    /// A broker on `kport` whose clients are told to reach it at `advertised` (a proxy).
+    fn start_on(kport: u16, advertised: Option<u16>) -> Broker {
         let mut cport = free_port();
         while cport == kport {
             cport = free_port();
         }
         let state = tempfile::tempdir().unwrap();
+        let mut envs: Vec<(String, String)> = vec![
+            ("KAFKA_PORT".into(), kport.to_string()),
+            ("KAFKA_CONTROLLER_PORT".into(), cport.to_string()),
+            ("KGATE_STATE_DIR".into(), state.path().display().to_string()),
+        ];
+        if let Some(p) = advertised {
+            envs.push(("KAFKA_ADVERTISED_PORT".into(), p.to_string()));
+        }
         let b = Broker {
-            envs: vec![
-                ("KAFKA_PORT".into(), kport.to_string()),
-                ("KAFKA_CONTROLLER_PORT".into(), cport.to_string()),
-                ("KGATE_STATE_DIR".into(), state.path().display().to_string()),
-            ],
-            addr: format!("127.0.0.1:{kport}"),
+            envs,
+            addr: format!("127.0.0.1:{}", advertised.unwrap_or(kport)),
             _state: state,
         };
         b.up();
@@ -239,15 +247,24 @@ struct HttpLoad {
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
     accepted: Arc<Mutex<BTreeSet<u64>>>,
+    /// Seqs of requests answered 429 (kgate's buffer was full: never written).
+    refused: Arc<Mutex<BTreeSet<u64>>>,
     statuses: Arc<Mutex<HashMap<u16, u64>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 fn http_load(url: String) -> HttpLoad {
+    http_load_from(url, 0)
+}
+
+/// [`http_load`] numbering its records from `base + 1`.
+fn http_load_from(url: String, base: u64) -> HttpLoad {
     let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(base));
     let accepted = Arc::new(Mutex::new(BTreeSet::new()));
+    let refused = Arc::new(Mutex::new(BTreeSet::new()));
     let statuses = Arc::new(Mutex::new(HashMap::new()));
+    let r2 = refused.clone();
     let (s2, n2, a2, st2) = (
         stop.clone(),
         sent.clone(),
@@ -263,7 +280,7 @@ fn http_load(url: String) -> HttpLoad {
         while !s2.load(Ordering::Relaxed) {
             let first = n2.fetch_add(10, Ordering::Relaxed) + 1;
             let records: Vec<serde_json::Value> = (first..first + 10)
-                .map(|seq| serde_json::json!({"key": format!("k{}", seq % 8), "value": {"seq": seq}}))
+                .map(|seq| serde_json::json!({"key": format!("c{}-k{}", base, seq % 8), "value": {"seq": seq}}))
                 .collect();
             let body = serde_json::json!({ "records": records }).to_string();
             let answer = agent
@@ -282,12 +299,15 @@ fn http_load(url: String) -> HttpLoad {
                 Err(_) => (0, serde_json::Value::Null),
             };
             *st2.lock().unwrap().entry(status).or_default() += 1;
-            if let Some(offsets) = v["offsets"].as_array() {
-                let mut acc = a2.lock().unwrap();
-                for (i, o) in offsets.iter().enumerate() {
-                    if o["offset"].as_i64().is_some() {
-                        acc.insert(first + i as u64);
-                    }
+            // Per record: an offset (in Kafka), or an error; a 429's records without an
+            // offset were refused (kgate's buffer was full) and must never be written.
+            let offsets = v["offsets"].as_array().cloned().unwrap_or_default();
+            for i in 0..10u64 {
+                let o = offsets.get(i as usize);
+                if o.is_some_and(|o| o["offset"].as_i64().is_some()) {
+                    a2.lock().unwrap().insert(first + i);
+                } else if status == 429 {
+                    r2.lock().unwrap().insert(first + i);
                 }
             }
             if status != 200 {
@@ -299,6 +319,7 @@ fn http_load(url: String) -> HttpLoad {
         stop,
         sent,
         accepted,
+        refused,
         statuses,
         thread: Some(thread),
     }
@@ -330,6 +351,15 @@ impl HttpLoad {
 /// A `kgate run` with the HTTP source (REST Proxy route open to `topic`, no auth on
 /// loopback); (process, the topic's URL, metrics address, config dir).
 fn http_gateway(broker: &str, topic: &str) -> (Proc, String, String, tempfile::TempDir) {
+    http_gateway_with(broker, topic, "")
+}
+
+/// [`http_gateway`] with more lines of the `kafka:` section (e.g. the producer's buffer).
+fn http_gateway_with(
+    broker: &str,
+    topic: &str,
+    kafka_extra: &str,
+) -> (Proc, String, String, tempfile::TempDir) {
     let hport = free_port();
     let mport = free_port();
     let dir = tempfile::tempdir().unwrap();
@@ -341,7 +371,8 @@ fn http_gateway(broker: &str, topic: &str) -> (Proc, String, String, tempfile::T
             &format!("http:\n  listen: '127.0.0.1:{hport}'\n  ack_timeout: 5s\n"),
             " []\n",
         )
-        .replace("pipelines:\n []", "pipelines: []"),
+        .replace("pipelines:\n []", "pipelines: []")
+        .replacen("\nmetrics:", &format!("\n{kafka_extra}metrics:"), 1),
     );
     let metrics = format!("127.0.0.1:{mport}");
     wait_until(
@@ -366,10 +397,19 @@ fn mqtt_url() -> String {
 /// Publishes `seqs` at QoS 1 to `root/devices/d<seq % 7>/telemetry` from a persistent
 /// session, `per_ms` a millisecond at most; the number the MQTT broker acknowledged.
 fn mqtt_publish(root: &str, seqs: std::ops::RangeInclusive<u64>, per_ms: usize) -> u64 {
+    mqtt_publish_to(&mqtt_url(), root, seqs, per_ms)
+}
+
+/// [`mqtt_publish`] to the MQTT broker at `url`.
+fn mqtt_publish_to(
+    url: &str,
+    root: &str,
+    seqs: std::ops::RangeInclusive<u64>,
+    per_ms: usize,
+) -> u64 {
     use rumqttc::v5::mqttbytes::v5::Packet;
     use rumqttc::v5::mqttbytes::QoS;
     use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-    let url = mqtt_url();
     let hp = url.trim_start_matches("mqtt://");
     let (host, port) = hp.rsplit_once(':').unwrap();
     let (host, port) = (host.to_string(), port.parse::<u16>().unwrap());
@@ -963,4 +1003,257 @@ fn feed_reconnect_storm() {
     row.print();
     assert_eq!((lost, dups), (0, 0), "{row:?}");
     assert!(fds1 <= fds0 + 5, "open files grew: {row:?}");
+}
+
+/// HTTP clients flooding kgate at about 5× what its buffer holds (10 clients keeping 10
+/// records each in flight against a buffer of 20): the excess is answered 429 and never
+/// written, every record answered with an offset is in Kafka.
+#[test]
+fn http_flood_at_five_times_capacity() {
+    let b = Broker::start();
+    let topic = unique("faults.flood");
+    let (gw, url, _m, _dir) = http_gateway_with(
+        &b.addr,
+        &topic,
+        "  producer: {max_buffered_records: 20, linger_ms: 5}\n",
+    );
+    // Each client numbers its own records, from its own base so that seqs stay distinct.
+    let loads: Vec<HttpLoad> = (0..10)
+        .map(|i| http_load_from(url.clone(), i * 100_000_000))
+        .collect();
+    let started = Instant::now();
+    wait_until(
+        Duration::from_secs(120),
+        || loads.iter().map(HttpLoad::accepted).sum::<u64>() >= 5_000,
+        "5,000 records answered with offsets",
+    );
+    let took = started.elapsed();
+    let refused_n: u64 = loads
+        .iter()
+        .map(|l| l.refused.lock().unwrap().len() as u64)
+        .sum();
+    let mut sent = 0;
+    let mut accepted = BTreeSet::new();
+    let mut statuses: HashMap<u16, u64> = HashMap::new();
+    let mut refused = BTreeSet::new();
+    for l in loads {
+        refused.extend(l.refused.lock().unwrap().iter().copied());
+        let (n, a, st) = l.finish();
+        sent += n % 100_000_000;
+        accepted.extend(a);
+        for (k, v) in st {
+            *statuses.entry(k).or_default() += v;
+        }
+    }
+    let recs = consume(&b.addr, &topic, accepted.len(), Duration::from_secs(60));
+    let (in_kafka, lost, dups, reordered) = tally(&recs, &accepted);
+    let written_refused = recs
+        .iter()
+        .filter_map(|r| r.json()["seq"].as_u64())
+        .filter(|s| refused.contains(s))
+        .count();
+    let row = Row {
+        fault: "HTTP flood at 5× the buffer".into(),
+        source: "http (REST Proxy v2)",
+        sent,
+        accepted: accepted.len() as u64,
+        in_kafka,
+        lost,
+        dups,
+        reordered,
+        note: format!(
+            "answers by status {statuses:?} in {:.1}s; {refused_n} records answered 429, {written_refused} of them in Kafka",
+            took.as_secs_f64()
+        ),
+    };
+    row.print();
+    assert!(refused_n > 0, "the flood never filled the buffer: {row:?}");
+    assert_eq!(
+        written_refused, 0,
+        "a record answered 429 was written: {row:?}"
+    );
+    assert_eq!((lost, dups), (0, 0), "{row:?}\n{}", gw.log_text());
+}
+
+/// A TCP proxy on `listen` to `to` that holds every chunk `delay` in each direction.
+async fn delay_proxy(listen: u16, to: u16, delay: Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn pipe(
+        mut r: tokio::net::tcp::OwnedReadHalf,
+        mut w: tokio::net::tcp::OwnedWriteHalf,
+        delay: Duration,
+    ) {
+        let (tx, mut rx) =
+            tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+        let writer = tokio::spawn(async move {
+            while let Some((at, buf)) = rx.recv().await {
+                tokio::time::sleep_until(at).await;
+                if w.write_all(&buf).await.is_err() {
+                    break;
+                }
+            }
+            let _ = w.shutdown().await;
+        });
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx
+                        .send((tokio::time::Instant::now() + delay, buf[..n].to_vec()))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        drop(tx);
+        let _ = writer.await;
+    }
+    let l = tokio::net::TcpListener::bind(("127.0.0.1", listen))
+        .await
+        .unwrap();
+    while let Ok((client, _)) = l.accept().await {
+        tokio::spawn(async move {
+            let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
+                return;
+            };
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            tokio::spawn(pipe(cr, sw, delay));
+            pipe(sr, cw, delay).await;
+        });
+    }
+}
+
+/// A slow network to the broker (200 ms each way through a proxy the broker advertises):
+/// accept→ack latency rises, nothing is lost, duplicated or reordered.
+#[test]
+fn slow_broker_200ms_each_way() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (kport, pport) = (free_port(), free_port());
+    rt.spawn(delay_proxy(pport, kport, Duration::from_millis(200)));
+    let b = Broker::start_on(kport, Some(pport));
+    let topic = unique("faults.slow");
+    let count: u64 = if full() { 60_000 } else { 15_000 };
+    let load = ws_load(&b.addr, &topic, 1000, count);
+    load.wait_received(count, Duration::from_secs(180));
+    let recs = consume(&b.addr, &topic, count as usize, Duration::from_secs(180));
+    let accepted: BTreeSet<u64> = (1..=count).collect();
+    let (in_kafka, lost, dups, reordered) = tally(&recs, &accepted);
+    let sum = scrape(&load.metrics, "kafka_producer_request_duration_seconds_sum");
+    let n = scrape(
+        &load.metrics,
+        "kafka_producer_request_duration_seconds_count",
+    );
+    let row = Row {
+        fault: "slow broker (200 ms each way)".into(),
+        source: "websocket",
+        sent: count,
+        accepted: load.received(),
+        in_kafka,
+        lost,
+        dups,
+        reordered,
+        note: format!(
+            "mean accept→ack {:.0} ms over {n} records",
+            if n > 0.0 { 1000.0 * sum / n } else { 0.0 }
+        ),
+    };
+    row.print();
+    drop(rt);
+    assert_eq!(
+        (lost, dups, reordered),
+        (0, 0, 0),
+        "{row:?}\n{}",
+        load.gw.log_text()
+    );
+    assert!(
+        sum / n >= 0.4,
+        "the proxy did not slow the broker down: {row:?}"
+    );
+}
+
+/// Mosquitto restarted mid-stream (it keeps sessions on disk): kgate's persistent session
+/// resumes and the publisher's unacknowledged messages are sent again; nothing is lost.
+#[test]
+fn mqtt_broker_restart_with_a_persistent_session() {
+    let b = Broker::start();
+    let mq_port = free_port();
+    let state = tempfile::tempdir().unwrap();
+    let envs = [
+        ("MQTT_PORT", mq_port.to_string()),
+        ("KGATE_STATE_DIR", state.path().display().to_string()),
+    ];
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mqtt = |args: &[&str]| {
+        let out = services(args, &envs);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    struct Down<'a>(&'a [(&'a str, &'a str)]);
+    impl Drop for Down<'_> {
+        fn drop(&mut self) {
+            services(&["down", "mqtt"], self.0);
+        }
+    }
+    mqtt(&["up", "mqtt"]);
+    let _down = Down(&envs);
+    let url = format!("mqtt://127.0.0.1:{mq_port}");
+    let topic = unique("faults.mqtt.restart");
+    let root = unique("faults-mqrestart");
+    let mport = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = spawn_run(
+        dir.path(),
+        &config(
+            &b.addr,
+            mport,
+            "",
+            &mqtt_pipeline(&url, &unique("kgate-faults"), &root, &topic),
+        ),
+    );
+    wait_until(
+        Duration::from_secs(30),
+        || gw.log_text().contains("subscribed"),
+        "kgate to subscribe",
+    );
+    let metrics = format!("127.0.0.1:{mport}");
+    let n: u64 = 20_000;
+    let (r2, u2) = (root.clone(), url.clone());
+    let publisher = std::thread::spawn(move || mqtt_publish_to(&u2, &r2, 1..=n, 2));
+    wait_until(
+        Duration::from_secs(60),
+        || scrape(&metrics, "kafka_messages_published_total") >= 3_000.0,
+        "3,000 records in Kafka",
+    );
+    mqtt(&["down", "mqtt"]);
+    std::thread::sleep(Duration::from_secs(2));
+    mqtt(&["up", "mqtt"]);
+    let acked = publisher.join().unwrap();
+    let accepted: BTreeSet<u64> = (1..=n).collect();
+    let recs = consume(&b.addr, &topic, n as usize, Duration::from_secs(180));
+    let (in_kafka, lost, dups, reordered) = tally(&recs, &accepted);
+    let row = Row {
+        fault: "MQTT broker restarted mid-stream".into(),
+        source: "mqtt (QoS 1, persistent session)",
+        sent: n,
+        accepted: acked,
+        in_kafka,
+        lost,
+        dups,
+        reordered,
+        note: format!(
+            "kgate reconnected {} time(s); duplicates allowed (QoS 1 redelivery)",
+            scrape(&metrics, "kgate_mqtt_connections_total") - 1.0
+        ),
+    };
+    row.print();
+    assert_eq!(acked, n, "the publisher got every PUBACK");
+    assert_eq!(lost, 0, "{row:?}\n{}", gw.log_text());
 }
