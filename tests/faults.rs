@@ -1257,3 +1257,149 @@ fn mqtt_broker_restart_with_a_persistent_session() {
     assert_eq!(acked, n, "the publisher got every PUBACK");
     assert_eq!(lost, 0, "{row:?}\n{}", gw.log_text());
 }
+
+/// The schema registry down when kgate starts (an Avro pipeline refuses to start, naming the
+/// registry and the fix), and stopped mid-stream (the cached schema is used: nothing lost).
+#[test]
+fn registry_down_at_start_and_mid_stream() {
+    // At start: nothing listens at the registry's address.
+    let dir = tempfile::tempdir().unwrap();
+    let dead = format!("http://127.0.0.1:{}/apis/ccompat/v7", free_port());
+    let topic0 = unique("faults.reg.start");
+    let path = write_config(
+        dir.path(),
+        &format!(
+            "kafka: {{brokers: ['{}']}}\nschema_registry: {{url: '{dead}'}}\nmetrics: {{listen: '127.0.0.1:{}'}}\npipelines:\n  - name: avro\n    source: {{websocket: {{urls: ['ws://127.0.0.1:{}/ws']}}}}\n    topic: {topic0}\n    format: avro\n",
+            brokers(),
+            free_port(),
+            free_port()
+        ),
+    );
+    let out = std::process::Command::new(kgate_bin())
+        .args(["run", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "kgate run started without its registry:\n{err}"
+    );
+    assert!(
+        err.contains(&format!("cannot reach the schema registry at {dead}"))
+            && err.contains("is it running?"),
+        "{err}"
+    );
+    Row {
+        fault: "registry down at start".into(),
+        source: "websocket, Avro",
+        note: format!(
+            "kgate run exits {} naming the registry and the fix",
+            out.status
+        ),
+        ..Row::default()
+    }
+    .print();
+
+    // Mid-stream: a registry of the test's own, stopped while records stream.
+    let port = free_port().to_string();
+    let state = tempfile::tempdir().unwrap();
+    let envs = [
+        ("REGISTRY_PORT", port.as_str()),
+        ("KGATE_STATE_DIR", state.path().to_str().unwrap()),
+    ];
+    let up = services(&["up", "registry"], &envs);
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    struct Down<'a>(&'a [(&'a str, &'a str)]);
+    impl Drop for Down<'_> {
+        fn drop(&mut self) {
+            services(&["down", "registry"], self.0);
+        }
+    }
+    let _down = Down(&envs);
+    let url = format!("http://127.0.0.1:{port}/apis/ccompat/v7");
+    let topic = unique("faults.reg");
+    let schema_file = dir.path().join("s.avsc");
+    std::fs::write(
+        &schema_file,
+        r#"{"type":"record","name":"Tick","namespace":"io.kgate.faults","fields":[{"name":"seq","type":"long"},{"name":"symbol","type":"string"}]}"#,
+    )
+    .unwrap();
+    let reg = std::process::Command::new(kgate_bin())
+        .args([
+            "schemas",
+            "register",
+            &format!("{topic}-value"),
+            "--file",
+            schema_file.to_str().unwrap(),
+            "--registry",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        reg.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reg.stderr)
+    );
+    let (_synth, feed) = spawn_synth("ticker", &["--rate", "500", "--count", "6000"]);
+    let mport = free_port();
+    let dir2 = tempfile::tempdir().unwrap();
+    let mut gw = spawn_run(
+        dir2.path(),
+        &format!(
+            "kafka: {{brokers: ['{}']}}\nschema_registry: {{url: '{url}', refresh: 1s}}\nmetrics: {{listen: '127.0.0.1:{mport}'}}\npipelines:\n  - name: avro\n    source: {{websocket: {{urls: ['{feed}']}}}}\n    topic: {topic}\n    key: '${{symbol}}'\n    format: avro\n",
+            brokers()
+        ),
+    );
+    let metrics = format!("127.0.0.1:{mport}");
+    wait_until(
+        Duration::from_secs(60),
+        || scrape(&metrics, "kafka_messages_published_total") >= 1_000.0,
+        "1,000 records in Kafka",
+    );
+    let down = services(&["down", "registry"], &envs);
+    assert!(down.status.success());
+    wait_until(
+        Duration::from_secs(60),
+        || scrape(&metrics, "kafka_producer_websocket_messages_received_total") >= 6_000.0,
+        "the whole feed read",
+    );
+    let refresh_errors = scrape(&metrics, "kgate_schema_refresh_errors_total");
+    let summary = stop(&mut gw, 30);
+    let recs = consume(&brokers(), &topic, 6_000, Duration::from_secs(60));
+    // The Avro body starts with `seq` (a long): the zig-zag varint after the 5-byte frame.
+    let mut seen = BTreeSet::new();
+    let mut dups = 0;
+    for r in &recs {
+        let (mut n, mut shift) = (0u64, 0);
+        for b in &r.value[5..] {
+            n |= u64::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        if !seen.insert(n >> 1) {
+            dups += 1;
+        }
+    }
+    let lost = (1..=6_000u64).filter(|s| !seen.contains(s)).count() as u64;
+    let row = Row {
+        fault: "registry stopped mid-stream".into(),
+        source: "websocket, Avro",
+        sent: 6_000,
+        accepted: summary.get("accepted").copied().unwrap_or(0),
+        in_kafka: seen.len() as u64,
+        lost,
+        dups,
+        reordered: 0,
+        note: format!("the cached schema kept encoding; {refresh_errors} refresh errors counted"),
+    };
+    row.print();
+    assert_eq!((lost, dups), (0, 0), "{row:?}\n{}", gw.log_text());
+    assert!(refresh_errors >= 1.0, "{row:?}");
+}
