@@ -169,7 +169,7 @@ fn spawn_ui(dir: &std::path::Path, name: &str, write: bool, hash: &str) -> (Proc
     std::fs::write(
         &config,
         format!(
-            "kafka: {{brokers: ['{}']}}\nschema_registry: {{url: '{}'}}\nui:\n  listen: '{listen}'\n  write: {write}\n  users:\n    - {{name: writer, password_hash: '{hash}', role: write}}\n    - {{name: reader, password_hash: '{hash}'}}\n  tokens:\n    - {{name: ci, token: '{TOKEN}', role: write}}\n    - {{name: ro, token: '{READ_TOKEN}'}}\n",
+            "kafka: {{brokers: ['{}']}}\nschema_registry: {{url: '{}'}}\nui:\n  listen: '{listen}'\n  write: {write}\n  lag_sample_interval: 1s\n  users:\n    - {{name: writer, password_hash: '{hash}', role: write}}\n    - {{name: reader, password_hash: '{hash}'}}\n  tokens:\n    - {{name: ci, token: '{TOKEN}', role: write}}\n    - {{name: ro, token: '{READ_TOKEN}'}}\n",
             brokers(),
             registry()
         ),
@@ -372,6 +372,40 @@ fn api_reads_topics_messages_groups_schemas_and_the_dlq() {
         .map(|p| (p["partition"].as_i64().unwrap(), p["lag"].as_i64().unwrap()))
         .collect();
     assert!(lags.contains(&(0, 2)) && lags.contains(&(1, 0)), "{g}");
+
+    // Lag over time: the look above took the first sample; the sampler (every 1 s here) adds
+    // more while the group is watched, each the group's real lag: 2, all of it in the topic.
+    let history = format!("/api/groups/{}/history", f.group);
+    let (s, h) = get(&history);
+    assert_eq!(s, 200, "{h}");
+    assert!(!h["samples"].as_array().unwrap().is_empty(), "{h}");
+    let mut h = Value::Null;
+    wait_until(
+        Duration::from_secs(30),
+        || {
+            h = get(&history).1;
+            h["samples"].as_array().is_some_and(|s| s.len() >= 3)
+        },
+        "3 lag samples",
+    );
+    assert_eq!(h["interval_ms"], 1000, "{h}");
+    let samples = h["samples"].as_array().unwrap();
+    assert!(samples.len() <= h["max_samples"].as_u64().unwrap() as usize);
+    for x in samples {
+        assert_eq!(x["total_lag"], 2, "{h}");
+        assert_eq!(x["topics"][&f.topic], 2, "{h}");
+        assert_eq!(x["topics"].as_object().unwrap().len(), 1, "{h}");
+    }
+    let times: Vec<u64> = samples
+        .iter()
+        .map(|x| x["time_ms"].as_u64().unwrap())
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] < w[1]),
+        "oldest first: {times:?}"
+    );
+    let (s, _) = get("/api/groups/no-such-group-ever/history");
+    assert_eq!(s, 404, "a group that does not exist has no history");
 
     let (s, sc) = get("/api/schemas");
     assert_eq!(s, 200);

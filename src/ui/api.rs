@@ -219,8 +219,31 @@ pub async fn groups(State(ui): State<Arc<Ui>>) -> ApiResult {
 }
 
 /// `GET /api/groups/{group}`: members and lag per partition.
+/// Marks the group watched: its lag is sampled while the UI runs, this reading first.
 pub async fn group(State(ui): State<Arc<Ui>>, Path(group): Path<String>) -> ApiResult {
-    Ok(Json(json!(admin::describe_group(&ui.kafka, &group).await?)))
+    let d = admin::describe_group(&ui.kafka, &group).await?;
+    ui.lag.watch(&group);
+    ui.lag.record(&group, &d);
+    Ok(Json(json!(d)))
+}
+
+/// `GET /api/groups/{group}/history`: the group's lag sampled while the UI runs
+/// (`{interval_ms, samples: [{time_ms, total_lag, topics: {topic: lag}}]}`, oldest first).
+/// Marks the group watched, and takes its first sample if it has none.
+pub async fn group_history(State(ui): State<Arc<Ui>>, Path(group): Path<String>) -> ApiResult {
+    if ui.lag.samples(&group).is_empty() {
+        let d = admin::describe_group(&ui.kafka, &group).await?;
+        ui.lag.watch(&group);
+        ui.lag.record(&group, &d);
+    } else {
+        ui.lag.watch(&group);
+    }
+    Ok(Json(json!({
+        "group": group,
+        "interval_ms": ui.lag.interval().as_millis() as u64,
+        "max_samples": super::lag::MAX_SAMPLES,
+        "samples": ui.lag.samples(&group),
+    })))
 }
 
 /// `GET /api/schemas`: every subject with its versions.
@@ -450,6 +473,7 @@ pub async fn add_partitions(
 /// `DELETE /api/groups/{group}` (write mode): deletes an inactive group and its offsets.
 pub async fn delete_group(State(ui): State<Arc<Ui>>, Path(group): Path<String>) -> ApiResult {
     admin::delete_group(&ui.kafka, &group).await?;
+    ui.lag.forget(&group);
     Ok(Json(json!({ "deleted": group })))
 }
 

@@ -11,6 +11,7 @@ pub mod api;
 pub mod auth;
 pub mod browse;
 pub mod config;
+pub mod lag;
 pub mod pages;
 
 use std::collections::HashMap;
@@ -55,6 +56,8 @@ pub struct Ui {
     /// DLQ replays started from the UI.
     jobs: Mutex<HashMap<u64, api::ReplayJob>>,
     next_job: AtomicU64,
+    /// Consumer group lag over time, sampled while the UI serves.
+    pub lag: Arc<lag::LagHistory>,
 }
 
 impl Ui {
@@ -68,6 +71,7 @@ impl Ui {
     ) -> Arc<Ui> {
         Arc::new(Ui {
             auth: auth::Auth::new(&config),
+            lag: Arc::new(lag::LagHistory::new(config.lag_sample_interval)),
             tls: config.tls.is_some(),
             config,
             kafka,
@@ -110,6 +114,7 @@ pub fn router(ui: Arc<Ui>) -> Router {
             get(api::group).delete(api::delete_group),
         )
         .route("/api/groups/{group}/reset", post(api::reset_group))
+        .route("/api/groups/{group}/history", get(api::group_history))
         .route(
             "/api/schemas/{subject}/compatibility",
             post(api::compatibility),
@@ -151,7 +156,8 @@ pub enum UiError {
     },
 }
 
-/// Serves the UI on `addr` until `shutdown`; the task that serves it, once listening.
+/// Serves the UI on `addr` until `shutdown` (and samples the watched groups' lag); the task
+/// that serves it, once listening.
 pub async fn serve(
     addr: SocketAddr,
     ui: Arc<Ui>,
@@ -169,6 +175,7 @@ pub async fn serve(
         max_connections,
         header_timeout: HEADER_TIMEOUT,
     };
+    tokio::spawn(ui.lag.clone().run(ui.kafka.clone(), shutdown.clone()));
     let app = router(ui);
     let info = |peer| peer;
     Ok(match acceptor {

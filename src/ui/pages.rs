@@ -220,7 +220,7 @@ pub async fn group(
 ) -> Response {
     let mut body = String::from(
         r#"<section class="cards" id="summary"><p class="muted">Loading…</p></section>
-<h2>Total lag over time <span class="muted">(sampled every 5 s while this page is open)</span></h2><div id="chart"></div>
+<h2>Lag over time <span class="muted">(sampled while the UI runs, for the groups looked at in the last hour)</span></h2><div id="chart"></div>
 <h2>Lag per partition</h2><div id="partitions"></div>
 <h2>Members</h2><div id="members"></div>"#,
     );

@@ -112,6 +112,15 @@ await step("a consumer group's lag per partition", async () => {
   await page.waitForSelector('#partitions table');
   const card = await page.locator('#summary').innerText();
   expect(card.includes(`${LAG}\ntotal lag`) || card.includes(`${LAG} total lag`), `summary: ${card}`);
+  // Lag over time: drawn from the first look (a dot), then a line once the sampler (every
+  // 1 s in the test) has added samples; its top label is the lag.
+  // (A flat line has no height, so `attached`, not `visible`.)
+  await page.waitForSelector('#chart svg#lag-chart circle, #chart svg#lag-chart polyline', { state: 'attached' });
+  await page.waitForSelector('#chart svg#lag-chart polyline', { state: 'attached', timeout: 30000 });
+  const points = (await page.locator('#chart svg#lag-chart polyline').first().getAttribute('points')).trim().split(/\s+/).length;
+  expect(points >= 2, `the line has ${points} points`);
+  const top = await page.locator('#chart svg#lag-chart text').first().textContent();
+  expect(top === LAG, `the chart's top is ${top}, not ${LAG}`);
   await shot(page, 'group');
 });
 

@@ -265,25 +265,36 @@ async function groups() {
   try { all = (await get('/api/groups')).groups; render(); } catch (e) { fail('groups', e); }
 }
 
-function chart(points) {
-  if (points.length < 2) return '<p class="muted">Collecting samples…</p>';
-  const w = 600, h = 120, max = Math.max(1, ...points.map((p) => p.v));
-  const t0 = points[0].t, t1 = points[points.length - 1].t;
-  const xy = points.map((p) => `${((p.t - t0) / Math.max(1, t1 - t0)) * w},${h - (p.v / max) * (h - 10)}`).join(' ');
-  return `<svg class="chart" viewBox="0 0 ${w} ${h}" preserveAspectRatio="none"><polyline fill="none" stroke="#1f4e79" stroke-width="2" points="${xy}"/>` +
-    `<text x="4" y="12" font-size="11">${num(max)}</text></svg>`;
+// Lag over time (GET /api/groups/{group}/history): the total, and each topic when there are
+// several, as lines; one sample is drawn as a dot.
+const colors = ['#1f4e79', '#bf3989', '#9a6700', '#1a7f37', '#cf222e', '#6a737d'];
+function lagChart(h) {
+  const ss = h.samples || [];
+  if (!ss.length) return '<p class="muted">No samples yet.</p>';
+  const topics = [...new Set(ss.flatMap((s) => Object.keys(s.topics || {})))].slice(0, colors.length - 1);
+  const lines = [['total', (s) => s.total_lag]].concat(topics.length > 1 ? topics.map((t) => [t, (s) => (s.topics || {})[t] ?? 0]) : []);
+  const w = 600, h2 = 120, max = Math.max(1, ...ss.map((s) => s.total_lag));
+  const t0 = ss[0].time_ms, span = Math.max(1, ss[ss.length - 1].time_ms - t0);
+  const x = (s) => (ss.length < 2 ? w / 2 : ((s.time_ms - t0) / span) * w), y = (v) => h2 - (v / max) * (h2 - 14);
+  let svg = '';
+  lines.forEach(([name, f], i) => {
+    const c = colors[i % colors.length];
+    svg += ss.length < 2 ? `<circle cx="${x(ss[0])}" cy="${y(f(ss[0]))}" r="4" fill="${c}"><title>${esc(name)}: ${num(f(ss[0]))}</title></circle>`
+      : `<polyline fill="none" stroke="${c}" stroke-width="${i ? 1.5 : 2.5}" points="${ss.map((s) => `${x(s)},${y(f(s))}`).join(' ')}"><title>${esc(name)}</title></polyline>`;
+  });
+  const legend = lines.map(([name], i) => `<span><svg width="10" height="10"><rect width="10" height="10" fill="${colors[i % colors.length]}"/></svg> ${esc(name)}</span>`).join(' ');
+  return `<svg class="chart" id="lag-chart" viewBox="0 0 ${w} ${h2}" preserveAspectRatio="none">${svg}<text x="4" y="11" font-size="10">${num(max)}</text></svg>` +
+    `<div class="bar muted"><span>${esc(time(t0))}</span><span>→ ${esc(time(ss[ss.length - 1].time_ms))} UTC, ${ss.length} of at most ${num(h.max_samples)} samples, one every ${h.interval_ms / 1000} s</span></div>` +
+    (lines.length > 1 ? `<div class="bar">${legend}</div>` : '');
 }
 
 async function group() {
-  const samples = [];
   let topicsListed = false;
   async function load() {
     try {
       const g = await get(`/api/groups/${enc(arg)}`);
-      samples.push({ t: Date.now(), v: g.total_lag });
-      if (samples.length > 720) samples.shift();
       show('summary', card(esc(g.state), 'state') + card(g.members.length, 'members') + card(num(g.total_lag), 'total lag') + card(esc(g.protocol || '–'), 'assignor'));
-      show('chart', chart(samples));
+      get(`/api/groups/${enc(arg)}/history`).then((h) => show('chart', lagChart(h)), (e) => fail('chart', e));
       show('partitions', table([['topic', (p) => `<a href="/topics/${enc(p.topic)}">${esc(p.topic)}</a>`], ['partition', (p) => p.partition, 'num'],
         ['committed', (p) => num(p.committed), 'num'], ['end', (p) => num(p.end), 'num'], ['lag', (p) => num(p.lag), 'num'], ['member', (p) => esc(p.member || '')]], g.partitions));
       const sel = $('#reset [name=topic]');
@@ -361,7 +372,6 @@ function hourBars(records) {
   const last = keys[keys.length - 1], n = Math.max(24, last - keys[0] + 1), first = last - n + 1;
   const max = Math.max(...keys.map((h) => Object.values(hours[h]).reduce((a, b) => a + b, 0)));
   const w = 600, h = 100, bw = w / n;
-  const colors = ['#1f4e79', '#bf3989', '#9a6700', '#1a7f37', '#cf222e', '#6a737d'];
   const types = [...new Set(records.map((r) => r.headers.error_type || '-'))];
   let bars = '';
   for (const k of keys) {
