@@ -12,6 +12,7 @@ pub mod auth;
 pub mod browse;
 pub mod config;
 pub mod lag;
+pub mod overview;
 pub mod pages;
 
 use std::collections::HashMap;
@@ -58,6 +59,8 @@ pub struct Ui {
     next_job: AtomicU64,
     /// Consumer group lag over time, sampled while the UI serves.
     pub lag: Arc<lag::LagHistory>,
+    /// kgate's pipelines as configured (inside `kgate run`), for the overview.
+    pipelines: OnceLock<Vec<overview::PipelineInfo>>,
 }
 
 impl Ui {
@@ -81,7 +84,22 @@ impl Ui {
             producer: OnceLock::new(),
             jobs: Mutex::new(HashMap::new()),
             next_job: AtomicU64::new(1),
+            pipelines: OnceLock::new(),
         })
+    }
+
+    /// Tells the overview what each of `kgate run`'s pipelines reads and writes (set once).
+    pub fn describe_pipelines(&self, pipelines: &[crate::gateway::PipelineConfig]) {
+        let infos = pipelines
+            .iter()
+            .map(|p| overview::PipelineInfo::from_config(p, &self.dlq_topic))
+            .collect();
+        let _ = self.pipelines.set(infos);
+    }
+
+    /// The pipelines [`Ui::describe_pipelines`] was given.
+    pub fn pipelines(&self) -> &[overview::PipelineInfo] {
+        self.pipelines.get().map_or(&[], Vec::as_slice)
     }
 }
 

@@ -134,7 +134,7 @@ fn layout(ui: &Ui, who: &Identity, page: &str, arg: &str, title: &str, body: &st
 pub async fn overview(State(ui): State<Arc<Ui>>, Extension(who): Extension<Identity>) -> Response {
     let body = r#"<section class="cards" id="cluster"><p class="muted">Loading the cluster…</p></section>
 <h2>Brokers</h2><div id="brokers"></div>
-<h2>kgate pipelines</h2><section class="cards" id="totals"></section><div id="pipelines"><p class="muted">…</p></div>"#;
+<h2>kgate pipelines</h2><section class="cards" id="totals"></section><div id="run"></div><div id="pipelines"><p class="muted">…</p></div>"#;
     layout(&ui, &who, "overview", "", "Overview", body)
 }
 

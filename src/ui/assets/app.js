@@ -41,8 +41,54 @@ function formStatus(form, text, ok) { const s = $('.status', form); if (s) { s.c
 $('#logout')?.addEventListener('click', async () => { await api('POST', '/logout').catch(() => {}); location.href = '/login'; });
 
 // ---------------------------------------------------------------------------------- overview
+// A small line chart of the last rates (two series: in and out), scaled to their maximum.
+function spark(points, keys) {
+  if (points.length < 2) return '<span class="muted">…</span>';
+  const w = 120, h = 24, max = Math.max(1e-9, ...points.flatMap((p) => keys.map((k) => p[k] || 0)));
+  const line = (k, c) => `<polyline fill="none" stroke="${c}" stroke-width="1.5" points="${points.map((p, i) => `${(i / (points.length - 1)) * w},${h - 1 - ((p[k] || 0) / max) * (h - 2)}`).join(' ')}"/>`;
+  return `<svg class="spark" width="${w}" height="${h}" viewBox="0 0 ${w} ${h}"><title>in (blue) and out (green) per second, up to ${max.toFixed(1)}/s</title>${keys.map((k, i) => line(k, colors[i * 3 % colors.length])).join('')}</svg>`;
+}
+const rate = (r) => (r === null || r === undefined ? '' : ` <small class="muted">${r.toFixed(1)}/s</small>`);
+const ms = (v) => (v === null || v === undefined ? '–' : v < 10 ? v.toFixed(2) : v.toFixed(1));
+
+// Per pipeline and per source (GET /api/overview's `run`): counts with rates between two polls,
+// the accept → ack latency, connection states, the buffer, and each pipeline's rates as a line.
+function runView(run, prev, hist, now) {
+  const dt = (p, k, v) => (p && now > p.t ? Math.max(0, (v - p[k]) / ((now - p.t) / 1000)) : null);
+  const rows = run.pipelines.map((p) => {
+    const before = prev[p.name];
+    const r = { ...p, in_r: p.in === null ? null : dt(before, 'in', p.in), out_r: dt(before, 'out', p.out), dlq_r: dt(before, 'dlq', p.dead_lettered) };
+    const dc = before ? p.latency.count - before.n : 0;
+    r.window_ms = dc > 0 ? (1000 * (p.latency.sum_s - before.s)) / dc : null;
+    prev[p.name] = { t: now, in: p.in, out: p.out, dlq: p.dead_lettered, n: p.latency.count, s: p.latency.sum_s };
+    for (const src of p.sources) {
+      const k = p.name + ' ' + src.source;
+      src.rate = dt(prev[k], 'v', src.received);
+      prev[k] = { t: now, v: src.received };
+    }
+    const h = hist[p.name] || (hist[p.name] = []);
+    if (r.out_r !== null) { h.push({ in: r.in_r ?? 0, out: r.out_r }); if (h.length > 90) h.shift(); }
+    r.spark = spark(h, ['in', 'out']);
+    return r;
+  });
+  const states = (p) => p.sources.map((s) => `<span class="badge state-${esc(String(s.state).split(' ')[0])}">${esc(s.state)}</span>`).join(' ');
+  const b = run.buffer;
+  const fill = b.max_records ? (100 * b.inflight) / b.max_records : null;
+  return '<h3>By pipeline</h3>' + table([['pipeline', (p) => `<b>${esc(p.name)}</b><br><small class="muted">${esc(p.source)} → ${esc(p.topic)}</small>`],
+    ['sources', states], ['in', (p) => (p.in === null ? '<span class="muted" title="HTTP counters are per route, shared by every pipeline">–</span>' : num(p.in) + rate(p.in_r)), 'num'],
+    ['out (acked)', (p) => num(p.out) + rate(p.out_r), 'num'], ['dead-lettered', (p) => num(p.dead_lettered) + rate(p.dlq_r), 'num'],
+    ['accept→ack ms p50 / p99', (p) => `${ms(p.latency.p50_ms)} / ${ms(p.latency.p99_ms)}`, 'num'],
+    ['last 2 s mean ms', (p) => ms(p.window_ms), 'num'], ['rate, last 3 min', (p) => p.spark]], rows) +
+    `<p class="muted">Producer buffer: ${num(b.inflight)} records in flight of ${num(b.max_records)} per producer (<span id="buffer-fill">${fill === null ? '–' : fill.toFixed(1)}%</span>). Latency: from the source receiving an event to Kafka's ack, over the pipeline's topics since the start.</p>` +
+    '<h3>By source</h3>' + table([['pipeline', (s) => esc(s.pipeline)], ['source', (s) => esc(s.source)], ['state', (s) => `<span class="badge state-${esc(String(s.state).split(' ')[0])}">${esc(s.state)}</span>`],
+      ['received', (s) => num(s.received) + rate(s.rate), 'num'], ['connections', (s) => (s.connections === undefined ? '' : `${num(s.connections)} / ${num(s.disconnections)} ended`), 'num'],
+      ['errors', (s) => (s.errors === undefined ? '' : num(s.errors)), 'num'],
+      ['in flight', (s) => (s.inflight === undefined ? (s.lag === undefined ? '' : `lag ${num(s.lag)}`) : `${num(s.inflight)} of ${num(s.max_inflight)}`), 'num']],
+    rows.flatMap((p) => p.sources.map((s) => ({ ...s, pipeline: p.name }))));
+}
+
 async function overview() {
-  const last = {};
+  const last = {}, prev = {}, hist = {};
   async function load() {
     try {
       const o = await get('/api/overview');
@@ -57,6 +103,7 @@ async function overview() {
         return;
       }
       const now = Date.now();
+      try { show('run', o.run && o.run.pipelines.length ? runView(o.run, prev, hist, now) : ''); } catch (e) { fail('run', e); }
       const rows = o.pipelines.filter((s) => s.name.startsWith('kgate_') || s.name.startsWith('kafka_'));
       const sums = {};
       for (const s of rows) {
@@ -106,7 +153,7 @@ async function overview() {
           return (c === 'mean ack ms' ? v.toFixed(1) : num(v)) + (rate ? ` <small class="muted">${rate.toFixed(1)}/s</small>` : '');
         }, 'num'])], rs);
       };
-      show('pipelines', pivotTable('pipeline', 'By pipeline') + pivotTable('url', 'By feed') + pivotTable('topic', 'By topic') + pivotTable('dlq_topic', 'By DLQ topic') +
+      show('pipelines', '<h3>Every counter</h3>' + pivotTable('pipeline', 'By pipeline label') + pivotTable('url', 'By feed') + pivotTable('topic', 'By topic') + pivotTable('dlq_topic', 'By DLQ topic') +
         '<details><summary>Every series (' + rows.length + ')</summary>' + table([['series', (s) => esc(s.name)], ['labels', (s) => esc(Object.entries(s.labels).map(([k, v]) => `${k}=${v}`).join(' '))],
         ['value', (s) => num(s.value), 'num'], ['per second', (s) => (s.rate === null ? '' : s.rate.toFixed(1)), 'num']], rows) + '</details>');
     } catch (e) { fail('cluster', e); }
