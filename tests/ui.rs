@@ -707,7 +707,7 @@ fn browser_scenarios_in_headless_chromium() {
     let _gw = spawn_run(
         run_dir.path(),
         &format!(
-            "kafka: {{brokers: ['{}']}}\nmetrics: {{listen: '127.0.0.1:{}'}}\nui: {{listen: '127.0.0.1:{ui_port}'}}\npipelines:\n  - name: trades\n    source: {{websocket: {{urls: ['{url}']}}}}\n    topic: {run_topic}\n    key: '${{exchange}}|${{symbol}}'\n",
+            "kafka: {{brokers: ['{}']}}\nmetrics: {{listen: '127.0.0.1:{}'}}\nui: {{listen: '127.0.0.1:{ui_port}'}}\npipelines:\n  - name: trades\n    source: {{websocket: {{urls: ['{url}'], timeout: 1h}}}}\n    topic: {run_topic}\n    key: '${{exchange}}|${{symbol}}'\n",
             brokers(),
             free_port()
         ),
@@ -765,7 +765,8 @@ fn browser_scenarios_in_headless_chromium() {
 /// pipelines' counters from the same registry `/metrics` renders, and joins them per pipeline
 /// and source: 500 iot readings in, of which every 10th is invalid and a third of those
 /// (17: malformed JSON) go to the DLQ, the other 483 to the topic — counted in both topics and
-/// on the overview, with the feed connected, 483 latencies observed and the buffer empty.
+/// on the overview, with the feed connected (once: its `timeout` is an hour, so the quiet feed
+/// is not reconnected), 483 latencies observed and the buffer empty.
 #[test]
 fn kgate_run_serves_the_ui_with_the_pipelines_counters() {
     let topic = unique("ui.run");
@@ -781,7 +782,7 @@ fn kgate_run_serves_the_ui_with_the_pipelines_counters() {
     let _gw = spawn_run(
         dir.path(),
         &format!(
-            "kafka: {{brokers: ['{}']}}\nmetrics: {{listen: '127.0.0.1:{}'}}\nui: {{listen: '127.0.0.1:{ui_port}'}}\ndlq: {{topic: {dlq}}}\npipelines:\n  - name: readings\n    source: {{websocket: {{urls: ['{url}']}}}}\n    topic: {topic}\n",
+            "kafka: {{brokers: ['{}']}}\nmetrics: {{listen: '127.0.0.1:{}'}}\nui: {{listen: '127.0.0.1:{ui_port}'}}\ndlq: {{topic: {dlq}}}\npipelines:\n  - name: readings\n    source: {{websocket: {{urls: ['{url}'], timeout: 1h}}}}\n    topic: {topic}\n",
             brokers(),
             free_port()
         ),
