@@ -356,6 +356,32 @@ mod tests {
     }
 
     #[test]
+    fn the_config_says_what_a_pipeline_reads_and_writes() {
+        let p = |yaml: &str| {
+            // As `config::parse` reads it (through JSON, for the `websocket: {…}` form),
+            // without its environment interpolation (a pipeline's `${…}` is a template).
+            let v: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+            let c: PipelineConfig =
+                serde_json::from_value(serde_json::to_value(v).unwrap()).unwrap();
+            PipelineInfo::from_config(&c, "root.dlq")
+        };
+        let ws = p("name: a\nsource: {websocket: {urls: ['wss://u:secret@feed.example/x']}}\ntopic: 'ticks.${ex}'");
+        assert_eq!(ws.source, "websocket");
+        assert_eq!(ws.urls, vec![redact_url("wss://u:secret@feed.example/x")]);
+        assert!(!ws.urls[0].contains("secret"), "{:?}", ws.urls);
+        assert_eq!(ws.topics, vec!["ticks.*"]);
+        assert!(ws.writes("ticks.nyse") && ws.writes("ticks.${ex}") && !ws.writes("other"));
+        assert_eq!(ws.dlq_topic, "root.dlq");
+        let k = p("name: b\nsource: {kafka: {topics: [in.raw], group: g1}}\ntopic: out\ndlq: {topic: b.dlq}");
+        assert_eq!((k.source, k.group.as_deref()), ("kafka", Some("g1")));
+        assert_eq!(k.kafka_topics, vec!["in.raw"]);
+        assert_eq!(k.topics, vec!["out"]);
+        assert_eq!(k.dlq_topic, "b.dlq");
+        let allowed = p("name: c\nsource: {websocket: {urls: ['ws://h/']}}\ntopic: '${t}'\ntopics_allowed: [x, 'y.*']");
+        assert!(allowed.writes("x") && allowed.writes("y.1") && !allowed.writes("z"));
+    }
+
+    #[test]
     fn a_pipeline_is_joined_with_its_series() {
         let text = "\
 kafka_producer_websocket_messages_received_total{url=\"ws://a\"} 7
