@@ -22,8 +22,9 @@ use crate::admin::{self, ErrorKind, GroupDetail};
 pub const MAX_SAMPLES: usize = 360;
 /// Groups kept.
 pub const MAX_GROUPS: usize = 200;
-/// Topics kept per sample.
-pub const MAX_TOPICS: usize = 50;
+/// Topics kept per sample (the chart draws the first few; with every bound reached, 720,000
+/// topic entries at most).
+pub const MAX_TOPICS: usize = 10;
 /// How long after the last look a group is still sampled.
 pub const WATCH_FOR: Duration = Duration::from_secs(3600);
 /// Groups read at once by the sampler.

@@ -419,4 +419,58 @@ kafka_producer_request_duration_seconds_count{topic=\"ticks.x\"} 5
         assert_eq!(v["latency"]["p99_ms"], 10.0, "{v}");
         assert_eq!(v["dropped"].to_string(), "0.0", "no series: 0, not -0: {v}");
     }
+
+    #[test]
+    fn mqtt_device_and_kafka_sources_are_read_by_pipeline() {
+        let text = "\
+kgate_mqtt_messages_received_total{pipeline=\"m\",subscription=\"a/#\"} 3
+kgate_mqtt_messages_received_total{pipeline=\"m\",subscription=\"b/#\"} 4
+kgate_mqtt_messages_received_total{pipeline=\"other\",subscription=\"a/#\"} 100
+kgate_mqtt_connections_total{pipeline=\"m\"} 1
+kgate_mqtt_inflight{pipeline=\"m\"} 2
+kgate_device_frames_total{pipeline=\"d\"} 9
+kgate_device_connections_active{pipeline=\"d\"} 3
+kafka_consumer_records_total{topic=\"in\",group=\"g\"} 11
+kafka_consumer_records_total{topic=\"in\",group=\"other\"} 100
+kafka_consumer_lag{topic=\"in\",partition=\"0\",group=\"g\"} 5
+";
+        let info = |name: &str, source: &'static str| PipelineInfo {
+            name: name.into(),
+            source,
+            urls: vec!["mqtt://broker:1883".into()],
+            kafka_topics: vec!["in".into()],
+            group: Some("g".into()),
+            mqtt_max_inflight: Some(10),
+            topic: "t".into(),
+            topics: vec!["t".into()],
+            dlq_topic: "dlq".into(),
+        };
+        let v = pipelines(
+            &parse(text),
+            &[
+                info("m", "mqtt"),
+                info("d", "device_websocket"),
+                info("k", "kafka"),
+                info("h", "http"),
+            ],
+        );
+        assert_eq!(v[0]["in"], 7.0, "{}", v[0]);
+        let m = &v[0]["sources"][0];
+        assert_eq!(
+            (m["state"].as_str(), m["inflight"].as_f64()),
+            (Some("connected"), Some(2.0)),
+            "{m}"
+        );
+        assert_eq!(m["max_inflight"], 10, "{m}");
+        assert_eq!(v[1]["in"], 9.0, "{}", v[1]);
+        assert_eq!(v[1]["sources"][0]["state"], "3 connected", "{}", v[1]);
+        assert_eq!(v[2]["in"], 11.0, "{}", v[2]);
+        assert_eq!(v[2]["sources"][0]["lag"], 5.0, "{}", v[2]);
+        assert_eq!(v[2]["sources"][0]["state"], "assigned", "{}", v[2]);
+        assert!(
+            v[3]["in"].is_null(),
+            "http: per route, not per pipeline: {}",
+            v[3]
+        );
+    }
 }
