@@ -320,7 +320,8 @@ function lagChart(h) {
   if (!ss.length) return '<p class="muted">No samples yet.</p>';
   const topics = [...new Set(ss.flatMap((s) => Object.keys(s.topics || {})))].slice(0, colors.length - 1);
   const lines = [['total', (s) => s.total_lag]].concat(topics.length > 1 ? topics.map((t) => [t, (s) => (s.topics || {})[t] ?? 0]) : []);
-  const w = 600, h2 = 120, max = Math.max(1, ...ss.map((s) => s.total_lag));
+  // Drawn at the box's own size (140 px high, as wide as the page), so text is not stretched.
+  const w = Math.max(300, ($('#chart')?.clientWidth || 602) - 2), h2 = 138, max = Math.max(1, ...ss.map((s) => s.total_lag));
   const t0 = ss[0].time_ms, span = Math.max(1, ss[ss.length - 1].time_ms - t0);
   const x = (s) => (ss.length < 2 ? w / 2 : ((s.time_ms - t0) / span) * w), y = (v) => h2 - (v / max) * (h2 - 14);
   let svg = '';
@@ -330,7 +331,7 @@ function lagChart(h) {
       : `<polyline fill="none" stroke="${c}" stroke-width="${i ? 1.5 : 2.5}" points="${ss.map((s) => `${x(s)},${y(f(s))}`).join(' ')}"><title>${esc(name)}</title></polyline>`;
   });
   const legend = lines.map(([name], i) => `<span><svg width="10" height="10"><rect width="10" height="10" fill="${colors[i % colors.length]}"/></svg> ${esc(name)}</span>`).join(' ');
-  return `<svg class="chart" id="lag-chart" viewBox="0 0 ${w} ${h2}" preserveAspectRatio="none">${svg}<text x="4" y="11" font-size="10">${num(max)}</text></svg>` +
+  return `<svg class="chart" id="lag-chart" viewBox="0 0 ${w} ${h2}">${svg}<text x="4" y="12" font-size="11">${num(max)}</text></svg>` +
     `<div class="bar muted"><span>${esc(time(t0))}</span><span>→ ${esc(time(ss[ss.length - 1].time_ms))} UTC, ${ss.length} of at most ${num(h.max_samples)} samples, one every ${h.interval_ms / 1000} s</span></div>` +
     (lines.length > 1 ? `<div class="bar">${legend}</div>` : '');
 }
