@@ -169,7 +169,7 @@ fn spawn_ui(dir: &std::path::Path, name: &str, write: bool, hash: &str) -> (Proc
     std::fs::write(
         &config,
         format!(
-            "kafka: {{brokers: ['{}']}}\nschema_registry: {{url: '{}'}}\nui:\n  listen: '{listen}'\n  write: {write}\n  users:\n    - {{name: writer, password_hash: '{hash}', role: write}}\n    - {{name: reader, password_hash: '{hash}'}}\n  tokens:\n    - {{name: ci, token: '{TOKEN}', role: write}}\n    - {{name: ro, token: '{READ_TOKEN}'}}\n",
+            "kafka: {{brokers: ['{}']}}\nschema_registry: {{url: '{}'}}\nui:\n  listen: '{listen}'\n  write: {write}\n  lag_sample_interval: 1s\n  users:\n    - {{name: writer, password_hash: '{hash}', role: write}}\n    - {{name: reader, password_hash: '{hash}'}}\n  tokens:\n    - {{name: ci, token: '{TOKEN}', role: write}}\n    - {{name: ro, token: '{READ_TOKEN}'}}\n",
             brokers(),
             registry()
         ),
@@ -372,6 +372,40 @@ fn api_reads_topics_messages_groups_schemas_and_the_dlq() {
         .map(|p| (p["partition"].as_i64().unwrap(), p["lag"].as_i64().unwrap()))
         .collect();
     assert!(lags.contains(&(0, 2)) && lags.contains(&(1, 0)), "{g}");
+
+    // Lag over time: the look above took the first sample; the sampler (every 1 s here) adds
+    // more while the group is watched, each the group's real lag: 2, all of it in the topic.
+    let history = format!("/api/groups/{}/history", f.group);
+    let (s, h) = get(&history);
+    assert_eq!(s, 200, "{h}");
+    assert!(!h["samples"].as_array().unwrap().is_empty(), "{h}");
+    let mut h = Value::Null;
+    wait_until(
+        Duration::from_secs(30),
+        || {
+            h = get(&history).1;
+            h["samples"].as_array().is_some_and(|s| s.len() >= 3)
+        },
+        "3 lag samples",
+    );
+    assert_eq!(h["interval_ms"], 1000, "{h}");
+    let samples = h["samples"].as_array().unwrap();
+    assert!(samples.len() <= h["max_samples"].as_u64().unwrap() as usize);
+    for x in samples {
+        assert_eq!(x["total_lag"], 2, "{h}");
+        assert_eq!(x["topics"][&f.topic], 2, "{h}");
+        assert_eq!(x["topics"].as_object().unwrap().len(), 1, "{h}");
+    }
+    let times: Vec<u64> = samples
+        .iter()
+        .map(|x| x["time_ms"].as_u64().unwrap())
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] < w[1]),
+        "oldest first: {times:?}"
+    );
+    let (s, _) = get("/api/groups/no-such-group-ever/history");
+    assert_eq!(s, 404, "a group that does not exist has no history");
 
     let (s, sc) = get("/api/schemas");
     assert_eq!(s, 200);
@@ -673,7 +707,7 @@ fn browser_scenarios_in_headless_chromium() {
     let _gw = spawn_run(
         run_dir.path(),
         &format!(
-            "kafka: {{brokers: ['{}']}}\nmetrics: {{listen: '127.0.0.1:{}'}}\nui: {{listen: '127.0.0.1:{ui_port}'}}\npipelines:\n  - name: trades\n    source: {{websocket: {{urls: ['{url}']}}}}\n    topic: {run_topic}\n    key: '${{exchange}}|${{symbol}}'\n",
+            "kafka: {{brokers: ['{}']}}\nmetrics: {{listen: '127.0.0.1:{}'}}\nui: {{listen: '127.0.0.1:{ui_port}'}}\npipelines:\n  - name: trades\n    source: {{websocket: {{urls: ['{url}'], timeout: 1h}}}}\n    topic: {run_topic}\n    key: '${{exchange}}|${{symbol}}'\n",
             brokers(),
             free_port()
         ),
@@ -728,24 +762,38 @@ fn browser_scenarios_in_headless_chromium() {
 }
 
 /// `kgate run` with `ui:` serves the UI beside its pipelines; the overview carries the
-/// pipelines' counters from the same registry `/metrics` renders: 500 records published.
+/// pipelines' counters from the same registry `/metrics` renders, and joins them per pipeline
+/// and source: 500 iot readings in, of which every 10th is invalid and a third of those
+/// (17: malformed JSON) go to the DLQ, the other 483 to the topic — counted in both topics and
+/// on the overview, with the feed connected (once: its `timeout` is an hour, so the quiet feed
+/// is not reconnected), 483 latencies observed and the buffer empty.
 #[test]
 fn kgate_run_serves_the_ui_with_the_pipelines_counters() {
     let topic = unique("ui.run");
-    let (_synth, url) = spawn_synth("trades", &["--rate", "0", "--count", "500"]);
+    let dlq = unique("ui.run-dlq");
+    create_topic(&topic, 1);
+    create_topic(&dlq, 1);
+    let (_synth, url) = spawn_synth(
+        "iot",
+        &["--rate", "0", "--count", "500", "--invalid-every", "10"],
+    );
     let ui_port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let _gw = spawn_run(
         dir.path(),
         &format!(
-            "kafka: {{brokers: ['{}']}}\nmetrics: {{listen: '127.0.0.1:{}'}}\nui: {{listen: '127.0.0.1:{ui_port}'}}\npipelines:\n  - name: trades\n    source: {{websocket: {{urls: ['{url}']}}}}\n    topic: {topic}\n",
+            "kafka: {{brokers: ['{}']}}\nmetrics: {{listen: '127.0.0.1:{}'}}\nui: {{listen: '127.0.0.1:{ui_port}'}}\ndlq: {{topic: {dlq}}}\npipelines:\n  - name: readings\n    source: {{websocket: {{urls: ['{url}'], timeout: 1h}}}}\n    topic: {topic}\n",
             brokers(),
             free_port()
         ),
     );
     assert_eq!(
-        consume(&brokers(), &topic, 500, Duration::from_secs(60)).len(),
-        500
+        consume(&brokers(), &topic, 483, Duration::from_secs(60)).len(),
+        483
+    );
+    assert_eq!(
+        consume(&brokers(), &dlq, 17, Duration::from_secs(60)).len(),
+        17
     );
     let base = format!("http://127.0.0.1:{ui_port}");
     let mut o = Value::Null;
@@ -757,12 +805,34 @@ fn kgate_run_serves_the_ui_with_the_pipelines_counters() {
                 s.iter().any(|x| {
                     x["name"] == "kafka_messages_published_total"
                         && x["labels"]["topic"] == topic.as_str()
-                        && x["value"] == 500.0
+                        && x["value"] == 483.0
                 })
-            })
+            }) && o["run"]["pipelines"][0]["dead_lettered"] == 17.0
         },
-        "the overview to count 500 published records",
+        "the overview to count 483 published and 17 dead-lettered records",
     );
+    let p = &o["run"]["pipelines"][0];
+    assert_eq!(o["run"]["pipelines"].as_array().unwrap().len(), 1, "{o}");
+    assert_eq!(p["name"], "readings", "{p}");
+    assert_eq!(p["source"], "websocket", "{p}");
+    assert_eq!(p["dlq_topic"], dlq.as_str(), "{p}");
+    assert_eq!(p["in"], 500.0, "{p}");
+    assert_eq!(p["out"], 483.0, "{p}");
+    assert_eq!(p["rejected"], 17.0, "{p}");
+    assert_eq!(p["latency"]["count"], 483.0, "{p}");
+    let (p50, p99) = (
+        p["latency"]["p50_ms"].as_f64().unwrap(),
+        p["latency"]["p99_ms"].as_f64().unwrap(),
+    );
+    assert!(p50 > 0.0 && p50 <= p99, "{p}");
+    let sources = p["sources"].as_array().unwrap();
+    assert_eq!(sources.len(), 1, "{p}");
+    assert_eq!(sources[0]["source"], url.as_str(), "{p}");
+    assert_eq!(sources[0]["received"], 500.0, "{p}");
+    assert_eq!(sources[0]["state"], "connected", "{p}");
+    assert_eq!(sources[0]["connections"], 1.0, "{p}");
+    assert_eq!(o["run"]["buffer"]["inflight"], 0.0, "{o}");
+    assert_eq!(o["run"]["buffer"]["max_records"], 10_000, "{o}");
     let (s, page) = call("GET", &format!("{base}/"), &[], None);
     assert_eq!(s, 200);
     assert!(page.as_str().unwrap().contains("kgate pipelines"));

@@ -98,6 +98,7 @@ pub async fn run(gateway: Gateway, shutdown: CancellationToken) -> anyhow::Resul
             schemas.clone(),
             Some(metrics.clone()),
         );
+        ui.describe_pipelines(&config.pipelines);
         crate::ui::serve(addr, ui, server_stop.clone()).await?;
         tracing::info!(
             "web UI at {}://{addr}/",

@@ -98,33 +98,11 @@ pub async fn me(State(ui): State<Arc<Ui>>, Extension(who): Extension<Identity>) 
 /// kgate's own series from the `Metrics` that `/metrics` renders: `{name, labels, value}`,
 /// histograms as their `_sum` and `_count`.
 pub fn pipeline_series(text: &str) -> Vec<Value> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        if line.starts_with('#') || line.is_empty() {
-            continue;
-        }
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let (name, labels) = match series.split_once('{') {
-            Some((n, l)) => (n, l.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        if name.ends_with("_bucket") {
-            continue;
-        }
-        let mut map = BTreeMap::new();
-        // Label values are quoted and may hold commas; split on `",`.
-        for part in labels.split("\",").filter(|p| !p.is_empty()) {
-            if let Some((k, v)) = part.split_once("=\"") {
-                map.insert(k.to_string(), v.trim_end_matches('"').to_string());
-            }
-        }
-        if let Ok(v) = value.parse::<f64>() {
-            out.push(json!({ "name": name, "labels": map, "value": v }));
-        }
-    }
-    out
+    super::overview::parse(text)
+        .into_iter()
+        .filter(|s| !s.name.ends_with("_bucket"))
+        .map(|s| json!({ "name": s.name, "labels": s.labels, "value": s.value }))
+        .collect()
 }
 
 /// The number of consumer groups (one ListGroups request: `admin::list_groups` also computes
@@ -162,13 +140,25 @@ pub async fn overview(State(ui): State<Arc<Ui>>) -> ApiResult {
             Err(e) => json!({ "url": c.client().url(), "error": e.to_string() }),
         },
     };
-    let pipelines = ui.metrics.as_ref().map(|m| pipeline_series(&m.render()));
+    let text = ui.metrics.as_ref().map(|m| m.render());
+    let pipelines = text.as_deref().map(pipeline_series);
+    // Per pipeline and source (rates are the page's: the difference between two polls), and
+    // the producer buffer's fill.
+    let by_pipeline = text.as_deref().map(|t| {
+        let series = super::overview::parse(t);
+        let inflight = super::overview::sum(&series, "kgate_producer_inflight_records", |_| true);
+        json!({
+            "pipelines": super::overview::pipelines(&series, ui.pipelines()),
+            "buffer": { "inflight": inflight, "max_records": ui.kafka.producer.max_buffered_records },
+        })
+    });
     Ok(Json(json!({
         "cluster": cluster,
         "groups": groups,
         "registry": registry,
         "dlq_topic": ui.dlq_topic,
         "pipelines": pipelines,
+        "run": by_pipeline,
         "write": ui.config.write,
     })))
 }
@@ -219,8 +209,31 @@ pub async fn groups(State(ui): State<Arc<Ui>>) -> ApiResult {
 }
 
 /// `GET /api/groups/{group}`: members and lag per partition.
+/// Marks the group watched: its lag is sampled while the UI runs, this reading first.
 pub async fn group(State(ui): State<Arc<Ui>>, Path(group): Path<String>) -> ApiResult {
-    Ok(Json(json!(admin::describe_group(&ui.kafka, &group).await?)))
+    let d = admin::describe_group(&ui.kafka, &group).await?;
+    ui.lag.watch(&group);
+    ui.lag.record(&group, &d);
+    Ok(Json(json!(d)))
+}
+
+/// `GET /api/groups/{group}/history`: the group's lag sampled while the UI runs
+/// (`{interval_ms, samples: [{time_ms, total_lag, topics: {topic: lag}}]}`, oldest first).
+/// Marks the group watched, and takes its first sample if it has none.
+pub async fn group_history(State(ui): State<Arc<Ui>>, Path(group): Path<String>) -> ApiResult {
+    if ui.lag.samples(&group).is_empty() {
+        let d = admin::describe_group(&ui.kafka, &group).await?;
+        ui.lag.watch(&group);
+        ui.lag.record(&group, &d);
+    } else {
+        ui.lag.watch(&group);
+    }
+    Ok(Json(json!({
+        "group": group,
+        "interval_ms": ui.lag.interval().as_millis() as u64,
+        "max_samples": super::lag::MAX_SAMPLES,
+        "samples": ui.lag.samples(&group),
+    })))
 }
 
 /// `GET /api/schemas`: every subject with its versions.
@@ -450,6 +463,7 @@ pub async fn add_partitions(
 /// `DELETE /api/groups/{group}` (write mode): deletes an inactive group and its offsets.
 pub async fn delete_group(State(ui): State<Arc<Ui>>, Path(group): Path<String>) -> ApiResult {
     admin::delete_group(&ui.kafka, &group).await?;
+    ui.lag.forget(&group);
     Ok(Json(json!({ "deleted": group })))
 }
 

@@ -43,6 +43,12 @@ pub struct UiConfig {
     /// Connections served at once; past it a connection is answered 503 and closed.
     #[serde(default = "default_max_connections")]
     pub max_connections: u64,
+    /// How often the lag of the consumer groups someone looked at (in the last hour) is
+    /// sampled for the group page's lag-over-time chart. Kept in memory only: at most 360
+    /// samples per group and 200 groups.
+    #[schemars(with = "crate::config::HumanDuration")]
+    #[serde(default = "default_lag_sample_interval", with = "humantime_serde")]
+    pub lag_sample_interval: Duration,
 }
 
 /// A user of the UI.
@@ -103,6 +109,10 @@ fn default_max_connections() -> u64 {
     64
 }
 
+fn default_lag_sample_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
 impl Default for UiConfig {
     fn default() -> Self {
         UiConfig {
@@ -113,6 +123,7 @@ impl Default for UiConfig {
             session_ttl: default_session_ttl(),
             tls: None,
             max_connections: default_max_connections(),
+            lag_sample_interval: default_lag_sample_interval(),
         }
     }
 }
@@ -194,6 +205,15 @@ impl UiConfig {
                 "0 would serve nobody; give 1 or more (64 by default)",
             ));
         }
+        if self.lag_sample_interval < Duration::from_secs(1) {
+            errors.push(ConfigError::new(
+                at.field("lag_sample_interval"),
+                format!(
+                    "`{}` is shorter than 1s; sample the groups' lag every 1s or more (10s by default)",
+                    humantime::format_duration(self.lag_sample_interval)
+                ),
+            ));
+        }
         addr
     }
 
@@ -246,5 +266,16 @@ mod tests {
         assert!(e
             .iter()
             .any(|m| m.starts_with("ui.tokens[0].token: shorter than 16")));
+    }
+
+    #[test]
+    fn a_lag_sample_interval_under_a_second_is_refused() {
+        assert!(check("lag_sample_interval: 1s").is_empty());
+        let e = check("lag_sample_interval: 100ms");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("ui.lag_sample_interval: `100ms` is shorter than 1s"),
+            "{e:?}"
+        );
     }
 }

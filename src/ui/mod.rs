@@ -11,6 +11,8 @@ pub mod api;
 pub mod auth;
 pub mod browse;
 pub mod config;
+pub mod lag;
+pub mod overview;
 pub mod pages;
 
 use std::collections::HashMap;
@@ -55,6 +57,10 @@ pub struct Ui {
     /// DLQ replays started from the UI.
     jobs: Mutex<HashMap<u64, api::ReplayJob>>,
     next_job: AtomicU64,
+    /// Consumer group lag over time, sampled while the UI serves.
+    pub lag: Arc<lag::LagHistory>,
+    /// kgate's pipelines as configured (inside `kgate run`), for the overview.
+    pipelines: OnceLock<Vec<overview::PipelineInfo>>,
 }
 
 impl Ui {
@@ -68,6 +74,7 @@ impl Ui {
     ) -> Arc<Ui> {
         Arc::new(Ui {
             auth: auth::Auth::new(&config),
+            lag: Arc::new(lag::LagHistory::new(config.lag_sample_interval)),
             tls: config.tls.is_some(),
             config,
             kafka,
@@ -77,7 +84,22 @@ impl Ui {
             producer: OnceLock::new(),
             jobs: Mutex::new(HashMap::new()),
             next_job: AtomicU64::new(1),
+            pipelines: OnceLock::new(),
         })
+    }
+
+    /// Tells the overview what each of `kgate run`'s pipelines reads and writes (set once).
+    pub fn describe_pipelines(&self, pipelines: &[crate::gateway::PipelineConfig]) {
+        let infos = pipelines
+            .iter()
+            .map(|p| overview::PipelineInfo::from_config(p, &self.dlq_topic))
+            .collect();
+        let _ = self.pipelines.set(infos);
+    }
+
+    /// The pipelines [`Ui::describe_pipelines`] was given.
+    pub fn pipelines(&self) -> &[overview::PipelineInfo] {
+        self.pipelines.get().map_or(&[], Vec::as_slice)
     }
 }
 
@@ -110,6 +132,7 @@ pub fn router(ui: Arc<Ui>) -> Router {
             get(api::group).delete(api::delete_group),
         )
         .route("/api/groups/{group}/reset", post(api::reset_group))
+        .route("/api/groups/{group}/history", get(api::group_history))
         .route(
             "/api/schemas/{subject}/compatibility",
             post(api::compatibility),
@@ -151,7 +174,8 @@ pub enum UiError {
     },
 }
 
-/// Serves the UI on `addr` until `shutdown`; the task that serves it, once listening.
+/// Serves the UI on `addr` until `shutdown` (and samples the watched groups' lag); the task
+/// that serves it, once listening.
 pub async fn serve(
     addr: SocketAddr,
     ui: Arc<Ui>,
@@ -169,6 +193,7 @@ pub async fn serve(
         max_connections,
         header_timeout: HEADER_TIMEOUT,
     };
+    tokio::spawn(ui.lag.clone().run(ui.kafka.clone(), shutdown.clone()));
     let app = router(ui);
     let info = |peer| peer;
     Ok(match acceptor {

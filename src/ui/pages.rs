@@ -134,7 +134,7 @@ fn layout(ui: &Ui, who: &Identity, page: &str, arg: &str, title: &str, body: &st
 pub async fn overview(State(ui): State<Arc<Ui>>, Extension(who): Extension<Identity>) -> Response {
     let body = r#"<section class="cards" id="cluster"><p class="muted">Loading the cluster…</p></section>
 <h2>Brokers</h2><div id="brokers"></div>
-<h2>kgate pipelines</h2><section class="cards" id="totals"></section><div id="pipelines"><p class="muted">…</p></div>"#;
+<h2>kgate pipelines</h2><section class="cards" id="totals"></section><div id="run"></div><div id="pipelines"><p class="muted">…</p></div>"#;
     layout(&ui, &who, "overview", "", "Overview", body)
 }
 
@@ -220,7 +220,7 @@ pub async fn group(
 ) -> Response {
     let mut body = String::from(
         r#"<section class="cards" id="summary"><p class="muted">Loading…</p></section>
-<h2>Total lag over time <span class="muted">(sampled every 5 s while this page is open)</span></h2><div id="chart"></div>
+<h2>Lag over time <span class="muted">(sampled while the UI runs, for the groups looked at in the last hour)</span></h2><div id="chart"></div>
 <h2>Lag per partition</h2><div id="partitions"></div>
 <h2>Members</h2><div id="members"></div>"#,
     );

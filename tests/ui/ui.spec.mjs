@@ -112,6 +112,15 @@ await step("a consumer group's lag per partition", async () => {
   await page.waitForSelector('#partitions table');
   const card = await page.locator('#summary').innerText();
   expect(card.includes(`${LAG}\ntotal lag`) || card.includes(`${LAG} total lag`), `summary: ${card}`);
+  // Lag over time: drawn from the first look (a dot), then a line once the sampler (every
+  // 1 s in the test) has added samples; its top label is the lag.
+  // (A flat line has no height, so `attached`, not `visible`.)
+  await page.waitForSelector('#chart svg#lag-chart circle, #chart svg#lag-chart polyline', { state: 'attached' });
+  await page.waitForSelector('#chart svg#lag-chart polyline', { state: 'attached', timeout: 30000 });
+  const points = (await page.locator('#chart svg#lag-chart polyline').first().getAttribute('points')).trim().split(/\s+/).length;
+  expect(points >= 2, `the line has ${points} points`);
+  const top = await page.locator('#chart svg#lag-chart text').first().textContent();
+  expect(top === LAG, `the chart's top is ${top}, not ${LAG}`);
   await shot(page, 'group');
 });
 
@@ -140,6 +149,19 @@ if (env.UI_RUN) {
     await p.waitForSelector('#pipelines h3 >> text=By topic');
     const byTopic = await p.locator('#pipelines table').filter({ hasText: env.UI_RUN_TOPIC }).first().innerText();
     expect(byTopic.includes(env.UI_RUN_TOPIC) && byTopic.includes('mean ack ms'), byTopic);
+    // Per pipeline: in and out counted, the feed connected, the accept → ack latency, and
+    // the rates drawn once two polls have given rates (the page polls every 2 s).
+    const N = env.UI_RUN_PUBLISHED;
+    const row = p.locator('#run table').first().locator('tbody tr').filter({ hasText: 'trades' });
+    await row.locator('svg.spark polyline').first().waitFor({ state: 'attached', timeout: 30000 });
+    const cells = await row.locator('td').allInnerTexts();
+    expect(cells[1].includes('connected'), `sources: ${cells[1]}`);
+    expect(cells[2].startsWith(N) && cells[3].startsWith(N) && cells[4].startsWith('0'), `in, out, dead-lettered: ${cells.slice(2, 5)}`);
+    expect(/^\d+(\.\d+)? \/ \d+(\.\d+)?$/.test(cells[5].trim()), `latency p50 / p99: ${cells[5]}`);
+    expect(await row.locator('svg.spark polyline').count() === 2, 'an in and an out line');
+    const src = await p.locator('#run table').nth(1).innerText();
+    expect(src.includes('connected') && src.includes(N), `by source: ${src}`);
+    expect((await p.locator('#buffer-fill').innerText()) === '0.0%', 'the buffer is empty once all is acked');
     await shot(p, 'overview-run');
     await ctx.close();
   });

@@ -41,8 +41,54 @@ function formStatus(form, text, ok) { const s = $('.status', form); if (s) { s.c
 $('#logout')?.addEventListener('click', async () => { await api('POST', '/logout').catch(() => {}); location.href = '/login'; });
 
 // ---------------------------------------------------------------------------------- overview
+// A small line chart of the last rates (two series: in and out), scaled to their maximum.
+function spark(points, keys) {
+  if (points.length < 2) return '<span class="muted">…</span>';
+  const w = 120, h = 24, max = Math.max(1e-9, ...points.flatMap((p) => keys.map((k) => p[k] || 0)));
+  const line = (k, c) => `<polyline fill="none" stroke="${c}" stroke-width="1.5" points="${points.map((p, i) => `${(i / (points.length - 1)) * w},${h - 1 - ((p[k] || 0) / max) * (h - 2)}`).join(' ')}"/>`;
+  return `<svg class="spark" width="${w}" height="${h}" viewBox="0 0 ${w} ${h}"><title>in (blue) and out (green) per second, up to ${max.toFixed(1)}/s</title>${keys.map((k, i) => line(k, colors[i * 3 % colors.length])).join('')}</svg>`;
+}
+const rate = (r) => (r === null || r === undefined ? '' : ` <small class="muted">${r.toFixed(1)}/s</small>`);
+const ms = (v) => (v === null || v === undefined ? '–' : v < 10 ? v.toFixed(2) : v.toFixed(1));
+
+// Per pipeline and per source (GET /api/overview's `run`): counts with rates between two polls,
+// the accept → ack latency, connection states, the buffer, and each pipeline's rates as a line.
+function runView(run, prev, hist, now) {
+  const dt = (p, k, v) => (p && now > p.t ? Math.max(0, (v - p[k]) / ((now - p.t) / 1000)) : null);
+  const rows = run.pipelines.map((p) => {
+    const before = prev[p.name];
+    const r = { ...p, in_r: p.in === null ? null : dt(before, 'in', p.in), out_r: dt(before, 'out', p.out), dlq_r: dt(before, 'dlq', p.dead_lettered) };
+    const dc = before ? p.latency.count - before.n : 0;
+    r.window_ms = dc > 0 ? (1000 * (p.latency.sum_s - before.s)) / dc : null;
+    prev[p.name] = { t: now, in: p.in, out: p.out, dlq: p.dead_lettered, n: p.latency.count, s: p.latency.sum_s };
+    for (const src of p.sources) {
+      const k = p.name + ' ' + src.source;
+      src.rate = dt(prev[k], 'v', src.received);
+      prev[k] = { t: now, v: src.received };
+    }
+    const h = hist[p.name] || (hist[p.name] = []);
+    if (r.out_r !== null) { h.push({ in: r.in_r ?? 0, out: r.out_r }); if (h.length > 90) h.shift(); }
+    r.spark = spark(h, ['in', 'out']);
+    return r;
+  });
+  const states = (p) => p.sources.map((s) => `<span class="badge state-${esc(String(s.state).split(' ')[0])}">${esc(s.state)}</span>`).join(' ');
+  const b = run.buffer;
+  const fill = b.max_records ? (100 * b.inflight) / b.max_records : null;
+  return '<h3>By pipeline</h3>' + table([['pipeline', (p) => `<b>${esc(p.name)}</b><br><small class="muted">${esc(p.source)} → ${esc(p.topic)}</small>`],
+    ['sources', states], ['in', (p) => (p.in === null ? '<span class="muted" title="HTTP counters are per route, shared by every pipeline">–</span>' : num(p.in) + rate(p.in_r)), 'num'],
+    ['out (acked)', (p) => num(p.out) + rate(p.out_r), 'num'], ['dead-lettered', (p) => num(p.dead_lettered) + rate(p.dlq_r), 'num'],
+    ['accept→ack ms p50 / p99', (p) => `${ms(p.latency.p50_ms)} / ${ms(p.latency.p99_ms)}`, 'num'],
+    ['last 2 s mean ms', (p) => ms(p.window_ms), 'num'], ['rate, last 3 min', (p) => p.spark]], rows) +
+    `<p class="muted">Producer buffer: ${num(b.inflight)} records in flight of ${num(b.max_records)} per producer (<span id="buffer-fill">${fill === null ? '–' : fill.toFixed(1)}%</span>). Latency: from the source receiving an event to Kafka's ack, over the pipeline's topics since the start.</p>` +
+    '<h3>By source</h3>' + table([['pipeline', (s) => esc(s.pipeline)], ['source', (s) => esc(s.source)], ['state', (s) => `<span class="badge state-${esc(String(s.state).split(' ')[0])}">${esc(s.state)}</span>`],
+      ['received', (s) => num(s.received) + rate(s.rate), 'num'], ['connections', (s) => (s.connections === undefined ? '' : `${num(s.connections)} / ${num(s.disconnections)} ended`), 'num'],
+      ['errors', (s) => (s.errors === undefined ? '' : num(s.errors)), 'num'],
+      ['in flight', (s) => (s.inflight === undefined ? (s.lag === undefined ? '' : `lag ${num(s.lag)}`) : `${num(s.inflight)} of ${num(s.max_inflight)}`), 'num']],
+    rows.flatMap((p) => p.sources.map((s) => ({ ...s, pipeline: p.name }))));
+}
+
 async function overview() {
-  const last = {};
+  const last = {}, prev = {}, hist = {};
   async function load() {
     try {
       const o = await get('/api/overview');
@@ -57,6 +103,7 @@ async function overview() {
         return;
       }
       const now = Date.now();
+      try { show('run', o.run && o.run.pipelines.length ? runView(o.run, prev, hist, now) : ''); } catch (e) { fail('run', e); }
       const rows = o.pipelines.filter((s) => s.name.startsWith('kgate_') || s.name.startsWith('kafka_'));
       const sums = {};
       for (const s of rows) {
@@ -106,7 +153,7 @@ async function overview() {
           return (c === 'mean ack ms' ? v.toFixed(1) : num(v)) + (rate ? ` <small class="muted">${rate.toFixed(1)}/s</small>` : '');
         }, 'num'])], rs);
       };
-      show('pipelines', pivotTable('pipeline', 'By pipeline') + pivotTable('url', 'By feed') + pivotTable('topic', 'By topic') + pivotTable('dlq_topic', 'By DLQ topic') +
+      show('pipelines', '<h3>Every counter</h3>' + pivotTable('pipeline', 'By pipeline label') + pivotTable('url', 'By feed') + pivotTable('topic', 'By topic') + pivotTable('dlq_topic', 'By DLQ topic') +
         '<details><summary>Every series (' + rows.length + ')</summary>' + table([['series', (s) => esc(s.name)], ['labels', (s) => esc(Object.entries(s.labels).map(([k, v]) => `${k}=${v}`).join(' '))],
         ['value', (s) => num(s.value), 'num'], ['per second', (s) => (s.rate === null ? '' : s.rate.toFixed(1)), 'num']], rows) + '</details>');
     } catch (e) { fail('cluster', e); }
@@ -265,25 +312,37 @@ async function groups() {
   try { all = (await get('/api/groups')).groups; render(); } catch (e) { fail('groups', e); }
 }
 
-function chart(points) {
-  if (points.length < 2) return '<p class="muted">Collecting samples…</p>';
-  const w = 600, h = 120, max = Math.max(1, ...points.map((p) => p.v));
-  const t0 = points[0].t, t1 = points[points.length - 1].t;
-  const xy = points.map((p) => `${((p.t - t0) / Math.max(1, t1 - t0)) * w},${h - (p.v / max) * (h - 10)}`).join(' ');
-  return `<svg class="chart" viewBox="0 0 ${w} ${h}" preserveAspectRatio="none"><polyline fill="none" stroke="#1f4e79" stroke-width="2" points="${xy}"/>` +
-    `<text x="4" y="12" font-size="11">${num(max)}</text></svg>`;
+// Lag over time (GET /api/groups/{group}/history): the total, and each topic when there are
+// several, as lines; one sample is drawn as a dot.
+const colors = ['#1f4e79', '#bf3989', '#9a6700', '#1a7f37', '#cf222e', '#6a737d'];
+function lagChart(h) {
+  const ss = h.samples || [];
+  if (!ss.length) return '<p class="muted">No samples yet.</p>';
+  const topics = [...new Set(ss.flatMap((s) => Object.keys(s.topics || {})))].slice(0, colors.length - 1);
+  const lines = [['total', (s) => s.total_lag]].concat(topics.length > 1 ? topics.map((t) => [t, (s) => (s.topics || {})[t] ?? 0]) : []);
+  // Drawn at the box's own size (140 px high, as wide as the page), so text is not stretched.
+  const w = Math.max(300, ($('#chart')?.clientWidth || 602) - 2), h2 = 138, max = Math.max(1, ...ss.map((s) => s.total_lag));
+  const t0 = ss[0].time_ms, span = Math.max(1, ss[ss.length - 1].time_ms - t0);
+  const x = (s) => (ss.length < 2 ? w / 2 : ((s.time_ms - t0) / span) * w), y = (v) => h2 - (v / max) * (h2 - 14);
+  let svg = '';
+  lines.forEach(([name, f], i) => {
+    const c = colors[i % colors.length];
+    svg += ss.length < 2 ? `<circle cx="${x(ss[0])}" cy="${y(f(ss[0]))}" r="4" fill="${c}"><title>${esc(name)}: ${num(f(ss[0]))}</title></circle>`
+      : `<polyline fill="none" stroke="${c}" stroke-width="${i ? 1.5 : 2.5}" points="${ss.map((s) => `${x(s)},${y(f(s))}`).join(' ')}"><title>${esc(name)}</title></polyline>`;
+  });
+  const legend = lines.map(([name], i) => `<span><svg width="10" height="10"><rect width="10" height="10" fill="${colors[i % colors.length]}"/></svg> ${esc(name)}</span>`).join(' ');
+  return `<svg class="chart" id="lag-chart" viewBox="0 0 ${w} ${h2}">${svg}<text x="4" y="12" font-size="11">${num(max)}</text></svg>` +
+    `<div class="bar muted"><span>${esc(time(t0))}</span><span>→ ${esc(time(ss[ss.length - 1].time_ms))} UTC, ${ss.length} of at most ${num(h.max_samples)} samples, one every ${h.interval_ms / 1000} s</span></div>` +
+    (lines.length > 1 ? `<div class="bar">${legend}</div>` : '');
 }
 
 async function group() {
-  const samples = [];
   let topicsListed = false;
   async function load() {
     try {
       const g = await get(`/api/groups/${enc(arg)}`);
-      samples.push({ t: Date.now(), v: g.total_lag });
-      if (samples.length > 720) samples.shift();
       show('summary', card(esc(g.state), 'state') + card(g.members.length, 'members') + card(num(g.total_lag), 'total lag') + card(esc(g.protocol || '–'), 'assignor'));
-      show('chart', chart(samples));
+      get(`/api/groups/${enc(arg)}/history`).then((h) => show('chart', lagChart(h)), (e) => fail('chart', e));
       show('partitions', table([['topic', (p) => `<a href="/topics/${enc(p.topic)}">${esc(p.topic)}</a>`], ['partition', (p) => p.partition, 'num'],
         ['committed', (p) => num(p.committed), 'num'], ['end', (p) => num(p.end), 'num'], ['lag', (p) => num(p.lag), 'num'], ['member', (p) => esc(p.member || '')]], g.partitions));
       const sel = $('#reset [name=topic]');
@@ -361,7 +420,6 @@ function hourBars(records) {
   const last = keys[keys.length - 1], n = Math.max(24, last - keys[0] + 1), first = last - n + 1;
   const max = Math.max(...keys.map((h) => Object.values(hours[h]).reduce((a, b) => a + b, 0)));
   const w = 600, h = 100, bw = w / n;
-  const colors = ['#1f4e79', '#bf3989', '#9a6700', '#1a7f37', '#cf222e', '#6a737d'];
   const types = [...new Set(records.map((r) => r.headers.error_type || '-'))];
   let bars = '';
   for (const k of keys) {
