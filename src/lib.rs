@@ -15,6 +15,7 @@ pub mod registry;
 pub mod serve;
 pub mod sink;
 pub mod source;
+pub mod spool;
 pub mod transform;
 pub mod ui;
 pub mod validate;
