@@ -25,8 +25,11 @@
 //! each `len u32 | crc32 u32 | seq u64 | unix ms u64 | payload` (little-endian; the crc covers
 //! seq, time and payload).
 
+mod config;
 #[cfg(test)]
 mod tests;
+
+pub use config::{clashes, SpoolConfig, SpoolSpec, SpoolWhen};
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -820,8 +823,14 @@ impl Spool {
             unreachable!("buffered records belong to the active segment");
         };
         let path = self.dir.join(segment_name(seg.first));
-        f.write_all(&self.pending)
-            .map_err(SpoolError::io(&path, "write a segment"))?;
+        if let Err(e) = f.write_all(&self.pending) {
+            // Part of it may be in the file: cut it, so that the retry does not follow a torn
+            // record (a full disk must not corrupt the segment).
+            let _ = f
+                .set_len(seg.written)
+                .and_then(|_| f.seek(SeekFrom::Start(seg.written)));
+            return Err(SpoolError::io(&path, "write a segment")(e));
+        }
         seg.written += self.pending.len() as u64;
         self.pending.clear();
         Ok(())
@@ -1019,6 +1028,28 @@ impl Spool {
             }
         }
         Ok(out)
+    }
+
+    /// Writes the buffer to its segment without an fsync, so that [`Spool::read`] sees it.
+    pub fn write_buffered(&mut self) -> Result<(), SpoolError> {
+        self.write_pending()
+    }
+
+    /// Whether a flush has anything to do: records to write or fsync, acks to persist.
+    pub fn is_dirty(&self) -> bool {
+        !self.pending.is_empty()
+            || !self.unsynced.is_empty()
+            || self.dir_dirty
+            || self.watermark != self.persisted
+            || *self.durable.borrow() < self.next_seq
+    }
+
+    /// A handle on the durability of record `seq` (appended earlier).
+    pub fn durable_handle(&self, seq: u64) -> Durable {
+        Durable {
+            seq,
+            rx: self.durable.subscribe(),
+        }
     }
 
     /// Whether records from `cursor` on are waiting in the buffer (not yet readable).
