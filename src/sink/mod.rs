@@ -11,7 +11,7 @@ mod spool;
 pub use deliver::{DeliverConfig, DeliverSink};
 pub use kafka::{DlqRoute, KafkaSink, ProducerError, TransactionalId};
 pub use memory::MemorySink;
-pub use spool::SpoolSink;
+pub use spool::{spooled, SpoolSink, Spooled};
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;

@@ -221,6 +221,37 @@ fn decode(pipeline: &Arc<str>, payload: &[u8], ack: Option<Ack>) -> Option<Item>
     }
 }
 
+/// What a spooled record holds (`kgate spool inspect --records`).
+#[derive(Debug, Clone)]
+pub struct Spooled {
+    /// The topic it goes to (a rejection: the topic it was meant for).
+    pub topic: String,
+    /// Its key.
+    pub key: Option<Vec<u8>>,
+    /// Its value (a rejection: the input as received).
+    pub value: Bytes,
+    /// For a rejection on its way to the DLQ: why.
+    pub rejected: Option<ErrorType>,
+}
+
+/// Reads a spool record's payload as [`SpoolSink`] wrote it; `None` when it is not one.
+pub fn spooled(payload: &[u8]) -> Option<Spooled> {
+    Some(match decode(&Arc::from(""), payload, None)? {
+        Item::Record { rec, .. } => Spooled {
+            topic: rec.topic.to_string(),
+            key: rec.key,
+            value: rec.value,
+            rejected: None,
+        },
+        Item::Rejection { ev, r, .. } => Spooled {
+            topic: r.source_topic,
+            key: None,
+            value: ev.raw,
+            rejected: Some(r.error_type),
+        },
+    })
+}
+
 struct State {
     spool: Spool,
     /// Records from this sequence number on are on disk only: the forwarder reads them back.

@@ -3,7 +3,8 @@
 //!
 //! It stores opaque payloads; the sink wrapper (`sink::SpoolSink`) decides what goes in them.
 //! Every record gets a sequence number, one more than the last, also across restarts. Appends
-//! are buffered and made durable together (group commit): [`Spool::flush`] writes the buffer,
+//! are written to the file at once (so a killed process loses none; `write_through`) and made
+//! durable together (group commit): [`Spool::flush`] writes what is buffered,
 //! fsyncs once and completes every [`Durable`] handle up to there; a caller that must not go on
 //! before its record is on disk waits on its handle. An [`Spool::ack`] marks a record done; the
 //! acks below the lowest record not yet acked (the watermark) are persisted at each flush in a
@@ -89,6 +90,9 @@ pub struct SpoolOptions {
     pub batch_bytes: u64,
     /// What to do when full.
     pub on_full: OnFull,
+    /// Each append is written to its file at once (a `write`, no fsync), so that a process
+    /// that is killed loses none; else appends wait in memory for the next flush.
+    pub write_through: bool,
 }
 
 impl SpoolOptions {
@@ -100,6 +104,7 @@ impl SpoolOptions {
             segment_bytes: (max_bytes / 8).clamp(64 * 1024, 64 * 1024 * 1024),
             batch_bytes: 1024 * 1024,
             on_full,
+            write_through: true,
         }
     }
 }
@@ -771,6 +776,11 @@ impl Spool {
         }
         self.next_seq += 1;
         self.writes += 1;
+        // Into the kernel now: a killed process loses nothing it appended (only a power loss
+        // can take what the next fsync has not made durable).
+        if self.opts.write_through {
+            self.write_pending()?;
+        }
         Ok(Appended {
             seq,
             durable: Durable {

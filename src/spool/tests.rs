@@ -13,6 +13,7 @@ fn opts(segment_bytes: u64, max_bytes: u64, on_full: OnFull) -> SpoolOptions {
         segment_bytes,
         batch_bytes: 1 << 20,
         on_full,
+        write_through: false,
     }
 }
 
@@ -505,10 +506,13 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
     #[test]
-    fn the_spool_keeps_every_durable_unacked_record(ops in proptest::collection::vec(op(), 1..120)) {
+    fn the_spool_keeps_every_durable_unacked_record(
+        ops in proptest::collection::vec(op(), 1..120),
+        write_through in any::<bool>(),
+    ) {
         let d = tempfile::tempdir().unwrap();
         // Small segments: records roll over often.
-        let o = opts(HEADER_LEN + 200, 1 << 30, OnFull::Block);
+        let o = SpoolOptions { write_through, ..opts(HEADER_LEN + 200, 1 << 30, OnFull::Block) };
         let (mut s, _) = Spool::open(d.path(), o).unwrap();
         let mut m = Model { live: BTreeMap::new(), persisted: 0, reyielded_acked: 0, reopens: 0 };
         let mut n = 0u64;
