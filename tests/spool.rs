@@ -108,13 +108,22 @@ fn sigkill_with_nothing_delivered_replays_every_spooled_record() {
     let insp = kgate::spool::inspect(&dir).unwrap();
     assert_eq!(insp.unacked, k);
 
-    // Run 2: the real broker, the same spool.
+    // Run 2: the real broker, the same spool; `kgate check` first says what it holds.
     let m2 = free_port();
     let run2 = tempfile::tempdir().unwrap();
-    let mut gw = spawn_run(
-        run2.path(),
-        &config(&brokers(), m2, &dlq, &pipeline(&url, &topic, &spool_root)),
+    let cfg2 = config(&brokers(), m2, &dlq, &pipeline(&url, &topic, &spool_root));
+    let path = write_config(run2.path(), &cfg2);
+    let out = Command::new(kgate_bin())
+        .args(["check", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let checked = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        checked.lines().any(|l| l.starts_with("ok   spool")
+            && l.contains(&format!("{k} unacknowledged record(s)"))),
+        "{checked}"
     );
+    let mut gw = spawn_run(run2.path(), &cfg2);
     wait_until(
         Duration::from_secs(60),
         || synth.log_text().contains("sent 8000 messages"),
