@@ -119,8 +119,10 @@ fn sigkill_with_nothing_delivered_replays_every_spooled_record() {
         .unwrap();
     let checked = String::from_utf8_lossy(&out.stdout);
     assert!(
-        checked.lines().any(|l| l.starts_with("ok   spool")
-            && l.contains(&format!("{k} unacknowledged record(s)"))),
+        checked
+            .lines()
+            .any(|l| l.starts_with("ok   spool")
+                && l.contains(&format!("{k} unacknowledged record(s)"))),
         "{checked}"
     );
     let mut gw = spawn_run(run2.path(), &cfg2);

@@ -36,6 +36,8 @@ use crate::spool::{Cursor, Durable, OnFull, Opened, Spool, SpoolError, SpoolSpec
 
 /// How many records the forwarder reads from disk at once.
 const READ_BATCH: usize = 512;
+/// How long a record taken by the spool may wait for room in the producer: for ever, in effect.
+const WAIT_FOR_KAFKA: Duration = Duration::from_secs(365 * 24 * 3600);
 /// How often a sender blocked on a full spool looks again (besides being woken).
 const FULL_RETRY: Duration = Duration::from_millis(50);
 
@@ -493,6 +495,14 @@ impl SpoolSink {
                     let t = self.inner.totals();
                     t.accepted.fetch_add(a.dropped_oldest, Ordering::Relaxed);
                     t.dropped.fetch_add(a.dropped_oldest, Ordering::Relaxed);
+                    // Sources waiting for records that were on disk only learn their fate.
+                    let w = st.spool.stats().watermark;
+                    st.waiting.retain(|&seq, ack| {
+                        if seq < w {
+                            ack.resolve(Fate::Dropped);
+                        }
+                        seq >= w
+                    });
                 }
                 let seq = a.seq;
                 item.set_seq(seq, Some(a.durable));
@@ -670,8 +680,10 @@ async fn hand_on(shared: &Arc<Shared>, inner: &Arc<dyn Sink>, mut item: Item) {
     let (ack, fate) = Ack::channel();
     let ev = item.ev();
     let source_ack = std::mem::replace(&mut ev.ack, ack);
-    // It was taken (it is in the spool, or in memory in its turn): it waits for Kafka now.
-    ev.max_wait = None;
+    // It was taken (it is in the spool, or in memory in its turn): it waits for room in the
+    // producer however long that takes (the spool's own `on_full` was applied when it was
+    // taken; the producer's `on_full: drop_newest` does not drop it now).
+    ev.max_wait = Some(WAIT_FOR_KAFKA);
     match item {
         Item::Record {
             rec, partition, ev, ..
