@@ -564,20 +564,23 @@ async fn forward(shared: Arc<Shared>, inner: Arc<dyn Sink>, mut rx: mpsc::Receiv
         if shared.stopped.load(Ordering::Acquire) {
             return;
         }
-        match rx.try_recv() {
-            Ok(item) => {
-                hand_on(&shared, &inner, item).await;
-                continue;
-            }
-            Err(mpsc::error::TryRecvError::Empty) => {}
-            Err(mpsc::error::TryRecvError::Disconnected) => {
-                if shared.state().backlog_from.is_none() {
-                    return;
-                }
-            }
-        }
         let batch = {
             let mut st = shared.state();
+            // Memory first, looked at under the lock senders hold: a record they put in memory
+            // is seen here before any record they later put on disk only.
+            match rx.try_recv() {
+                Ok(item) => {
+                    drop(st);
+                    hand_on(&shared, &inner, item).await;
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Empty) => {}
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    if st.backlog_from.is_none() {
+                        return;
+                    }
+                }
+            }
             match st.backlog_from {
                 None => {
                     cursor = None;
@@ -792,38 +795,50 @@ mod tests {
     use crate::spool::{OnFull, SpoolOptions};
 
     /// An inner sink that takes at most `cap` records while closed (then `send` waits, like a
-    /// full producer buffer with Kafka down) and answers them only once opened.
+    /// full producer buffer with Kafka down) and answers them only once opened, in order.
     #[derive(Default)]
     struct Held {
         cap: usize,
-        open: AtomicBool,
-        held: Mutex<Vec<(OutRecord, Event)>>,
-        delivered: Mutex<Vec<OutRecord>>,
+        state: Mutex<HeldState>,
         totals: Totals,
     }
 
-    impl Held {
-        fn deliver(&self, rec: OutRecord, mut ev: Event) {
-            let mut d = self.delivered.lock().unwrap();
+    #[derive(Default)]
+    struct HeldState {
+        open: bool,
+        held: Vec<(OutRecord, Event)>,
+        delivered: Vec<OutRecord>,
+    }
+
+    impl HeldState {
+        fn deliver(&mut self, rec: OutRecord, mut ev: Event) {
             ev.ack.resolve(Fate::Delivered {
                 topic: rec.topic.to_string(),
                 partition: 0,
-                offset: d.len() as i64,
+                offset: self.delivered.len() as i64,
             });
-            d.push(rec);
+            self.delivered.push(rec);
         }
+    }
 
+    impl Held {
         fn open(&self) {
-            self.open.store(true, Ordering::SeqCst);
-            for (rec, ev) in self.held.lock().unwrap().drain(..) {
-                self.deliver(rec, ev);
+            let mut st = self.state.lock().unwrap();
+            st.open = true;
+            for (rec, ev) in std::mem::take(&mut st.held) {
+                st.deliver(rec, ev);
             }
         }
 
+        fn held(&self) -> usize {
+            self.state.lock().unwrap().held.len()
+        }
+
         fn values(&self) -> Vec<String> {
-            self.delivered
+            self.state
                 .lock()
                 .unwrap()
+                .delivered
                 .iter()
                 .map(|r| String::from_utf8(r.value.to_vec()).unwrap())
                 .collect()
@@ -834,13 +849,13 @@ mod tests {
         fn send(&self, rec: OutRecord, _p: Option<i32>, ev: Event) -> BoxFuture<'_, ()> {
             Box::pin(async move {
                 loop {
-                    if self.open.load(Ordering::SeqCst) {
-                        return self.deliver(rec, ev);
-                    }
                     {
-                        let mut h = self.held.lock().unwrap();
-                        if h.len() < self.cap {
-                            h.push((rec, ev));
+                        let mut st = self.state.lock().unwrap();
+                        if st.open {
+                            return st.deliver(rec, ev);
+                        }
+                        if st.held.len() < self.cap {
+                            st.held.push((rec, ev));
                             return;
                         }
                     }
@@ -988,7 +1003,7 @@ mod tests {
                     let (rec, ev) = record(i);
                     s.send(rec, None, ev).await;
                 }
-                while inner.held.lock().unwrap().len() < 30 {
+                while inner.held() < 30 {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 std::mem::forget(s);

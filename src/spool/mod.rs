@@ -721,6 +721,10 @@ impl Spool {
 
     /// Appends a record; it is durable once a flush completes (see [`Durable`]).
     pub fn append(&mut self, payload: &[u8]) -> Result<Appended, SpoolError> {
+        if self.opts.write_through && !self.pending.is_empty() {
+            // The last write failed: take nothing more until it goes through.
+            self.write_pending()?;
+        }
         let frame = FRAME_LEN + payload.len() as u64;
         let max_one = self
             .opts
@@ -777,9 +781,11 @@ impl Spool {
         self.next_seq += 1;
         self.writes += 1;
         // Into the kernel now: a killed process loses nothing it appended (only a power loss
-        // can take what the next fsync has not made durable).
+        // can take what the next fsync has not made durable). If the write fails (a full
+        // disk), the record stays buffered, appended all the same: the next append refuses
+        // until it is written, and the next flush tries again.
         if self.opts.write_through {
-            self.write_pending()?;
+            let _ = self.write_pending();
         }
         Ok(Appended {
             seq,
