@@ -1045,6 +1045,58 @@ mod tests {
         assert_eq!(inner.values(), expected(40));
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_spool_drops_or_answers_busy_per_on_full() {
+        for on_full in [OnFull::DropNewest, OnFull::Block] {
+            let d = tempfile::tempdir().unwrap();
+            // Room for about 20 records; the inner sink takes 1000 and answers none.
+            let mut sp = spec(d.path(), SpoolWhen::Always);
+            sp.options = SpoolOptions {
+                max_bytes: 20 * (crate::spool::FRAME_LEN + 40) + crate::spool::HEADER_LEN,
+                segment_bytes: 1 << 20,
+                batch_bytes: 1 << 20,
+                on_full,
+                write_through: true,
+            };
+            let inner = Arc::new(Held {
+                cap: 1000,
+                ..Held::default()
+            });
+            let (s, _) = SpoolSink::open(&sp, Arc::from("p"), inner.clone(), 64, None).unwrap();
+            let mut fates = Vec::new();
+            for i in 0..40 {
+                let (rec, mut ev) = record(i);
+                let (ack, rx) = Ack::channel();
+                ev.ack = ack;
+                ev.max_wait = Some(Duration::from_millis(1));
+                fates.push(rx);
+                s.send(rec, None, ev).await;
+            }
+            let taken = s.stats().writes as usize;
+            assert!((10..40).contains(&taken), "{taken} taken");
+            // The rest was answered at once: dropped (counted) or busy (not accepted).
+            for f in fates.drain(taken..) {
+                let fate = f.await.unwrap();
+                match on_full {
+                    OnFull::DropNewest => assert_eq!(fate, Fate::Dropped),
+                    _ => assert_eq!(fate, Fate::Busy),
+                }
+            }
+            let dropped = inner.totals().dropped.load(Ordering::Relaxed) as usize;
+            match on_full {
+                OnFull::DropNewest => assert_eq!(dropped, 40 - taken),
+                _ => assert_eq!(dropped, 0),
+            }
+            // Once Kafka answers, the taken ones are delivered, in order.
+            inner.open();
+            assert_eq!(s.drain(Duration::from_secs(30)).await, 0);
+            assert_eq!(inner.values(), expected(taken));
+            for f in fates {
+                assert!(matches!(f.await.unwrap(), Fate::Delivered { .. }));
+            }
+        }
+    }
+
     #[test]
     fn a_spooled_rejection_and_record_read_back_as_written() {
         let (rec, mut ev) = record(7);
