@@ -374,6 +374,9 @@ enum Op {
     Crash(Tear),
     /// Flush, close, open again.
     Reopen,
+    /// Die in the middle of a flush: written, fsynced and the acks persisted, but the
+    /// durable handles not yet completed nor segments deleted.
+    CrashMidFlush,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -389,6 +392,7 @@ fn op() -> impl Strategy<Value = Op> {
         ]
         .prop_map(Op::Crash),
         1 => Just(Op::Reopen),
+        1 => Just(Op::CrashMidFlush),
     ]
 }
 
@@ -546,6 +550,14 @@ proptest! {
                         .unwrap_or(0);
                     drop(s);
                     tear(d.path(), &t, durable_upto);
+                    s = reopen(d.path(), o, &mut m);
+                }
+                Op::CrashMidFlush => {
+                    let job = s.begin_flush().unwrap();
+                    job.sync().unwrap();
+                    m.persisted = m.watermark(s.next_seq());
+                    drop(job);
+                    drop(s);
                     s = reopen(d.path(), o, &mut m);
                 }
                 Op::Reopen => {
