@@ -560,6 +560,7 @@ impl SpoolSink {
 /// there is a backlog (first of all the records a previous run left).
 async fn forward(shared: Arc<Shared>, inner: Arc<dyn Sink>, mut rx: mpsc::Receiver<Item>) {
     let mut cursor: Option<Cursor> = None;
+    let mut replay_logged = false;
     loop {
         if shared.stopped.load(Ordering::Acquire) {
             return;
@@ -595,6 +596,10 @@ async fn forward(shared: Arc<Shared>, inner: Arc<dyn Sink>, mut rx: mpsc::Receiv
                     match read {
                         Ok(recs) if recs.is_empty() && c.next_seq >= st.spool.next_seq() => {
                             // Caught up: records go through memory again.
+                            if from < shared.replay_end && !replay_logged {
+                                replay_logged = true;
+                                tracing::info!(pipeline = %shared.name, records = shared.replay_end - from, "spool: the records the last run left are handed to Kafka again");
+                            }
                             st.backlog_from = None;
                             cursor = None;
                             None
