@@ -699,21 +699,61 @@ async fn hand_on(shared: &Arc<Shared>, inner: &Arc<dyn Sink>, mut item: Item) {
         Item::Rejection { ev, r, .. } => inner.dead_letter(ev, r).await,
     }
     let shared = shared.clone();
+    let inner = inner.clone();
     tokio::spawn(async move {
         let mut source_ack = source_ack;
         // Unanswered (the runtime is going away), a record stays in the spool for the next
         // start.
-        if let Ok(f) = fate.await {
-            if let Some(seq) = seq {
-                shared.state().spool.ack(seq);
+        match (fate.await, seq) {
+            (Ok(Fate::Failed { message }), Some(seq)) => {
+                // Kafka holds neither it nor a DLQ record of it: the spool keeps it and sends
+                // it again (its source waits on).
+                tracing::warn!(pipeline = %shared.name, seq, "Kafka took neither a spooled record nor its DLQ record ({message}); it stays in the spool and is sent again in {RETRY_FAILED:?}");
+                retry(shared.clone(), inner, seq, source_ack);
             }
-            source_ack.resolve(f);
+            (Ok(f), _) => {
+                if let Some(seq) = seq {
+                    shared.state().spool.ack(seq);
+                }
+                source_ack.resolve(f);
+            }
+            (Err(_), _) => {}
         }
         if seq.is_none() {
             shared.outstanding.fetch_sub(1, Ordering::AcqRel);
         }
         shared.settled.notify_waiters();
     });
+}
+
+/// How long a spooled record whose fate was `Failed` waits before it is sent again.
+const RETRY_FAILED: Duration = Duration::from_secs(1);
+
+/// Sends record `seq` again from the spool after [`RETRY_FAILED`] (unless kgate is stopping:
+/// then it stays for the next start).
+fn retry(shared: Arc<Shared>, inner: Arc<dyn Sink>, seq: u64, source_ack: Ack) {
+    let again: BoxFuture<'static, ()> = Box::pin(async move {
+        tokio::time::sleep(RETRY_FAILED).await;
+        if shared.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        let item = {
+            let st = shared.state();
+            let mut c = Cursor::at(seq);
+            st.spool
+                .read(&mut c, 1)
+                .ok()
+                .and_then(|r| r.into_iter().next())
+                .filter(|r| r.seq == seq)
+                .and_then(|r| decode(&shared.name, &r.payload, Some(source_ack)))
+        };
+        // None: it is gone meanwhile (`on_full: drop_oldest`).
+        if let Some(mut item) = item {
+            item.set_seq(seq, None);
+            hand_on(&shared, &inner, item).await;
+        }
+    });
+    tokio::spawn(again);
 }
 
 impl Drop for SpoolSink {
@@ -804,6 +844,8 @@ mod tests {
     #[derive(Default)]
     struct Held {
         cap: usize,
+        /// The first this many records sent are answered `Failed` (nothing written).
+        fail_first: AtomicU64,
         state: Mutex<HeldState>,
         totals: Totals,
     }
@@ -853,6 +895,15 @@ mod tests {
     impl Sink for Held {
         fn send(&self, rec: OutRecord, _p: Option<i32>, ev: Event) -> BoxFuture<'_, ()> {
             Box::pin(async move {
+                let mut ev = ev;
+                let fail = self
+                    .fail_first
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+                if fail.is_ok() {
+                    return ev.ack.resolve(Fate::Failed {
+                        message: "refused".into(),
+                    });
+                }
                 loop {
                     {
                         let mut st = self.state.lock().unwrap();
@@ -1100,6 +1151,41 @@ mod tests {
                 assert!(matches!(f.await.unwrap(), Fate::Delivered { .. }));
             }
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_kafka_failed_stays_in_the_spool_and_is_sent_again() {
+        let d = tempfile::tempdir().unwrap();
+        let inner = Arc::new(Held {
+            fail_first: AtomicU64::new(3),
+            ..Held::default()
+        });
+        inner.open();
+        let (s, _) = SpoolSink::open(
+            &spec(d.path(), SpoolWhen::Always),
+            Arc::from("p"),
+            inner.clone(),
+            64,
+            None,
+        )
+        .unwrap();
+        let mut fates = Vec::new();
+        for i in 0..10 {
+            let (rec, mut ev) = record(i);
+            let (ack, rx) = Ack::channel();
+            ev.ack = ack;
+            fates.push(rx);
+            s.send(rec, None, ev).await;
+        }
+        assert_eq!(s.drain(Duration::from_secs(30)).await, 0);
+        let mut got = inner.values();
+        got.sort_by_key(|v| v[1..].parse::<u32>().unwrap());
+        assert_eq!(got, expected(10), "each once");
+        // Its source learns the fate of the second attempt.
+        for f in fates {
+            assert!(matches!(f.await.unwrap(), Fate::Delivered { .. }));
+        }
+        assert_eq!(s.stats().unacked, 0);
     }
 
     #[test]
