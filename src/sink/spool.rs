@@ -15,10 +15,9 @@
 //! order, each only once its group commit made it durable. `when: overflow`: records go to the
 //! inner sink from a bounded memory queue; once the queue is full, they are appended instead
 //! (and every record after them, to keep the order) and read back from disk by the forwarder
-//! when the inner sink takes records again. In both, a record is acked in the spool once the
-//! inner sink settled it (Kafka holds it or its DLQ record, or the inner sink gave it a final
-//! answer such as dropped); segments all acked are deleted. At start, the records the spool
-//! still holds are produced first, in order.
+//! when the inner sink takes records again. In both, a record is acked in the spool once Kafka
+//! holds it or its DLQ record (a `Failed` one stays and is sent again); segments all acked are
+//! deleted. At start, the records the spool still holds are produced first, in order.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
