@@ -131,6 +131,13 @@ fn sigkill_with_nothing_delivered_replays_every_spooled_record() {
     assert!(text.contains("in use: no"), "{text}");
     let insp = kgate::spool::inspect(&dir).unwrap();
     assert_eq!(insp.unacked, k);
+    // A torn write after the last record (half a record header): cut at the next start,
+    // counted, and nothing before it lost.
+    let last = &insp.segments.last().unwrap().path;
+    let mut f = std::fs::OpenOptions::new().append(true).open(last).unwrap();
+    std::io::Write::write_all(&mut f, &[0x5a; 11]).unwrap();
+    drop(f);
+    assert!(inspect_text(&spool_root).contains("TORN: a torn record header (11 bytes)"));
 
     // Run 2: the real broker, the same spool; `kgate check` first says what it holds.
     let m2 = free_port();
@@ -157,9 +164,15 @@ fn sigkill_with_nothing_delivered_replays_every_spooled_record() {
     );
     let (got, dups) = kafka_seqs(&topic, (COUNT - 1000) as usize);
     let replayed = scrape(m2, "kgate_spool_replayed_total");
+    let corruptions = scrape(m2, "kgate_spool_corruptions_total");
     let s = stop(&mut gw, 40);
     let log2 = gw.log_text();
     assert!(log2.contains(&format!("unacked={k}")), "{log2}");
+    assert!(
+        log2.contains("a torn or corrupt tail was cut") && log2.contains("11 bytes dropped"),
+        "{log2}"
+    );
+    assert_eq!(corruptions, 1.0);
     assert_eq!(replayed, k as f64, "records produced again from the spool");
 
     // 0 lost: every record run 1 accepted is in Kafka, once.
