@@ -309,11 +309,19 @@ impl Shared {
             st.spool.begin_flush()
         };
         let result = job.and_then(|job| {
-            let n = job.sync().map_err(|source| SpoolError::Io {
-                path: self.state().spool.dir().to_path_buf(),
-                op: "fsync",
-                source,
-            })?;
+            let n = match job.sync() {
+                Ok(n) => n,
+                Err(source) => {
+                    let mut st = self.state();
+                    let path = st.spool.dir().to_path_buf();
+                    st.spool.abandon(job);
+                    return Err(SpoolError::Io {
+                        path,
+                        op: "fsync",
+                        source,
+                    });
+                }
+            };
             self.state().spool.complete(job, n)?;
             if let Some(m) = &self.metrics {
                 m.fsyncs.inc_by(n);

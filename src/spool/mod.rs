@@ -317,6 +317,8 @@ struct Segment {
 #[derive(Debug)]
 pub struct SyncJob {
     files: Vec<File>,
+    /// The last of `files` is the segment being written (cloned again by the next flush).
+    has_active: bool,
     dir: Option<File>,
     acks: Option<(File, u64)>,
     upto: u64,
@@ -924,11 +926,8 @@ impl Spool {
     pub fn begin_flush(&mut self) -> Result<SyncJob, SpoolError> {
         self.write_pending()?;
         let clone = |f: &File, p: &Path| f.try_clone().map_err(SpoolError::io(p, "fsync"));
-        let mut files = std::mem::take(&mut self.unsynced);
-        if let Some(f) = &self.active {
-            files.push(clone(f, &self.dir)?);
-        }
-        let dir = if std::mem::take(&mut self.dir_dirty) {
+        // Everything that can fail first, so that a failure leaves the state as it was.
+        let dir = if self.dir_dirty {
             Some(File::open(&self.dir).map_err(SpoolError::io(&self.dir, "open the directory"))?)
         } else {
             None
@@ -938,8 +937,17 @@ impl Spool {
         } else {
             None
         };
+        let active = match &self.active {
+            Some(f) => Some(clone(f, &self.dir)?),
+            None => None,
+        };
+        self.dir_dirty = false;
+        let has_active = active.is_some();
+        let mut files = std::mem::take(&mut self.unsynced);
+        files.extend(active);
         Ok(SyncJob {
             files,
+            has_active,
             dir,
             acks,
             upto: self.next_seq,
@@ -982,10 +990,23 @@ impl Spool {
     /// Writes, fsyncs and completes in one call (for callers that hold the spool alone).
     pub fn flush(&mut self) -> Result<(), SpoolError> {
         let job = self.begin_flush()?;
-        let n = job
-            .sync()
-            .map_err(SpoolError::io(&self.dir, "fsync the spool"))?;
-        self.complete(job, n)
+        match job.sync() {
+            Ok(n) => self.complete(job, n),
+            Err(e) => {
+                self.abandon(job);
+                Err(SpoolError::io(&self.dir, "fsync the spool")(e))
+            }
+        }
+    }
+
+    /// A flush whose fsync failed: what it was to sync is synced again by the next one.
+    pub fn abandon(&mut self, job: SyncJob) {
+        self.dir_dirty |= job.dir.is_some();
+        let mut files = job.files;
+        if job.has_active {
+            files.pop();
+        }
+        self.unsynced.extend(files);
     }
 
     /// Reads up to `max` records from `cursor` on, in order, among those written to disk
