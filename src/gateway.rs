@@ -187,6 +187,18 @@ impl Config {
                 pipelines.push(PipelinePlan { spec, source });
             }
         }
+        let spools: Vec<(usize, std::path::PathBuf)> = self
+            .pipelines
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| Some((i, p.spool.as_ref()?.dir_of(base, &p.name))))
+            .collect();
+        for (i, j) in crate::spool::clashes(&spools) {
+            errors.push(ConfigError::new(
+                format!("pipelines[{j}].spool.dir"),
+                format!("pipeline `{}` would share its spool directory with pipeline `{}` (or nest in it); give each its own `dir`", self.pipelines[j].name, self.pipelines[i].name),
+            ));
+        }
         let http_pipelines: Vec<(usize, &str)> = self
             .pipelines
             .iter()

@@ -16,6 +16,7 @@ pub mod registry;
 pub mod serve;
 pub mod sink;
 pub mod source;
+pub mod spool;
 pub mod transform;
 pub mod ui;
 pub mod validate;

@@ -81,6 +81,9 @@ enum Command {
     /// (read-only unless `ui.write` and a user with the write role). `kgate ui hash-password`
     /// prints the argon2 hash of a password read from stdin.
     Ui(cmd::ui::UiArgs),
+    /// A pipeline's disk spool: `inspect DIR` prints its segments, records, unacknowledged count
+    /// and oldest age.
+    Spool(cmd::spool::SpoolArgs),
 }
 
 fn init_logging() {
@@ -113,5 +116,6 @@ async fn main() -> ExitCode {
         Command::Topics(args) => cmd::topics::main(args).await,
         Command::Groups(args) => cmd::groups::main(args).await,
         Command::Ui(args) => cmd::ui::main(args).await,
+        Command::Spool(args) => cmd::spool::main(args),
     }
 }

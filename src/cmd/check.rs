@@ -69,8 +69,71 @@ pub async fn check(path: &Path, timeout: Duration, each: &mut dyn FnMut(&Probe))
         for p in plan.source.probe(ctx).await {
             line(p, &mut out);
         }
+        if let Some(sp) = &plan.spec.spool {
+            line(check_spool(&plan.spec.name, sp), &mut out);
+        }
     }
     out
+}
+
+/// A pipeline's spool: what it holds (produced first at the next start), or that its
+/// directory can be made.
+fn check_spool(pipeline: &str, sp: &crate::spool::SpoolSpec) -> Probe {
+    let dir = sp.dir.display();
+    let when = match sp.when {
+        crate::spool::SpoolWhen::Always => "always",
+        crate::spool::SpoolWhen::Overflow => "overflow",
+    };
+    if !sp.dir.exists() {
+        // The nearest existing ancestor must take a new directory.
+        let Some(parent) = sp.dir.ancestors().find(|a| a.exists()) else {
+            return Probe::fail(format!(
+                "spool {dir} (pipeline {pipeline}): no existing parent directory"
+            ));
+        };
+        let c = std::ffi::CString::new(parent.as_os_str().as_encoded_bytes()).unwrap_or_default();
+        // SAFETY: access(2) reads a NUL-terminated path this function owns.
+        let writable = unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0;
+        return if writable {
+            Probe::ok(format!(
+                "spool {dir} (pipeline {pipeline}, when {when}): empty; created at start"
+            ))
+        } else {
+            Probe::fail(format!("spool {dir} (pipeline {pipeline}): {} is not writable; give kgate a `spool.dir` it can write", parent.display()))
+        };
+    }
+    match crate::spool::inspect(&sp.dir) {
+        Ok(i) => {
+            let bytes: u64 = i.segments.iter().map(|s| s.bytes).sum();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let oldest = i
+                .oldest_ms
+                .map(|t| format!(", the oldest {}s old", now.saturating_sub(t) / 1000))
+                .unwrap_or_default();
+            let torn: Vec<String> = i
+                .segments
+                .iter()
+                .filter_map(|s| Some(format!("{} ({})", s.path.display(), s.bad.as_ref()?)))
+                .collect();
+            let torn = if torn.is_empty() {
+                String::new()
+            } else {
+                format!("; torn tails, cut at start: {}", torn.join(", "))
+            };
+            let user = i
+                .locked_by
+                .map(|p| format!("; in use by {p} (a second kgate on it is refused)"))
+                .unwrap_or_default();
+            Probe::ok(format!(
+                "spool {dir} (pipeline {pipeline}, when {when}): {} segment(s), {bytes} bytes, {} unacknowledged record(s){oldest}, produced first at start{torn}{user}",
+                i.segments.len(),
+                i.unacked
+            ))
+        }
+        Err(e) => Probe::fail(format!("spool (pipeline {pipeline}): {e}")),
+    }
 }
 
 /// The brokers answer, and each fixed topic exists or will be auto-created.

@@ -513,6 +513,7 @@ fn passthrough(topics: &[String]) -> anyhow::Result<Processor> {
         dlq: None,
         exactly_once: false,
         sink: None,
+        spool: None,
     };
     Ok(Processor::new(&c)?)
 }

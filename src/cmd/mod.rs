@@ -10,6 +10,7 @@ pub mod dlq;
 pub mod groups;
 pub mod run;
 pub mod schemas;
+pub mod spool;
 pub mod synth;
 pub mod tail;
 pub mod topics;

@@ -13,7 +13,7 @@ use crate::kafka::{fetch_metadata, report_diagnosis, KafkaConfig, MetadataError}
 use crate::metrics::{self, Metrics};
 use crate::pipeline::{Pipeline, Processor};
 use crate::registry::{RegistryClient, SchemaCache};
-use crate::sink::{DeliverSink, KafkaSink, Sink};
+use crate::sink::{DeliverSink, KafkaSink, Sink, SpoolSink};
 use crate::source::{http, SourceCtx};
 
 /// What a run did, reported at shutdown.
@@ -109,6 +109,7 @@ pub async fn run(gateway: Gateway, shutdown: CancellationToken) -> anyhow::Resul
         pipelines,
         txn_sinks,
         deliver_sinks,
+        spool_sinks,
     } = build_pipelines(plans, &kafka_sink, &config, &metrics, schemas.as_ref()).await?;
     if let (Some(cache), Some(rc)) = (&schemas, &config.schema_registry) {
         cache.spawn_refresher(rc.refresh, background_stop.clone());
@@ -143,6 +144,7 @@ pub async fn run(gateway: Gateway, shutdown: CancellationToken) -> anyhow::Resul
     let summary = stop(
         config.shutdown_timeout,
         &deliver_sinks,
+        &spool_sinks,
         &sinks,
         sources_stop,
         tasks,
@@ -178,6 +180,7 @@ async fn build_pipelines(
     let mut started = Vec::with_capacity(plans.len());
     let mut txn_sinks: Vec<Arc<dyn Sink>> = Vec::new();
     let mut deliver_sinks: Vec<Arc<dyn Sink>> = Vec::new();
+    let mut spool_sinks: Vec<Arc<dyn Sink>> = Vec::new();
     let dlq_topics: Vec<String> = plans
         .iter()
         .filter_map(|p| p.spec.dlq_topic.clone())
@@ -189,6 +192,7 @@ async fn build_pipelines(
         let dlq = plan.spec.dlq_topic.clone();
         let exactly_once = plan.spec.exactly_once;
         let sink_config = plan.spec.sink.clone();
+        let spool = plan.spec.spool.clone();
         let mut processor = Processor::from_spec(plan.spec, schemas.cloned())?;
         for t in &dlq_topics {
             processor.reserve_topic(t);
@@ -220,6 +224,14 @@ async fn build_pipelines(
                 None => sink.clone(),
             }
         };
+        let to = match &spool {
+            Some(sp) => {
+                let s = open_spool(sp, &name, to, config, metrics)?;
+                spool_sinks.push(s.clone());
+                s
+            }
+            None => to,
+        };
         let pipeline = Arc::new(Pipeline::from_processor(processor, to));
         started.push((pipeline, plan.source, name, topic));
     }
@@ -227,7 +239,40 @@ async fn build_pipelines(
         pipelines: started,
         txn_sinks,
         deliver_sinks,
+        spool_sinks,
     })
+}
+
+/// Opens a pipeline's disk spool in front of `to`; logs what it found (cut tails, records to
+/// produce again).
+fn open_spool(
+    sp: &crate::spool::SpoolSpec,
+    name: &Arc<str>,
+    to: Arc<dyn Sink>,
+    config: &crate::gateway::Config,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Arc<dyn Sink>> {
+    let memory = config
+        .kafka
+        .producer
+        .max_buffered_records
+        .clamp(1024, 1 << 20) as usize;
+    let (s, opened) = SpoolSink::open(sp, name.clone(), to, memory, Some(metrics.spool(name)))
+        .with_context(|| format!("pipeline {name}: its spool"))?;
+    for t in &opened.truncations {
+        tracing::warn!(pipeline = %name, "spool: a torn or corrupt tail was cut: {t}");
+    }
+    if opened.acks_lost {
+        tracing::warn!(pipeline = %name, "spool: its ack file was torn; every record it holds is produced again (duplicates)");
+    }
+    tracing::info!(
+        pipeline = %name,
+        dir = %sp.dir.display(),
+        when = ?sp.when,
+        unacked = opened.unacked,
+        "spool opened; its unacknowledged records are produced first"
+    );
+    Ok(s)
 }
 
 /// The pipelines built, and the sinks besides the shared Kafka sink that shutdown drains.
@@ -238,6 +283,8 @@ struct Built {
     /// Consumer sinks of pipelines with `sink:` (drained while their sources stop: a source
     /// waits for the fates of its open batch).
     deliver_sinks: Vec<Arc<dyn Sink>>,
+    /// Disk spools in front of the Kafka sink (drained once the sources stopped, before it).
+    spool_sinks: Vec<Arc<dyn Sink>>,
 }
 
 /// How long an exactly-once transaction may stay open before the broker aborts it.
@@ -295,6 +342,7 @@ fn start_sources(
 async fn stop(
     timeout: Duration,
     deliver: &[Arc<dyn Sink>],
+    spools: &[Arc<dyn Sink>],
     sinks: &[Arc<dyn Sink>],
     sources_stop: CancellationToken,
     mut tasks: JoinSet<()>,
@@ -319,6 +367,13 @@ async fn stop(
         tasks.abort_all();
     }
     let mut left: i64 = flushed.iter().map(|l| (*l).max(0)).sum();
+    // A spool hands on what it holds, then keeps what Kafka did not take for the next start.
+    for s in spools {
+        left += s
+            .drain(deadline.saturating_duration_since(Instant::now()))
+            .await
+            .max(0);
+    }
     for sink in sinks {
         left += sink
             .drain(deadline.saturating_duration_since(Instant::now()))

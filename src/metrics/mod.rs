@@ -129,6 +129,7 @@ pub struct Metrics {
     max_label_values: usize,
     mqtt: MqttFamilies,
     device: DeviceFamilies,
+    spool: SpoolFamilies,
     /// `kgate_producer_inflight_records`: accepted, not yet acknowledged.
     pub inflight: IntGauge,
     /// `http_requests_total{route,status}`: answered HTTP ingest requests.
@@ -609,6 +610,85 @@ impl DeviceFamilies {
     }
 }
 
+/// The series of one pipeline's disk spool.
+#[derive(Clone)]
+pub struct SpoolMetrics {
+    /// Bytes in its segment files.
+    pub bytes: IntGauge,
+    /// Records not yet acknowledged by Kafka.
+    pub records: IntGauge,
+    /// Age of the oldest of them.
+    pub oldest_age_seconds: IntGauge,
+    /// Records appended.
+    pub writes: IntCounter,
+    /// fsyncs.
+    pub fsyncs: IntCounter,
+    /// Torn or corrupt tails cut when it was opened.
+    pub corruptions: IntCounter,
+    /// Records replayed from it at start (not acknowledged before a crash or stop).
+    pub replayed: IntCounter,
+    /// Records dropped because it was full (`on_full: drop_oldest | drop_newest`).
+    pub dropped: IntCounter,
+}
+
+/// The `{pipeline}` families behind [`SpoolMetrics`].
+struct SpoolFamilies {
+    bytes: IntGaugeVec,
+    records: IntGaugeVec,
+    oldest_age: IntGaugeVec,
+    writes: IntCounterVec,
+    fsyncs: IntCounterVec,
+    corruptions: IntCounterVec,
+    replayed: IntCounterVec,
+    dropped: IntCounterVec,
+}
+
+impl SpoolFamilies {
+    fn register(r: &Registry) -> SpoolFamilies {
+        let p = &["pipeline"];
+        SpoolFamilies {
+            bytes: gauge(r, "kgate_spool_bytes", "Bytes in the pipeline's disk spool", p),
+            records: gauge(
+                r,
+                "kgate_spool_records",
+                "Records in the disk spool not yet acknowledged by Kafka",
+                p,
+            ),
+            oldest_age: gauge(
+                r,
+                "kgate_spool_oldest_age_seconds",
+                "Age of the oldest record in the disk spool not yet acknowledged by Kafka",
+                p,
+            ),
+            writes: counter(
+                r,
+                "kgate_spool_writes_total",
+                "Records appended to the disk spool",
+                p,
+            ),
+            fsyncs: counter(r, "kgate_spool_fsyncs_total", "fsyncs of the disk spool", p),
+            corruptions: counter(
+                r,
+                "kgate_spool_corruptions_total",
+                "Torn or corrupt segment tails cut when the disk spool was opened",
+                p,
+            ),
+            replayed: counter(
+                r,
+                "kgate_spool_replayed_total",
+                "Records produced again from the disk spool at start (unacknowledged at the last stop or crash)",
+                p,
+            ),
+            dropped: counter(
+                r,
+                "kgate_spool_dropped_total",
+                "Records dropped because the disk spool was full (on_full: drop_oldest or drop_newest)",
+                p,
+            ),
+        }
+    }
+}
+
 /// The HTTP ingest families (public fields of [`Metrics`]).
 struct HttpFamilies {
     requests: IntCounterVec,
@@ -663,6 +743,7 @@ impl Metrics {
         let ws = WsFamilies::register(&r);
         let mqtt = MqttFamilies::register(&r);
         let device = DeviceFamilies::register(&r);
+        let spool = SpoolFamilies::register(&r);
         let http = HttpFamilies::register(&r);
         let consumer = ConsumerFamilies::register(&r);
         Arc::new(Metrics {
@@ -678,6 +759,7 @@ impl Metrics {
             max_label_values: max,
             mqtt,
             device,
+            spool,
             inflight,
             http_requests: http.requests,
             http_request_duration: http.duration,
@@ -729,6 +811,22 @@ impl Metrics {
             messages_received: w.messages_received.with_label_values(&l),
             connection_duration: w.connection_duration.with_label_values(&l),
             messages_timeout: w.messages_timeout.with_label_values(&l),
+        }
+    }
+
+    /// The disk spool series of `pipeline`.
+    pub fn spool(&self, pipeline: &str) -> SpoolMetrics {
+        let l = [pipeline];
+        let f = &self.spool;
+        SpoolMetrics {
+            bytes: f.bytes.with_label_values(&l),
+            records: f.records.with_label_values(&l),
+            oldest_age_seconds: f.oldest_age.with_label_values(&l),
+            writes: f.writes.with_label_values(&l),
+            fsyncs: f.fsyncs.with_label_values(&l),
+            corruptions: f.corruptions.with_label_values(&l),
+            replayed: f.replayed.with_label_values(&l),
+            dropped: f.dropped.with_label_values(&l),
         }
     }
 

@@ -79,6 +79,11 @@ pub struct PipelineConfig<S> {
     /// DLQ record is in Kafka). Leave out `topic:`.
     #[serde(default)]
     pub sink: Option<crate::sink::DeliverConfig>,
+    /// Keep accepted records on disk, e.g. `{dir: /var/lib/kgate/spool, when: always}`:
+    /// through a crash (`always`) or a Kafka outage (`overflow`). Not with `sink:` or
+    /// `exactly_once` (their Kafka source keeps its place by offsets).
+    #[serde(default)]
+    pub spool: Option<crate::spool::SpoolConfig>,
 }
 
 /// `pipelines[].dlq:` — a pipeline's own dead-letter queue.
@@ -120,6 +125,8 @@ pub struct PipelineSpec {
     pub exactly_once: bool,
     /// The consumer sink records go to instead of a topic (`sink:`).
     pub sink: Option<crate::sink::DeliverConfig>,
+    /// Its disk spool (`spool:`).
+    pub spool: Option<crate::spool::SpoolSpec>,
 }
 
 const NEEDS_PARSED: &str =
@@ -256,6 +263,21 @@ impl<S> PipelineConfig<S> {
                 None
             }
         };
+        let spool = self.spool.as_ref().and_then(|sp| {
+            let path = at.field("spool");
+            let mut found = Vec::new();
+            let spec = sp.resolve(At(&path), &self.name, base, &mut found);
+            for e in found {
+                err(e.path, e.message);
+            }
+            if self.sink.is_some() || self.exactly_once {
+                err(
+                    path,
+                    "a pipeline with `sink:` or `exactly_once` reads from Kafka and keeps its place by offsets, so it needs no spool; remove `spool:`".into(),
+                );
+            }
+            spec
+        });
         let topics_allowed = if self.sink.is_some() {
             Some(TopicAllow::any())
         } else {
@@ -311,6 +333,7 @@ impl<S> PipelineConfig<S> {
             dlq_topic: self.dlq.as_ref().map(|d| d.topic.clone()),
             exactly_once: self.exactly_once,
             sink: self.sink.clone(),
+            spool,
         })
     }
 

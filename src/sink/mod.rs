@@ -6,10 +6,12 @@
 pub mod deliver;
 mod kafka;
 mod memory;
+mod spool;
 
 pub use deliver::{DeliverConfig, DeliverSink};
 pub use kafka::{DlqRoute, KafkaSink, ProducerError, TransactionalId};
 pub use memory::MemorySink;
+pub use spool::{spooled, SpoolSink, Spooled};
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
