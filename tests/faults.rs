@@ -198,6 +198,11 @@ struct WsLoad {
 }
 
 fn ws_load(broker: &str, topic: &str, rate: u64, count: u64) -> WsLoad {
+    ws_load_with(broker, topic, rate, count, "")
+}
+
+/// [`ws_load`] with more settings of the `websocket:` source (e.g. `timeout: 5s, `).
+fn ws_load_with(broker: &str, topic: &str, rate: u64, count: u64, source: &str) -> WsLoad {
     let (synth, url) = spawn_synth(
         "ticker",
         &["--rate", &rate.to_string(), "--count", &count.to_string()],
@@ -210,7 +215,7 @@ fn ws_load(broker: &str, topic: &str, rate: u64, count: u64) -> WsLoad {
             broker,
             mport,
             "",
-            &format!("  - name: ticks\n    source: {{websocket: {{urls: ['{url}'], backoff_max: 1s}}}}\n    topic: {topic}\n    key: '${{exchange}}|${{symbol}}'\n"),
+            &format!("  - name: ticks\n    source: {{websocket: {{{source}urls: ['{url}'], backoff_max: 1s}}}}\n    topic: {topic}\n    key: '${{exchange}}|${{symbol}}'\n"),
         ),
     );
     WsLoad {
@@ -231,11 +236,25 @@ impl WsLoad {
     }
 
     fn wait_received(&self, n: u64, timeout: Duration) {
-        wait_until(
-            timeout,
-            || self.received() >= n,
-            &format!("{n} messages read from the feed"),
-        );
+        let deadline = Instant::now() + timeout;
+        while self.received() < n {
+            if Instant::now() > deadline {
+                let log = self.gw.log_text();
+                let head: Vec<&str> = log
+                    .lines()
+                    .filter(|l| !l.contains("librdkafka"))
+                    .take(40)
+                    .collect();
+                let tail: Vec<&str> = log.lines().rev().take(10).collect();
+                eprintln!("kgate's log (first lines):\n{}", head.join("\n"));
+                panic!(
+                    "{} of {n} messages read from the feed after {timeout:?}; kgate's log (last lines):\n{}",
+                    self.received(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 
@@ -511,7 +530,9 @@ fn broker_stopped_mid_stream_websocket_block() {
     let b = Broker::start();
     let topic = unique("faults.ws.stop");
     let count = 40_000;
-    let load = ws_load(&b.addr, &topic, 2000, count);
+    // A read timeout shorter than the outage: waiting for room is not the feed's silence, so
+    // kgate must not drop the feed (and what it had sent) while the broker is away.
+    let load = ws_load_with(&b.addr, &topic, 2000, count, "timeout: 5s, ");
     load.wait_received(5_000, Duration::from_secs(60));
     b.down();
     let before = load.received();
@@ -532,7 +553,8 @@ fn broker_stopped_mid_stream_websocket_block() {
         dups,
         reordered,
         note: format!(
-            "{during} read during the outage (the buffer holds 10,000; then reading waits)"
+            "{during} read during the outage (the buffer holds 10,000; then reading waits); {} read timeouts",
+            scrape(&load.metrics, "kafka_producer_websocket_messages_timeout_total")
         ),
     };
     row.print();
@@ -842,7 +864,10 @@ fn sigterm_mid_stream_every_source() {
         lost,
         dups,
         reordered,
-        note: format!("{ws_read} read when the signal was sent; kgate {status}"),
+        note: format!(
+            "{ws_read} read when the signal was sent; kgate exited {}",
+            status.code().unwrap_or(-1)
+        ),
     }
     .print();
     assert_eq!((lost, dups, reordered), (0, 0, 0), "websocket");
@@ -1294,7 +1319,7 @@ fn registry_down_at_start_and_mid_stream() {
         source: "websocket, Avro",
         note: format!(
             "kgate run exits {} naming the registry and the fix",
-            out.status
+            out.status.code().unwrap_or(-1)
         ),
         ..Row::default()
     }
@@ -1402,4 +1427,296 @@ fn registry_down_at_start_and_mid_stream() {
     row.print();
     assert_eq!((lost, dups), (0, 0), "{row:?}\n{}", gw.log_text());
     assert!(refresh_errors >= 1.0, "{row:?}");
+}
+
+// ------------------------------------------------------------------------------ the spool
+
+/// Broker stopped mid-stream, then started: a WebSocket feed with `spool: {when: overflow}`
+/// keeps being read during the outage (the overflow goes to disk) and loses nothing.
+#[test]
+fn broker_stopped_mid_stream_websocket_spool_overflow() {
+    let b = Broker::start();
+    let topic = unique("faults.ws.overflow");
+    let spool = tempfile::tempdir().unwrap();
+    let rate = 2000;
+    let count = rate * (outage().as_secs() + 20);
+    let load = ws_load_with_pipeline(
+        &b.addr,
+        &topic,
+        rate,
+        count,
+        &format!(
+            "    spool: {{dir: '{}', when: overflow, fsync: 100ms}}\n",
+            spool.path().display()
+        ),
+    );
+    load.wait_received(5_000, Duration::from_secs(60));
+    b.down();
+    let before = load.received();
+    std::thread::sleep(outage());
+    let during = load.received() - before;
+    let on_disk = scrape(&load.metrics, "kgate_spool_records");
+    b.up();
+    load.wait_received(count, Duration::from_secs(240));
+    let accepted: BTreeSet<u64> = (1..=count).collect();
+    let recs = consume(&b.addr, &topic, count as usize, Duration::from_secs(180));
+    let (in_kafka, lost, dups, reordered) = tally(&recs, &accepted);
+    let row = Row {
+        fault: format!("broker stopped {}s mid-stream", outage().as_secs()),
+        source: "websocket (spool: overflow)",
+        sent: count,
+        accepted: load.received(),
+        in_kafka,
+        lost,
+        dups,
+        reordered,
+        note: format!(
+            "{during} read during the outage ({:.0} % of the feed's rate), {on_disk} on disk at its end",
+            100.0 * during as f64 / (rate * outage().as_secs()) as f64
+        ),
+    };
+    row.print();
+    assert_eq!(
+        (lost, dups, reordered),
+        (0, 0, 0),
+        "{row:?}\n{}",
+        load.gw.log_text()
+    );
+    assert!(
+        during as f64 >= 0.8 * (rate * outage().as_secs()) as f64,
+        "the feed was not kept being read during the outage: {row:?}"
+    );
+}
+
+/// [`ws_load`] with more lines of the pipeline (e.g. its `spool:`).
+fn ws_load_with_pipeline(
+    broker: &str,
+    topic: &str,
+    rate: u64,
+    count: u64,
+    pipeline_extra: &str,
+) -> WsLoad {
+    let (synth, url) = spawn_synth(
+        "ticker",
+        &["--rate", &rate.to_string(), "--count", &count.to_string()],
+    );
+    let mport = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = spawn_run(
+        dir.path(),
+        &config(
+            broker,
+            mport,
+            "",
+            &format!("  - name: ticks\n    source: {{websocket: {{urls: ['{url}'], backoff_max: 1s}}}}\n    topic: {topic}\n    key: '${{exchange}}|${{symbol}}'\n{pipeline_extra}"),
+        ),
+    );
+    WsLoad {
+        synth,
+        gw,
+        metrics: format!("127.0.0.1:{mport}"),
+        _dir: dir,
+    }
+}
+
+/// SIGKILL of kgate mid-stream, restart on the same spool: with `spool: {when: always}`
+/// every message kgate read is in Kafka after the restart; duplicates only within the records
+/// not yet acknowledged at the kill.
+#[test]
+fn sigkill_mid_stream_websocket_spool_always() {
+    let b = Broker::start();
+    let topic = unique("faults.ws.always");
+    let spool = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "    spool: {{dir: '{}', when: always, fsync: 100ms}}\n",
+        spool.path().display()
+    );
+    let count: u64 = 20_000;
+    let mut load = ws_load_with_pipeline(&b.addr, &topic, 2000, count, &extra);
+    load.wait_received(6_000, Duration::from_secs(60));
+    let _ = load.gw.child.kill();
+    let _ = load.gw.child.wait();
+    // What the killed kgate had read: every seq it spooled is 1..=N (one connection).
+    let read_before = {
+        let mut max = 0;
+        for e in std::fs::read_dir(spool.path().join("ticks"))
+            .unwrap()
+            .flatten()
+        {
+            if e.path().extension().is_some_and(|x| x == "seg") {
+                kgate::spool::scan_segment(&e.path(), |_, _, payload| {
+                    let text = String::from_utf8_lossy(payload);
+                    if let Some(i) = text.find("\"seq\":") {
+                        let n: String = text[i + 6..]
+                            .chars()
+                            .take_while(char::is_ascii_digit)
+                            .collect();
+                        max = max.max(n.parse::<u64>().unwrap_or(0));
+                    }
+                })
+                .unwrap();
+            }
+        }
+        max
+    };
+    // The feed goes on into a restarted kgate on the same spool.
+    let mport = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let url = {
+        let cfg = std::fs::read_to_string(load._dir.path().join("kgate.yaml")).unwrap();
+        cfg.split("urls: ['")
+            .nth(1)
+            .unwrap()
+            .split('\'')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let gw2 = spawn_run(
+        dir.path(),
+        &config(
+            &b.addr,
+            mport,
+            "",
+            &format!("  - name: ticks\n    source: {{websocket: {{urls: ['{url}'], backoff_max: 1s}}}}\n    topic: {topic}\n    key: '${{exchange}}|${{symbol}}'\n{extra}"),
+        ),
+    );
+    let m2 = format!("127.0.0.1:{mport}");
+    wait_until(
+        Duration::from_secs(120),
+        || scrape(&m2, "kafka_producer_websocket_messages_received_total") > 0.0,
+        "the restarted kgate to read the feed",
+    );
+    let replayed = scrape(&m2, "kgate_spool_replayed_total");
+    let recs = consume(
+        &b.addr,
+        &topic,
+        read_before as usize,
+        Duration::from_secs(120),
+    );
+    let accepted: BTreeSet<u64> = (1..=read_before).collect();
+    let (in_kafka, lost, dups, reordered) = tally(&recs, &accepted);
+    let row = Row {
+        fault: "SIGKILL of kgate mid-stream, restart".into(),
+        source: "websocket (spool: always)",
+        sent: count,
+        accepted: read_before,
+        in_kafka,
+        lost,
+        dups,
+        reordered,
+        note: format!(
+            "accepted = the highest seq the killed kgate had spooled; {replayed} replayed from the spool at the restart; duplicates only among those"
+        ),
+    };
+    row.print();
+    drop(gw2);
+    assert_eq!(lost, 0, "{row:?}");
+    assert!(replayed > 0.0, "nothing was left to replay: {row:?}");
+    assert!(dups as f64 <= replayed, "{row:?}");
+}
+
+/// A disk full under the spool (a 16 MiB tmpfs; root only, else skipped with a message) while
+/// Kafka is down: kgate says so, holds the feed back (backpressure), cuts no segment into a
+/// corrupt one, and once Kafka is back everything it accepted is delivered.
+#[test]
+fn disk_full_under_the_spool() {
+    let is_root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    if !is_root {
+        println!("FAULT-ROW|disk full under the spool|websocket (spool: always)|0|0|0|0|0|0|skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let mnt = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(mnt.path())
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount -t tmpfs failed");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.path().to_path_buf());
+    let b = Broker::start();
+    let topic = unique("faults.diskfull");
+    b.down();
+    let extra = format!(
+        "    spool: {{dir: '{}', when: always, max_bytes: 1GiB, fsync: 100ms}}\n",
+        mnt.path().display()
+    );
+    // About 200-byte records: 16 MiB holds some 70,000; the feed offers more.
+    let count: u64 = 120_000;
+    let load = ws_load_with_pipeline(&b.addr, &topic, 0, count, &extra);
+    // The spool fills the disk, then the feed is held back.
+    let mut last = 0;
+    let mut still = 0;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while still < 10 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = load.received();
+        if now == last && now > 0 {
+            still += 1;
+        } else {
+            still = 0;
+        }
+        last = now;
+    }
+    let held_at = load.received();
+    let log = load.gw.log_text();
+    let said = log
+        .lines()
+        .find(|l| l.contains("No space left") || l.contains("ENOSPC") || l.contains("disk"))
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        held_at < count,
+        "the feed was never held back ({held_at} read)"
+    );
+    assert!(
+        !said.is_empty(),
+        "no message about the full disk; log:\n{log}"
+    );
+    // Nothing on disk is corrupt: inspect reads every segment.
+    let inspect = std::process::Command::new(kgate_bin())
+        .args(["spool", "inspect"])
+        .arg(mnt.path().join("ticks"))
+        .output()
+        .unwrap();
+    let inspected = String::from_utf8_lossy(&inspect.stdout).to_string();
+    b.up();
+    load.wait_received(count, Duration::from_secs(300));
+    let accepted: BTreeSet<u64> = (1..=count).collect();
+    let recs = consume(&b.addr, &topic, count as usize, Duration::from_secs(180));
+    let (in_kafka, lost, dups, reordered) = tally(&recs, &accepted);
+    let corruptions = scrape(&load.metrics, "kgate_spool_corruptions_total");
+    let row = Row {
+        fault: "disk full under the spool (16 MiB), Kafka down".into(),
+        source: "websocket (spool: always)",
+        sent: count,
+        accepted: load.received(),
+        in_kafka,
+        lost,
+        dups,
+        reordered,
+        note: format!(
+            "the feed held back at {held_at} read; kgate said: {}; {corruptions} corrupt records",
+            said.split("WARN").last().unwrap_or(&said).trim()
+        ),
+    };
+    row.print();
+    assert!(inspect.status.success(), "kgate spool inspect: {inspected}");
+    assert_eq!(corruptions, 0.0, "{row:?}");
+    assert_eq!(
+        (lost, dups, reordered),
+        (0, 0, 0),
+        "{row:?}\n{}",
+        load.gw.log_text()
+    );
 }

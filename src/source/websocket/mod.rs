@@ -344,9 +344,12 @@ impl Feed {
                             got_messages = true;
                             self.m.messages_received.inc();
                             let origin = Origin::now(self.pipeline.name().clone(), self.url.clone());
-                            last_message = tokio::time::Instant::from_std(origin.accepted);
                             // Awaits while the producer buffer is full: backpressure reaches the socket.
                             self.pipeline.handle(Event::new(raw, origin)).await;
+                            // The read timeout counts the feed's silence, not the time kgate spent
+                            // waiting for room (a broker outage under `on_full: block`): a feed
+                            // dropped for our own backpressure loses what it had sent us.
+                            last_message = tokio::time::Instant::now();
                         }
                     }
                 }
