@@ -300,12 +300,27 @@ impl Feed {
             let idle = tokio::time::sleep(self.config.timeout);
             tokio::pin!(idle);
             let mut last_message = tokio::time::Instant::now();
+            // After kgate paused reading (its buffer was full), the feed's TCP may sit in
+            // zero-window probing, backing off towards two minutes, although kgate reads again:
+            // once the queued-up data is read (no message for NUDGE_AFTER), a Ping from us
+            // carries the open window to the feed at once.
+            let nudge = tokio::time::sleep(Duration::ZERO);
+            tokio::pin!(nudge);
+            let mut nudging = false;
             loop {
                 tokio::select! {
                     biased;
                     _ = &mut stopped => {
                         let _ = tx.close().await;
                         break 'conn End::Stopped;
+                    }
+                    _ = &mut nudge, if nudging => {
+                        nudging = false;
+                        if let Err(e) = tx.send(Message::Ping(Bytes::new())).await {
+                            self.m.connection_errors.inc();
+                            tracing::warn!(url = %self.url, error = %e, "ping failed");
+                            break 'conn End::Reconnect { got_messages };
+                        }
                     }
                     _ = &mut idle => {
                         let deadline = last_message + self.config.timeout;
@@ -344,12 +359,19 @@ impl Feed {
                             got_messages = true;
                             self.m.messages_received.inc();
                             let origin = Origin::now(self.pipeline.name().clone(), self.url.clone());
+                            let accepted = origin.accepted;
                             // Awaits while the producer buffer is full: backpressure reaches the socket.
                             self.pipeline.handle(Event::new(raw, origin)).await;
                             // The read timeout counts the feed's silence, not the time kgate spent
                             // waiting for room (a broker outage under `on_full: block`): a feed
                             // dropped for our own backpressure loses what it had sent us.
-                            last_message = tokio::time::Instant::now();
+                            let now = tokio::time::Instant::now();
+                            last_message = now;
+                            if nudging || now.into_std().duration_since(accepted) > Duration::from_secs(1) {
+                                // After a pause, nudge the feed once what had queued up is read.
+                                nudging = true;
+                                nudge.as_mut().reset(now + NUDGE_AFTER);
+                            }
                         }
                     }
                 }
@@ -362,6 +384,9 @@ impl Feed {
         end
     }
 }
+
+/// How long the read side stays quiet after a backpressure pause before kgate nudges the feed.
+const NUDGE_AFTER: Duration = Duration::from_millis(100);
 
 #[cfg(test)]
 mod tests {
