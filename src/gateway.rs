@@ -252,6 +252,48 @@ impl Config {
     }
 }
 
+/// What the web UI's overview shows of a pipeline: from `pipelines[]`, with the root
+/// `dlq.topic` (built here, where the config is, so that the UI needs no config types).
+pub fn pipeline_info(p: &PipelineConfig, dlq_topic: &str) -> crate::ui::overview::PipelineInfo {
+    let mut info = crate::ui::overview::PipelineInfo {
+        name: p.name.clone(),
+        source: "",
+        urls: vec![],
+        kafka_topics: vec![],
+        group: None,
+        mqtt_max_inflight: None,
+        topic: p.topic.clone(),
+        topics: match (&p.topics_allowed, p.topic.find("${")) {
+            (_, None) => vec![p.topic.clone()],
+            (Some(allowed), Some(_)) => allowed.clone(),
+            (None, Some(at)) => vec![format!("{}*", &p.topic[..at])],
+        },
+        dlq_topic: p
+            .dlq
+            .as_ref()
+            .map_or_else(|| dlq_topic.to_string(), |d| d.topic.clone()),
+    };
+    match &p.source {
+        SourceConfig::Websocket(c) => {
+            info.source = "websocket";
+            info.urls = c.urls.iter().map(|u| config::redact_url(u)).collect();
+        }
+        SourceConfig::DeviceWebsocket(_) => info.source = "device_websocket",
+        SourceConfig::Http(_) => info.source = "http",
+        SourceConfig::Mqtt(c) => {
+            info.source = "mqtt";
+            info.urls = vec![config::redact_url(&c.url)];
+            info.mqtt_max_inflight = Some(c.max_inflight);
+        }
+        SourceConfig::Kafka(c) => {
+            info.source = "kafka";
+            info.kafka_topics = c.topics.clone();
+            info.group = Some(c.group.clone());
+        }
+    }
+    info
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,5 +486,34 @@ pipelines:
         let m = find("pipelines[3].exactly_once");
         assert!(m.contains("`websocket`") && m.contains("kafka"), "{m}");
         assert_eq!(e.errors.len(), 4, "{e}");
+    }
+
+    #[test]
+    fn the_config_says_what_a_pipeline_reads_and_writes() {
+        let p = |yaml: &str| {
+            // As `config::parse` reads it (through JSON, for the `websocket: {…}` form),
+            // without its environment interpolation (a pipeline's `${…}` is a template).
+            let v: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+            let c: PipelineConfig =
+                serde_json::from_value(serde_json::to_value(v).unwrap()).unwrap();
+            pipeline_info(&c, "root.dlq")
+        };
+        let ws = p("name: a\nsource: {websocket: {urls: ['wss://u:secret@feed.example/x']}}\ntopic: 'ticks.${ex}'");
+        assert_eq!(ws.source, "websocket");
+        assert_eq!(
+            ws.urls,
+            vec![crate::config::redact_url("wss://u:secret@feed.example/x")]
+        );
+        assert!(!ws.urls[0].contains("secret"), "{:?}", ws.urls);
+        assert_eq!(ws.topics, vec!["ticks.*"]);
+        assert!(ws.writes("ticks.nyse") && ws.writes("ticks.${ex}") && !ws.writes("other"));
+        assert_eq!(ws.dlq_topic, "root.dlq");
+        let k = p("name: b\nsource: {kafka: {topics: [in.raw], group: g1}}\ntopic: out\ndlq: {topic: b.dlq}");
+        assert_eq!((k.source, k.group.as_deref()), ("kafka", Some("g1")));
+        assert_eq!(k.kafka_topics, vec!["in.raw"]);
+        assert_eq!(k.topics, vec!["out"]);
+        assert_eq!(k.dlq_topic, "b.dlq");
+        let allowed = p("name: c\nsource: {websocket: {urls: ['ws://h/']}}\ntopic: '${t}'\ntopics_allowed: [x, 'y.*']");
+        assert!(allowed.writes("x") && allowed.writes("y.1") && !allowed.writes("z"));
     }
 }

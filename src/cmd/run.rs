@@ -98,7 +98,13 @@ pub async fn run(gateway: Gateway, shutdown: CancellationToken) -> anyhow::Resul
             schemas.clone(),
             Some(metrics.clone()),
         );
-        ui.describe_pipelines(&config.pipelines);
+        ui.describe_pipelines(
+            config
+                .pipelines
+                .iter()
+                .map(|p| crate::gateway::pipeline_info(p, &ui.dlq_topic))
+                .collect(),
+        );
         crate::ui::serve(addr, ui, server_stop.clone()).await?;
         tracing::info!(
             "web UI at {}://{addr}/",

@@ -89,11 +89,7 @@ impl Ui {
     }
 
     /// Tells the overview what each of `kgate run`'s pipelines reads and writes (set once).
-    pub fn describe_pipelines(&self, pipelines: &[crate::gateway::PipelineConfig]) {
-        let infos = pipelines
-            .iter()
-            .map(|p| overview::PipelineInfo::from_config(p, &self.dlq_topic))
-            .collect();
+    pub fn describe_pipelines(&self, infos: Vec<overview::PipelineInfo>) {
         let _ = self.pipelines.set(infos);
     }
 

@@ -13,10 +13,6 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::config::redact_url;
-use crate::gateway::PipelineConfig;
-use crate::source::SourceConfig;
-
 /// One series of the text exposition (histogram buckets too).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Series {
@@ -90,49 +86,8 @@ pub struct PipelineInfo {
 }
 
 impl PipelineInfo {
-    /// From `pipelines[]`, with the root `dlq.topic`.
-    pub fn from_config(p: &PipelineConfig, dlq_topic: &str) -> PipelineInfo {
-        let mut info = PipelineInfo {
-            name: p.name.clone(),
-            source: "",
-            urls: vec![],
-            kafka_topics: vec![],
-            group: None,
-            mqtt_max_inflight: None,
-            topic: p.topic.clone(),
-            topics: match (&p.topics_allowed, p.topic.find("${")) {
-                (_, None) => vec![p.topic.clone()],
-                (Some(allowed), Some(_)) => allowed.clone(),
-                (None, Some(at)) => vec![format!("{}*", &p.topic[..at])],
-            },
-            dlq_topic: p
-                .dlq
-                .as_ref()
-                .map_or_else(|| dlq_topic.to_string(), |d| d.topic.clone()),
-        };
-        match &p.source {
-            SourceConfig::Websocket(c) => {
-                info.source = "websocket";
-                info.urls = c.urls.iter().map(|u| redact_url(u)).collect();
-            }
-            SourceConfig::DeviceWebsocket(_) => info.source = "device_websocket",
-            SourceConfig::Http(_) => info.source = "http",
-            SourceConfig::Mqtt(c) => {
-                info.source = "mqtt";
-                info.urls = vec![redact_url(&c.url)];
-                info.mqtt_max_inflight = Some(c.max_inflight);
-            }
-            SourceConfig::Kafka(c) => {
-                info.source = "kafka";
-                info.kafka_topics = c.topics.clone();
-                info.group = Some(c.group.clone());
-            }
-        }
-        info
-    }
-
     /// Whether it may write `topic`.
-    fn writes(&self, topic: &str) -> bool {
+    pub fn writes(&self, topic: &str) -> bool {
         self.topic == topic
             || self.topics.iter().any(|p| match p.strip_suffix('*') {
                 Some(prefix) => topic.starts_with(prefix),
@@ -353,32 +308,6 @@ mod tests {
             quantile(&[(0.1, 0.0), (f64::INFINITY, 4.0)], 0.5),
             Some(0.1)
         );
-    }
-
-    #[test]
-    fn the_config_says_what_a_pipeline_reads_and_writes() {
-        let p = |yaml: &str| {
-            // As `config::parse` reads it (through JSON, for the `websocket: {…}` form),
-            // without its environment interpolation (a pipeline's `${…}` is a template).
-            let v: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
-            let c: PipelineConfig =
-                serde_json::from_value(serde_json::to_value(v).unwrap()).unwrap();
-            PipelineInfo::from_config(&c, "root.dlq")
-        };
-        let ws = p("name: a\nsource: {websocket: {urls: ['wss://u:secret@feed.example/x']}}\ntopic: 'ticks.${ex}'");
-        assert_eq!(ws.source, "websocket");
-        assert_eq!(ws.urls, vec![redact_url("wss://u:secret@feed.example/x")]);
-        assert!(!ws.urls[0].contains("secret"), "{:?}", ws.urls);
-        assert_eq!(ws.topics, vec!["ticks.*"]);
-        assert!(ws.writes("ticks.nyse") && ws.writes("ticks.${ex}") && !ws.writes("other"));
-        assert_eq!(ws.dlq_topic, "root.dlq");
-        let k = p("name: b\nsource: {kafka: {topics: [in.raw], group: g1}}\ntopic: out\ndlq: {topic: b.dlq}");
-        assert_eq!((k.source, k.group.as_deref()), ("kafka", Some("g1")));
-        assert_eq!(k.kafka_topics, vec!["in.raw"]);
-        assert_eq!(k.topics, vec!["out"]);
-        assert_eq!(k.dlq_topic, "b.dlq");
-        let allowed = p("name: c\nsource: {websocket: {urls: ['ws://h/']}}\ntopic: '${t}'\ntopics_allowed: [x, 'y.*']");
-        assert!(allowed.writes("x") && allowed.writes("y.1") && !allowed.writes("z"));
     }
 
     #[test]
