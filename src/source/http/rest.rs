@@ -107,7 +107,7 @@ pub struct ProduceRecord<'a> {
 }
 
 /// Key and value bytes of one record.
-type Encoded = (Option<Vec<u8>>, Bytes);
+pub type Encoded = (Option<Vec<u8>>, Bytes);
 
 /// Encoded records with the key and value schema ids for the answer.
 type SchemaEncoded = (Vec<Encoded>, Option<i64>, Option<i64>);
@@ -338,6 +338,16 @@ fn encode_plain(
             })
         })
         .collect()
+}
+
+/// What `POST /topics/{topic}` does with a body in a plain embedded format (`json`, `binary`)
+/// before anything is sent: parsed as a produce request, then each record's key and value
+/// encoded; the error is the message the client is answered. Pure; public for the fuzz
+/// targets (`fuzz/`).
+#[doc(hidden)]
+pub fn plain_records(raw: &Bytes, format: EmbeddedFormat) -> Result<Vec<Encoded>, String> {
+    let req = parse_request(raw).map_err(|e| e.message)?;
+    encode_plain(format, &req.records).map_err(|e| e.message)
 }
 
 /// Valid JSON text without insignificant whitespace (key order and number text kept).
