@@ -497,6 +497,22 @@ impl Plan {
     }
 }
 
+/// A decimal default (its unscaled value as big-endian two's complement bytes) has at most
+/// `precision` digits, as a decimal from JSON must: else every record missing the field would
+/// carry a value that the type cannot hold.
+fn decimal_default_fits(b: &[u8], precision: usize) -> Result<(), String> {
+    let digits = num_bigint::BigInt::from_signed_bytes_be(b)
+        .magnitude()
+        .to_string()
+        .len();
+    if digits > precision {
+        return Err(format!(
+            "its unscaled value has {digits} digits, more than the precision {precision}"
+        ));
+    }
+    Ok(())
+}
+
 /// Encodes a field `default` as the Avro spec writes defaults: bytes and fixed (also under
 /// decimal and duration) as strings whose code points 0–255 are the bytes, a union default
 /// for its first branch (other branches are tried after it, leniently), records with their
@@ -533,11 +549,16 @@ pub(crate) fn encode_default(
             if b.len() != *size {
                 return Err(format!("{} bytes, the fixed has {size}", b.len()));
             }
+            if let Node::Decimal(d) = plan.node(id) {
+                decimal_default_fits(&b, d.precision)?;
+            }
             out.extend_from_slice(&b);
             Ok(())
         }
-        Node::Decimal(_) => {
-            put_bytes(out, &latin1(v)?);
+        Node::Decimal(d) => {
+            let b = latin1(v)?;
+            decimal_default_fits(&b, d.precision)?;
+            put_bytes(out, &b);
             Ok(())
         }
         Node::Duration(_) if v.is_string() => {

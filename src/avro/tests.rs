@@ -375,6 +375,33 @@ fn bad_defaults_and_bad_schemas_are_refused_with_a_reason() {
     assert!(Schema::parse(r#"{"type":"enum","name":"E","symbols":["A","A"]}"#).is_err());
 }
 
+/// Found by fuzzing (fuzz/, avro_encode): a decimal default is bytes (a string of code points
+/// 0-255, the unscaled value), and one beyond the precision was taken, so every record missing
+/// the field carried a decimal the type cannot hold (kgate's own decoder then gave JSON that
+/// does not encode again). Refused at parse time, as such a value from JSON is.
+#[test]
+fn decimal_defaults_beyond_the_precision_are_refused() {
+    // The fuzzer's input: 31 bytes of unscaled value, 74 digits, for decimal(8,1).
+    let e = Schema::parse(
+        r#"{"fields":[{"default":"14843864373515780095.4294967295","name":"f0","type":{"logicalType":"decimal","precision":8,"scale":1,"type":"bytes"}}],"name":"N1","type":"record"}"#,
+    )
+    .unwrap_err();
+    assert!(e.contains("74 digits, more than the precision 8"), "{e}");
+    // On a fixed too: 0x7F 0xFF is 32767, five digits for decimal(4,0).
+    let e = Schema::parse(
+        r#"{"type":"record","name":"R","fields":[{"name":"d","default":"\u007f\u00ff","type":{"type":"fixed","name":"F","size":2,"logicalType":"decimal","precision":4,"scale":0}}]}"#,
+    )
+    .unwrap_err();
+    assert!(e.contains("5 digits, more than the precision 4"), "{e}");
+    // Within the precision, the default is written as given: 0x30 0x39 is 12345 → 123.45.
+    let s = schema(
+        r#"{"type":"record","name":"R","fields":[{"name":"d","default":"09","type":{"type":"bytes","logicalType":"decimal","precision":5,"scale":2}}]}"#,
+    );
+    let bytes = enc(&s, &json!({}));
+    assert_eq!(bytes, [4, 0x30, 0x39]);
+    assert_eq!(s.decode(&bytes).unwrap(), json!({"d": "123.45"}));
+}
+
 #[test]
 fn named_types_namespaces_and_recursion() {
     let text = r#"{"type":"record","name":"Node","namespace":"io.x","fields":[
