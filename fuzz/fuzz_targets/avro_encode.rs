@@ -345,6 +345,13 @@ fn run(data: &[u8]) -> Result<()> {
     // Values come from parsed JSON text in kgate (HTTP bodies, feeds): go through text too.
     let v = r.value(&s, 0)?;
     let v: Value = serde_json::from_str(&v.to_string()).expect("generated JSON parses");
+    // `FUZZ_SHOW=1 <binary> <input>` shows the schema and value an input makes.
+    if std::env::var_os("FUZZ_SHOW").is_some() {
+        eprintln!(
+            "schema {text}\nvalue {v}\nparsed {:?}",
+            Schema::parse(&text).map(|_| ())
+        );
+    }
     let Ok(schema) = Schema::parse(&text) else {
         return Ok(());
     };

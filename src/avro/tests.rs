@@ -872,3 +872,32 @@ fn hostile_schemas_are_bounded() {
     assert!(e.found.contains("larger than"), "{e}");
     assert!(out.is_empty());
 }
+
+/// Found by fuzzing (fuzz/, avro_encode): a default that takes itself in through a recursive
+/// type overflowed the stack in `Schema::parse` (a crash of the whole process, from a schema a
+/// REST Proxy client may send). Here `{"float": …}` is first tried as an `N1`, which lacks `f0`,
+/// whose default is `{"float": …}` again. Refused, naming the field.
+#[test]
+fn a_default_that_takes_itself_in_is_refused() {
+    let text = r#"{"fields":[{"default":{"float":6.8566e-320},"name":"f0","type":["N1","float",{"fields":[],"name":"N2","type":"record"}]}],"name":"N1","type":"record"}"#;
+    // On a thread with the stack of a tokio worker (2 MiB): the refusal must not need more.
+    let e = std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(move || Schema::parse(text).map(|_| ()))
+        .unwrap()
+        .join()
+        .expect("no stack overflow")
+        .unwrap_err();
+    assert!(
+        e.contains("the default of field f0 in record N1: the default takes itself in through a recursive type"),
+        "{e}"
+    );
+    // A recursive type whose default ends is fine.
+    let s = schema(
+        r#"{"type":"record","name":"L","fields":[{"name":"next","type":["null","L"],"default":null}]}"#,
+    );
+    assert_eq!(
+        s.decode(&enc(&s, &json!({}))).unwrap(),
+        json!({"next": null})
+    );
+}
