@@ -497,6 +497,22 @@ impl Plan {
     }
 }
 
+/// A decimal default (its unscaled value as big-endian two's complement bytes) has at most
+/// `precision` digits, as a decimal from JSON must: else every record missing the field would
+/// carry a value that the type cannot hold.
+fn decimal_default_fits(b: &[u8], precision: usize) -> Result<(), String> {
+    let digits = num_bigint::BigInt::from_signed_bytes_be(b)
+        .magnitude()
+        .to_string()
+        .len();
+    if digits > precision {
+        return Err(format!(
+            "its unscaled value has {digits} digits, more than the precision {precision}"
+        ));
+    }
+    Ok(())
+}
+
 /// Encodes a field `default` as the Avro spec writes defaults: bytes and fixed (also under
 /// decimal and duration) as strings whose code points 0–255 are the bytes, a union default
 /// for its first branch (other branches are tried after it, leniently), records with their
@@ -507,6 +523,32 @@ pub(crate) fn encode_default(
     v: &Value,
     out: &mut Vec<u8>,
 ) -> Result<(), String> {
+    default_at(plan, id, v, out, 0)
+}
+
+/// How deep a default may nest, counting the field defaults it takes in and the union branches
+/// it tries (a JSON value nests 128 deep at most; only a default that takes itself in through a
+/// recursive type goes on).
+const MAX_DEFAULT_DEPTH: usize = 512;
+
+/// The start of the error of a default that takes itself in (no union branch can mend it).
+const RECURSIVE_DEFAULT: &str = "the default takes itself in through a recursive type";
+
+fn default_at(
+    plan: &Plan,
+    id: NodeId,
+    v: &Value,
+    out: &mut Vec<u8>,
+    depth: usize,
+) -> Result<(), String> {
+    // A record whose field's default is a union taking that record again, e.g. field `f` of
+    // `R` typed `[R, "null"]` with the default `{}`: `{}` lacks `f`, so it takes the default
+    // `{}`, and so on (found by fuzzing: a stack overflow in Schema::parse).
+    if depth > MAX_DEFAULT_DEPTH {
+        return Err(format!(
+            "{RECURSIVE_DEFAULT} (nested deeper than {MAX_DEFAULT_DEPTH} levels)"
+        ));
+    }
     let plain = |out: &mut Vec<u8>| {
         plan.enc(id, v, out)
             .map_err(|e| e.into_mismatch(plan).to_string())
@@ -533,11 +575,16 @@ pub(crate) fn encode_default(
             if b.len() != *size {
                 return Err(format!("{} bytes, the fixed has {size}", b.len()));
             }
+            if let Node::Decimal(d) = plan.node(id) {
+                decimal_default_fits(&b, d.precision)?;
+            }
             out.extend_from_slice(&b);
             Ok(())
         }
-        Node::Decimal(_) => {
-            put_bytes(out, &latin1(v)?);
+        Node::Decimal(d) => {
+            let b = latin1(v)?;
+            decimal_default_fits(&b, d.precision)?;
+            put_bytes(out, &b);
             Ok(())
         }
         Node::Duration(_) if v.is_string() => {
@@ -555,7 +602,7 @@ pub(crate) fn encode_default(
             if !a.is_empty() {
                 put_long(out, a.len() as i64);
                 for x in a {
-                    encode_default(plan, *item, x, out)?;
+                    default_at(plan, *item, x, out, depth + 1)?;
                 }
             }
             out.push(0);
@@ -569,7 +616,7 @@ pub(crate) fn encode_default(
                 put_long(out, m.len() as i64);
                 for (k, x) in m {
                     put_bytes(out, k.as_bytes());
-                    encode_default(plan, *item, x, out)?;
+                    default_at(plan, *item, x, out, depth + 1)?;
                 }
             }
             out.push(0);
@@ -581,8 +628,14 @@ pub(crate) fn encode_default(
                 .ok_or_else(|| format!("expected an object, found {}", render_found(v)))?;
             for f in &r.fields {
                 match (m.get(&*f.name), &f.default_json) {
-                    (Some(x), _) | (None, Some(x)) => encode_default(plan, f.node, x, out)
-                        .map_err(|e| format!("field {}: {e}", f.name))?,
+                    (Some(x), _) | (None, Some(x)) => default_at(plan, f.node, x, out, depth + 1)
+                        .map_err(|e| {
+                        if e.starts_with(RECURSIVE_DEFAULT) {
+                            e
+                        } else {
+                            format!("field {}: {e}", f.name)
+                        }
+                    })?,
                     (None, None) => match plan.node(f.node) {
                         Node::Union(Union {
                             null_index: Some(i),
@@ -599,8 +652,9 @@ pub(crate) fn encode_default(
             for (i, b) in u.branches.iter().enumerate() {
                 let mark = out.len();
                 put_long(out, i as i64);
-                match encode_default(plan, b.node, v, out) {
+                match default_at(plan, b.node, v, out, depth + 1) {
                     Ok(()) => return Ok(()),
+                    Err(e) if e.starts_with(RECURSIVE_DEFAULT) => return Err(e),
                     Err(e) => {
                         out.truncate(mark);
                         first_err.get_or_insert(e);

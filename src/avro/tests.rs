@@ -375,6 +375,33 @@ fn bad_defaults_and_bad_schemas_are_refused_with_a_reason() {
     assert!(Schema::parse(r#"{"type":"enum","name":"E","symbols":["A","A"]}"#).is_err());
 }
 
+/// Found by fuzzing (fuzz/, avro_encode): a decimal default is bytes (a string of code points
+/// 0-255, the unscaled value), and one beyond the precision was taken, so every record missing
+/// the field carried a decimal the type cannot hold (kgate's own decoder then gave JSON that
+/// does not encode again). Refused at parse time, as such a value from JSON is.
+#[test]
+fn decimal_defaults_beyond_the_precision_are_refused() {
+    // The fuzzer's input: 31 bytes of unscaled value, 74 digits, for decimal(8,1).
+    let e = Schema::parse(
+        r#"{"fields":[{"default":"14843864373515780095.4294967295","name":"f0","type":{"logicalType":"decimal","precision":8,"scale":1,"type":"bytes"}}],"name":"N1","type":"record"}"#,
+    )
+    .unwrap_err();
+    assert!(e.contains("74 digits, more than the precision 8"), "{e}");
+    // On a fixed too: 0x7F 0xFF is 32767, five digits for decimal(4,0).
+    let e = Schema::parse(
+        r#"{"type":"record","name":"R","fields":[{"name":"d","default":"\u007f\u00ff","type":{"type":"fixed","name":"F","size":2,"logicalType":"decimal","precision":4,"scale":0}}]}"#,
+    )
+    .unwrap_err();
+    assert!(e.contains("5 digits, more than the precision 4"), "{e}");
+    // Within the precision, the default is written as given: 0x30 0x39 is 12345 → 123.45.
+    let s = schema(
+        r#"{"type":"record","name":"R","fields":[{"name":"d","default":"09","type":{"type":"bytes","logicalType":"decimal","precision":5,"scale":2}}]}"#,
+    );
+    let bytes = enc(&s, &json!({}));
+    assert_eq!(bytes, [4, 0x30, 0x39]);
+    assert_eq!(s.decode(&bytes).unwrap(), json!({"d": "123.45"}));
+}
+
 #[test]
 fn named_types_namespaces_and_recursion() {
     let text = r#"{"type":"record","name":"Node","namespace":"io.x","fields":[
@@ -844,4 +871,33 @@ fn hostile_schemas_are_bounded() {
     let e = s.encode(&serde_json::json!({}), &mut out).unwrap_err();
     assert!(e.found.contains("larger than"), "{e}");
     assert!(out.is_empty());
+}
+
+/// Found by fuzzing (fuzz/, avro_encode): a default that takes itself in through a recursive
+/// type overflowed the stack in `Schema::parse` (a crash of the whole process, from a schema a
+/// REST Proxy client may send). Here `{"float": …}` is first tried as an `N1`, which lacks `f0`,
+/// whose default is `{"float": …}` again. Refused, naming the field.
+#[test]
+fn a_default_that_takes_itself_in_is_refused() {
+    let text = r#"{"fields":[{"default":{"float":6.8566e-320},"name":"f0","type":["N1","float",{"fields":[],"name":"N2","type":"record"}]}],"name":"N1","type":"record"}"#;
+    // On a thread with the stack of a tokio worker (2 MiB): the refusal must not need more.
+    let e = std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(move || Schema::parse(text).map(|_| ()))
+        .unwrap()
+        .join()
+        .expect("no stack overflow")
+        .unwrap_err();
+    assert!(
+        e.contains("the default of field f0 in record N1: the default takes itself in through a recursive type"),
+        "{e}"
+    );
+    // A recursive type whose default ends is fine.
+    let s = schema(
+        r#"{"type":"record","name":"L","fields":[{"name":"next","type":["null","L"],"default":null}]}"#,
+    );
+    assert_eq!(
+        s.decode(&enc(&s, &json!({}))).unwrap(),
+        json!({"next": null})
+    );
 }

@@ -56,6 +56,20 @@ fn framing(media: Option<&str>, format_raw: bool) -> Option<Framing> {
     }
 }
 
+/// How `POST /ingest/{pipeline}` cuts a body into events: the framing its Content-Type
+/// (`media`) names for a pipeline of `format: raw` or not, then the cut; the error is the
+/// message the client is answered (415 without a framing, else 400). Pure; public for the fuzz
+/// targets (`fuzz/`).
+#[doc(hidden)]
+pub fn split_body(
+    body: &Bytes,
+    media: Option<&str>,
+    format_raw: bool,
+) -> Result<Vec<Bytes>, String> {
+    let framing = framing(media, format_raw).ok_or("no framing for this Content-Type")?;
+    split(body, framing)
+}
+
 /// Cuts a body into event payloads (slices of it, no copies). Errors name the position.
 fn split(body: &Bytes, framing: Framing) -> Result<Vec<Bytes>, String> {
     match framing {

@@ -14,6 +14,9 @@ mod config;
 mod ingest;
 pub mod rest;
 
+#[doc(hidden)]
+pub use ingest::split_body;
+
 pub use config::{
     pattern_matches, HttpAuthConfig, HttpConfig, HttpServerSettings, HttpSourceConfig,
     HttpTlsConfig, Token,

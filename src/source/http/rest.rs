@@ -107,7 +107,7 @@ pub struct ProduceRecord<'a> {
 }
 
 /// Key and value bytes of one record.
-type Encoded = (Option<Vec<u8>>, Bytes);
+pub type Encoded = (Option<Vec<u8>>, Bytes);
 
 /// Encoded records with the key and value schema ids for the answer.
 type SchemaEncoded = (Vec<Encoded>, Option<i64>, Option<i64>);
@@ -340,6 +340,16 @@ fn encode_plain(
         .collect()
 }
 
+/// What `POST /topics/{topic}` does with a body in a plain embedded format (`json`, `binary`)
+/// before anything is sent: parsed as a produce request, then each record's key and value
+/// encoded; the error is the message the client is answered. Pure; public for the fuzz
+/// targets (`fuzz/`).
+#[doc(hidden)]
+pub fn plain_records(raw: &Bytes, format: EmbeddedFormat) -> Result<Vec<Encoded>, String> {
+    let req = parse_request(raw).map_err(|e| e.message)?;
+    encode_plain(format, &req.records).map_err(|e| e.message)
+}
+
 /// Valid JSON text without insignificant whitespace (key order and number text kept).
 pub fn minify_json(raw: &str) -> Vec<u8> {
     let b = raw.as_bytes();
@@ -516,6 +526,15 @@ fn parse_request(raw: &Bytes) -> Result<ProduceRequest<'_>, ApiError> {
             ),
         )
     })?;
+    // serde also reads a struct from a JSON array (its fields in order): `[[[]]]` was taken as
+    // one empty record. The REST Proxy takes an object only.
+    if raw.iter().find(|c| !c.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            422,
+            "body is not a produce request ({\"records\":[{\"key\":…,\"value\":…}]}): it is not a JSON object",
+        ));
+    }
     if req.records.is_empty() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -907,6 +926,31 @@ mod tests {
         assert_eq!(enc[1].0, None);
         assert!(enc[1].1.is_empty());
         assert_eq!(req.records[1].partition, Some(1));
+    }
+
+    /// Found by fuzzing (fuzz/, rest_body): serde reads a struct from a JSON array too, so the
+    /// body `[[[]]]` was a produce request of one empty record, written to Kafka.
+    #[test]
+    fn a_body_that_is_not_an_object_is_refused() {
+        for body in ["[[[]]]", " [[{\"value\":\"a2V5\"}]]", "[[[]] ] "] {
+            let e = parse_request(&Bytes::from(body)).unwrap_err();
+            assert_eq!(
+                (e.status.as_u16(), e.code),
+                (422, 422),
+                "{body}: {}",
+                e.message
+            );
+            assert!(e.message.contains("not a JSON object"), "{}", e.message);
+            assert!(plain_records(&Bytes::from(body), EmbeddedFormat::Json).is_err());
+        }
+        let e = parse_request(&Bytes::from_static(b"[[[]")).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (400, 400), "{}", e.message);
+        let ok = plain_records(
+            &Bytes::from_static(b" {\"records\":[{}]}"),
+            EmbeddedFormat::Json,
+        )
+        .unwrap();
+        assert_eq!(ok.len(), 1);
     }
 
     #[test]

@@ -49,7 +49,7 @@ use futures_util::future::BoxFuture;
 
 use super::{Probe, ProbeCtx, Source, SourceCtx, SourceKind};
 use crate::config::{redact_url, At, ConfigError};
-use crate::event::{Event, Fate, Origin};
+use crate::event::{Event, Fate, Meta, Origin};
 use crate::metrics::MqttMetrics;
 use crate::pipeline::Pipeline;
 
@@ -326,6 +326,18 @@ struct Pending {
     /// The connection it came on: an ack only means something on that one.
     conn: u64,
     fate: oneshot::Receiver<Fate>,
+}
+
+/// The source values of a message received on `topic` (`topic`, each level as `topic.N`,
+/// `qos`, `retain`): what `${@…}` templates read. Pure; public for the fuzz targets (`fuzz/`).
+#[doc(hidden)]
+pub fn publish_meta(meta: &mut Meta, topic: String, qos: &'static str, retain: bool) {
+    for (i, seg) in topic.split('/').enumerate() {
+        meta.insert(format!("topic.{i}"), seg);
+    }
+    meta.insert("qos", qos);
+    meta.insert("retain", if retain { "true" } else { "false" });
+    meta.insert("topic", topic);
 }
 
 /// The fate of a message whose event the pipeline dropped without settling it.
@@ -643,20 +655,12 @@ impl Client {
                 }),
             )
         };
-        for (i, seg) in topic.split('/').enumerate() {
-            ev.meta.insert(format!("topic.{i}"), seg);
-        }
-        ev.meta.insert(
-            "qos",
-            match p.qos {
-                QoS::AtMostOnce => "0",
-                QoS::AtLeastOnce => "1",
-                QoS::ExactlyOnce => "2",
-            },
-        );
-        ev.meta
-            .insert("retain", if p.retain { "true" } else { "false" });
-        ev.meta.insert("topic", topic);
+        let qos = match p.qos {
+            QoS::AtMostOnce => "0",
+            QoS::AtLeastOnce => "1",
+            QoS::ExactlyOnce => "2",
+        };
+        publish_meta(&mut ev.meta, topic, qos, p.retain);
         if let Some(props) = &p.properties {
             ev.headers = props
                 .user_properties
