@@ -131,6 +131,22 @@ struct Row {
 }
 
 impl Row {
+    /// Reads `topic` back (waiting for `want` records at most `timeout`), counts it against the
+    /// `accepted` seqs, prints the row and returns it.
+    fn count_in(
+        mut self,
+        broker: &str,
+        topic: &str,
+        accepted: &BTreeSet<u64>,
+        want: usize,
+        timeout: Duration,
+    ) -> Row {
+        let recs = consume(broker, topic, want, timeout);
+        (self.in_kafka, self.lost, self.dups, self.reordered) = tally(&recs, accepted);
+        self.print();
+        self
+    }
+
     fn print(&self) {
         let line = format!(
             "FAULT-ROW|{}|{}|{}|{}|{}|{}|{}|{}|{}",
@@ -541,26 +557,21 @@ fn broker_stopped_mid_stream_websocket_block() {
     b.up();
     load.wait_received(count, Duration::from_secs(180));
     let accepted: BTreeSet<u64> = (1..=count).collect();
-    let recs = consume(&b.addr, &topic, count as usize, Duration::from_secs(120));
-    let (in_kafka, lost, dups, reordered) = tally(&recs, &accepted);
     let row = Row {
         fault: format!("broker stopped {}s mid-stream", outage().as_secs()),
         source: "websocket (on_full: block)",
         sent: count,
         accepted: load.received(),
-        in_kafka,
-        lost,
-        dups,
-        reordered,
         note: format!(
             "{during} read during the outage (the buffer holds 10,000; then reading waits); {} read timeouts",
             scrape(&load.metrics, "kafka_producer_websocket_messages_timeout_total")
         ),
-    };
-    row.print();
+        ..Row::default()
+    }
+    .count_in(&b.addr, &topic, &accepted, count as usize, Duration::from_secs(120));
     drop(load.synth);
     assert_eq!(
-        (lost, dups, reordered),
+        (row.lost, row.dups, row.reordered),
         (0, 0, 0),
         "{row:?}\n{}",
         load.gw.log_text()
@@ -582,22 +593,17 @@ fn broker_stopped_mid_stream_http() {
     let at_restart = load.accepted();
     load.wait_accepted(at_restart + 2_000, Duration::from_secs(120));
     let (sent, accepted, statuses) = load.finish();
-    let recs = consume(&b.addr, &topic, accepted.len(), Duration::from_secs(60));
-    let (in_kafka, lost, dups, reordered) = tally(&recs, &accepted);
     let row = Row {
         fault: format!("broker stopped {}s mid-stream", outage().as_secs()),
         source: "http (REST Proxy v2)",
         sent,
         accepted: accepted.len() as u64,
-        in_kafka,
-        lost,
-        dups,
-        reordered,
         note: format!("answers by status {statuses:?}; records in Kafka beyond the answered ones were timed out (503) then written"),
-    };
-    row.print();
+        ..Row::default()
+    }
+    .count_in(&b.addr, &topic, &accepted, accepted.len(), Duration::from_secs(60));
     assert_eq!(
-        (lost, dups, reordered),
+        (row.lost, row.dups, row.reordered),
         (0, 0, 0),
         "{row:?}\n{}",
         gw.log_text()
@@ -625,22 +631,23 @@ fn broker_stopped_mid_stream_mqtt() {
     b.up();
     let acked = publisher.join().unwrap();
     let accepted: BTreeSet<u64> = (1..=n).collect();
-    let recs = consume(&b.addr, &topic, n as usize, Duration::from_secs(180));
-    let (in_kafka, lost, dups, reordered) = tally(&recs, &accepted);
     let row = Row {
         fault: format!("broker stopped {}s mid-stream", outage().as_secs()),
         source: "mqtt (QoS 1)",
         sent: n,
         accepted: acked,
-        in_kafka,
-        lost,
-        dups,
-        reordered,
         note: "duplicates allowed (QoS 1 redelivery)".into(),
-    };
-    row.print();
+        ..Row::default()
+    }
+    .count_in(
+        &b.addr,
+        &topic,
+        &accepted,
+        n as usize,
+        Duration::from_secs(180),
+    );
     assert_eq!(acked, n, "Mosquitto acknowledged every publish");
-    assert_eq!(lost, 0, "{row:?}\n{}", gw.log_text());
+    assert_eq!(row.lost, 0, "{row:?}\n{}", gw.log_text());
 }
 
 /// The broker restarted several times under load: WebSocket. The idempotent producer keeps
@@ -658,22 +665,23 @@ fn broker_restarted_under_load_websocket() {
     }
     load.wait_received(count, Duration::from_secs(300));
     let accepted: BTreeSet<u64> = (1..=count).collect();
-    let recs = consume(&b.addr, &topic, count as usize, Duration::from_secs(120));
-    let (in_kafka, lost, dups, reordered) = tally(&recs, &accepted);
     let row = Row {
         fault: format!("broker restarted {} times under load", restarts()),
         source: "websocket",
         sent: count,
         accepted: load.received(),
-        in_kafka,
-        lost,
-        dups,
-        reordered,
         note: String::new(),
-    };
-    row.print();
+        ..Row::default()
+    }
+    .count_in(
+        &b.addr,
+        &topic,
+        &accepted,
+        count as usize,
+        Duration::from_secs(120),
+    );
     assert_eq!(
-        (lost, dups, reordered),
+        (row.lost, row.dups, row.reordered),
         (0, 0, 0),
         "{row:?}\n{}",
         load.gw.log_text()
@@ -695,22 +703,23 @@ fn broker_restarted_under_load_http() {
     let at_end = load.accepted();
     load.wait_accepted(at_end + 1_000, Duration::from_secs(120));
     let (sent, accepted, statuses) = load.finish();
-    let recs = consume(&b.addr, &topic, accepted.len(), Duration::from_secs(60));
-    let (in_kafka, lost, dups, reordered) = tally(&recs, &accepted);
     let row = Row {
         fault: format!("broker restarted {} times under load", restarts()),
         source: "http (REST Proxy v2)",
         sent,
         accepted: accepted.len() as u64,
-        in_kafka,
-        lost,
-        dups,
-        reordered,
         note: format!("answers by status {statuses:?}"),
-    };
-    row.print();
+        ..Row::default()
+    }
+    .count_in(
+        &b.addr,
+        &topic,
+        &accepted,
+        accepted.len(),
+        Duration::from_secs(60),
+    );
     assert_eq!(
-        (lost, dups, reordered),
+        (row.lost, row.dups, row.reordered),
         (0, 0, 0),
         "{row:?}\n{}",
         gw.log_text()
@@ -729,23 +738,24 @@ fn sigkill_mid_stream_http() {
     let _ = gw.child.kill();
     let _ = gw.child.wait();
     let (sent, accepted, statuses) = load.finish();
-    let recs = consume(&b.addr, &topic, accepted.len(), Duration::from_secs(60));
-    let (in_kafka, lost, dups, reordered) = tally(&recs, &accepted);
     let row = Row {
         fault: "SIGKILL of kgate mid-stream".into(),
         source: "http (REST Proxy v2)",
         sent,
         accepted: accepted.len() as u64,
-        in_kafka,
-        lost,
-        dups,
-        reordered,
         note: format!(
             "answers by status {statuses:?} (0 = no answer: the connection died with kgate)"
         ),
-    };
-    row.print();
-    assert_eq!((lost, dups, reordered), (0, 0, 0), "{row:?}");
+        ..Row::default()
+    }
+    .count_in(
+        &b.addr,
+        &topic,
+        &accepted,
+        accepted.len(),
+        Duration::from_secs(60),
+    );
+    assert_eq!((row.lost, row.dups, row.reordered), (0, 0, 0), "{row:?}");
 }
 
 /// SIGKILL of kgate mid-stream, then a restart with the same MQTT session: Mosquitto
@@ -770,21 +780,22 @@ fn sigkill_mid_stream_mqtt() {
     let (_gw2, _m2, _dir2) = mqtt_gateway(&b.addr, &root, &topic, &client_id);
     let acked = publisher.join().unwrap();
     let accepted: BTreeSet<u64> = (1..=n).collect();
-    let recs = consume(&b.addr, &topic, n as usize, Duration::from_secs(180));
-    let (in_kafka, lost, dups, reordered) = tally(&recs, &accepted);
     let row = Row {
         fault: "SIGKILL of kgate mid-stream, restart".into(),
         source: "mqtt (QoS 1)",
         sent: n,
         accepted: acked,
-        in_kafka,
-        lost,
-        dups,
-        reordered,
         note: "duplicates allowed (redelivered after the kill)".into(),
-    };
-    row.print();
-    assert_eq!(lost, 0, "{row:?}");
+        ..Row::default()
+    }
+    .count_in(
+        &b.addr,
+        &topic,
+        &accepted,
+        n as usize,
+        Duration::from_secs(180),
+    );
+    assert_eq!(row.lost, 0, "{row:?}");
 }
 
 /// SIGTERM mid-stream, every source at once: kgate stops taking input, writes what it took,
@@ -1010,23 +1021,18 @@ fn feed_reconnect_storm() {
     drop(rt);
     let sent = seq.load(Ordering::Relaxed);
     let accepted: BTreeSet<u64> = (1..=sent).collect();
-    let recs = consume(&b.addr, &topic, sent as usize, Duration::from_secs(60));
-    let (in_kafka, lost, dups, reordered) = tally(&recs, &accepted);
     let row = Row {
         fault: format!("feed reconnect storm ({target} reconnects in {:.1}s)", took.as_secs_f64()),
         source: "websocket",
         sent,
         accepted: sent,
-        in_kafka,
-        lost,
-        dups,
-        reordered,
         note: format!(
             "open files {fds0} → {fds1}, RSS {rss0} → {rss1} KiB over the storm; shutdown summary {summary:?}"
         ),
-    };
-    row.print();
-    assert_eq!((lost, dups), (0, 0), "{row:?}");
+        ..Row::default()
+    }
+    .count_in(&b.addr, &topic, &accepted, sent as usize, Duration::from_secs(60));
+    assert_eq!((row.lost, row.dups), (0, 0), "{row:?}");
     assert!(fds1 <= fds0 + 5, "open files grew: {row:?}");
 }
 
@@ -1262,25 +1268,26 @@ fn mqtt_broker_restart_with_a_persistent_session() {
     mqtt(&["up", "mqtt"]);
     let acked = publisher.join().unwrap();
     let accepted: BTreeSet<u64> = (1..=n).collect();
-    let recs = consume(&b.addr, &topic, n as usize, Duration::from_secs(180));
-    let (in_kafka, lost, dups, reordered) = tally(&recs, &accepted);
     let row = Row {
         fault: "MQTT broker restarted mid-stream".into(),
         source: "mqtt (QoS 1, persistent session)",
         sent: n,
         accepted: acked,
-        in_kafka,
-        lost,
-        dups,
-        reordered,
         note: format!(
             "kgate reconnected {} time(s); duplicates allowed (QoS 1 redelivery)",
             scrape(&metrics, "kgate_mqtt_connections_total") - 1.0
         ),
-    };
-    row.print();
+        ..Row::default()
+    }
+    .count_in(
+        &b.addr,
+        &topic,
+        &accepted,
+        n as usize,
+        Duration::from_secs(180),
+    );
     assert_eq!(acked, n, "the publisher got every PUBACK");
-    assert_eq!(lost, 0, "{row:?}\n{}", gw.log_text());
+    assert_eq!(row.lost, 0, "{row:?}\n{}", gw.log_text());
 }
 
 /// The schema registry down when kgate starts (an Avro pipeline refuses to start, naming the
@@ -1459,25 +1466,20 @@ fn broker_stopped_mid_stream_websocket_spool_overflow() {
     b.up();
     load.wait_received(count, Duration::from_secs(240));
     let accepted: BTreeSet<u64> = (1..=count).collect();
-    let recs = consume(&b.addr, &topic, count as usize, Duration::from_secs(180));
-    let (in_kafka, lost, dups, reordered) = tally(&recs, &accepted);
     let row = Row {
         fault: format!("broker stopped {}s mid-stream", outage().as_secs()),
         source: "websocket (spool: overflow)",
         sent: count,
         accepted: load.received(),
-        in_kafka,
-        lost,
-        dups,
-        reordered,
         note: format!(
             "{during} read during the outage ({:.0} % of the feed's rate), {on_disk} on disk at its end",
             100.0 * during as f64 / (rate * outage().as_secs()) as f64
         ),
-    };
-    row.print();
+        ..Row::default()
+    }
+    .count_in(&b.addr, &topic, &accepted, count as usize, Duration::from_secs(180));
     assert_eq!(
-        (lost, dups, reordered),
+        (row.lost, row.dups, row.reordered),
         (0, 0, 0),
         "{row:?}\n{}",
         load.gw.log_text()
