@@ -285,6 +285,8 @@ struct HttpLoad {
     /// Seqs of requests answered 429 (kgate's buffer was full: never written).
     refused: Arc<Mutex<BTreeSet<u64>>>,
     statuses: Arc<Mutex<HashMap<u16, u64>>>,
+    /// The body of the last answer that was not 200 (what kgate said was wrong).
+    last_refusal: Arc<Mutex<String>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -299,7 +301,8 @@ fn http_load_from(url: String, base: u64) -> HttpLoad {
     let accepted = Arc::new(Mutex::new(BTreeSet::new()));
     let refused = Arc::new(Mutex::new(BTreeSet::new()));
     let statuses = Arc::new(Mutex::new(HashMap::new()));
-    let r2 = refused.clone();
+    let last_refusal = Arc::new(Mutex::new(String::new()));
+    let (r2, lr2) = (refused.clone(), last_refusal.clone());
     let (s2, n2, a2, st2) = (
         stop.clone(),
         sent.clone(),
@@ -346,6 +349,7 @@ fn http_load_from(url: String, base: u64) -> HttpLoad {
                 }
             }
             if status != 200 {
+                *lr2.lock().unwrap() = format!("{status} {v}");
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
@@ -356,6 +360,7 @@ fn http_load_from(url: String, base: u64) -> HttpLoad {
         accepted,
         refused,
         statuses,
+        last_refusal,
         thread: Some(thread),
     }
 }
@@ -370,6 +375,23 @@ impl HttpLoad {
             || self.accepted() >= n,
             &format!("{n} records answered with offsets"),
         );
+    }
+    /// [`HttpLoad::wait_accepted`], failing with the answers so far and kgate's log.
+    fn wait_accepted_or_show(&self, n: u64, timeout: Duration, gw: &Proc) {
+        let deadline = Instant::now() + timeout;
+        while self.accepted() < n {
+            if Instant::now() > deadline {
+                let statuses = self.statuses.lock().unwrap().clone();
+                let last = self.last_refusal.lock().unwrap().clone();
+                panic!(
+                    "timed out after {timeout:?} waiting for {n} records answered with offsets: {} answered, {} sent, answers by status {statuses:?}, the last refusal: {last}; kgate's log:\n{}",
+                    self.accepted(),
+                    self.sent.load(Ordering::Relaxed),
+                    gw.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
     /// Stops the client; (sent, accepted seqs, statuses).
     fn finish(mut self) -> (u64, BTreeSet<u64>, HashMap<u16, u64>) {
@@ -701,12 +723,12 @@ fn broker_restarted_under_load_http() {
     let (gw, url, _metrics, _dir) = http_gateway(&b.addr, &topic);
     let load = http_load(url);
     for i in 0..restarts() {
-        load.wait_accepted((i as u64 + 1) * 1_000, Duration::from_secs(120));
+        load.wait_accepted_or_show((i as u64 + 1) * 1_000, Duration::from_secs(120), &gw);
         b.down();
         b.up();
     }
     let at_end = load.accepted();
-    load.wait_accepted(at_end + 1_000, Duration::from_secs(120));
+    load.wait_accepted_or_show(at_end + 1_000, Duration::from_secs(120), &gw);
     let (sent, accepted, statuses) = load.finish();
     let row = Row {
         fault: format!("broker restarted {} times under load", restarts()),
