@@ -1675,6 +1675,25 @@ fn disk_full_under_the_spool() {
     let _unmount = Unmount(mnt.path().to_path_buf());
     let b = Broker::start();
     let topic = unique("faults.diskfull");
+    // The topic exists before the broker goes down (else the producer, starting with Kafka
+    // unreachable, gives its first records up as "unknown topic" to the DLQ).
+    let created = std::process::Command::new(kgate_bin())
+        .args([
+            "topics",
+            "create",
+            &topic,
+            "--partitions",
+            "1",
+            "--brokers",
+            &b.addr,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "kgate topics create: {}",
+        String::from_utf8_lossy(&created.stderr)
+    );
     b.down();
     let extra = format!(
         "    spool: {{dir: '{}', when: always, max_bytes: 1GiB, fsync: 100ms}}\n",
