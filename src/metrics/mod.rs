@@ -629,6 +629,8 @@ pub struct SpoolMetrics {
     pub replayed: IntCounter,
     /// Records dropped because it was full (`on_full: drop_oldest | drop_newest`).
     pub dropped: IntCounter,
+    /// Writes and fsyncs that failed (a full disk; each retry counts).
+    pub write_errors: IntCounter,
 }
 
 /// The `{pipeline}` families behind [`SpoolMetrics`].
@@ -641,6 +643,7 @@ struct SpoolFamilies {
     corruptions: IntCounterVec,
     replayed: IntCounterVec,
     dropped: IntCounterVec,
+    write_errors: IntCounterVec,
 }
 
 impl SpoolFamilies {
@@ -683,6 +686,12 @@ impl SpoolFamilies {
                 r,
                 "kgate_spool_dropped_total",
                 "Records dropped because the disk spool was full (on_full: drop_oldest or drop_newest)",
+                p,
+            ),
+            write_errors: counter(
+                r,
+                "kgate_spool_write_errors_total",
+                "Writes and fsyncs of the disk spool that failed (a full disk: each retry counts)",
                 p,
             ),
         }
@@ -827,6 +836,7 @@ impl Metrics {
             corruptions: f.corruptions.with_label_values(&l),
             replayed: f.replayed.with_label_values(&l),
             dropped: f.dropped.with_label_values(&l),
+            write_errors: f.write_errors.with_label_values(&l),
         }
     }
 

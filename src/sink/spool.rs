@@ -285,6 +285,10 @@ struct Shared {
     writes_seen: AtomicU64,
     /// When the last write error was logged (unix s), to log one per period.
     warned_at: AtomicU64,
+    /// Appends fail (a full disk): since when (unix ms; 0: they do not).
+    failing_since: AtomicU64,
+    /// Appends that failed since then.
+    failed_writes: AtomicU64,
 }
 
 impl Shared {
@@ -329,6 +333,9 @@ impl Shared {
             Ok(())
         });
         if let Err(e) = result {
+            if let Some(m) = &self.metrics {
+                m.write_errors.inc();
+            }
             self.warn(&e);
         }
         self.update_metrics();
@@ -342,6 +349,42 @@ impl Shared {
         if self.warned_at.swap(now, Ordering::Relaxed) + 10 <= now {
             tracing::warn!(pipeline = %self.name, "{e}; records wait until the spool can write");
         }
+    }
+
+    /// An append failed (a full disk): the record stays with its sender, which waits and tries
+    /// again. Counted each time; logged once per episode (until an append succeeds again).
+    fn write_failed(&self, e: &SpoolError) {
+        if let Some(m) = &self.metrics {
+            m.write_errors.inc();
+        }
+        self.failed_writes.fetch_add(1, Ordering::Relaxed);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis().max(1) as u64);
+        if self
+            .failing_since
+            .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            tracing::error!(pipeline = %self.name, "{e}");
+        }
+    }
+
+    /// An append succeeded: ends an episode of failed ones (logged).
+    fn write_ok(&self, dir: &std::path::Path) {
+        if self.failing_since.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let since = self.failing_since.swap(0, Ordering::AcqRel);
+        if since == 0 {
+            return;
+        }
+        let failed = self.failed_writes.swap(0, Ordering::Relaxed);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let dir = dir.display();
+        tracing::info!(pipeline = %self.name, failed_writes = failed, "spool {dir} takes records again after {:.1} s of failed writes (space was freed)", now.saturating_sub(since) as f64 / 1000.0);
     }
 
     fn update_metrics(&self) {
@@ -413,6 +456,8 @@ impl SpoolSink {
             stopped: AtomicBool::new(false),
             writes_seen: AtomicU64::new(0),
             warned_at: AtomicU64::new(0),
+            failing_since: AtomicU64::new(0),
+            failed_writes: AtomicU64::new(0),
         });
         shared.update_metrics();
         let (tx, rx) = mpsc::channel(memory.max(1));
@@ -491,6 +536,9 @@ impl SpoolSink {
         let p = payload.get_or_insert_with(|| item.encode());
         match st.spool.append(p) {
             Ok(a) => {
+                if sh.failing_since.load(Ordering::Relaxed) != 0 {
+                    sh.write_ok(st.spool.dir());
+                }
                 if a.flush_now {
                     sh.kick();
                 }
@@ -555,8 +603,10 @@ impl SpoolSink {
             }
             Err(e) => {
                 drop(st);
-                // A full disk or a write error: wait and try again (backpressure).
-                sh.warn(&e);
+                // A full disk or a write error: the spool did not take it; the sender keeps it
+                // (in memory) and tries again once a flush deleted segments, or soon
+                // (backpressure: the source waits meanwhile). What is on disk goes on to Kafka.
+                sh.write_failed(&e);
                 Some(item)
             }
         }
@@ -1193,6 +1243,60 @@ mod tests {
             assert!(matches!(f.await.unwrap(), Fate::Delivered { .. }));
         }
         assert_eq!(s.stats().unacked, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_disk_holds_the_source_back_and_drains_while_still_full() {
+        let d = tempfile::tempdir().unwrap();
+        let inner = Arc::new(Held {
+            cap: 10_000,
+            ..Held::default()
+        });
+        let (s, _) = SpoolSink::open(
+            &spec(d.path(), SpoolWhen::Always),
+            Arc::from("p"),
+            inner.clone(),
+            16,
+            None,
+        )
+        .unwrap();
+        // A disk that holds some 50 of these records (Kafka is down meanwhile).
+        s.shared.state().spool.set_disk_cap(Some(3_000));
+        let n = 400;
+        let sent = Arc::new(AtomicU64::new(0));
+        let (s2, sent2) = (s.clone(), sent.clone());
+        let feed = tokio::spawn(async move {
+            let mut fates = Vec::new();
+            for i in 0..n {
+                let (rec, mut ev) = record(i);
+                let (ack, rx) = Ack::channel();
+                ev.ack = ack;
+                fates.push(rx);
+                s2.send(rec, None, ev).await;
+                sent2.fetch_add(1, Ordering::SeqCst);
+            }
+            fates
+        });
+        // The disk fills: the source is held back (its send does not return).
+        while s.shared.failed_writes.load(Ordering::SeqCst) < 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let held_at = sent.load(Ordering::SeqCst);
+        assert!(held_at < n as u64, "never held back");
+        assert_eq!(s.stats().writes, held_at);
+        // Kafka returns, the disk stays as small: what is on disk goes, its segments are
+        // deleted, and the rest is taken and delivered, each once, in order.
+        inner.open();
+        let fates = feed.await.unwrap();
+        assert_eq!(s.drain(Duration::from_secs(60)).await, 0);
+        assert_eq!(inner.values(), expected(n));
+        for f in fates {
+            assert!(matches!(f.await.unwrap(), Fate::Delivered { .. }));
+        }
+        let st = s.stats();
+        assert_eq!((st.writes, st.unacked), (n as u64, 0));
+        // The episode ended (an append went through after the failures).
+        assert_eq!(s.shared.failing_since.load(Ordering::SeqCst), 0);
     }
 
     #[test]

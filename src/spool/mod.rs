@@ -34,7 +34,7 @@ pub use config::{clashes, SpoolConfig, SpoolSpec, SpoolWhen};
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -123,6 +123,19 @@ pub enum SpoolError {
         #[source]
         source: io::Error,
     },
+    /// The disk (or the user's quota) is full: what could not be written was not taken.
+    #[error("spool {path}: cannot {op}: {source}; the disk is full: free space in {dir} (or move spool.dir to a larger disk, or lower spool.max_bytes below the free space); meanwhile what is on disk still goes to Kafka, new records wait in memory and the source is held back")]
+    NoSpace {
+        /// The directory.
+        dir: PathBuf,
+        /// The file.
+        path: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// The OS error (ENOSPC or EDQUOT).
+        #[source]
+        source: io::Error,
+    },
     /// Another process holds the directory.
     #[error("spool {dir} is in use by another kgate ({holder}); stop it, or give this pipeline another `spool.dir`")]
     Locked {
@@ -169,6 +182,16 @@ impl SpoolError {
             source,
         }
     }
+
+    /// Whether it is a full disk (or quota): it goes away once space is freed.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, SpoolError::NoSpace { .. })
+    }
+}
+
+/// Whether `e` says the disk or the quota is full.
+fn no_space(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
 
 /// A segment cut at a bad record when the spool was opened.
@@ -322,6 +345,8 @@ pub struct SyncJob {
     dir: Option<File>,
     acks: Option<(File, u64)>,
     upto: u64,
+    /// Why the buffer could not be written (what was written before it is synced all the same).
+    write_error: Option<SpoolError>,
 }
 
 impl SyncJob {
@@ -360,6 +385,8 @@ pub struct Spool {
     /// A segment was created or deleted: the directory needs an fsync.
     dir_dirty: bool,
     pending: Vec<u8>,
+    /// The sequence number of the first record in `pending` (when it is not empty).
+    pending_first: u64,
     next_seq: u64,
     durable: watch::Sender<u64>,
     watermark: u64,
@@ -368,6 +395,9 @@ pub struct Spool {
     index: VecDeque<(u64, u64)>,
     writes: u64,
     fsyncs: u64,
+    /// The test seam for a full disk: the most bytes the segment files may hold together.
+    #[cfg(test)]
+    disk_cap: Option<u64>,
 }
 
 fn now_ms() -> u64 {
@@ -605,6 +635,19 @@ impl Spool {
                 0
             }
         };
+        // The ack file holds its 16 bytes from the start: persisting the watermark overwrites
+        // them in place, which needs no free space (a full disk must not stop acks).
+        let acks_len = acks_file
+            .metadata()
+            .map_err(SpoolError::io(&acks_path, "read the ack file"))?
+            .len();
+        if acks_len != 16 {
+            acks_file
+                .set_len(0)
+                .and_then(|_| acks_file.write_all_at(&ack_bytes(persisted), 0))
+                .and_then(|_| acks_file.sync_data())
+                .map_err(SpoolError::io(&acks_path, "write the ack file"))?;
+        }
         let files = list_segments(dir)?;
         let mut segments = VecDeque::new();
         let mut index = VecDeque::new();
@@ -682,6 +725,7 @@ impl Spool {
             unsynced: Vec::new(),
             dir_dirty,
             pending: Vec::new(),
+            pending_first: next_seq,
             next_seq,
             durable,
             watermark,
@@ -690,6 +734,8 @@ impl Spool {
             index,
             writes: 0,
             fsyncs: 0,
+            #[cfg(test)]
+            disk_cap: None,
         };
         spool.advance();
         if spool.dir_dirty {
@@ -722,11 +768,13 @@ impl Spool {
     }
 
     /// Appends a record; it is durable once a flush completes (see [`Durable`]).
+    ///
+    /// With `write_through`, the record is written to its segment here; when that write fails
+    /// (a full disk: [`SpoolError::NoSpace`]), the segment is cut back to its last whole record
+    /// and the spool is as before the call: the record was not taken, the caller keeps it and
+    /// tries again later (what is on disk meanwhile is flushed, read and acked as usual, and
+    /// segments all acked are deleted, which frees space).
     pub fn append(&mut self, payload: &[u8]) -> Result<Appended, SpoolError> {
-        if self.opts.write_through && !self.pending.is_empty() {
-            // The last write failed: take nothing more until it goes through.
-            self.write_pending()?;
-        }
         let frame = FRAME_LEN + payload.len() as u64;
         let max_one = self
             .opts
@@ -768,12 +816,25 @@ impl Spool {
         h.update(&seq.to_le_bytes());
         h.update(&time.to_le_bytes());
         h.update(payload);
+        if self.pending.is_empty() {
+            self.pending_first = seq;
+        }
+        let at = self.pending.len();
         self.pending
             .extend_from_slice(&(payload.len() as u32).to_le_bytes());
         self.pending.extend_from_slice(&h.finalize().to_le_bytes());
         self.pending.extend_from_slice(&seq.to_le_bytes());
         self.pending.extend_from_slice(&time.to_le_bytes());
         self.pending.extend_from_slice(payload);
+        // Into the kernel now: a killed process loses nothing it appended (only a power loss
+        // can take what the next fsync has not made durable).
+        if self.opts.write_through {
+            if let Err(e) = self.write_pending() {
+                // Not taken: the spool stays as it was.
+                self.pending.truncate(at);
+                return Err(e);
+            }
+        }
         let seg = self.segments.back_mut().expect("an active segment");
         seg.end = seq + 1;
         seg.bytes += frame;
@@ -782,13 +843,6 @@ impl Spool {
         }
         self.next_seq += 1;
         self.writes += 1;
-        // Into the kernel now: a killed process loses nothing it appended (only a power loss
-        // can take what the next fsync has not made durable). If the write fails (a full
-        // disk), the record stays buffered, appended all the same: the next append refuses
-        // until it is written, and the next flush tries again.
-        if self.opts.write_through {
-            let _ = self.write_pending();
-        }
         Ok(Appended {
             seq,
             durable: Durable {
@@ -800,28 +854,71 @@ impl Spool {
         })
     }
 
+    /// Writes `buf` at `offset` of segment file `f`.
+    fn write_segment(&self, f: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some(cap) = self.disk_cap {
+            // A disk that holds `cap` bytes of segments: a longer write writes what fits, then
+            // fails, as a real one does.
+            let used: u64 = self.segments.iter().map(|s| s.written).sum();
+            let room = cap.saturating_sub(used);
+            if buf.len() as u64 > room {
+                f.write_all_at(&buf[..room as usize], offset)?;
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+        }
+        f.write_all_at(buf, offset)
+    }
+
+    /// The error of a failed segment operation: [`SpoolError::NoSpace`] for a full disk.
+    fn io_error(&self, path: &Path, op: &'static str, source: io::Error) -> SpoolError {
+        if no_space(&source) {
+            SpoolError::NoSpace {
+                dir: self.dir.clone(),
+                path: path.to_path_buf(),
+                op,
+                source,
+            }
+        } else {
+            SpoolError::Io {
+                path: path.to_path_buf(),
+                op,
+                source,
+            }
+        }
+    }
+
+    /// Makes the disk (in tests) hold at most `cap` bytes of segment files.
+    #[cfg(test)]
+    pub(crate) fn set_disk_cap(&mut self, cap: Option<u64>) {
+        self.disk_cap = cap;
+    }
+
     /// Closes the segment being written (its buffer written, its fsync left to the next flush)
-    /// and creates the next one.
+    /// and creates the next one. When that fails, the spool is as it was.
     fn start_segment(&mut self) -> Result<(), SpoolError> {
         self.write_pending()?;
-        if let Some(f) = self.active.take() {
-            self.unsynced.push(f);
-        }
         let first = self.next_seq;
         let path = self.dir.join(segment_name(first));
-        let mut f = OpenOptions::new()
+        let f = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .open(&path)
-            .map_err(SpoolError::io(&path, "create a segment"))?;
+            .map_err(|e| self.io_error(&path, "create a segment", e))?;
         let mut h = Vec::with_capacity(HEADER_LEN as usize);
         h.extend_from_slice(MAGIC);
         h.extend_from_slice(&VERSION.to_le_bytes());
         h.extend_from_slice(&first.to_le_bytes());
-        f.write_all(&h)
-            .map_err(SpoolError::io(&path, "write a segment header"))?;
-        self.active = Some(f);
+        if let Err(e) = self.write_segment(&f, &h, 0) {
+            // A torn header would be cut (and counted) at the next open: leave none.
+            drop(f);
+            let _ = std::fs::remove_file(&path);
+            return Err(self.io_error(&path, "write a segment header", e));
+        }
+        if let Some(old) = self.active.replace(f) {
+            self.unsynced.push(old);
+        }
         self.dir_dirty = true;
         self.segments.push_back(Segment {
             first,
@@ -832,23 +929,23 @@ impl Spool {
         Ok(())
     }
 
-    /// Writes the buffer to the segment being written (no fsync).
+    /// Writes the buffer to the segment being written (no fsync). When that fails, what part
+    /// of it reached the file is cut off again (a full disk must not leave a torn record
+    /// that later records would follow) and the buffer stays.
     fn write_pending(&mut self) -> Result<(), SpoolError> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let (Some(f), Some(seg)) = (self.active.as_mut(), self.segments.back_mut()) else {
+        let (Some(f), Some(seg)) = (self.active.as_ref(), self.segments.back()) else {
             unreachable!("buffered records belong to the active segment");
         };
-        let path = self.dir.join(segment_name(seg.first));
-        if let Err(e) = f.write_all(&self.pending) {
-            // Part of it may be in the file: cut it, so that the retry does not follow a torn
-            // record (a full disk must not corrupt the segment).
-            let _ = f
-                .set_len(seg.written)
-                .and_then(|_| f.seek(SeekFrom::Start(seg.written)));
-            return Err(SpoolError::io(&path, "write a segment")(e));
+        let at = seg.written;
+        if let Err(e) = self.write_segment(f, &self.pending, at) {
+            let _ = f.set_len(at);
+            let path = self.dir.join(segment_name(seg.first));
+            return Err(self.io_error(&path, "write a segment", e));
         }
+        let seg = self.segments.back_mut().expect("an active segment");
         seg.written += self.pending.len() as u64;
         self.pending.clear();
         Ok(())
@@ -922,9 +1019,11 @@ impl Spool {
     }
 
     /// The first half of a flush, under the caller's lock: writes the buffer and says what to
-    /// fsync. Then [`SyncJob::sync`] (without the lock) and [`Spool::complete`].
+    /// fsync. Then [`SyncJob::sync`] (without the lock) and [`Spool::complete`]. When the
+    /// buffer cannot be written (a full disk), what was written before it is synced all the
+    /// same (and acks persisted), and [`Spool::complete`] returns the write's error.
     pub fn begin_flush(&mut self) -> Result<SyncJob, SpoolError> {
-        self.write_pending()?;
+        let write_error = self.write_pending().err();
         let clone = |f: &File, p: &Path| f.try_clone().map_err(SpoolError::io(p, "fsync"));
         // Everything that can fail first, so that a failure leaves the state as it was.
         let dir = if self.dir_dirty {
@@ -950,13 +1049,19 @@ impl Spool {
             has_active,
             dir,
             acks,
-            upto: self.next_seq,
+            upto: if self.pending.is_empty() {
+                self.next_seq
+            } else {
+                self.pending_first
+            },
+            write_error,
         })
     }
 
     /// The last half of a flush: what `job` synced is durable; segments all acked by the
-    /// persisted watermark are deleted.
-    pub fn complete(&mut self, job: SyncJob, fsyncs: u64) -> Result<(), SpoolError> {
+    /// persisted watermark are deleted. Then the error of its write, if the buffer could not be
+    /// written.
+    pub fn complete(&mut self, mut job: SyncJob, fsyncs: u64) -> Result<(), SpoolError> {
         self.fsyncs += fsyncs;
         if let Some((_, w)) = job.acks {
             self.persisted = self.persisted.max(w);
@@ -972,7 +1077,8 @@ impl Spool {
                 break;
             }
             if last {
-                if seg.end != self.next_seq {
+                if seg.end != self.next_seq || !self.pending.is_empty() {
+                    // Records come after it, or some of its own wait to be written.
                     break;
                 }
                 // The segment being written, all acked: it goes, and the next append starts
@@ -984,7 +1090,10 @@ impl Spool {
             self.dir_dirty = true;
             self.segments.pop_front();
         }
-        Ok(())
+        match job.write_error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Writes, fsyncs and completes in one call (for callers that hold the spool alone).

@@ -42,6 +42,14 @@ fn payload(i: u64) -> Vec<u8> {
     format!("record-{i}").into_bytes()
 }
 
+/// Bytes in the segment files of `dir`.
+fn disk_used(dir: &Path) -> u64 {
+    segment_files(dir)
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum()
+}
+
 fn segment_files(dir: &Path) -> Vec<PathBuf> {
     list_segments(dir)
         .unwrap()
@@ -352,6 +360,100 @@ fn reads_follow_appends_across_segments() {
 // ---- The model check ----
 
 /// How a crash leaves the last segment.
+/// Appends `payload(i)` from `from` on until the disk refuses one; returns how many it took.
+fn fill(s: &mut Spool, from: u64) -> u64 {
+    let mut i = from;
+    loop {
+        let before = s.stats();
+        match s.append(&payload(i)) {
+            Ok(_) => i += 1,
+            Err(e) => {
+                assert!(e.is_no_space(), "{e}");
+                assert!(e.to_string().contains("free space in"), "{e}");
+                let after = s.stats();
+                assert_eq!(
+                    (after.next_seq, after.unacked, after.writes, after.bytes),
+                    (before.next_seq, before.unacked, before.writes, before.bytes),
+                    "a refused append changed the spool"
+                );
+                return i - from;
+            }
+        }
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_appends_and_what_is_on_disk_still_drains() {
+    let d = tempfile::tempdir().unwrap();
+    // Write-through (as kgate runs it), segments of ~10 records.
+    let o = SpoolOptions {
+        write_through: true,
+        ..opts(HEADER_LEN + 10 * (FRAME_LEN + 10), 1 << 30, OnFull::Block)
+    };
+    let (mut s, _) = Spool::open(d.path(), o).unwrap();
+    // A disk that holds 3.5 segments.
+    let cap = 35 * (FRAME_LEN + 10) + 4 * HEADER_LEN;
+    s.set_disk_cap(Some(cap));
+    let taken = fill(&mut s, 0);
+    assert!((30..=45).contains(&taken), "{taken} taken");
+    // Refused again, each time, with nothing changed.
+    assert_eq!(fill(&mut s, taken), 0);
+    assert!(disk_used(d.path()) <= cap);
+    // What was written is made durable although the disk is still full, and read back.
+    s.flush().unwrap();
+    let got = read_all(&s);
+    assert_eq!(seqs(&got), (0..taken).collect::<Vec<_>>());
+    // Kafka takes them: all acked, the segments go (the one being written too), space is back.
+    for r in &got {
+        s.ack(r.seq);
+    }
+    s.flush().unwrap();
+    assert_eq!(s.stats().segments, 0);
+    assert_eq!(disk_used(d.path()), 0);
+    // The disk is still as small, and takes records again: the one refused first is next.
+    let again = fill(&mut s, taken);
+    assert!((30..=45).contains(&again), "{again} taken");
+    s.flush().unwrap();
+    let got = read_all(&s);
+    assert_eq!(seqs(&got), (taken..taken + again).collect::<Vec<_>>());
+    assert!(got.iter().all(|r| r.payload == payload(r.seq)));
+    // Nothing on disk is torn: the next open cuts nothing and finds them all.
+    drop(s);
+    let (s, opened) = Spool::open(d.path(), o).unwrap();
+    assert!(opened.truncations.is_empty(), "{:?}", opened.truncations);
+    assert_eq!(opened.unacked, again);
+    assert_eq!(
+        seqs(&read_all(&s)),
+        (taken..taken + again).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_full_disk_at_a_flush_makes_what_was_written_durable() {
+    let d = tempfile::tempdir().unwrap();
+    // Buffered appends (no write-through): the flush writes them.
+    let (mut s, _) = Spool::open(d.path(), big()).unwrap();
+    let first: Vec<_> = (0..5).map(|i| s.append(&payload(i)).unwrap()).collect();
+    s.flush().unwrap();
+    s.set_disk_cap(Some(disk_used(d.path()) + 10));
+    let second: Vec<_> = (5..10).map(|i| s.append(&payload(i)).unwrap()).collect();
+    s.ack(0);
+    let e = s.flush().unwrap_err();
+    assert!(e.is_no_space(), "{e}");
+    assert!(first.iter().all(|a| a.durable.is_durable()));
+    assert!(second.iter().all(|a| !a.durable.is_durable()));
+    // The acks were persisted all the same; the torn part of the write was cut.
+    assert_eq!(seqs(&read_all(&s)), vec![1, 2, 3, 4]);
+    // Space freed: the next flush writes them.
+    s.set_disk_cap(None);
+    s.flush().unwrap();
+    assert!(second.iter().all(|a| a.durable.is_durable()));
+    drop(s);
+    let (s, opened) = Spool::open(d.path(), big()).unwrap();
+    assert!(opened.truncations.is_empty(), "{:?}", opened.truncations);
+    assert_eq!(seqs(&read_all(&s)), (1..10).collect::<Vec<_>>());
+}
+
 #[derive(Debug, Clone)]
 enum Tear {
     /// As written.
@@ -377,6 +479,10 @@ enum Op {
     /// Die in the middle of a flush: written, fsynced and the acks persisted, but the
     /// durable handles not yet completed nor segments deleted.
     CrashMidFlush,
+    /// The disk fills: it takes only this many more bytes of segments.
+    DiskFull(u8),
+    /// Space is freed.
+    DiskFree,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -393,6 +499,8 @@ fn op() -> impl Strategy<Value = Op> {
         .prop_map(Op::Crash),
         1 => Just(Op::Reopen),
         1 => Just(Op::CrashMidFlush),
+        1 => any::<u8>().prop_map(Op::DiskFull),
+        1 => Just(Op::DiskFree),
     ]
 }
 
@@ -520,14 +628,28 @@ proptest! {
         let (mut s, _) = Spool::open(d.path(), o).unwrap();
         let mut m = Model { live: BTreeMap::new(), persisted: 0, reyielded_acked: 0, reopens: 0 };
         let mut n = 0u64;
+        // The disk's size while it is full (the spool is opened again on the same disk).
+        let mut cap: Option<u64> = None;
         for op in ops {
             match op {
                 Op::Append(len) => {
                     let p: Vec<u8> = (0..len).map(|i| (n as u8).wrapping_add(i)).collect();
                     n += 1;
-                    let a = s.append(&p).unwrap();
-                    prop_assert!(m.live.keys().next_back().is_none_or(|&last| a.seq > last));
-                    m.live.insert(a.seq, Live { payload: p, durable: Some(a.durable), acked: false });
+                    let before = s.stats();
+                    match s.append(&p) {
+                        Ok(a) => {
+                            prop_assert!(m.live.keys().next_back().is_none_or(|&last| a.seq > last));
+                            m.live.insert(a.seq, Live { payload: p, durable: Some(a.durable), acked: false });
+                        }
+                        Err(e) => {
+                            // Refused on a full disk: not taken, nothing changed (the caller
+                            // keeps the record).
+                            prop_assert!(e.is_no_space(), "{}", e);
+                            prop_assert!(cap.is_some());
+                            let after = s.stats();
+                            prop_assert_eq!((after.next_seq, after.unacked, after.writes), (before.next_seq, before.unacked, before.writes));
+                        }
+                    }
                 }
                 Op::Ack(i) => {
                     if !m.live.is_empty() {
@@ -537,8 +659,21 @@ proptest! {
                     }
                 }
                 Op::Flush => {
-                    s.flush().unwrap();
+                    // On a full disk the buffer may not be written: what was written is synced
+                    // and the acks persisted all the same.
+                    if let Err(e) = s.flush() {
+                        prop_assert!(e.is_no_space() && cap.is_some(), "{}", e);
+                    }
                     m.persisted = m.watermark(s.next_seq());
+                }
+                Op::DiskFull(room) => {
+                    let c = disk_used(d.path()) + room as u64;
+                    cap = Some(c);
+                    s.set_disk_cap(cap);
+                }
+                Op::DiskFree => {
+                    cap = None;
+                    s.set_disk_cap(None);
                 }
                 Op::Crash(t) => {
                     let durable_upto = m
@@ -551,6 +686,7 @@ proptest! {
                     drop(s);
                     tear(d.path(), &t, durable_upto);
                     s = reopen(d.path(), o, &mut m);
+                    s.set_disk_cap(cap);
                 }
                 Op::CrashMidFlush => {
                     let job = s.begin_flush().unwrap();
@@ -559,14 +695,28 @@ proptest! {
                     drop(job);
                     drop(s);
                     s = reopen(d.path(), o, &mut m);
+                    s.set_disk_cap(cap);
                 }
                 Op::Reopen => {
-                    s.flush().unwrap();
+                    if let Err(e) = s.flush() {
+                        prop_assert!(e.is_no_space() && cap.is_some(), "{}", e);
+                    }
                     m.persisted = m.watermark(s.next_seq());
                     drop(s);
                     s = reopen(d.path(), o, &mut m);
+                    s.set_disk_cap(cap);
                 }
             }
         }
+        // Once space is free, everything taken becomes durable.
+        s.set_disk_cap(None);
+        s.flush().unwrap();
+        for (seq, l) in &m.live {
+            prop_assert!(l.durable.as_ref().is_none_or(Durable::is_durable), "record {} not durable", seq);
+        }
+        // And nothing on disk is torn or corrupt.
+        drop(s);
+        let (_, opened) = Spool::open(d.path(), o).unwrap();
+        prop_assert!(opened.truncations.is_empty(), "{:?}", opened.truncations);
     }
 }
