@@ -95,11 +95,14 @@
 mod compile;
 mod decode;
 mod encode;
+mod guard;
 mod logical;
 #[cfg(test)]
 mod tests;
 
 use std::fmt;
+
+pub use guard::{parse_apache, MAX_SCHEMA_DEPTH};
 
 /// A compiled Avro schema: immutable, `Send + Sync`, cheap to share in an `Arc`.
 pub struct Schema {
@@ -122,8 +125,7 @@ impl Schema {
     /// Parses `.avsc` JSON text (a record, or any Avro type) and compiles it, field defaults
     /// included. The error says what is wrong with the schema.
     pub fn parse(text: &str) -> Result<Schema, String> {
-        let parsed = apache_avro::Schema::parse_str(text)
-            .map_err(|e| format!("invalid Avro schema: {e}"))?;
+        let parsed = parse_apache(text).map_err(|e| format!("invalid Avro schema: {e}"))?;
         let plan = compile::compile(&parsed).map_err(|e| format!("invalid Avro schema: {e}"))?;
         let full_name = match plan.node(plan.root) {
             compile::Node::Record(r) => Some(r.name.clone()),

@@ -901,3 +901,109 @@ fn a_default_that_takes_itself_in_is_refused() {
         json!({"next": null})
     );
 }
+
+/// Runs `f` on a thread with a tokio worker's stack (2 MiB): what kgate does with a schema it
+/// is handed must fit in it.
+fn on_worker_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(f)
+        .unwrap()
+        .join()
+        .expect("no stack overflow")
+}
+
+#[test]
+fn a_default_apache_avro_resolves_without_end_is_refused() {
+    // apache-avro 0.22 checks field `b`'s default `{}` as an N2, whose missing field `c` takes
+    // its default `{}` as an N2 again, and so on: the process aborted (a stack overflow in
+    // `apache_avro::Schema::parse_str`, found by fuzzing avro_encode). kgate keeps defaults out
+    // of that check and refuses the schema itself.
+    let text = include_str!("../../fuzz/regressions/avro_encode/default-resolved-without-end.avsc");
+    let e = on_worker_stack(move || Schema::parse(text).map(|_| ())).unwrap_err();
+    assert!(
+        e.contains("the default of field c in record N2: the default takes itself in through a recursive type"),
+        "{e}"
+    );
+    // The registry's compatibility check parses it without aborting too.
+    let old = crate::registry::client::RegisteredSchema {
+        subject: "s".into(),
+        version: 1,
+        id: 1,
+        schema_type: "AVRO".into(),
+        schema: text.into(),
+    };
+    let reasons = on_worker_stack(move || {
+        crate::registry::client::incompatibility_reasons("BACKWARD", text, &[old])
+    });
+    assert_eq!(reasons, Vec::<String>::new());
+}
+
+/// `levels` levels: unions and arrays in turn, an int innermost (a level of its own).
+fn nested(levels: usize) -> String {
+    let mut s = String::from(r#""int""#);
+    for i in 0..levels - 1 {
+        s = if i % 2 == 0 {
+            format!(r#"{{"type":"array","items":{s}}}"#)
+        } else {
+            format!(r#"["null",{s}]"#)
+        };
+    }
+    s
+}
+
+#[test]
+fn schemas_nested_deeper_than_the_limit_are_refused() {
+    let too_deep = nested(MAX_SCHEMA_DEPTH + 6);
+    let e = on_worker_stack(move || Schema::parse(&too_deep).map(|_| ())).unwrap_err();
+    assert_eq!(
+        e,
+        format!(
+            "invalid Avro schema: the schema nests {} levels deep (records, arrays, maps and \
+             unions inside each other); kgate takes at most {MAX_SCHEMA_DEPTH}",
+            MAX_SCHEMA_DEPTH + 6
+        )
+    );
+    // At the limit it parses, encodes and decodes on a worker's stack.
+    let deepest = nested(MAX_SCHEMA_DEPTH);
+    let back = on_worker_stack(move || {
+        let s = Schema::parse(&deepest).unwrap();
+        let mut v = json!(7);
+        for i in 0..MAX_SCHEMA_DEPTH - 1 {
+            if i % 2 == 0 {
+                v = json!([v]);
+            }
+        }
+        let mut out = Vec::new();
+        s.encode(&v, &mut out).unwrap();
+        (s.decode(&out).unwrap(), v)
+    });
+    assert_eq!(back.0, back.1);
+}
+
+#[test]
+fn defaults_survive_the_deferred_check() {
+    // Defaults are kept out of apache-avro's parse and put back: records in unions, arrays and
+    // maps keep theirs, a field attribute named like kgate's mark is not taken for a default,
+    // and a wrong default is still refused (by kgate's own check).
+    let s = schema(
+        r#"{"type":"record","name":"T","fields":[
+            {"name":"u","type":["null",{"type":"record","name":"A","fields":[
+                {"name":"x","type":"int","default":5}]}]},
+            {"name":"l","type":{"type":"array","items":{"type":"record","name":"B","fields":[
+                {"name":"y","type":"string","default":"hi"}]}}},
+            {"name":"m","type":{"type":"map","values":{"type":"record","name":"C","fields":[
+                {"name":"z","type":"long","default":9,"\u0000kgate-deferred-default":1},
+                {"name":"w","type":["null","long"],"\u0000kgate-deferred-default":1}]}}}]}"#,
+    );
+    let v = json!({"u": {}, "l": [{}], "m": {"k": {}}});
+    assert_eq!(
+        s.decode(&enc(&s, &v)).unwrap(),
+        json!({"u": {"x": 5}, "l": [{"y": "hi"}], "m": {"k": {"z": 9, "w": null}}})
+    );
+    let e = Schema::parse(
+        r#"{"type":"record","name":"T","fields":[{"name":"a","type":"int","default":"x"}]}"#,
+    )
+    .unwrap_err();
+    assert!(e.contains("the default of field a in record T"), "{e}");
+}

@@ -313,7 +313,7 @@ pub fn record_bytes(text: &str) -> Result<Vec<u8>, String> {
 pub fn read_avro(file: &Path) -> Result<String, String> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    apache_avro::Schema::parse_str(&text)
+    crate::avro::parse_apache(&text)
         .map_err(|e| format!("{} is not a valid Avro schema: {e}", file.display()))?;
     Ok(text)
 }

@@ -735,7 +735,7 @@ pub fn incompatibility_reasons(
     existing: &[RegisteredSchema],
 ) -> Vec<String> {
     use apache_avro::schema_compatibility::SchemaCompatibility;
-    let Ok(new_schema) = apache_avro::Schema::parse_str(new) else {
+    let Ok(new_schema) = crate::avro::parse_apache(new) else {
         return Vec::new();
     };
     let base = level.trim_end_matches("_TRANSITIVE");
@@ -750,7 +750,7 @@ pub fn incompatibility_reasons(
         if !old.schema_type.eq_ignore_ascii_case("AVRO") {
             continue;
         }
-        let Ok(old_schema) = apache_avro::Schema::parse_str(&old.schema) else {
+        let Ok(old_schema) = crate::avro::parse_apache(&old.schema) else {
             continue;
         };
         if backward {
