@@ -154,6 +154,9 @@ def count_topic(brokers, topic):
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
         "enable.partition.eof": False,
+        "max.partition.fetch.bytes": 8 << 20,
+        "fetch.max.bytes": 64 << 20,
+        "queued.max.messages.kbytes": 256 << 10,
     })
     md = c.list_topics(topic, timeout=30)
     parts = sorted(md.topics[topic].partitions)
