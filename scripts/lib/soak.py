@@ -649,7 +649,7 @@ pipelines:
         p = summ["p99_ms"]
         print("p99      accept->ack per 10 s window: median %s ms, max %s ms; away from restarts (%d windows "
               "with the broker up in them and the 60 s before): median %s ms, max %s ms" % (
-                  p["median"], p["max"], p["calm_windows"], p["calm_median"], p["calm_max"]))
+                  r1(p["median"]), r1(p["max"]), p["calm_windows"], r1(p["calm_median"]), r1(p["calm_max"])))
         print("events/s in: mean %s (mean while the broker was up %s), target %d" % (
             summ["in_per_s"]["mean"], summ["in_per_s"]["mean_broker_up"], a.rate))
         for x in self.restarts:
@@ -670,6 +670,10 @@ pipelines:
 
 
 # ----------------------------------------------------------------------------- the plot
+
+
+def r1(x):
+    return None if x is None else round(x, 1)
 
 
 def read_csv(path):
