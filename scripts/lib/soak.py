@@ -470,7 +470,9 @@ pipelines:
                        "broker_up_at_s": ";".join("%.1f" % m for m in ups)}
                 if cur is not None and prev is not None:
                     dt = t - prev_t
-                    row["tasks"] = int(total(cur, "kgate_runtime_tasks"))
+                    row["scraped"] = 1
+                    if any(n == "kgate_runtime_tasks" for n, _ in cur):  # absent in older binaries
+                        row["tasks"] = int(total(cur, "kgate_runtime_tasks"))
                     row["inflight"] = int(total(cur, "kgate_producer_inflight_records"))
                     q = quantile(0.99, buckets(cur), buckets(prev))
                     row["p99_ms"] = "" if q is None else round(q * 1000, 2)
@@ -579,7 +581,7 @@ pipelines:
 
     def report(self, counts):
         a = self.a
-        rows = [r for r in self.rows if r.get("tasks") not in (None, "")]
+        rows = [r for r in self.rows if r.get("scraped")] or self.rows
         warm = [r for r in rows if r["t_s"] >= a.warmup] or rows
         n = len(warm)
         first, last = warm[: max(1, n // 3)], warm[-max(1, n // 3):]
@@ -601,9 +603,7 @@ pipelines:
             "fds": {"min": min(r["fds"] for r in rows), "max": max(r["fds"] for r in rows),
                     "max_first_third": max(r["fds"] for r in first), "max_last_third": max(r["fds"] for r in last),
                     "first": rows[0]["fds"], "last": rows[-1]["fds"]},
-            "tasks": {"min": min(r["tasks"] for r in rows), "max": max(r["tasks"] for r in rows),
-                      "max_first_third": max(r["tasks"] for r in first), "max_last_third": max(r["tasks"] for r in last),
-                      "first": rows[0]["tasks"], "last": rows[-1]["tasks"]},
+            "tasks": tasks_summary(rows, first, last),
             "threads": {"min": min(r["threads"] for r in rows), "max": max(r["threads"] for r in rows)},
             "p99_ms": {"median": statistics.median(p99s) if p99s else None, "max": max(p99s) if p99s else None,
                        "calm_median": statistics.median(calm) if calm else None,
@@ -625,7 +625,9 @@ pipelines:
         if summ["fds"]["max_last_third"] > summ["fds"]["max_first_third"] + a.fd_slack:
             problems.append("open fds grew: max %d in the last third vs %d in the first (tolerance +%d)" % (
                 summ["fds"]["max_last_third"], summ["fds"]["max_first_third"], a.fd_slack))
-        if summ["tasks"]["max_last_third"] > summ["tasks"]["max_first_third"] + a.task_slack:
+        if summ["tasks"] is None:
+            problems.append("tasks not sampled: this kgate has no kgate_runtime_tasks gauge")
+        elif summ["tasks"]["max_last_third"] > summ["tasks"]["max_first_third"] + a.task_slack:
             problems.append("tasks grew: max %d in the last third vs %d in the first (tolerance +%d)" % (
                 summ["tasks"]["max_last_third"], summ["tasks"]["max_first_third"], a.task_slack))
         if self.kgate_exit != 0:
@@ -644,8 +646,11 @@ pipelines:
         print("RSS      first %.1f MB, last %.1f MB, max %.1f MB (max first third %.1f, last third %.1f)" % (
             r["first"], r["last"], r["max"], r["max_first_third"], r["max_last_third"]))
         print("fds      min %d, max %d (first %d, last %d)" % (fd["min"], fd["max"], fd["first"], fd["last"]))
-        print("tasks    min %d, max %d (first %d, last %d); threads %d-%d" % (
-            tk["min"], tk["max"], tk["first"], tk["last"], summ["threads"]["min"], summ["threads"]["max"]))
+        if tk is None:
+            print("tasks    not sampled (no kgate_runtime_tasks); threads %d-%d" % (summ["threads"]["min"], summ["threads"]["max"]))
+        else:
+            print("tasks    min %d, max %d (first %d, last %d); threads %d-%d" % (
+                tk["min"], tk["max"], tk["first"], tk["last"], summ["threads"]["min"], summ["threads"]["max"]))
         p = summ["p99_ms"]
         print("p99      accept->ack per 10 s window: median %s ms, max %s ms; away from restarts (%d windows "
               "with the broker up in them and the 60 s before): median %s ms, max %s ms" % (
@@ -670,6 +675,18 @@ pipelines:
 
 
 # ----------------------------------------------------------------------------- the plot
+
+
+def tasks_summary(rows, first, last):
+    """min/max/first/last of the sampled tasks, or None when the binary has no gauge."""
+    has = [r for r in rows if r.get("tasks") not in (None, "")]
+    if not has:
+        return None
+    f = [r["tasks"] for r in first if r.get("tasks") not in (None, "")] or [has[0]["tasks"]]
+    la = [r["tasks"] for r in last if r.get("tasks") not in (None, "")] or [has[-1]["tasks"]]
+    return {"min": min(r["tasks"] for r in has), "max": max(r["tasks"] for r in has),
+            "max_first_third": max(f), "max_last_third": max(la),
+            "first": has[0]["tasks"], "last": has[-1]["tasks"]}
 
 
 def r1(x):
