@@ -2,7 +2,7 @@
 """The soak of scripts/soak (run it through scripts/soak, which builds kgate and the venv).
 
   soak.py run  --kgate BIN --repo DIR --work DIR --minutes M --rate R --restart-every S ...
-  soak.py plot CSV PNG          (re-draws a plot from a soak CSV)
+  soak.py plot CSV PNG [SUMMARY.json]   (re-draws a plot from a soak CSV)
 
 See `scripts/soak --help` for what a run does.
 """
@@ -788,7 +788,11 @@ def plot(csv_path, png, restarts=None, summ=None):
 
 def main():
     if len(sys.argv) >= 2 and sys.argv[1] == "plot":
-        plot(sys.argv[2], sys.argv[3])
+        summ = None
+        if len(sys.argv) > 4:  # a run's summary.json: its figures go into the title
+            with open(sys.argv[4]) as f:
+                summ = json.load(f)
+        plot(sys.argv[2], sys.argv[3], summ=summ)
         return 0
     p = argparse.ArgumentParser(prog="soak.py run")
     p.add_argument("cmd", choices=["run"])
