@@ -132,6 +132,8 @@ pub struct Metrics {
     spool: SpoolFamilies,
     /// `kgate_producer_inflight_records`: accepted, not yet acknowledged.
     pub inflight: IntGauge,
+    /// `kgate_runtime_tasks`: tokio tasks alive, read from the runtime at each render.
+    runtime_tasks: IntGauge,
     /// `http_requests_total{route,status}`: answered HTTP ingest requests.
     pub http_requests: IntCounterVec,
     /// `http_request_duration_seconds{route}`: request received → answer sent.
@@ -337,6 +339,17 @@ fn producer_inflight(r: &Registry) -> IntGauge {
     r.register(Box::new(inflight.clone()))
         .expect("unique metric");
     inflight
+}
+
+/// `kgate_runtime_tasks` (tokio's stable `RuntimeMetrics::num_alive_tasks`).
+fn runtime_tasks(r: &Registry) -> IntGauge {
+    let tasks = IntGauge::new(
+        "kgate_runtime_tasks",
+        "Tokio tasks alive in kgate's runtime (spawned and not finished)",
+    )
+    .expect("valid metric");
+    r.register(Box::new(tasks.clone())).expect("unique metric");
+    tasks
 }
 
 /// The `{topic}` families behind [`TopicMetrics`].
@@ -746,6 +759,7 @@ impl Metrics {
     ) -> Arc<Metrics> {
         let r = registry(labels);
         let inflight = producer_inflight(&r);
+        let runtime_tasks = runtime_tasks(&r);
         let producer = ProducerFamilies::register(&r);
         let rejects = RejectFamilies::register(&r);
         let schema_refresh_errors = schema_refresh_errors(&r);
@@ -770,6 +784,7 @@ impl Metrics {
             device,
             spool,
             inflight,
+            runtime_tasks,
             http_requests: http.requests,
             http_request_duration: http.duration,
             http_records_per_request: http.records_per_request,
@@ -897,6 +912,12 @@ impl Metrics {
 
     /// Prometheus text exposition of every series.
     pub fn render(&self) -> String {
+        // Outside a runtime (a unit test rendering directly) the gauge keeps its last value.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let alive = handle.metrics().num_alive_tasks();
+            self.runtime_tasks
+                .set(i64::try_from(alive).unwrap_or(i64::MAX));
+        }
         let mut buf = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buf)
@@ -1089,5 +1110,31 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("os error"), "{text}");
+    }
+
+    fn runtime_tasks_value(text: &str) -> i64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("kgate_runtime_tasks "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no kgate_runtime_tasks in {text}"))
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn runtime_tasks_counts_alive_tasks() {
+        let m = Metrics::new(&Default::default());
+        let before = runtime_tasks_value(&m.render());
+        let stop = CancellationToken::new();
+        let tasks: Vec<_> = (0..5)
+            .map(|_| {
+                let stop = stop.clone();
+                tokio::spawn(async move { stop.cancelled().await })
+            })
+            .collect();
+        assert_eq!(runtime_tasks_value(&m.render()), before + 5);
+        stop.cancel();
+        for t in tasks {
+            t.await.expect("task ends");
+        }
+        assert_eq!(runtime_tasks_value(&m.render()), before);
     }
 }
