@@ -24,7 +24,8 @@ fn exported_metric_names() -> BTreeSet<String> {
     d.disconnected("closed");
     d.rejected("unknown_path");
     m.mqtt("p", &["a/#"]);
-    m.dlq_published.with_label_values(&["dlq", "t", "invalid_json"]);
+    m.dlq_published
+        .with_label_values(&["dlq", "t", "invalid_json"]);
     m.dlq_failures.with_label_values(&["dlq"]);
     m.events_rejected.with_label_values(&["p", "invalid_json"]);
     m.encode_errors.with_label_values(&["t", "schema_mismatch"]);
@@ -330,7 +331,10 @@ fn completions_for_each_shell_name_every_subcommand() {
         assert!(ok, "{shell}: {err}");
         assert!(script.contains(marker), "{shell}: no `{marker}`");
         for s in &subs {
-            assert!(script.contains(s.as_str()), "{shell} completions lack `{s}`");
+            assert!(
+                script.contains(s.as_str()),
+                "{shell} completions lack `{s}`"
+            );
         }
     }
     let (ok, _, err) = kgate_out(&["completions", "powershell"]);
@@ -371,7 +375,11 @@ fn the_man_pages_render() {
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(text.contains("NAME"), "{text}");
         assert!(text.contains("kgate-run"), "{text}");
         assert!(text.contains("--config"), "{text}");
@@ -468,7 +476,12 @@ async fn json_logs_at_debug_carry_pipeline_and_source_and_no_secret() {
     // What the feed's task logged carries its pipeline and kind.
     let sourced = lines
         .iter()
-        .filter(|l| l["target"].as_str().unwrap_or("").starts_with("kgate::source::websocket"))
+        .filter(|l| {
+            l["target"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("kgate::source::websocket")
+        })
         .filter(|l| {
             l["spans"].as_array().is_some_and(|s| {
                 s.iter()
@@ -516,7 +529,10 @@ async fn json_logs_at_debug_carry_pipeline_and_source_and_no_secret() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
     );
-    assert!(!out.status.success(), "a wrong login passes check:\n{stdout}");
+    assert!(
+        !out.status.success(),
+        "a wrong login passes check:\n{stdout}"
+    );
     assert_no_secret("kgate check's stdout", &stdout);
     assert_no_secret("kgate check's stderr", &stderr);
     let lines = json_lines("kgate check", &stderr);
