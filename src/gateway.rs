@@ -1,5 +1,5 @@
 //! The config file's root: the sections each component owns (`kafka:`, `metrics:`, `dlq:`,
-//! `http:`, `schema_registry:`, `pipelines:`), checked together into a [`Gateway`] whose parts
+//! `http:`, `schema_registry:`, `pipelines:`, `log:`), checked together into a [`Gateway`] whose parts
 //! are resolved (addresses parsed, templates compiled, tokens read) for `run` and `check`.
 
 use std::collections::HashSet;
@@ -48,6 +48,10 @@ pub struct Config {
     /// the pipelines; `kgate ui --config F` serves it alone. None = not served.
     #[serde(default)]
     pub ui: Option<crate::ui::UiConfig>,
+    /// kgate's own log on stderr: `text` or `json` lines, and the level. `KGATE_LOG` (then
+    /// `RUST_LOG`) wins over `level`, `--log-format` over `format`.
+    #[serde(default)]
+    pub log: crate::log::LogConfig,
 }
 
 fn default_shutdown_timeout() -> Duration {
@@ -142,6 +146,7 @@ impl Config {
         self.kafka.validate(At("kafka"), errors);
         let metrics_listen = self.metrics.resolve(At("metrics"), errors);
         self.dlq.validate(At("dlq"), errors);
+        self.log.validate(At("log"), errors);
         let ui_listen = self.ui.as_ref().and_then(|u| u.resolve(At("ui"), errors));
         if self.pipelines.is_empty() && self.http.is_none() && self.ui.is_none() {
             errors.push(ConfigError::new(

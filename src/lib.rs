@@ -10,6 +10,7 @@ pub mod encode;
 pub mod event;
 pub mod gateway;
 pub mod kafka;
+pub mod log;
 pub mod metrics;
 pub mod pipeline;
 pub mod registry;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use kgate::cmd;
 
 // Records are allocated on the source's task and freed on librdkafka's delivery thread; glibc's
@@ -19,6 +19,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "kgate", version, propagate_version = true)]
 struct Cli {
+    /// Log lines on stderr as `text` or `json` (JSON lines); wins over the config's `log.format`.
+    /// The filter is `KGATE_LOG` (e.g. `debug` or `info,kgate::source=debug`), else `RUST_LOG`,
+    /// else the config's `log.level`, else `info`.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "KGATE_LOG_FORMAT",
+        value_name = "FORMAT"
+    )]
+    log_format: Option<kgate::log::LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -84,25 +95,20 @@ enum Command {
     /// A pipeline's disk spool: `inspect DIR` prints its segments, records, unacknowledged count
     /// and oldest age.
     Spool(cmd::spool::SpoolArgs),
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KGATE_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new("info,librdkafka=warn,rdkafka=warn")
-        });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    /// Shell completions (bash, zsh, fish) on stdout; `scripts/install` puts them in place.
+    ///
+    /// e.g. `kgate completions bash > ~/.local/share/bash-completion/completions/kgate`.
+    Completions(cmd::completions::CompletionsArgs),
+    /// The man page (roff) on stdout, or `--dir DIR`: one page per command (`kgate-run.1`, …).
+    ///
+    /// e.g. `kgate man | man -l -`; `scripts/install` writes them to `$PREFIX/share/man/man1`.
+    Man(cmd::completions::ManArgs),
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    cmd::log::init(cli.log_format);
     match cli.command {
         Command::Run { config } => cmd::run_main(&config).await,
         Command::Check { config, timeout } => cmd::check_main(&config, timeout).await,
@@ -117,5 +123,7 @@ async fn main() -> ExitCode {
         Command::Groups(args) => cmd::groups::main(args).await,
         Command::Ui(args) => cmd::ui::main(args).await,
         Command::Spool(args) => cmd::spool::main(args),
+        Command::Completions(args) => cmd::completions::completions_main(Cli::command(), args),
+        Command::Man(args) => cmd::completions::man_main(Cli::command(), args),
     }
 }

@@ -27,6 +27,7 @@ pub async fn check(path: &Path, timeout: Duration, each: &mut dyn FnMut(&Probe))
     };
     let gateway = match Gateway::load(path) {
         Ok(g) => {
+            super::log::apply(&g.config.log);
             line(
                 Probe::ok(format!(
                     "config {}: {} pipeline(s)",

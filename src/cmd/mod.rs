@@ -4,10 +4,12 @@
 
 pub mod admin;
 pub mod check;
+pub mod completions;
 pub mod config;
 pub mod consume;
 pub mod dlq;
 pub mod groups;
+pub mod log;
 pub mod run;
 pub mod schemas;
 pub mod spool;
@@ -60,6 +62,7 @@ pub async fn run_main(config: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    log::apply(&gateway.config.log);
     let token = CancellationToken::new();
     on_signal(token.clone());
     match run::run(gateway, token).await {

@@ -126,7 +126,7 @@ pub async fn run(gateway: Gateway, shutdown: CancellationToken) -> anyhow::Resul
     let http_routes = start_sources(
         pipelines,
         &metrics,
-        &config.kafka,
+        &config,
         schemas.as_ref(),
         &sources_stop,
         &mut tasks,
@@ -320,7 +320,7 @@ fn hostname() -> String {
 fn start_sources(
     pipelines: Vec<Started>,
     metrics: &Arc<Metrics>,
-    kafka: &KafkaConfig,
+    config: &crate::gateway::Config,
     schemas: Option<&Arc<SchemaCache>>,
     stop: &CancellationToken,
     tasks: &mut JoinSet<()>,
@@ -332,9 +332,18 @@ fn start_sources(
             metrics: metrics.clone(),
             stop: stop.clone(),
             http_routes: http_routes.clone(),
-            kafka: kafka.clone(),
+            kafka: config.kafka.clone(),
             schemas: schemas.cloned(),
         };
+        // What a source's tasks log carries its pipeline and kind (the sources spawn their
+        // tasks `in_current_span`).
+        let kind = config
+            .pipelines
+            .iter()
+            .find(|p| *p.name == *name)
+            .map_or("", |p| p.source.kind().name());
+        let span = tracing::info_span!("source", pipeline = %name, source = kind);
+        let _entered = span.enter();
         source.spawn(ctx, tasks);
         tracing::info!(pipeline = %name, %topic, "pipeline started");
     }

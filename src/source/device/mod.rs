@@ -137,7 +137,7 @@ impl Source for DeviceSource {
             auth: self.auth,
             tls: self.tls,
         });
-        tasks.spawn(server.run());
+        tasks.spawn(tracing::Instrument::in_current_span(server.run()));
     }
 }
 
@@ -292,7 +292,9 @@ impl Server {
                                 }
                             },
                         };
-                        conns.spawn(self.clone().serve(tcp, addr, admission));
+                        conns.spawn(tracing::Instrument::in_current_span(
+                            self.clone().serve(tcp, addr, admission),
+                        ));
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: wait instead of spinning.

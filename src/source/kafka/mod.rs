@@ -123,7 +123,7 @@ impl Source for KafkaSource {
                 schemas: ctx.schemas,
                 topics: Topics::default(),
             };
-            tasks.spawn(run.run());
+            tasks.spawn(tracing::Instrument::in_current_span(run.run()));
             return;
         }
         let run = Runner {
@@ -138,7 +138,7 @@ impl Source for KafkaSource {
             fates: FuturesUnordered::new(),
             pending: 0,
         };
-        tasks.spawn(run.run());
+        tasks.spawn(tracing::Instrument::in_current_span(run.run()));
     }
 }
 

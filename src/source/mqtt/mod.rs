@@ -118,7 +118,7 @@ impl Source for MqttSource {
             m,
             stop: ctx.stop,
         };
-        tasks.spawn(client.run());
+        tasks.spawn(tracing::Instrument::in_current_span(client.run()));
     }
 }
 
@@ -434,11 +434,11 @@ impl Client {
     fn spawn_feeder(&self, cap: usize) -> (mpsc::Sender<Event>, tokio::task::JoinHandle<()>) {
         let (to_pipeline, mut from_source) = mpsc::channel::<Event>(cap);
         let pipeline = self.pipeline.clone();
-        let feeder = tokio::spawn(async move {
+        let feeder = tokio::spawn(tracing::Instrument::in_current_span(async move {
             while let Some(ev) = from_source.recv().await {
                 pipeline.handle(ev).await;
             }
-        });
+        }));
         (to_pipeline, feeder)
     }
 

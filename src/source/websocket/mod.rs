@@ -153,7 +153,7 @@ impl Source for WebsocketSource {
                 stop: ctx.stop.clone(),
                 failures: FailureLog::default(),
             };
-            tasks.spawn(feed.run());
+            tasks.spawn(tracing::Instrument::in_current_span(feed.run()));
         }
     }
 }
