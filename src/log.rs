@@ -32,6 +32,7 @@ pub enum LogFormat {
 pub struct LogConfig {
     /// `text` or `json` (JSON lines); `--log-format` (or `KGATE_LOG_FORMAT`) wins over it.
     #[serde(default)]
+    #[schemars(extend("default" = "text"))]
     pub format: LogFormat,
     /// A level (`error`, `warn`, `info`, `debug`, `trace`) or tracing filter directives
     /// (`info,kgate::source=debug`); `KGATE_LOG` (then `RUST_LOG`) wins over it. librdkafka's
