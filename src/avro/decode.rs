@@ -8,9 +8,22 @@ use super::logical;
 /// How deep nested values may go before decoding gives up (recursive schemas).
 const MAX_DEPTH: usize = 256;
 
+/// Values that take no bytes (nulls, records, fixed(0)) one body may hold: this many plus
+/// [`ZERO_BYTE_PER_INPUT_BYTE`] per byte of the body. Every other value consumes at least one
+/// byte, so this bounds what a body of N bytes can decode into. Without it, a block count of a
+/// million nulls or empty records, repeated in block after block, made a 224-byte body decode
+/// into 2.3 GB of JSON (a fuzzer's find); a hostile producer could do the same to `kgate
+/// consume`, the DLQ and the UI's message browser.
+const ZERO_BYTE_VALUES: usize = 100_000;
+/// See [`ZERO_BYTE_VALUES`]: records nested in records, each around a one-byte value, take a
+/// few zero-byte values per byte; real data stays far below this.
+const ZERO_BYTE_PER_INPUT_BYTE: usize = 4;
+
 struct Reader<'b> {
     b: &'b [u8],
     pos: usize,
+    /// How many more zero-byte values this body may decode into ([`ZERO_BYTE_VALUES`]).
+    zero_left: usize,
 }
 
 impl<'b> Reader<'b> {
@@ -90,6 +103,25 @@ impl<'b> Reader<'b> {
             })
     }
 
+    /// Counts one value that takes no bytes of the input; refuses when the body has made more
+    /// than its share ([`ZERO_BYTE_VALUES`]).
+    fn zero_byte_value(&mut self) -> Result<(), String> {
+        match self.zero_left.checked_sub(1) {
+            Some(left) => {
+                self.zero_left = left;
+                Ok(())
+            }
+            None => Err(format!(
+                "more than {} values that take no bytes (nulls, records, fixed of size 0) in a \
+                 {}-byte body (at byte {}): a corrupt or hostile block count; the limit is \
+                 {ZERO_BYTE_VALUES} + {ZERO_BYTE_PER_INPUT_BYTE} per byte of the body",
+                ZERO_BYTE_VALUES + ZERO_BYTE_PER_INPUT_BYTE * self.b.len(),
+                self.b.len(),
+                self.pos
+            )),
+        }
+    }
+
     /// The item count of the next array or map block (0 at the end).
     fn block(&mut self) -> Result<usize, String> {
         let at = self.pos;
@@ -101,9 +133,9 @@ impl<'b> Reader<'b> {
             self.long()?; // the block's size in bytes, which we do not need
         }
         let n = n as u64;
-        // Items are at least one byte, except null-like ones; bound the count either way so a
-        // corrupt count cannot make us loop or allocate without end.
-        if n > (self.b.len() - self.pos) as u64 + 1_000_000 {
+        // Items are at least one byte, except zero-byte ones, which have their own budget; a
+        // count beyond both cannot be read, so refuse it before looping or allocating.
+        if n > (self.b.len() - self.pos) as u64 + self.zero_left as u64 {
             return Err(format!(
                 "block of {n} items at byte {at} is larger than the input"
             ));
@@ -119,7 +151,11 @@ fn number_f64(f: f64) -> Value {
 impl Plan {
     /// Decodes one value of `root` that must span all of `bytes`.
     pub(crate) fn decode_all(&self, bytes: &[u8]) -> Result<Value, String> {
-        let mut r = Reader { b: bytes, pos: 0 };
+        let mut r = Reader {
+            b: bytes,
+            pos: 0,
+            zero_left: ZERO_BYTE_VALUES.saturating_add(ZERO_BYTE_PER_INPUT_BYTE * bytes.len()),
+        };
         let v = self.dec(self.root, &mut r, 0)?;
         if r.pos != bytes.len() {
             return Err(format!(
@@ -137,7 +173,10 @@ impl Plan {
         }
         Ok(match self.node(id) {
             Node::Pending => return Err("incomplete schema".into()),
-            Node::Null => Value::Null,
+            Node::Null => {
+                r.zero_byte_value()?;
+                Value::Null
+            }
             Node::Boolean => {
                 let at = r.pos;
                 match r.take(1, "a boolean")?[0] {
@@ -161,6 +200,7 @@ impl Plan {
             Node::String => Value::String(r.string()?),
             Node::Bytes => Value::String(String::from_utf8_lossy(r.bytes("bytes")?).into_owned()),
             Node::Record(rec) => {
+                r.zero_byte_value()?;
                 let mut m = Map::new();
                 for f in &rec.fields {
                     let v = self
@@ -172,6 +212,9 @@ impl Plan {
             }
             Node::Enum(e) => Value::String(r.index(&e.symbols, "enum symbol")?.clone()),
             Node::Fixed { size, .. } => {
+                if *size == 0 {
+                    r.zero_byte_value()?;
+                }
                 Value::String(String::from_utf8_lossy(r.take(*size, "a fixed")?).into_owned())
             }
             Node::Array(item) => {
@@ -209,7 +252,12 @@ impl Plan {
             }
             Node::Decimal(d) => {
                 let b = match &d.fixed {
-                    Some((_, size)) => r.take(*size, "a decimal")?,
+                    Some((_, size)) => {
+                        if *size == 0 {
+                            r.zero_byte_value()?;
+                        }
+                        r.take(*size, "a decimal")?
+                    }
                     None => r.bytes("a decimal")?,
                 };
                 Value::String(logical::render_decimal(b, d.scale))

@@ -774,6 +774,40 @@ fn decode_refuses_truncated_input_and_trailing_garbage() {
 }
 
 #[test]
+fn decode_bounds_values_that_take_no_bytes() {
+    // The fuzzer's find: items that take no bytes but weigh several values each (a record of
+    // three nulls is four), so a block count the byte bound lets through still adds up.
+    let s = field(
+        r#"{"type":"array","items":{"type":"record","name":"E","fields":[
+            {"name":"a","type":"null"},{"name":"b","type":"null"},{"name":"c","type":"null"}]}}"#,
+    );
+    let body = [0xA0, 0x8D, 0x06, 0]; // one block of 50,000, then the end
+    let e = s.decode(&body).unwrap_err();
+    assert!(
+        e.contains("more than 100016 values that take no bytes") && e.contains("4-byte body"),
+        "{e}"
+    );
+    // One block bigger than what is left of the budget is refused before any work.
+    let nulls = field(r#"{"type":"array","items":"null"}"#);
+    let e = nulls.decode(&[0x80, 0x89, 0x7A, 0]).unwrap_err();
+    assert!(e.contains("larger than the input"), "{e}");
+    // Up to the budget decodes: 25,000 such records (100,000 zero-byte values, and the outer
+    // record's one, within 100,016).
+    let ok = [0xD0, 0x86, 0x03, 0]; // count 25,000
+    let v = s.decode(&ok).unwrap();
+    assert_eq!(v["v"].as_array().unwrap().len(), 25_000);
+    // Values that take bytes are bounded by the input alone, not by this budget.
+    let ints = field(r#"{"type":"array","items":"int"}"#);
+    let mut big = vec![0x80, 0xB5, 0x18]; // count 200,000
+    big.extend(std::iter::repeat_n(2, 200_000));
+    big.push(0);
+    assert_eq!(
+        ints.decode(&big).unwrap()["v"].as_array().unwrap().len(),
+        200_000
+    );
+}
+
+#[test]
 fn decode_reads_negative_block_counts() {
     // Arrays written in blocks with byte sizes (count -2, size 2) must read too.
     let s = field(r#"{"type":"array","items":"int"}"#);
