@@ -32,8 +32,8 @@ pub struct PipelineConfig<S> {
     #[serde(default)]
     pub transforms: Vec<TransformConfig>,
     /// Target topic: a fixed name or a template like `ticks.${exchange}` (here `${...}` is an
-    /// event field or a source value, not an environment variable). Required, except with
-    /// `sink:` (records then go to the sink, not to a topic).
+    /// event field or a source value, not an environment variable). Required, except with a
+    /// route list `topics:` or with `sink:` (records then go to the sink, not to a topic).
     #[serde(default)]
     pub topic: String,
     /// A route list instead of `topic:`, e.g. `[{match: "device-status-*", topic: status},
