@@ -52,7 +52,7 @@ async fn create_topic(name: &str, outage: bool) {
 async fn end_outage(name: &str) {
     let c = AlterConfig::new(ResourceSpecifier::Topic(name)).set("min.insync.replicas", "1");
     for r in admin()
-        .alter_configs(&[&c], &AdminOptions::new())
+        .alter_configs(&[c], &AdminOptions::new())
         .await
         .unwrap()
     {
