@@ -281,7 +281,10 @@ async fn low_drops_and_counts_on_a_full_buffer_and_medium_waits() {
     // low: 15 sent = 5 delivered + 10 dropped.
     assert_eq!(gw.metric(DROPPED, &["class=\"low\""]), 10);
     assert_eq!(
-        gw.metric("kafka_producer_queue_drops_total", &[&format!("topic=\"{topic}\"")]),
+        gw.metric(
+            "kafka_producer_queue_drops_total",
+            &[&format!("topic=\"{topic}\"")]
+        ),
         10
     );
     let _ = low.close(None).await;
@@ -310,10 +313,7 @@ async fn routes_send_each_event_type_to_its_topic_and_shard_by_device() {
         format!("{p}.online"),
         [0, 1, 2].map(|i| format!("{p}.s{i}")),
     );
-    for t in [&status, &online]
-        .into_iter()
-        .chain(shards.iter())
-    {
+    for t in [&status, &online].into_iter().chain(shards.iter()) {
         create_topic(t, false).await;
     }
     let gw = gateway(
@@ -330,7 +330,11 @@ async fn routes_send_each_event_type_to_its_topic_and_shard_by_device() {
         tasks.push(tokio::spawn(async move {
             ws.send(event(&id, "online", None, 0)).await.unwrap();
             for seq in 1..=TELEMETRY {
-                let ty = if seq % 5 == 0 { "device-status" } else { "telemetry" };
+                let ty = if seq % 5 == 0 {
+                    "device-status"
+                } else {
+                    "telemetry"
+                };
                 ws.send(event(&id, ty, None, seq)).await.unwrap();
                 if seq == 10 {
                     // Also a type no earlier route matches but whose prefix looks alike.

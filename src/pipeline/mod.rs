@@ -1355,6 +1355,15 @@ mod tests {
             }
         }
 
+        /// `qos` and `topics_match` are templates in a config file, not environment references.
+        #[test]
+        fn a_config_file_keeps_their_templates() {
+            let text = "pipelines:\n  - name: d\n    source: {device_websocket: {listen: '127.0.0.1:8090', device_id: {query: id}, wrp: true}}\n    format: raw\n    qos: '${@wrp.qos:-50}'\n    topics_match: '${@wrp.msg_type_name}'\n    topics: [{match: '*', topic: d}]\n";
+            if let Err(e) = crate::gateway::Config::from_yaml_str(text, "k.yaml", &|_| None) {
+                panic!("{e}");
+            }
+        }
+
         #[test]
         fn qos_names_levels_and_templates_give_classes() {
             let class = |q: &str, meta: &Meta| {
