@@ -52,7 +52,7 @@ pub struct PipelineConfig<S> {
     /// takes the next input only once Kafka acknowledged this one); or a WRP level 0–99 (0–24
     /// low, 25–74 medium, 75–99 high); or a template over source values, e.g. `${@wrp.qos}`,
     /// giving a level or a class per event (`medium` when missing). Default: none (the
-    /// producer's `on_full` applies).
+    /// producer's `on_full` applies). Not with `sink:` or `exactly_once`.
     #[serde(default)]
     pub qos: Option<QosSetting>,
     /// Topics a templated `topic` may render to: names, `prefix*` or `*`; a record routed
@@ -231,6 +231,12 @@ impl<S> PipelineConfig<S> {
         // With a consumer sink, a record's "topic" is the one it was read from.
         let routes = self.routes(at, raw, &mut err);
         let qos = self.qos(at, &mut err);
+        if self.qos.is_some() && (self.sink.is_some() || self.exactly_once) {
+            err(
+                at.field("qos"),
+                "QoS classes decide what happens at the producer's buffer, and a pipeline with `sink:` or `exactly_once` reads from Kafka and keeps its place by offsets (it waits, nothing is dropped); remove `qos:`".into(),
+            );
+        }
         let topic_text = match (&self.sink, self.topic.is_empty()) {
             _ if self.topics.is_some() => {
                 if self.sink.is_some() {

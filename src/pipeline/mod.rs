@@ -1336,8 +1336,18 @@ mod tests {
             err("topic: t\nqos: '-1'\n", "p.qos", "0–99");
             err("topic: t\nqos: urgent\n", "p.qos", "unknown QoS `urgent`");
             err("topic: t\nqos: '${level}'\n", "p.qos", "source values");
-            let sink = "name: s\nsource: {kafka: {topics: [in], group: g}}\nsink: {stdout: {}}\ntopics: [{match: '*', topic: a}]\n";
+            err(
+                "topic: t\nqos: low\nexactly_once: true\n",
+                "p.qos",
+                "exactly_once",
+            );
+            let sink = "name: s\nsource: {kafka: {topics: [in], group: g}}\nsink: {stdout: {}}\ntopics: [{match: '*', topic: a}]\nqos: high\n";
             let e = config_errors(sink);
+            assert!(
+                e.iter()
+                    .any(|e| e.path == "p.qos" && e.message.contains("sink:")),
+                "{e:?}"
+            );
             assert!(
                 e.iter()
                     .any(|e| e.path == "p.topics" && e.message.contains("sink:")),
