@@ -124,6 +124,8 @@ pub struct Event {
     /// How long the sink may wait for buffer room before answering [`Fate::Busy`]; `None`
     /// follows `kafka.producer.on_full` (block or drop).
     pub max_wait: Option<Duration>,
+    /// Its QoS class (a pipeline's `qos:`); `None` follows `kafka.producer.on_full`.
+    pub qos: Option<QosClass>,
 }
 
 impl Event {
@@ -137,6 +139,7 @@ impl Event {
             ack: Ack::none(),
             meta: Meta::empty(),
             max_wait: None,
+            qos: None,
         }
     }
 
@@ -146,6 +149,62 @@ impl Event {
         let mut ev = Event::new(raw, origin);
         ev.ack = ack;
         (ev, rx)
+    }
+}
+
+/// An event's quality of service (WRP's `qos` levels 0–99 in three classes): what the sink does
+/// when the producer buffer is full, and whether its source waits for Kafka's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QosClass {
+    /// 0–24: fire and forget; dropped (answered [`Fate::Dropped`], counted) when the buffer is
+    /// full, never waits for room.
+    Low,
+    /// 25–74: waits for buffer room (backpressure), librdkafka retries it.
+    Medium,
+    /// 75–99: as `Medium`, and the pipeline returns only once Kafka acknowledged it, so the
+    /// source takes its device's next input only then.
+    High,
+}
+
+impl QosClass {
+    /// Every class, lowest first.
+    pub const ALL: [QosClass; 3] = [QosClass::Low, QosClass::Medium, QosClass::High];
+
+    /// The class of a WRP `qos` level: 0–24 low, 25–74 medium, 75–99 high (below 0 counts as
+    /// 0, above 99 as 99, as xmidt's wrp-go does).
+    pub fn of_level(level: i64) -> QosClass {
+        match level {
+            ..=24 => QosClass::Low,
+            25..=74 => QosClass::Medium,
+            _ => QosClass::High,
+        }
+    }
+
+    /// A class name (`low`, `medium`, `high`) or a level (`0`–`99`, clamped as
+    /// [`QosClass::of_level`]); `None` for anything else.
+    pub fn parse(text: &str) -> Option<QosClass> {
+        let t = text.trim();
+        match t {
+            "low" => Some(QosClass::Low),
+            "medium" => Some(QosClass::Medium),
+            "high" => Some(QosClass::High),
+            _ => t.parse::<i64>().ok().map(QosClass::of_level),
+        }
+    }
+
+    /// Its name: the metric label and the config text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QosClass::Low => "low",
+            QosClass::Medium => "medium",
+            QosClass::High => "high",
+        }
+    }
+}
+
+impl std::fmt::Display for QosClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

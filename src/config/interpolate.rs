@@ -40,7 +40,9 @@ fn path_string(path: &[Seg]) -> String {
 
 fn is_template_field(path: &[Seg]) -> bool {
     match path {
-        [Seg::Key(p), Seg::Index(_), Seg::Key(f)] if p == "pipelines" => f == "topic" || f == "key",
+        [Seg::Key(p), Seg::Index(_), Seg::Key(f)] if p == "pipelines" => {
+            matches!(f.as_str(), "topic" | "key" | "qos" | "topics_match")
+        }
         [Seg::Key(p), Seg::Index(_), Seg::Key(f), Seg::Key(_)] if p == "pipelines" => {
             f == "headers"
         }

@@ -118,6 +118,11 @@ pub struct Metrics {
     pub dlq_failures: IntCounterVec,
     /// `kgate_events_rejected_total{pipeline,error_type}`: input that went to the DLQ.
     pub events_rejected: IntCounterVec,
+    /// `kgate_qos_events_total{pipeline,class}`: events of a pipeline with `qos:` handed to the
+    /// sink, by class.
+    pub qos_events: IntCounterVec,
+    /// `kgate_qos_dropped_total{pipeline,class}`: of those, the ones dropped on a full buffer.
+    pub qos_dropped: IntCounterVec,
     /// `kafka_producer_encode_errors_total{topic,error_type}`: events that did not fit their
     /// topic's schema (or had none), sent to the DLQ (`topic` bounded).
     pub encode_errors: BoundedCounterVec,
@@ -775,6 +780,18 @@ impl Metrics {
             dlq_published: BoundedCounterVec::new(rejects.dlq_published, 1, max),
             dlq_failures: rejects.dlq_failures,
             events_rejected: rejects.events_rejected,
+            qos_events: counter(
+                &r,
+                "kgate_qos_events_total",
+                "Events of pipelines with qos: handed to the sink, by QoS class",
+                &["pipeline", "class"],
+            ),
+            qos_dropped: counter(
+                &r,
+                "kgate_qos_dropped_total",
+                "Events dropped because the producer buffer was full, by QoS class",
+                &["pipeline", "class"],
+            ),
             encode_errors: BoundedCounterVec::new(rejects.encode_errors, 0, max),
             schema_refresh_errors: BoundedCounterVec::new(schema_refresh_errors, 0, max),
             ws,

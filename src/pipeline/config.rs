@@ -16,6 +16,9 @@ use crate::registry::SubjectStrategy;
 use crate::transform::{Pointer, Template, Transform, TransformConfig};
 use crate::validate::{ValidateConfig, Validation};
 
+use super::route::{Qos, QosSetting, Route, RouteConfig, Routes, Shard, Target, DEFAULT_MATCH};
+use crate::event::QosClass;
+
 /// One pipeline: source → transforms → topic/key/headers → format → Kafka.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[schemars(deny_unknown_fields)]
@@ -29,10 +32,29 @@ pub struct PipelineConfig<S> {
     #[serde(default)]
     pub transforms: Vec<TransformConfig>,
     /// Target topic: a fixed name or a template like `ticks.${exchange}` (here `${...}` is an
-    /// event field or a source value, not an environment variable). Required, except with
-    /// `sink:` (records then go to the sink, not to a topic).
+    /// event field or a source value, not an environment variable). Required, except with a
+    /// route list `topics:` or with `sink:` (records then go to the sink, not to a topic).
     #[serde(default)]
     pub topic: String,
+    /// A route list instead of `topic:`, e.g. `[{match: "device-status-*", topic: status},
+    /// {match: "*", topics: [a, b, c], shard: device_id}]`: each event goes to the first route
+    /// whose `match` glob fits its `topics_match` value (by default its WRP event type). Not
+    /// with `topic:` or `sink:`.
+    #[serde(default)]
+    pub topics: Option<Vec<RouteConfig>>,
+    /// What the `match` globs of `topics:` are matched against: a template, e.g.
+    /// `${@mqtt.topic}` or `${type}`. Default: `${@wrp.event_type:-}`, the WRP event type (empty
+    /// when the event has none, so that only `*` takes it).
+    #[serde(default)]
+    pub topics_match: Option<String>,
+    /// QoS class of each event: `low` (dropped when the producer buffer is full, never waits),
+    /// `medium` (waits for room: the default behaviour), `high` (waits for room, and the source
+    /// takes the next input only once Kafka acknowledged this one); or a WRP level 0–99 (0–24
+    /// low, 25–74 medium, 75–99 high); or a template over source values, e.g. `${@wrp.qos}`,
+    /// giving a level or a class per event (`medium` when missing). Default: none (the
+    /// producer's `on_full` applies). Not with `sink:` or `exactly_once`.
+    #[serde(default)]
+    pub qos: Option<QosSetting>,
     /// Topics a templated `topic` may render to: names, `prefix*` or `*`; a record routed
     /// elsewhere goes to the DLQ as `topic_not_allowed`. Default: the template's fixed start
     /// (`ticks.${exchange}` → `[ticks.*]`); a template that starts with `${...}` must list them.
@@ -127,6 +149,10 @@ pub struct PipelineSpec {
     pub sink: Option<crate::sink::DeliverConfig>,
     /// Its disk spool (`spool:`).
     pub spool: Option<crate::spool::SpoolSpec>,
+    /// The route list (`topics:`), used instead of `topic`.
+    pub routes: Option<Routes>,
+    /// Its QoS (`qos:`).
+    pub qos: Option<Qos>,
 }
 
 const NEEDS_PARSED: &str =
@@ -203,7 +229,34 @@ impl<S> PipelineConfig<S> {
         self.check_dlq(at, &mut err);
         let raw = self.format == Format::Raw;
         // With a consumer sink, a record's "topic" is the one it was read from.
+        let routes = self.routes(at, raw, &mut err);
+        let qos = self.qos(at, &mut err);
+        if self.qos.is_some() && (self.sink.is_some() || self.exactly_once) {
+            err(
+                at.field("qos"),
+                "QoS classes decide what happens at the producer's buffer, and a pipeline with `sink:` or `exactly_once` reads from Kafka and keeps its place by offsets (it waits, nothing is dropped); remove `qos:`".into(),
+            );
+        }
         let topic_text = match (&self.sink, self.topic.is_empty()) {
+            _ if self.topics.is_some() => {
+                if self.sink.is_some() {
+                    err(
+                        at.field("topics"),
+                        "a pipeline with `sink:` hands records to its sink, not to topics; remove `topics:` (or `sink:`)".into(),
+                    );
+                }
+                if !self.topic.is_empty() {
+                    err(
+                        at.field("topic"),
+                        "`topic:` and `topics:` both choose the topic; keep `topic:` for one topic or a template, or `topics:` for a route list".into(),
+                    );
+                }
+                // The DLQ's `source_topic` before routing: where the routes may write.
+                routes
+                    .as_ref()
+                    .map(|r| r.all_topics().join(","))
+                    .unwrap_or_else(|| "-".into())
+            }
             (Some(_), true) => "${@kafka.topic}".to_string(),
             (Some(_), false) => {
                 err(
@@ -215,7 +268,7 @@ impl<S> PipelineConfig<S> {
             (None, true) => {
                 err(
                     at.field("topic"),
-                    "missing: the topic records go to, e.g. `telemetry.clean` (or a consumer `sink:` instead)".into(),
+                    "missing: the topic records go to, e.g. `telemetry.clean` (or a route list `topics:`, or a consumer `sink:` instead)".into(),
                 );
                 "-".to_string()
             }
@@ -242,6 +295,7 @@ impl<S> PipelineConfig<S> {
             }
         }
         let topic = match Template::parse(&topic_text) {
+            Ok(t) if self.topics.is_some() => Some(t),
             Ok(t) => {
                 if let Some(fixed) = t.fixed() {
                     if !valid_topic_name(fixed) {
@@ -280,6 +334,8 @@ impl<S> PipelineConfig<S> {
         });
         let topics_allowed = if self.sink.is_some() {
             Some(TopicAllow::any())
+        } else if self.topics.is_some() {
+            self.routes_allowed(at, routes.as_ref(), &mut err)
         } else {
             self.topics_allowed(at, topic.as_ref(), &mut err)
         };
@@ -334,6 +390,8 @@ impl<S> PipelineConfig<S> {
             exactly_once: self.exactly_once,
             sink: self.sink.clone(),
             spool,
+            routes,
+            qos,
         })
     }
 
@@ -399,12 +457,17 @@ impl<S> PipelineConfig<S> {
                     d.topic, self.name
                 ),
             );
-        } else if d.topic == self.topic {
+        } else if d.topic == self.topic
+            || self.topics.iter().flatten().any(|r| {
+                r.topic.as_ref() == Some(&d.topic)
+                    || r.topics.iter().flatten().any(|t| *t == d.topic)
+            })
+        {
             err(
                 at.field("dlq.topic"),
                 format!(
                     "`{}` is the pipeline's own output topic; give rejected records a topic of their own, e.g. `{}.dlq`",
-                    d.topic, self.topic
+                    d.topic, d.topic
                 ),
             );
         }
@@ -474,5 +537,240 @@ impl<S> PipelineConfig<S> {
             return None;
         }
         Some(TopicAllow::new(vec![format!("{prefix}*")]))
+    }
+}
+
+impl<S> PipelineConfig<S> {
+    /// `topics:` and `topics_match` checked and resolved (`None` without `topics:` or with a
+    /// problem).
+    fn routes(
+        &self,
+        at: At<'_>,
+        raw: bool,
+        err: &mut impl FnMut(String, String),
+    ) -> Option<Routes> {
+        let Some(list) = &self.topics else {
+            if self.topics_match.is_some() {
+                err(
+                    at.field("topics_match"),
+                    "says what the globs of `topics:` match, and there is no `topics:`; add the route list or remove `topics_match`".into(),
+                );
+            }
+            return None;
+        };
+        let mut ok = true;
+        if list.is_empty() {
+            err(
+                at.field("topics"),
+                "empty; list routes, e.g. `[{match: \"*\", topic: devices}]`".into(),
+            );
+            ok = false;
+        }
+        let matcher_text = self
+            .topics_match
+            .clone()
+            .unwrap_or_else(|| DEFAULT_MATCH.to_string());
+        let matcher = match Template::parse(&matcher_text) {
+            Ok(t) if raw && t.reads_fields() => {
+                err(
+                    at.field("topics_match"),
+                    format!("a template over event fields {NEEDS_PARSED}"),
+                );
+                None
+            }
+            Ok(t) => Some(t),
+            Err(e) => {
+                err(at.field("topics_match"), e);
+                None
+            }
+        };
+        let mut routes = Vec::with_capacity(list.len());
+        for (i, r) in list.iter().enumerate() {
+            let here = |f: &str| at.field(&format!("topics[{i}].{f}"));
+            let name_ok = |field: String, t: &str, err: &mut dyn FnMut(String, String)| {
+                if valid_topic_name(t) {
+                    return true;
+                }
+                let why = if t.contains("${") {
+                    "route topics are names, not templates (use `topic:` for a template)"
+                } else {
+                    "use letters, digits, `.`, `_` and `-` (at most 249)"
+                };
+                err(field, format!("`{t}` is not a valid topic name; {why}"));
+                false
+            };
+            if r.pattern.is_empty() {
+                err(
+                    here("match"),
+                    "empty; a glob such as `device-status-*`, or `*` for every event".into(),
+                );
+                ok = false;
+            }
+            let target = match (&r.topic, &r.topics) {
+                (Some(t), None) => {
+                    if r.shard.is_some() {
+                        err(
+                            here("shard"),
+                            "chooses among `topics:`, and this route has one `topic`; list several `topics` or remove `shard`".into(),
+                        );
+                        ok = false;
+                    }
+                    name_ok(here("topic"), t, err).then(|| Target::One(Arc::from(t.as_str())))
+                }
+                (None, Some(ts)) => {
+                    if ts.is_empty() {
+                        err(
+                            here("topics"),
+                            "empty; list the topics to shard over, e.g. `[a, b, c]`".into(),
+                        );
+                        ok = false;
+                    }
+                    let mut names_ok = true;
+                    for (j, t) in ts.iter().enumerate() {
+                        names_ok &= name_ok(here(&format!("topics[{j}]")), t, err);
+                    }
+                    let shard = match Shard::parse(r.shard.as_deref().unwrap_or("round_robin")) {
+                        Ok(s) => Some(s),
+                        Err(e) => {
+                            err(here("shard"), e);
+                            None
+                        }
+                    };
+                    match shard {
+                        Some(shard) if names_ok && !ts.is_empty() => Some(Target::Sharded {
+                            topics: ts.iter().map(|t| Arc::from(t.as_str())).collect(),
+                            shard,
+                        }),
+                        _ => None,
+                    }
+                }
+                (Some(_), Some(_)) => {
+                    err(
+                        here("topic"),
+                        "a route has `topic` (one topic) or `topics` (several, with `shard`), not both".into(),
+                    );
+                    None
+                }
+                (None, None) => {
+                    err(
+                        at.field(&format!("topics[{i}]")),
+                        "names no topic; add `topic: <name>` or `topics: [a, b]` with a `shard`"
+                            .into(),
+                    );
+                    None
+                }
+            };
+            match target {
+                Some(target) => routes.push(Route {
+                    pattern: r.pattern.clone(),
+                    target,
+                }),
+                None => ok = false,
+            }
+        }
+        // A route after a catch-all is never taken: surely not what was meant.
+        if let Some(i) = list.iter().position(|r| r.pattern == "*") {
+            if i + 1 < list.len() {
+                err(
+                    at.field(&format!("topics[{}]", i + 1)),
+                    format!("comes after the catch-all `*` of topics[{i}], so no event reaches it (the first match wins); move the catch-all last"),
+                );
+                ok = false;
+            }
+        }
+        if !ok {
+            return None;
+        }
+        Some(Routes {
+            matcher: matcher?,
+            matcher_text,
+            routes,
+        })
+    }
+
+    /// What the routes may write: each of their topics within `topics_allowed` when given, or
+    /// exactly their topics.
+    fn routes_allowed(
+        &self,
+        at: At<'_>,
+        routes: Option<&Routes>,
+        err: &mut impl FnMut(String, String),
+    ) -> Option<TopicAllow> {
+        let routes = routes?;
+        let Some(list) = &self.topics_allowed else {
+            return Some(TopicAllow::new(routes.all_topics()));
+        };
+        let mut ok = true;
+        for (i, p) in list.iter().enumerate() {
+            if let Err(e) = check_topic_pattern(p) {
+                err(at.field(&format!("topics_allowed[{i}]")), e);
+                ok = false;
+            }
+        }
+        if list.is_empty() {
+            err(
+                at.field("topics_allowed"),
+                "empty; list the topics this pipeline may write, e.g. `[devices.*]`".into(),
+            );
+            ok = false;
+        }
+        let allow = TopicAllow::new(list.clone());
+        if ok {
+            for t in routes.all_topics() {
+                if !allow.allows(&t) {
+                    err(
+                        at.field("topics_allowed"),
+                        format!("does not allow `{t}`, a topic of `topics:`; add it (or remove the route)"),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(allow)
+    }
+
+    /// `qos:` checked and resolved.
+    fn qos(&self, at: At<'_>, err: &mut impl FnMut(String, String)) -> Option<Qos> {
+        let level = |n: i64, err: &mut dyn FnMut(String, String)| {
+            if (0..=99).contains(&n) {
+                Some(Qos::Fixed(QosClass::of_level(n)))
+            } else {
+                err(
+                    at.field("qos"),
+                    format!("{n} is not a WRP QoS level; use 0–99 (0–24 low, 25–74 medium, 75–99 high) or `low`, `medium`, `high`"),
+                );
+                None
+            }
+        };
+        match self.qos.as_ref()? {
+            QosSetting::Level(n) => level(*n, err),
+            QosSetting::Text(t) if t.contains("${") => match Template::parse(t) {
+                Ok(tpl) if tpl.reads_fields() => {
+                    err(
+                        at.field("qos"),
+                        format!("`{t}` reads event fields; the class is chosen as the event arrives, before it is parsed, so use source values such as `${{@wrp.qos}}`"),
+                    );
+                    None
+                }
+                Ok(tpl) => Some(Qos::PerEvent(tpl)),
+                Err(e) => {
+                    err(at.field("qos"), e);
+                    None
+                }
+            },
+            QosSetting::Text(t) => match t.trim().parse::<i64>() {
+                Ok(n) => level(n, err),
+                Err(_) => match QosClass::parse(t) {
+                    Some(c) => Some(Qos::Fixed(c)),
+                    None => {
+                        err(
+                            at.field("qos"),
+                            format!("unknown QoS `{t}`; use `low`, `medium`, `high`, a level 0–99, or a template such as `${{@wrp.qos}}`"),
+                        );
+                        None
+                    }
+                },
+            },
+        }
     }
 }

@@ -3,18 +3,21 @@
 //! a rejection out); [`Pipeline`] puts it in front of a [`Sink`].
 
 mod config;
+mod route;
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::Value;
 
 pub use config::{PipelineConfig, PipelineDlqConfig, PipelineSpec};
+pub use route::{glob_matches, Qos, QosSetting, RouteConfig, Routes, Shard};
 
 use crate::config::{At, ConfigErrors};
 use crate::encode::{encoder_for, Encoder, Format, KeyFormat, RawEncoder};
 pub use crate::event::Rejection;
-use crate::event::{ErrorType, Event};
+use crate::event::{Ack, ErrorType, Event, Fate, QosClass};
 use crate::kafka::{valid_topic_name, TopicAllow};
 use crate::registry::SchemaCache;
 use crate::sink::{OutRecord, Sink};
@@ -69,6 +72,12 @@ pub struct Processor {
     validation: Option<Validation>,
     /// The registry's schemas, for `validate: {avro: …}` (and `format: avro`).
     schemas: Option<Arc<SchemaCache>>,
+    /// The route list (`topics:`), instead of `topic`.
+    routes: Option<Routes>,
+    /// Each route's round-robin turn.
+    turns: Vec<AtomicUsize>,
+    /// Its QoS (`qos:`).
+    qos: Option<Qos>,
 }
 
 /// An input as far as the encoder needs it parsed.
@@ -124,7 +133,18 @@ impl Processor {
         let encoder = encoder_for(spec.format, &spec.avro, schemas.clone())
             .ok_or_else(|| BuildError::NoRegistry(spec.name.to_string()))?;
         Ok(Processor {
-            fixed_topic: spec.topic.fixed().map(Arc::from),
+            fixed_topic: match spec.routes {
+                Some(_) => None,
+                None => spec.topic.fixed().map(Arc::from),
+            },
+            turns: spec
+                .routes
+                .iter()
+                .flat_map(|r| &r.routes)
+                .map(|_| AtomicUsize::new(0))
+                .collect(),
+            routes: spec.routes,
+            qos: spec.qos,
             checks_topic: spec.sink.is_none(),
             name: spec.name,
             transforms: spec.transforms,
@@ -324,10 +344,33 @@ impl Processor {
         }
     }
 
-    /// The record's topic: the fixed one, or the template rendered and checked.
+    /// The QoS class of an event with these source values (`None` without `qos:`).
+    pub fn qos_class(&self, meta: &Meta) -> Option<QosClass> {
+        self.qos.as_ref().map(|q| q.class(meta))
+    }
+
+    /// The record's topic: the fixed one, the route list's choice, or the template rendered
+    /// and checked.
     fn route(&self, doc: Doc<'_>, meta: &Meta) -> Result<Arc<str>, Rejection> {
         if let Some(t) = &self.fixed_topic {
             return Ok(t.clone());
+        }
+        if let Some(routes) = &self.routes {
+            let t = routes.pick(doc, meta, &self.turns).map_err(|e| match e {
+                route::NoRoute::Unrendered(m) | route::NoRoute::NoShardKey(m) => {
+                    self.reject(ErrorType::MissingField, m, None)
+                }
+                route::NoRoute::NoMatch(m) => self.reject(ErrorType::TopicNotAllowed, m, None),
+            })?;
+            if !self.topics_allowed.allows(&t) {
+                // Only the DLQ topic, reserved once the sink is known, gets here.
+                return Err(self.reject(
+                    ErrorType::TopicNotAllowed,
+                    format!("a route of `topics` gave `{t}`, which is reserved (the DLQ topic) or not in `topics_allowed`"),
+                    None,
+                ));
+            }
+            return Ok(t);
         }
         let t = self.topic.render(doc, meta).map_err(|m| {
             self.reject(
@@ -444,6 +487,9 @@ impl Pipeline {
             format: Format::Raw,
             validation: None,
             schemas: None,
+            routes: None,
+            turns: Vec::new(),
+            qos: None,
         };
         processor.topics_allowed.reserve(sink.dlq_topic());
         Pipeline { processor, sink }
@@ -493,7 +539,26 @@ impl Pipeline {
     ///
     /// The processor reads [`Event::decoded`] when the source decoded the input (Avro read from
     /// Kafka), else `raw`; the DLQ keeps `raw` either way.
-    pub async fn handle_within(&self, ev: Event, limit: Option<&TopicLimit<'_>>) {
+    ///
+    /// With `qos:`, the event gets its class; a `high` one is answered only once Kafka
+    /// acknowledged it (or it was dead-lettered), and this returns only then, so a source that
+    /// awaits `handle` before reading on takes its next input only after that answer.
+    pub async fn handle_within(&self, mut ev: Event, limit: Option<&TopicLimit<'_>>) {
+        ev.qos = self.processor.qos_class(&ev.meta);
+        if ev.qos != Some(QosClass::High) {
+            return self.process_and_send(ev, limit).await;
+        }
+        let (ack, fate) = Ack::channel();
+        let mut theirs = std::mem::replace(&mut ev.ack, ack);
+        self.process_and_send(ev, limit).await;
+        let fate = fate.await.unwrap_or_else(|_| Fate::Failed {
+            message: "the sink dropped a high-QoS event without an answer".into(),
+        });
+        theirs.resolve(fate);
+    }
+
+    /// Processes an event and hands the record to the sink, or the rejection to the DLQ.
+    async fn process_and_send(&self, ev: Event, limit: Option<&TopicLimit<'_>>) {
         let input = ev.decoded.as_ref().unwrap_or(&ev.raw);
         let mut result = self.processor.process_within(input, &ev.meta, limit);
         if let Err(r) = &result {
@@ -1048,6 +1113,379 @@ mod tests {
                 .process(&Bytes::from_static(b"x"), &meta)
                 .unwrap();
             assert_eq!(&*r.topic, "logs");
+        }
+    }
+
+    /// `topics:` route lists and `qos:` classes.
+    mod routes_and_qos {
+        use super::*;
+        use crate::event::{Fate, Origin};
+        use crate::sink::Totals;
+        use futures_util::future::BoxFuture;
+        use futures_util::FutureExt;
+        use std::sync::Mutex;
+
+        const DEV: &str =
+            "name: d\nsource: {device_websocket: {listen: '127.0.0.1:1'}}\nformat: raw\n";
+
+        fn wrp(event_type: &str, device: &str) -> Meta {
+            Meta::empty()
+                .with("wrp.event_type", event_type)
+                .with("device_id", device)
+        }
+
+        fn topic_of(p: &Processor, meta: &Meta) -> String {
+            p.process(&Bytes::from_static(b"x"), meta)
+                .unwrap()
+                .topic
+                .to_string()
+        }
+
+        #[test]
+        fn the_first_matching_route_wins() {
+            let p = processor(&format!(
+                "{DEV}topics:\n  - {{match: online, topic: dev.online}}\n  - {{match: 'device-status-*', topic: dev.status}}\n  - {{match: 'device-*', topic: dev.other-device}}\n  - {{match: '*', topic: dev.rest}}\n"
+            ));
+            for (ty, want) in [
+                ("online", "dev.online"),
+                ("device-status-offline", "dev.status"),
+                ("device-status-", "dev.status"),
+                ("device-reboot", "dev.other-device"),
+                ("online2", "dev.rest"),
+                ("", "dev.rest"),
+            ] {
+                assert_eq!(topic_of(&p, &wrp(ty, "d1")), want, "{ty}");
+            }
+            // No event type at all: the default match value is empty, so `*` takes it.
+            assert_eq!(topic_of(&p, &Meta::empty()), "dev.rest");
+            assert_eq!(
+                p.topic_template(),
+                "dev.online,dev.status,dev.other-device,dev.rest"
+            );
+        }
+
+        #[test]
+        fn no_route_is_a_rejection_with_the_value() {
+            let p = processor(&format!("{DEV}topics: [{{match: 'a*', topic: a}}]\n"));
+            let e = p
+                .process(&Bytes::from_static(b"x"), &wrp("b", "d1"))
+                .unwrap_err();
+            assert_eq!(e.error_type, ErrorType::TopicNotAllowed);
+            assert!(
+                e.message.contains("`b`") && e.message.contains("catch-all"),
+                "{}",
+                e.message
+            );
+            assert_eq!(e.source_topic, "a");
+        }
+
+        #[test]
+        fn topics_match_reads_any_template() {
+            let p = processor(
+                "name: j\nsource: {http: {}}\ntopics_match: '${kind}'\ntopics: [{match: 'order*', topic: orders}, {match: '*', topic: misc}]\n",
+            );
+            let go = |raw: &'static str| {
+                p.process(&Bytes::from_static(raw.as_bytes()), &Meta::empty())
+                    .map(|r| r.topic.to_string())
+            };
+            assert_eq!(go(r#"{"kind":"order.new"}"#).unwrap(), "orders");
+            assert_eq!(go(r#"{"kind":"ping"}"#).unwrap(), "misc");
+            let e = go(r#"{"other":1}"#).unwrap_err();
+            assert_eq!(e.error_type, ErrorType::MissingField);
+            assert!(e.message.contains("topics_match"), "{}", e.message);
+        }
+
+        #[test]
+        fn shards_are_stable_per_device_and_rotate_round_robin() {
+            let yaml = format!(
+                "{DEV}topics:\n  - {{match: 'dev*', topics: [s.a, s.b, s.c], shard: device_id}}\n  - {{match: 'meta', topics: [m.a, m.b], shard: 'metadata:/hw-model'}}\n  - {{match: '*', topics: [r.a, r.b, r.c]}}\n"
+            );
+            let (p1, p2) = (processor(&yaml), processor(&yaml));
+            let mut used = std::collections::BTreeSet::new();
+            for i in 0..60 {
+                let d = format!("mac:{i:012}");
+                let first = topic_of(&p1, &wrp("device-status", &d));
+                // The same device, any event type the route takes, any processor: one topic.
+                for ty in ["dev", "device-status", "devX"] {
+                    assert_eq!(topic_of(&p1, &wrp(ty, &d)), first, "{d}");
+                    assert_eq!(topic_of(&p2, &wrp(ty, &d)), first, "{d}");
+                }
+                used.insert(first);
+            }
+            assert_eq!(
+                used.len(),
+                3,
+                "60 devices spread over all three topics: {used:?}"
+            );
+            // Without `@device_id`, the WRP source is the device's id.
+            let by_source = Meta::empty()
+                .with("wrp.event_type", "dev")
+                .with("wrp.source", "mac:000000000007");
+            assert_eq!(
+                topic_of(&p1, &by_source),
+                topic_of(&p1, &wrp("dev", "mac:000000000007"))
+            );
+            let e = p1
+                .process(
+                    &Bytes::from_static(b"x"),
+                    &Meta::empty().with("wrp.event_type", "dev"),
+                )
+                .unwrap_err();
+            assert_eq!(e.error_type, ErrorType::MissingField);
+            assert!(e.message.contains("device_id"), "{}", e.message);
+            // Metadata sharding hashes the field's value.
+            let meta = |m: &str| {
+                Meta::empty()
+                    .with("wrp.event_type", "meta")
+                    .with("wrp.metadata./hw-model", m)
+            };
+            for m in ["tg3482", "xb7", "cgm4331"] {
+                assert_eq!(topic_of(&p1, &meta(m)), topic_of(&p2, &meta(m)), "{m}");
+            }
+            let e = p1
+                .process(
+                    &Bytes::from_static(b"x"),
+                    &Meta::empty().with("wrp.event_type", "meta"),
+                )
+                .unwrap_err();
+            assert!(e.message.contains("/hw-model"), "{}", e.message);
+            // Round robin (the default) takes each topic in turn.
+            let turns: Vec<String> = (0..6).map(|_| topic_of(&p1, &wrp("other", "d"))).collect();
+            assert_eq!(turns, ["r.a", "r.b", "r.c", "r.a", "r.b", "r.c"]);
+        }
+
+        #[test]
+        fn route_and_qos_config_errors() {
+            let err = |rest: &str, path: &str, words: &str| {
+                let e = config_errors(&format!("{DEV}{rest}"));
+                assert!(
+                    e.iter()
+                        .any(|e| e.path == path && e.message.contains(words)),
+                    "{rest}: {e:?}"
+                );
+            };
+            err(
+                "topic: t\ntopics: [{match: '*', topic: a}]\n",
+                "p.topic",
+                "`topics:` both",
+            );
+            err("", "p.topic", "route list `topics:`");
+            err("topics: []\n", "p.topics", "empty");
+            err(
+                "topics: [{match: '*', topic: a, topics: [b]}]\n",
+                "p.topics[0].topic",
+                "not both",
+            );
+            err("topics: [{match: '*'}]\n", "p.topics[0]", "names no topic");
+            err(
+                "topics: [{match: '*', topic: a, shard: device_id}]\n",
+                "p.topics[0].shard",
+                "one `topic`",
+            );
+            err(
+                "topics: [{match: '*', topics: [a, b], shard: hash}]\n",
+                "p.topics[0].shard",
+                "metadata:<key>",
+            );
+            err(
+                "topics: [{match: '*', topics: []}]\n",
+                "p.topics[0].topics",
+                "empty",
+            );
+            err(
+                "topics: [{match: '*', topic: 'a.${x}'}]\n",
+                "p.topics[0].topic",
+                "not templates",
+            );
+            err(
+                "topics: [{match: '*', topics: [a, 'b c']}]\n",
+                "p.topics[0].topics[1]",
+                "not a valid topic name",
+            );
+            err(
+                "topics: [{match: '', topic: a}]\n",
+                "p.topics[0].match",
+                "empty",
+            );
+            err(
+                "topics: [{match: '*', topic: a}, {match: on, topic: b}]\n",
+                "p.topics[1]",
+                "catch-all",
+            );
+            err(
+                "topics: [{match: on, topic: a}, {match: '*', topic: b}]\ntopics_allowed: [a]\n",
+                "p.topics_allowed",
+                "`b`",
+            );
+            err(
+                "topics: [{match: '*', topic: a}]\ntopics_match: '${kind}'\n",
+                "p.topics_match",
+                "format: json",
+            );
+            err(
+                "topic: t\ntopics_match: '${@x}'\n",
+                "p.topics_match",
+                "no `topics:`",
+            );
+            err(
+                "topics: [{match: '*', topic: a}]\ndlq: {topic: a}\n",
+                "p.dlq.topic",
+                "own output topic",
+            );
+            err("topic: t\nqos: 100\n", "p.qos", "0–99");
+            err("topic: t\nqos: '-1'\n", "p.qos", "0–99");
+            err("topic: t\nqos: urgent\n", "p.qos", "unknown QoS `urgent`");
+            err("topic: t\nqos: '${level}'\n", "p.qos", "source values");
+            err(
+                "topic: t\nqos: low\nexactly_once: true\n",
+                "p.qos",
+                "exactly_once",
+            );
+            let sink = "name: s\nsource: {kafka: {topics: [in], group: g}}\nsink: {stdout: {}}\ntopics: [{match: '*', topic: a}]\nqos: high\n";
+            let e = config_errors(sink);
+            assert!(
+                e.iter()
+                    .any(|e| e.path == "p.qos" && e.message.contains("sink:")),
+                "{e:?}"
+            );
+            assert!(
+                e.iter()
+                    .any(|e| e.path == "p.topics" && e.message.contains("sink:")),
+                "{e:?}"
+            );
+            for ok in [
+                "topics: [{match: on, topic: a}, {match: '*', topics: [b, c], shard: device_id}]\ntopics_allowed: ['a', 'b*', c]\n",
+                "topic: t\nqos: high\n",
+                "topic: t\nqos: 0\n",
+                "topic: t\nqos: '80'\n",
+                "topic: t\nqos: '${@wrp.qos:-50}'\n",
+            ] {
+                let e = config_errors(&format!("{DEV}{ok}"));
+                assert!(e.is_empty(), "{ok}: {e:?}");
+            }
+        }
+
+        /// `qos` and `topics_match` are templates in a config file, not environment references.
+        #[test]
+        fn a_config_file_keeps_their_templates() {
+            let text = "pipelines:\n  - name: d\n    source: {device_websocket: {listen: '127.0.0.1:8090', device_id: {query: id}, wrp: true}}\n    format: raw\n    qos: '${@wrp.qos:-50}'\n    topics_match: '${@wrp.msg_type_name}'\n    topics: [{match: '*', topic: d}]\n";
+            if let Err(e) = crate::gateway::Config::from_yaml_str(text, "k.yaml", &|_| None) {
+                panic!("{e}");
+            }
+        }
+
+        #[test]
+        fn qos_names_levels_and_templates_give_classes() {
+            let class = |q: &str, meta: &Meta| {
+                processor(&format!("{DEV}topic: t\nqos: {q}\n")).qos_class(meta)
+            };
+            let none = Meta::empty();
+            assert_eq!(
+                processor(&format!("{DEV}topic: t\n")).qos_class(&none),
+                None
+            );
+            assert_eq!(class("low", &none), Some(QosClass::Low));
+            assert_eq!(class("medium", &none), Some(QosClass::Medium));
+            assert_eq!(class("high", &none), Some(QosClass::High));
+            for (level, want) in [
+                (0, QosClass::Low),
+                (24, QosClass::Low),
+                (25, QosClass::Medium),
+                (74, QosClass::Medium),
+                (75, QosClass::High),
+                (99, QosClass::High),
+            ] {
+                assert_eq!(class(&level.to_string(), &none), Some(want), "{level}");
+            }
+            let per_event = |v: &str| class("'${@wrp.qos:-50}'", &Meta::empty().with("wrp.qos", v));
+            assert_eq!(per_event("10"), Some(QosClass::Low));
+            assert_eq!(per_event("90"), Some(QosClass::High));
+            assert_eq!(class("'${@wrp.qos:-10}'", &none), Some(QosClass::Low));
+            assert_eq!(class("'${@wrp.qos}'", &none), Some(QosClass::Medium));
+        }
+
+        /// A sink that holds each event, unanswered, until the test answers it.
+        #[derive(Default)]
+        struct Holding {
+            held: Mutex<Vec<Event>>,
+            totals: Totals,
+        }
+
+        impl Sink for Holding {
+            fn send(&self, _: OutRecord, _: Option<i32>, ev: Event) -> BoxFuture<'_, ()> {
+                self.held.lock().unwrap().push(ev);
+                Box::pin(std::future::ready(()))
+            }
+            fn dead_letter(&self, ev: Event, _: Rejection) -> BoxFuture<'_, ()> {
+                self.held.lock().unwrap().push(ev);
+                Box::pin(std::future::ready(()))
+            }
+            fn drain(&self, _: std::time::Duration) -> BoxFuture<'_, i64> {
+                Box::pin(std::future::ready(0))
+            }
+            fn totals(&self) -> &Totals {
+                &self.totals
+            }
+            fn inflight(&self) -> i64 {
+                0
+            }
+            fn dlq_topic(&self) -> &str {
+                "held.dlq"
+            }
+        }
+
+        #[tokio::test]
+        async fn a_high_event_is_handled_only_once_kafka_answered() {
+            let sink = Arc::new(Holding::default());
+            let c: PipelineConfig<serde_json::Value> =
+                crate::config::from_yaml(&format!("{DEV}topic: t\nqos: '${{@wrp.qos:-50}}'\n"))
+                    .unwrap();
+            let p = Pipeline::new(&c, sink.clone()).unwrap();
+            let event = |level: &str| {
+                let (mut ev, rx) = Event::with_ack(
+                    Bytes::from_static(b"x"),
+                    Origin::now(p.name().clone(), Arc::from("test")),
+                );
+                ev.meta.insert("wrp.qos", level);
+                (ev, rx)
+            };
+            // Medium: handed over, handle returns; the answer comes later.
+            let (ev, mut medium) = event("50");
+            assert!(p.handle(ev).now_or_never().is_some());
+            assert!(medium.try_recv().is_err());
+            // High: handle does not return while the sink has not answered.
+            let (ev, mut high) = event("90");
+            let mut handle = Box::pin(p.handle(ev));
+            assert!(
+                (&mut handle).now_or_never().is_none(),
+                "waits for the answer"
+            );
+            assert!(high.try_recv().is_err());
+            let delivered = Fate::Delivered {
+                topic: "t".into(),
+                partition: 0,
+                offset: 7,
+            };
+            {
+                let mut held = sink.held.lock().unwrap();
+                assert_eq!(held.len(), 2);
+                assert_eq!(held[0].qos, Some(QosClass::Medium));
+                assert_eq!(held[1].qos, Some(QosClass::High));
+                held[1].ack.resolve(delivered.clone());
+            }
+            assert!(handle.now_or_never().is_some(), "answered: handle returns");
+            assert_eq!(
+                high.await.unwrap(),
+                delivered,
+                "the source's ack has the fate"
+            );
+            // A sink that drops the event unanswered: the source learns it failed.
+            let (ev, high) = event("high");
+            let mut handle = Box::pin(p.handle(ev));
+            assert!((&mut handle).now_or_never().is_none());
+            sink.held.lock().unwrap().pop();
+            assert!(handle.now_or_never().is_some());
+            assert!(matches!(high.await.unwrap(), Fate::Failed { .. }));
         }
     }
 }

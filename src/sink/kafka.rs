@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, Notify};
 use futures_util::future::BoxFuture;
 
 use super::{OutRecord, Sink, Totals, Transactions};
-use crate::event::{Ack, ErrorType, Event, Fate, Meta, Origin, Rejection};
+use crate::event::{Ack, ErrorType, Event, Fate, Meta, Origin, QosClass, Rejection};
 use crate::kafka::{KafkaConfig, OnFull};
 use crate::metrics::{Metrics, TopicMetrics};
 
@@ -600,7 +600,8 @@ impl KafkaSink {
 
     /// Hands a record to the producer, to `partition` when one is named. With `on_full: block`
     /// it waits for room (backpressure); with `drop_newest` it drops the record, counts it and
-    /// acks it as dropped; with an event's `max_wait` it answers Busy after that long. If the
+    /// acks it as dropped; with an event's `max_wait` it answers Busy after that long. An
+    /// event's QoS class overrides `on_full`: `low` drops, `medium`/`high` wait. If the
     /// caller stops waiting first, the record is taken back: not accepted, acked Busy. Kafka
     /// refusing it sends it to `dlq_topic`.
     async fn send_to(
@@ -617,10 +618,23 @@ impl KafkaSink {
             ack,
             max_wait,
             meta,
+            qos,
             ..
         } = ev;
         let give_up = max_wait.map(|w| Instant::now() + w);
         let topic_metrics = self.shared.metrics.topic(&rec.topic);
+        // A QoS class decides over `on_full`: `low` drops at once (whatever its `max_wait`),
+        // `medium` and `high` wait for room.
+        let drops_when_full = match qos {
+            Some(class) => class == QosClass::Low,
+            None => give_up.is_none() && self.on_full == OnFull::DropNewest,
+        };
+        let qos_dropped = qos.map(|class| {
+            let m = &self.shared.metrics;
+            let l = [&*origin.pipeline, class.as_str()];
+            m.qos_events.with_label_values(&l).inc();
+            m.qos_dropped.with_label_values(&l)
+        });
         // No header list at all when there are none: librdkafka allocates one otherwise.
         let headers = (!rec.headers.is_empty()).then(|| {
             rec.headers.iter().fold(
@@ -661,13 +675,16 @@ impl KafkaSink {
                     return;
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    if give_up.is_some_and(|t| Instant::now() >= t) {
+                    if !drops_when_full && give_up.is_some_and(|t| Instant::now() >= t) {
                         // The source would rather answer "busy" than wait: un-accept it.
                         back.delivery_opaque.slot.refuse();
                         return;
                     }
-                    if give_up.is_none() && self.on_full == OnFull::DropNewest {
+                    if drops_when_full {
                         topic_metrics.drops.inc();
+                        if let Some(c) = &qos_dropped {
+                            c.inc();
+                        }
                         self.shared.totals.dropped.fetch_add(1, Ordering::Relaxed);
                         back.delivery_opaque.slot.settle(Fate::Dropped);
                         return;
@@ -732,6 +749,13 @@ impl KafkaSink {
             .events_rejected
             .with_label_values(&[&ev.origin.pipeline, r.error_type.as_str()])
             .inc();
+        if let Some(class) = ev.qos {
+            self.shared
+                .metrics
+                .qos_events
+                .with_label_values(&[&ev.origin.pipeline, class.as_str()])
+                .inc();
+        }
         if r.error_type.is_encoding() {
             self.shared
                 .metrics
@@ -1046,6 +1070,63 @@ mod tests {
         assert_eq!(t.cancelled.load(Ordering::Relaxed), 2);
         assert_eq!(sink.shared.metrics.inflight.get(), 1);
         assert!(first.try_recv().is_err(), "the accepted one still waits");
+    }
+
+    /// Under a full buffer a `low` event is dropped at once and counted per class, even with
+    /// `on_full: block` and a `max_wait`; `medium` and `high` wait for room, even with
+    /// `on_full: drop_newest`.
+    #[tokio::test]
+    async fn qos_classes_decide_what_a_full_buffer_does() {
+        use futures_util::FutureExt;
+        let mut k = unreachable_kafka(1);
+        k.producer.on_full = OnFull::DropNewest;
+        let metrics = Metrics::new(&Default::default());
+        let sink = KafkaSink::new(&k, "dlq", metrics.clone()).unwrap();
+        let classed = |class: QosClass| {
+            let (mut ev, rx) = event();
+            ev.qos = Some(class);
+            (ev, rx)
+        };
+        let (ev, _first) = classed(QosClass::Medium);
+        sink.send(record(), None, ev).await;
+        assert_eq!(sink.inflight(), 1, "the first fills the buffer");
+        for max_wait in [None, Some(Duration::from_secs(3600))] {
+            let (mut ev, rx) = classed(QosClass::Low);
+            ev.max_wait = max_wait;
+            assert!(
+                sink.send(record(), None, ev).now_or_never().is_some(),
+                "low never waits"
+            );
+            assert_eq!(rx.await.unwrap(), Fate::Dropped);
+        }
+        for class in [QosClass::Medium, QosClass::High] {
+            let (ev, rx) = classed(class);
+            let mut send = sink.send(record(), None, ev);
+            assert!(
+                (&mut send).now_or_never().is_none(),
+                "{class} waits for room"
+            );
+            drop(send);
+            assert_eq!(rx.await.unwrap(), Fate::Busy, "{class}: taken back");
+        }
+        let count = |name: &str, class: &str| {
+            metrics
+                .render()
+                .lines()
+                .find(|l| {
+                    l.starts_with(name)
+                        && l.contains(&format!("class=\"{class}\""))
+                        && l.contains("pipeline=\"p\"")
+                })
+                .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        assert_eq!(count("kgate_qos_dropped_total", "low"), 2);
+        assert_eq!(count("kgate_qos_dropped_total", "medium"), 0);
+        assert_eq!(count("kgate_qos_events_total", "low"), 2);
+        assert_eq!(count("kgate_qos_events_total", "medium"), 2);
+        assert_eq!(count("kgate_qos_events_total", "high"), 1);
+        assert_eq!(sink.totals().dropped.load(Ordering::Relaxed), 2);
     }
 
     fn header(h: &OwnedHeaders, name: &str) -> Option<String> {
