@@ -141,10 +141,13 @@ impl Source for HttpPollSource {
                 changed: tokio::sync::Notify::new(),
             })
         });
+        // Each poller holds a sender: the file's last write waits for all of them to end.
+        let (done_tx, done_rx) = tokio::sync::mpsc::channel::<()>(1);
         if let Some(d) = dedupe.clone().filter(|d| d.file.is_some()) {
             tasks.spawn(write_dedupe_file(
                 d,
                 ctx.stop.clone(),
+                done_rx,
                 pipeline_name.clone(),
             ));
         }
@@ -167,6 +170,7 @@ impl Source for HttpPollSource {
                 target: t,
                 m,
                 stop: ctx.stop.clone(),
+                _running: done_tx.clone(),
             };
             tasks.spawn(tracing::Instrument::in_current_span(poller.run()));
         }
@@ -183,8 +187,14 @@ struct Dedupe {
     changed: tokio::sync::Notify,
 }
 
-/// Writes the dedupe file at most once a second while keys are added, and once at stop.
-async fn write_dedupe_file(d: Arc<Dedupe>, stop: CancellationToken, pipeline: Arc<str>) {
+/// Writes the dedupe file at most once a second while keys are added, and once more when the
+/// pollers have ended (`running` closed) after the stop, with the fates they settled last.
+async fn write_dedupe_file(
+    d: Arc<Dedupe>,
+    stop: CancellationToken,
+    mut running: tokio::sync::mpsc::Receiver<()>,
+    pipeline: Arc<str>,
+) {
     let Some(path) = d.file.clone() else { return };
     loop {
         let stopping = tokio::select! {
@@ -192,8 +202,8 @@ async fn write_dedupe_file(d: Arc<Dedupe>, stop: CancellationToken, pipeline: Ar
             _ = d.changed.notified() => false,
         };
         if stopping {
-            // The pollers settle their last events after the stop; give them the sink's drain.
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // The pollers settle their last events' fates while the sink drains.
+            while running.recv().await.is_some() {}
         }
         let keys = d.window.lock().expect("dedupe lock").snapshot();
         if let Some(keys) = keys {
@@ -235,6 +245,8 @@ struct Poller {
     target: Target,
     m: PollMetrics,
     stop: CancellationToken,
+    /// Dropped when the poller ends.
+    _running: tokio::sync::mpsc::Sender<()>,
 }
 
 /// A failed poll.
