@@ -627,6 +627,137 @@ pipelines:
         );
     }
 
+    use crate::sink::{OutRecord, Sink, Totals};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A sink that holds each event, its ack unanswered, until the test answers it.
+    #[derive(Debug, Default)]
+    struct HoldSink {
+        held: Mutex<Vec<Event>>,
+        totals: Totals,
+    }
+
+    impl Sink for HoldSink {
+        fn send(&self, _rec: OutRecord, _p: Option<i32>, ev: Event) -> BoxFuture<'_, ()> {
+            self.held.lock().unwrap().push(ev);
+            Box::pin(std::future::ready(()))
+        }
+        fn dead_letter(&self, ev: Event, _r: Rejection) -> BoxFuture<'_, ()> {
+            self.held.lock().unwrap().push(ev);
+            Box::pin(std::future::ready(()))
+        }
+        fn drain(&self, _t: Duration) -> BoxFuture<'_, i64> {
+            Box::pin(std::future::ready(0))
+        }
+        fn totals(&self) -> &Totals {
+            &self.totals
+        }
+        fn inflight(&self) -> i64 {
+            0
+        }
+        fn dlq_topic(&self) -> &str {
+            "hold.dlq"
+        }
+    }
+
+    impl HoldSink {
+        fn len(&self) -> usize {
+            self.held.lock().unwrap().len()
+        }
+        fn answer(&self, i: usize, fate: Fate) {
+            self.held.lock().unwrap()[i].ack.resolve(fate);
+        }
+    }
+
+    /// An API answering the same quote every time; counts its requests.
+    async fn same_quote() -> (String, Arc<AtomicU64>) {
+        let n = Arc::new(AtomicU64::new(0));
+        let counter = n.clone();
+        let app = axum::Router::new().route(
+            "/q",
+            axum::routing::get(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                async { axum::Json(serde_json::json!({"symbol": "A", "ts": 1})) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (format!("http://{addr}/q"), n)
+    }
+
+    async fn until(what: &str, f: impl Fn() -> bool) {
+        for _ in 0..1000 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    /// The next poll waits for the previous response's fates; a dropped event's key is not
+    /// remembered (the quote is sent again), a delivered one's is (later answers are skipped).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn polls_wait_for_fates_and_remember_only_persisted_keys() {
+        let (url, requests) = same_quote().await;
+        let c: HttpPollSourceConfig = serde_yaml::from_str(&format!(
+            "requests: [{{url: '{url}'}}]\ninterval: 20ms\ndedupe: {{key: '${{symbol}}|${{ts}}'}}"
+        ))
+        .unwrap();
+        let source = c.resolve(At("p"), &mut Vec::new()).unwrap();
+        let sink = Arc::new(HoldSink::default());
+        let pc: crate::pipeline::PipelineConfig<serde_json::Value> =
+            crate::config::from_yaml("name: p\nsource: {}\ntopic: t\n").unwrap();
+        let pipeline = Arc::new(Pipeline::new(&pc, sink.clone()).unwrap());
+        let metrics = crate::metrics::Metrics::new(&Default::default());
+        let stop = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        source.spawn(
+            SourceCtx {
+                pipeline,
+                metrics: metrics.clone(),
+                stop: stop.clone(),
+                http_routes: Default::default(),
+                kafka: Default::default(),
+                schemas: None,
+            },
+            &mut tasks,
+        );
+        until("the first event", || sink.len() == 1).await;
+        // 25 intervals with the fate unanswered: no second request.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(requests.load(Ordering::SeqCst), 1);
+        assert_eq!(sink.len(), 1);
+
+        sink.answer(0, Fate::Dropped);
+        until("the quote sent again", || sink.len() == 2).await;
+        assert_eq!(requests.load(Ordering::SeqCst), 2);
+        sink.answer(
+            1,
+            Fate::Delivered {
+                topic: "t".into(),
+                partition: 0,
+                offset: 0,
+            },
+        );
+        until("three more polls", || requests.load(Ordering::SeqCst) >= 5).await;
+        stop.cancel();
+        while tasks.join_next().await.is_some() {}
+        assert_eq!(sink.len(), 2, "a delivered quote is not sent again");
+        let text = metrics.render();
+        let dups = text
+            .lines()
+            .find(|l| l.starts_with("kgate_http_poll_duplicates_total{"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap();
+        let polls = requests.load(Ordering::SeqCst);
+        // Every answer after the delivered one was skipped (the last may have been cut by
+        // the stop before it was read).
+        assert!(dups + 2 == polls || dups + 3 == polls, "{dups} of {polls}");
+        assert!(dups >= 2);
+    }
+
     #[test]
     fn uuids_are_version_4_and_differ() {
         let a = uuid_v4();
