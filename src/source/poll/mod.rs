@@ -438,6 +438,16 @@ impl Poller {
                 ))
             }
         };
+        if let Some(ptr) = &self.shared.split {
+            if !value.pointer(ptr).is_some_and(serde_json::Value::is_array) {
+                return Err(fail(
+                    "no_split_array",
+                    format!("answered {status} without an array at split `{ptr}`"),
+                    Some((code, body)),
+                    None,
+                ));
+            }
+        }
         Ok(Fetched {
             status: code,
             headers,
@@ -469,33 +479,19 @@ impl Poller {
     async fn publish(&self, f: Fetched) {
         let response_id = uuid_v4();
         let meta = self.meta(f.status, &f.headers, &response_id);
-        let bodies: Vec<(Bytes, Option<&serde_json::Value>)> = match &self.shared.split {
-            None => vec![(f.body.clone(), Some(&f.value))],
-            Some(ptr) => match f.value.pointer(ptr).and_then(|v| v.as_array()) {
-                Some(items) => items
+        // `fetch` checked that `split` points at an array.
+        let bodies: Vec<(Bytes, &serde_json::Value)> =
+            match self.shared.split.as_ref().and_then(|p| f.value.pointer(p)) {
+                Some(serde_json::Value::Array(items)) => items
                     .iter()
-                    .map(|v| (Bytes::from(serde_json::to_vec(v).expect("JSON")), Some(v)))
+                    .map(|v| (Bytes::from(serde_json::to_vec(v).expect("JSON")), v))
                     .collect(),
-                None => {
-                    let fail = Failure {
-                        label: "no_split_array".into(),
-                        message: format!("the response has no array at split `{ptr}`"),
-                        response: Some((f.status, f.body.clone())),
-                        retry_after: None,
-                    };
-                    self.m.error(&fail.label);
-                    tracing::warn!(pipeline = %self.shared.pipeline.name(), url = %self.target.shown, "poll failed: {}", fail.message);
-                    if self.shared.raw_on_error {
-                        self.dead_letter(&fail).await;
-                    }
-                    return;
-                }
-            },
-        };
+                _ => vec![(f.body.clone(), &f.value)],
+            };
         let mut waiting = Vec::with_capacity(bodies.len());
         for (raw, value) in bodies {
-            let key = match (&self.shared.dedupe, value) {
-                (Some(d), Some(v)) => match d.key.render(Doc::Value(v), &meta) {
+            let key = match &self.shared.dedupe {
+                Some(d) => match d.key.render(Doc::Value(value), &meta) {
                     Ok(k) => {
                         if !d.window.lock().expect("dedupe lock").claim(&k) {
                             self.m.duplicates.inc();
@@ -509,7 +505,7 @@ impl Poller {
                         None
                     }
                 },
-                _ => None,
+                None => None,
             };
             let origin = Origin::now(
                 self.shared.pipeline.name().clone(),
@@ -634,6 +630,7 @@ pipelines:
     #[derive(Debug, Default)]
     struct HoldSink {
         held: Mutex<Vec<Event>>,
+        rejected: Mutex<Vec<Rejection>>,
         totals: Totals,
     }
 
@@ -642,7 +639,8 @@ pipelines:
             self.held.lock().unwrap().push(ev);
             Box::pin(std::future::ready(()))
         }
-        fn dead_letter(&self, ev: Event, _r: Rejection) -> BoxFuture<'_, ()> {
+        fn dead_letter(&self, ev: Event, r: Rejection) -> BoxFuture<'_, ()> {
+            self.rejected.lock().unwrap().push(r);
             self.held.lock().unwrap().push(ev);
             Box::pin(std::future::ready(()))
         }
@@ -671,13 +669,19 @@ pipelines:
 
     /// An API answering the same quote every time; counts its requests.
     async fn same_quote() -> (String, Arc<AtomicU64>) {
+        serve_json(serde_json::json!({"symbol": "A", "ts": 1})).await
+    }
+
+    /// An API answering `body` every time; counts its requests.
+    async fn serve_json(body: serde_json::Value) -> (String, Arc<AtomicU64>) {
         let n = Arc::new(AtomicU64::new(0));
         let counter = n.clone();
         let app = axum::Router::new().route(
             "/q",
             axum::routing::get(move || {
                 counter.fetch_add(1, Ordering::SeqCst);
-                async { axum::Json(serde_json::json!({"symbol": "A", "ts": 1})) }
+                let body = body.clone();
+                async move { axum::Json(body) }
             }),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -696,15 +700,15 @@ pipelines:
         panic!("timed out waiting for {what}");
     }
 
-    /// The next poll waits for the previous response's fates; a dropped event's key is not
-    /// remembered (the quote is sent again), a delivered one's is (later answers are skipped).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn polls_wait_for_fates_and_remember_only_persisted_keys() {
-        let (url, requests) = same_quote().await;
-        let c: HttpPollSourceConfig = serde_yaml::from_str(&format!(
-            "requests: [{{url: '{url}'}}]\ninterval: 20ms\ndedupe: {{key: '${{symbol}}|${{ts}}'}}"
-        ))
-        .unwrap();
+    /// Starts `c`'s source into a pipeline (topic `t`) feeding a [`HoldSink`].
+    fn start(
+        c: &HttpPollSourceConfig,
+    ) -> (
+        Arc<HoldSink>,
+        Arc<crate::metrics::Metrics>,
+        CancellationToken,
+        JoinSet<()>,
+    ) {
         let source = c.resolve(At("p"), &mut Vec::new()).unwrap();
         let sink = Arc::new(HoldSink::default());
         let pc: crate::pipeline::PipelineConfig<serde_json::Value> =
@@ -724,6 +728,70 @@ pipelines:
             },
             &mut tasks,
         );
+        (sink, metrics, stop, tasks)
+    }
+
+    /// A JSON answer without the `split` array is a failure: counted, backed off, and with
+    /// `raw_on_error` dead-lettered as `http_error` with its status and body.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_answer_without_the_split_array_is_a_failure() {
+        let (url, requests) = serve_json(serde_json::json!({"error": "quota"})).await;
+        let c: HttpPollSourceConfig = serde_yaml::from_str(&format!(
+            "requests: [{{url: '{url}'}}]\ninterval: 20ms\nsplit: /data\nraw_on_error: true"
+        ))
+        .unwrap();
+        let (sink, metrics, stop, mut tasks) = start(&c);
+        until("a dead letter", || sink.len() == 1).await;
+        // The poller waits for the DLQ record's fate too.
+        let dead = |offset| Fate::DeadLettered {
+            error_type: ErrorType::HttpError,
+            message: String::new(),
+            partition: 0,
+            offset,
+        };
+        sink.answer(0, dead(0));
+        until("another", || sink.len() == 2).await;
+        sink.answer(1, dead(1));
+        until("a third", || sink.len() == 3).await;
+        stop.cancel();
+        // A stopping poller still waits for the fate of what it handed over (the sink drains).
+        sink.answer(2, dead(2));
+        while tasks.join_next().await.is_some() {}
+        let held = sink.held.lock().unwrap();
+        assert_eq!(held[0].raw.as_ref(), br#"{"error":"quota"}"#);
+        assert_eq!(
+            held[0].headers,
+            [("http_status".to_string(), b"200".to_vec())]
+        );
+        let r = sink.rejected.lock().unwrap()[0].clone();
+        assert_eq!(r.error_type, ErrorType::HttpError);
+        assert_eq!(
+            r.message,
+            format!("GET {url}: answered 200 OK without an array at split `/data`")
+        );
+        let errors = metrics
+            .render()
+            .lines()
+            .find(|l| {
+                l.starts_with("kgate_http_poll_errors_total{")
+                    && l.contains("status=\"no_split_array\"")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap();
+        // Three answers, each counted; no fourth request while the third's letter is pending.
+        assert_eq!((errors, requests.load(Ordering::SeqCst)), (3, 3));
+    }
+
+    /// The next poll waits for the previous response's fates; a dropped event's key is not
+    /// remembered (the quote is sent again), a delivered one's is (later answers are skipped).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn polls_wait_for_fates_and_remember_only_persisted_keys() {
+        let (url, requests) = same_quote().await;
+        let c: HttpPollSourceConfig = serde_yaml::from_str(&format!(
+            "requests: [{{url: '{url}'}}]\ninterval: 20ms\ndedupe: {{key: '${{symbol}}|${{ts}}'}}"
+        ))
+        .unwrap();
+        let (sink, metrics, stop, mut tasks) = start(&c);
         until("the first event", || sink.len() == 1).await;
         // 25 intervals with the fate unanswered: no second request.
         tokio::time::sleep(Duration::from_millis(500)).await;
