@@ -253,11 +253,15 @@ pub enum ErrorType {
     ValidationFailed,
     /// A consumer sink (webhook, command, file) did not take the record after its retries.
     SinkFailed,
+    /// An `http_poll` request failed (a non-2xx answer, a body that is not JSON or has no
+    /// `split` array) and `raw_on_error` keeps its body: the message names the URL (redacted)
+    /// and the status.
+    HttpError,
 }
 
 impl ErrorType {
     /// Every kind, in declaration order (for `kgate dlq inspect --error-type` and help texts).
-    pub const ALL: [ErrorType; 13] = [
+    pub const ALL: [ErrorType; 14] = [
         ErrorType::InvalidJson,
         ErrorType::TransformFailed,
         ErrorType::MissingField,
@@ -271,6 +275,7 @@ impl ErrorType {
         ErrorType::InvalidWrp,
         ErrorType::ValidationFailed,
         ErrorType::SinkFailed,
+        ErrorType::HttpError,
     ];
 
     /// The DLQ header text and metric label.
@@ -289,6 +294,7 @@ impl ErrorType {
             ErrorType::InvalidWrp => "invalid_wrp",
             ErrorType::ValidationFailed => "validation_failed",
             ErrorType::SinkFailed => "sink_failed",
+            ErrorType::HttpError => "http_error",
         }
     }
 

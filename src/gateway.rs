@@ -295,6 +295,14 @@ pub fn pipeline_info(p: &PipelineConfig, dlq_topic: &str) -> crate::ui::overview
             info.kafka_topics = c.topics.clone();
             info.group = Some(c.group.clone());
         }
+        SourceConfig::HttpPoll(c) => {
+            info.source = "http_poll";
+            info.urls = c
+                .requests
+                .iter()
+                .map(|r| crate::source::poll::redact_secrets(&r.url))
+                .collect();
+        }
     }
     info
 }

@@ -51,8 +51,21 @@ fn is_template_field(path: &[Seg]) -> bool {
         {
             t == "transforms" && s == "set" && v == "value"
         }
+        // `http_poll`'s dedupe key is a template over the response.
+        [Seg::Key(p), Seg::Index(_), Seg::Key(s), Seg::Key(k), Seg::Key(d), Seg::Key(f)]
+            if p == "pipelines" =>
+        {
+            s == "source" && k == "http_poll" && d == "dedupe" && f == "key"
+        }
         _ => false,
     }
+}
+
+/// `http_poll`'s request URLs keep `${item}` (one request per `for_each` item); their other
+/// references are the environment's.
+fn keeps_item(path: &[Seg]) -> bool {
+    matches!(path, [Seg::Key(p), Seg::Index(_), Seg::Key(s), Seg::Key(k), Seg::Key(r), Seg::Index(_), Seg::Key(u)]
+        if p == "pipelines" && s == "source" && k == "http_poll" && r == "requests" && u == "url")
 }
 
 /// Keys whose values stay strings after `${VAR}` expansion, whatever they look like: an
@@ -73,7 +86,12 @@ fn walk(
             if is_template_field(path) || !s.contains('$') {
                 return;
             }
-            match expand(s, env) {
+            let keep_item = keeps_item(path);
+            let env_or_item = |name: &str| match name {
+                "item" if keep_item => Some("${item}".to_string()),
+                _ => env(name),
+            };
+            match expand(s, &env_or_item) {
                 Ok((out, whole)) => {
                     // A value that is one reference alone (`${PORT}`) takes the type the
                     // expansion has in YAML, so numbers and booleans work from the environment.

@@ -149,6 +149,7 @@ pub struct Metrics {
     pub consumer: ConsumerFamilies,
     topics: Mutex<HashMap<String, Arc<TopicMetrics>>>,
     last_metadata_ok: AtomicU64,
+    families: Mutex<HashMap<std::any::TypeId, Arc<dyn std::any::Any + Send + Sync>>>,
 }
 
 /// The consuming side's families: what consumer groups read, commit and lag, the batches
@@ -807,6 +808,7 @@ impl Metrics {
             http_records_per_request: http.records_per_request,
             topics: Mutex::new(HashMap::new()),
             last_metadata_ok: AtomicU64::new(0),
+            families: Mutex::new(HashMap::new()),
             registry: r,
         })
     }
@@ -906,6 +908,21 @@ impl Metrics {
             connection_errors: m.connection_errors.with_label_values(&p),
             inflight: m.inflight.with_label_values(&p),
         }
+    }
+
+    /// A source kind's own families (type `T`), registered by `register` on first use and
+    /// shared afterwards: kinds keep their series beside their code, this module knows no types.
+    pub fn families<T: Send + Sync + 'static>(
+        &self,
+        register: impl FnOnce(&Registry) -> T,
+    ) -> Arc<T> {
+        let mut map = self.families.lock().expect("metrics lock");
+        let any = map
+            .entry(std::any::TypeId::of::<T>())
+            .or_insert_with(|| Arc::new(register(&self.registry)))
+            .clone();
+        any.downcast::<T>()
+            .expect("families are keyed by their type")
     }
 
     /// Records a successful broker metadata fetch (for `/readyz`).

@@ -7,6 +7,7 @@ pub mod device;
 pub mod http;
 pub mod kafka;
 pub mod mqtt;
+pub mod poll;
 pub mod websocket;
 
 use std::sync::Arc;
@@ -35,6 +36,8 @@ pub enum SourceConfig {
     Mqtt(mqtt::MqttSourceConfig),
     /// Kafka consumer group, at-least-once: offsets are committed after Kafka holds the result.
     Kafka(kafka::KafkaSourceConfig),
+    /// Polls HTTP APIs: one task per request (and `for_each` item); each response is an event.
+    HttpPoll(poll::HttpPollSourceConfig),
 }
 
 impl SourceConfig {
@@ -46,6 +49,7 @@ impl SourceConfig {
             SourceConfig::Http(c) => c,
             SourceConfig::Mqtt(c) => c,
             SourceConfig::Kafka(c) => c,
+            SourceConfig::HttpPoll(c) => c,
         }
     }
 
