@@ -47,6 +47,9 @@ pub const MAGIC: &[u8; 8] = b"KGSPOOL\0";
 pub const VERSION: u32 = 1;
 /// Bytes of a segment's header: magic, version, first sequence number.
 pub const HEADER_LEN: u64 = 20;
+/// How many bytes [`Spool::read`] reads at once (a record larger than this is read whole).
+const READ_CHUNK: u64 = 64 * 1024;
+
 /// Bytes before each record's payload: length, crc, sequence number, time.
 pub const FRAME_LEN: u64 = 24;
 /// The largest payload a record may have (a longer length read back is damage).
@@ -1143,28 +1146,64 @@ impl Spool {
                 break;
             }
             let path = self.dir.join(segment_name(seg.first));
-            let mut f = File::open(&path).map_err(SpoolError::io(&path, "open a segment"))?;
-            f.seek(SeekFrom::Start(offset))
-                .map_err(SpoolError::io(&path, "read a segment"))?;
-            let mut r = io::BufReader::with_capacity(256 * 1024, f);
-            let mut head = [0u8; FRAME_LEN as usize];
+            let f = File::open(&path).map_err(SpoolError::io(&path, "open a segment"))?;
+            // Whole frames from one read of up to READ_CHUNK bytes (more when one record is
+            // larger), parsed in place: no zeroed buffer per call or per record.
+            let mut buf: Vec<u8> = Vec::new();
             while out.len() < max && offset < seg.written {
-                r.read_exact(&mut head)
+                let left = seg.written - offset;
+                let want = match (buf.len() as u64) < FRAME_LEN {
+                    true => left.min(READ_CHUNK),
+                    // A record larger than the chunk: read it whole.
+                    false => left.min(
+                        FRAME_LEN + u64::from(u32::from_le_bytes(buf[..4].try_into().expect("4"))),
+                    ),
+                };
+                let whole_record = !buf.is_empty();
+                buf.clear();
+                buf.reserve(want as usize);
+                let mut file = &f;
+                file.seek(SeekFrom::Start(offset))
                     .map_err(SpoolError::io(&path, "read a segment"))?;
-                let len = u32::from_le_bytes(head[..4].try_into().expect("4")) as u64;
-                let seq = u64::from_le_bytes(head[8..16].try_into().expect("8"));
-                let time = u64::from_le_bytes(head[16..24].try_into().expect("8"));
-                let mut payload = vec![0u8; len as usize];
-                r.read_exact(&mut payload)
+                file.take(want)
+                    .read_to_end(&mut buf)
                     .map_err(SpoolError::io(&path, "read a segment"))?;
-                offset += FRAME_LEN + len;
-                if seq >= cursor.next_seq && seq >= self.watermark {
-                    out.push(Record {
-                        seq,
-                        time_ms: time,
-                        payload,
-                    });
-                    cursor.next_seq = seq + 1;
+                if (buf.len() as u64) < want {
+                    return Err(SpoolError::io(&path, "read a segment")(io::Error::from(
+                        io::ErrorKind::UnexpectedEof,
+                    )));
+                }
+                let mut pos = 0usize;
+                while out.len() < max && pos + FRAME_LEN as usize <= buf.len() {
+                    let head = &buf[pos..pos + FRAME_LEN as usize];
+                    let len = u32::from_le_bytes(head[..4].try_into().expect("4")) as usize;
+                    let end = pos + FRAME_LEN as usize + len;
+                    if end > buf.len() {
+                        break;
+                    }
+                    let seq = u64::from_le_bytes(head[8..16].try_into().expect("8"));
+                    let time = u64::from_le_bytes(head[16..24].try_into().expect("8"));
+                    if seq >= cursor.next_seq && seq >= self.watermark {
+                        out.push(Record {
+                            seq,
+                            time_ms: time,
+                            payload: buf[pos + FRAME_LEN as usize..end].to_vec(),
+                        });
+                        cursor.next_seq = seq + 1;
+                    }
+                    pos = end;
+                }
+                offset += pos as u64;
+                if pos == 0 {
+                    if whole_record || buf.len() < FRAME_LEN as usize {
+                        // Written bytes are whole records; nothing more to read here.
+                        break;
+                    }
+                    // Not even one whole frame in the chunk: keep its head, so that the next
+                    // read takes the whole record.
+                    buf.truncate(FRAME_LEN as usize);
+                } else {
+                    buf.clear();
                 }
             }
             cursor.at = Some((seg.first, offset));

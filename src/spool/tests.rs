@@ -84,6 +84,48 @@ fn records_come_back_in_order_until_acked() {
 }
 
 #[test]
+fn records_larger_and_smaller_than_a_read_chunk_come_back_whole() {
+    // Reads go by chunks of READ_CHUNK bytes: records straddle chunks, and some are larger
+    // than a chunk (read whole), with small ones between them.
+    let d = tempfile::tempdir().unwrap();
+    let (mut s, _) = Spool::open(d.path(), opts(8 << 20, 1 << 30, OnFull::Block)).unwrap();
+    let chunk = READ_CHUNK as usize;
+    let sizes = [
+        10,
+        chunk - FRAME_LEN as usize,
+        chunk,
+        3,
+        3 * chunk + 7,
+        chunk / 2,
+        chunk / 2,
+        chunk / 2,
+        0,
+        1,
+    ];
+    let body = |i: usize, n: usize| (0..n).map(|k| (i * 31 + k) as u8).collect::<Vec<u8>>();
+    for (i, &n) in sizes.iter().enumerate() {
+        s.append(&body(i, n)).unwrap();
+    }
+    s.flush().unwrap();
+    for max in [1, 2, 3, 64] {
+        let mut c = s.unacked_cursor();
+        let mut got = Vec::new();
+        loop {
+            let batch = s.read(&mut c, max).unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            assert!(batch.len() <= max);
+            got.extend(batch);
+        }
+        assert_eq!(seqs(&got), (0..sizes.len() as u64).collect::<Vec<_>>(), "max {max}");
+        for (i, r) in got.iter().enumerate() {
+            assert_eq!(r.payload, body(i, sizes[i]), "record {i}, max {max}");
+        }
+    }
+}
+
+#[test]
 fn a_second_open_of_the_same_dir_is_refused() {
     let d = tempfile::tempdir().unwrap();
     let (_s, _) = Spool::open(d.path(), big()).unwrap();
