@@ -45,14 +45,14 @@ struct Broker {
 
 impl Broker {
     fn start() -> Broker {
-        Broker::start_on(free_port(), None)
+        Broker::start_on(free_port_below_ephemeral(), None)
     }
 
     /// A broker on `kport` whose clients are told to reach it at `advertised` (a proxy).
     fn start_on(kport: u16, advertised: Option<u16>) -> Broker {
-        let mut cport = free_port();
+        let mut cport = free_port_below_ephemeral();
         while cport == kport {
-            cport = free_port();
+            cport = free_port_below_ephemeral();
         }
         let state = tempfile::tempdir().unwrap();
         let mut envs: Vec<(String, String)> = vec![
@@ -93,6 +93,42 @@ impl Broker {
 
     fn down(&self) {
         self.services(&["down", "kafka"]);
+    }
+
+    /// Kills the broker with SIGKILL (a crash or a power loss: no clean shutdown, no producer
+    /// state snapshot) and waits until it is gone.
+    fn kill(&self) {
+        let env = |k: &str| {
+            self.envs
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+                .unwrap()
+        };
+        let pidfile = std::path::Path::new(&env("KGATE_STATE_DIR"))
+            .join(format!("kafka-{}", env("KAFKA_PORT")))
+            .join("kafka.pid");
+        let pid = std::fs::read_to_string(&pidfile)
+            .unwrap_or_else(|e| panic!("{}: {e}", pidfile.display()))
+            .trim()
+            .to_string();
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid])
+            .status();
+        wait_until(
+            Duration::from_secs(30),
+            // Gone, or a zombie (where nothing reaps orphans).
+            || {
+                std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |st| {
+                    st.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+            },
+            "the killed broker to be gone",
+        );
     }
 }
 
@@ -198,9 +234,34 @@ fn scrape(metrics: &str, name: &str) -> f64 {
 
 fn config(brokers: &str, metrics_port: u16, extra: &str, pipelines: &str) -> String {
     format!(
-        "kafka:\n  brokers: ['{brokers}']\nmetrics: {{listen: '127.0.0.1:{metrics_port}'}}\ndlq: {{topic: '{}'}}\nshutdown_timeout: 30s\n{extra}pipelines:\n{pipelines}",
+        "kafka:\n  brokers: ['{brokers}']\n{}metrics: {{listen: '127.0.0.1:{metrics_port}'}}\ndlq: {{topic: '{}'}}\nshutdown_timeout: 30s\n{extra}pipelines:\n{pipelines}",
+        producer_debug(),
         unique("faults.dlq")
     )
+}
+
+/// `KGATE_FAULTS_KAFKA_DEBUG=broker,msg,eos` sets librdkafka's `debug` on every scenario's
+/// producer (to find why a scenario stalls; its log is kept with `KGATE_FAULTS_LOG_DIR`). Not
+/// with `http_flood_at_five_times_capacity`, whose own `producer:` line it would repeat.
+fn producer_debug() -> String {
+    match std::env::var("KGATE_FAULTS_KAFKA_DEBUG") {
+        Ok(d) if !d.is_empty() => format!("  producer: {{options: {{debug: '{d}'}}}}\n"),
+        _ => String::new(),
+    }
+}
+
+/// With `KGATE_FAULTS_LOG_DIR`, copies the log of a process whose scenario stalled there and
+/// says where; the path goes into the failure message.
+fn keep_log(p: &Proc, what: &str) -> String {
+    let Ok(dir) = std::env::var("KGATE_FAULTS_LOG_DIR") else {
+        return String::new();
+    };
+    let _ = std::fs::create_dir_all(&dir);
+    let to = std::path::Path::new(&dir).join(format!("{what}-{}.log", p.child.id()));
+    match std::fs::copy(&p.log, &to) {
+        Ok(_) => format!("; {what}'s whole log is kept in {}", to.display()),
+        Err(e) => format!("; {what}'s log could not be kept in {}: {e}", to.display()),
+    }
 }
 
 // ------------------------------------------------------------------------------ load: WebSocket
@@ -264,8 +325,10 @@ impl WsLoad {
                 let tail: Vec<&str> = log.lines().rev().take(10).collect();
                 eprintln!("kgate's log (first lines):\n{}", head.join("\n"));
                 panic!(
-                    "{} of {n} messages read from the feed after {timeout:?}; kgate's log (last lines):\n{}",
+                    "{} of {n} messages read from the feed after {timeout:?}{}{}; kgate's log (last lines):\n{}",
                     self.received(),
+                    keep_log(&self.gw, "kgate"),
+                    keep_log(&self.synth, "synth"),
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 );
             }
@@ -383,11 +446,12 @@ impl HttpLoad {
             if Instant::now() > deadline {
                 let statuses = self.statuses.lock().unwrap().clone();
                 let last = self.last_refusal.lock().unwrap().clone();
+                let kept = keep_log(gw, "kgate");
                 panic!(
-                    "timed out after {timeout:?} waiting for {n} records answered with offsets: {} answered, {} sent, answers by status {statuses:?}, the last refusal: {last}; kgate's log:\n{}",
+                    "timed out after {timeout:?} waiting for {n} records answered with offsets: {} answered, {} sent, answers by status {statuses:?}, the last refusal: {last}{kept}; kgate's log:\n{}",
                     self.accepted(),
                     self.sent.load(Ordering::Relaxed),
-                    gw.log_text()
+                    if kept.is_empty() { gw.log_text() } else { String::from("(kept)") }
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -680,19 +744,55 @@ fn broker_stopped_mid_stream_mqtt() {
 #[test]
 #[ignore = "the fault matrix: scripts/faults runs it (--include-ignored)"]
 fn broker_restarted_under_load_websocket() {
+    restarted_under_load_websocket(Restart::Clean);
+}
+
+/// The broker killed (SIGKILL) and started again several times under load: WebSocket.
+#[test]
+#[ignore = "the fault matrix: scripts/faults runs it (--include-ignored)"]
+fn broker_killed_under_load_websocket() {
+    restarted_under_load_websocket(Restart::Kill);
+}
+
+/// How a scenario takes the broker down before starting it again.
+#[derive(Clone, Copy, Debug)]
+enum Restart {
+    /// `scripts/services down` (SIGTERM, a clean shutdown).
+    Clean,
+    /// SIGKILL: a crash, no clean shutdown.
+    Kill,
+}
+
+impl Restart {
+    fn apply(self, b: &Broker) {
+        match self {
+            Restart::Clean => b.down(),
+            Restart::Kill => b.kill(),
+        }
+        b.up();
+    }
+
+    fn fault(self) -> String {
+        match self {
+            Restart::Clean => format!("broker restarted {} times under load", restarts()),
+            Restart::Kill => format!("broker killed (SIGKILL) {} times under load", restarts()),
+        }
+    }
+}
+
+fn restarted_under_load_websocket(how: Restart) {
     let b = Broker::start();
     let topic = unique("faults.ws.restart");
     let count: u64 = if full() { 100_000 } else { 30_000 };
     let load = ws_load(&b.addr, &topic, 1000, count);
     for i in 0..restarts() {
         load.wait_received((i as u64 + 1) * 2_000, Duration::from_secs(60));
-        b.down();
-        b.up();
+        how.apply(&b);
     }
     load.wait_received(count, Duration::from_secs(300));
     let accepted: BTreeSet<u64> = (1..=count).collect();
     let row = Row {
-        fault: format!("broker restarted {} times under load", restarts()),
+        fault: how.fault(),
         source: "websocket",
         sent: count,
         accepted: load.received(),
@@ -718,20 +818,30 @@ fn broker_restarted_under_load_websocket() {
 #[test]
 #[ignore = "the fault matrix: scripts/faults runs it (--include-ignored)"]
 fn broker_restarted_under_load_http() {
+    restarted_under_load_http(Restart::Clean);
+}
+
+/// The broker killed (SIGKILL) and started again several times under load: HTTP.
+#[test]
+#[ignore = "the fault matrix: scripts/faults runs it (--include-ignored)"]
+fn broker_killed_under_load_http() {
+    restarted_under_load_http(Restart::Kill);
+}
+
+fn restarted_under_load_http(how: Restart) {
     let b = Broker::start();
     let topic = unique("faults.http.restart");
     let (gw, url, _metrics, _dir) = http_gateway(&b.addr, &topic);
     let load = http_load(url);
     for i in 0..restarts() {
         load.wait_accepted_or_show((i as u64 + 1) * 1_000, Duration::from_secs(120), &gw);
-        b.down();
-        b.up();
+        how.apply(&b);
     }
     let at_end = load.accepted();
     load.wait_accepted_or_show(at_end + 1_000, Duration::from_secs(120), &gw);
     let (sent, accepted, statuses) = load.finish();
     let row = Row {
-        fault: format!("broker restarted {} times under load", restarts()),
+        fault: how.fault(),
         source: "http (REST Proxy v2)",
         sent,
         accepted: accepted.len() as u64,
@@ -1254,7 +1364,7 @@ fn slow_broker_200ms_each_way() {
 #[ignore = "the fault matrix: scripts/faults runs it (--include-ignored)"]
 fn mqtt_broker_restart_with_a_persistent_session() {
     let b = Broker::start();
-    let mq_port = free_port();
+    let mq_port = free_port_below_ephemeral();
     let state = tempfile::tempdir().unwrap();
     let envs = [
         ("MQTT_PORT", mq_port.to_string()),

@@ -44,6 +44,39 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A free port below the kernel's ephemeral range (`ip_local_port_range`), for a server that
+/// is stopped and started again on the same port (a broker under restart). A port from the
+/// ephemeral range can be taken, while its server is down, by a client's own outgoing
+/// connection to it: connecting to 127.0.0.1:P with no listener can pick P as the source port
+/// and connect to itself (TCP simultaneous open). A client retrying the stopped broker then
+/// talks to itself until its request times out, and `scripts/services up` finds the port "in
+/// use by an unknown process".
+pub fn free_port_below_ephemeral() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|p| p.parse::<u16>().ok())
+        })
+        .unwrap_or(32768);
+    let (from, to) = (10_000u16, low.max(10_001));
+    for _ in 0..1000 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        let port = from + (h.finish() % u64::from(to - from)) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    free_port()
+}
+
 /// A child process killed when dropped, with its stderr in a file.
 pub struct Proc {
     pub child: Child,
