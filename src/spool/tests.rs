@@ -118,7 +118,11 @@ fn records_larger_and_smaller_than_a_read_chunk_come_back_whole() {
             assert!(batch.len() <= max);
             got.extend(batch);
         }
-        assert_eq!(seqs(&got), (0..sizes.len() as u64).collect::<Vec<_>>(), "max {max}");
+        assert_eq!(
+            seqs(&got),
+            (0..sizes.len() as u64).collect::<Vec<_>>(),
+            "max {max}"
+        );
         for (i, r) in got.iter().enumerate() {
             assert_eq!(r.payload, body(i, sizes[i]), "record {i}, max {max}");
         }
