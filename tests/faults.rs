@@ -1913,3 +1913,110 @@ fn disk_full_under_the_spool() {
     assert!(!again.is_empty(), "no message that the spool writes again");
     assert_eq!(corruptions, 0.0, "{row:?}");
 }
+
+/// The broker stopped mid-stream under an `http_poll` source: a request's next poll waits for
+/// the previous answer's records to be acknowledged, so during the outage nothing more is
+/// fetched, and every answer served is in Kafka once, in order per symbol.
+#[test]
+#[ignore = "the fault matrix: scripts/faults runs it (--include-ignored)"]
+fn broker_stopped_mid_stream_http_poll() {
+    use std::io::{Read, Write};
+    let b = Broker::start();
+    let topic = unique("faults.poll");
+    // A quote API: every good answer carries the next server-wide `seq`; once frozen it
+    // answers 503 (come back in 60 s), so that the set served stops growing before kgate stops.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served: Arc<Mutex<BTreeSet<u64>>> = Arc::default();
+    let frozen = Arc::new(AtomicBool::new(false));
+    {
+        let (served, frozen) = (served.clone(), frozen.clone());
+        std::thread::spawn(move || {
+            let mut seq = 0u64;
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = [0u8; 4096];
+                let Ok(n) = conn.read(&mut buf) else { continue };
+                let req = String::from_utf8_lossy(&buf[..n]);
+                let symbol = req
+                    .split("symbol=")
+                    .nth(1)
+                    .and_then(|s| s.split([' ', '&']).next())
+                    .unwrap_or("?")
+                    .to_string();
+                let resp = if frozen.load(Ordering::Relaxed) {
+                    "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 60\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+                } else {
+                    seq += 1;
+                    let body = format!(
+                        r#"{{"symbol":"{symbol}","seq":{seq},"price":{}}}"#,
+                        100 + seq % 7
+                    );
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                };
+                if conn.write_all(resp.as_bytes()).is_ok() && resp.starts_with("HTTP/1.1 200") {
+                    served.lock().unwrap().insert(seq);
+                }
+            }
+        });
+    }
+    let mport = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = spawn_run(
+        dir.path(),
+        &config(
+            &b.addr,
+            mport,
+            "",
+            &format!("  - name: prices\n    source: {{http_poll: {{requests: [{{url: 'http://127.0.0.1:{port}/q?symbol=${{item}}', for_each: [A, B, C, D]}}], interval: 20ms, timeout: 5s}}}}\n    topic: {topic}\n    key: '${{symbol}}'\n"),
+        ),
+    );
+    let count = || served.lock().unwrap().len() as u64;
+    wait_until(
+        Duration::from_secs(60),
+        || count() >= 200,
+        "200 answers served",
+    );
+    b.down();
+    let at_down = count();
+    std::thread::sleep(outage());
+    let during = count() - at_down;
+    b.up();
+    wait_until(
+        Duration::from_secs(120),
+        || count() >= at_down + during + 200,
+        "200 more answers once the broker is back",
+    );
+    frozen.store(true, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(3));
+    let summary = stop(&mut gw, 60);
+    let accepted = served.lock().unwrap().clone();
+    let row = Row {
+        fault: format!("broker stopped {} s mid-stream", outage().as_secs()),
+        source: "http_poll",
+        sent: accepted.len() as u64,
+        accepted: accepted.len() as u64,
+        note: format!(
+            "{during} answers fetched while the broker was down (the 4 requests each wait for their previous answer's acks); shutdown summary {summary:?}"
+        ),
+        ..Row::default()
+    }
+    .count_in(
+        &b.addr,
+        &topic,
+        &accepted,
+        accepted.len(),
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        (row.lost, row.dups, row.reordered),
+        (0, 0, 0),
+        "{row:?}\n{}",
+        gw.log_text()
+    );
+    assert!(during <= 8, "{during} answers fetched while Kafka was down");
+}
