@@ -398,3 +398,54 @@ async fn routes_send_each_event_type_to_its_topic_and_shard_by_device() {
     let mut gw = gw;
     stop(&mut gw.proc, 60);
 }
+
+/// `kgate check` looks at each route's topics (a pipeline with `topics:` has no `topic:`):
+/// one that exists is reported with its partitions, and the field names the route.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_reports_every_route_topic() {
+    let p = unique("qos.check");
+    let (there, missing) = (format!("{p}.there"), format!("{p}.missing"));
+    create_topic(&there).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = format!(
+        "kafka:\n  brokers: ['{}']\npipelines:\n  - name: dev\n    source: {{device_websocket: {{listen: '127.0.0.1:{port}', path: /ws, device_id: {{query: id}}, wrp: true}}}}\n    format: raw\n    topics:\n      - {{match: online, topic: {there}}}\n      - {{match: '*', topics: [{there}, {missing}], shard: device_id}}\n",
+        brokers()
+    );
+    let path = write_config(dir.path(), &cfg);
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(kgate_bin())
+            .args([
+                "check",
+                "--config",
+                path.to_str().unwrap(),
+                "--timeout",
+                "10s",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for (topic, field) in [
+        (&there, "pipelines.dev.topics[0].topic"),
+        (&there, "pipelines.dev.topics[1].topics[0]"),
+        (&missing, "pipelines.dev.topics[1].topics[1]"),
+    ] {
+        assert!(
+            stdout.contains(&format!("topic {topic} ({field})")),
+            "{field}:\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains(&format!(
+            "topic {there} (pipelines.dev.topics[0].topic) exists with 1 partition(s)"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("topic  ("),
+        "an empty topic was checked:\n{stdout}"
+    );
+}

@@ -148,13 +148,26 @@ async fn check_kafka(config: &Config, timeout: Duration) -> Vec<Probe> {
                 info.brokers.len(),
                 info.brokers.join(", ")
             )));
-            let mut topics: Vec<(String, String)> = config
-                .pipelines
-                .iter()
-                // A pipeline with a consumer `sink:` writes no topic.
-                .filter(|p| p.sink.is_none())
-                .map(|p| (p.topic.clone(), format!("pipelines.{}.topic", p.name)))
-                .collect();
+            let mut topics: Vec<(String, String)> = Vec::new();
+            // A pipeline with a consumer `sink:` writes no topic; one with `topics:` writes
+            // its routes' topics.
+            for p in config.pipelines.iter().filter(|p| p.sink.is_none()) {
+                match &p.topics {
+                    None => topics.push((p.topic.clone(), format!("pipelines.{}.topic", p.name))),
+                    Some(routes) => {
+                        for (i, r) in routes.iter().enumerate() {
+                            if let Some(t) = &r.topic {
+                                let field = format!("pipelines.{}.topics[{i}].topic", p.name);
+                                topics.push((t.clone(), field));
+                            }
+                            for (j, t) in r.topics.iter().flatten().enumerate() {
+                                let field = format!("pipelines.{}.topics[{i}].topics[{j}]", p.name);
+                                topics.push((t.clone(), field));
+                            }
+                        }
+                    }
+                }
+            }
             topics.push((config.dlq.topic.clone(), "dlq.topic".into()));
             topics.extend(config.pipelines.iter().filter_map(|p| {
                 let d = p.dlq.as_ref()?;
