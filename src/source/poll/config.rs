@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{At, ConfigError};
+use crate::config::{At, ByteSize, ConfigError};
 use crate::transform::Template;
 
 use super::redact::redact_secrets;
@@ -54,6 +54,11 @@ pub struct HttpPollSourceConfig {
     #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_backoff_max", with = "humantime_serde")]
     pub backoff_max: Duration,
+    /// Largest response body read, e.g. `16MB`: a longer answer is a failure (`too_large`,
+    /// counted and backed off) and is not read further, so a broken or hostile API cannot
+    /// fill kgate's memory.
+    #[serde(default = "default_max_body")]
+    pub max_body: ByteSize,
 }
 
 /// One request of `source.http_poll.requests`.
@@ -92,6 +97,9 @@ fn default_timeout() -> Duration {
 }
 fn default_backoff_max() -> Duration {
     Duration::from_secs(300)
+}
+fn default_max_body() -> ByteSize {
+    ByteSize(16 * 1000 * 1000)
 }
 fn default_window() -> usize {
     10_000

@@ -161,6 +161,7 @@ impl Source for HttpPollSource {
             interval: self.config.interval,
             align: self.config.align,
             backoff_max: self.config.backoff_max,
+            max_body: self.config.max_body.0,
             raw_on_error: self.config.raw_on_error,
         });
         for t in self.checked.targets {
@@ -237,6 +238,8 @@ struct Shared {
     align: bool,
     backoff_max: Duration,
     raw_on_error: bool,
+    /// `max_body` in bytes.
+    max_body: u64,
 }
 
 /// One target's loop.
@@ -408,15 +411,43 @@ impl Poller {
             .iter()
             .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
             .collect();
-        let body = resp.bytes().await.map_err(|e| {
-            let label = if e.is_timeout() { "timeout" } else { "body" };
+        let max = self.shared.max_body;
+        let too_large = |size: String| {
             fail(
-                label,
-                format!("reading the body: {}", fetch_error_text(&e)),
+                "too_large",
+                format!(
+                    "answered {status} with a body of {size} bytes, more than max_body ({max}); raise source.http_poll.max_body if the API's answers are that large"
+                ),
                 None,
                 None,
             )
-        })?;
+        };
+        if let Some(len) = resp.content_length().filter(|&l| l > max) {
+            return Err(too_large(len.to_string()));
+        }
+        let mut resp = resp;
+        let mut read: Vec<u8> = Vec::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(c)) => {
+                    if (read.len() + c.len()) as u64 > max {
+                        return Err(too_large(format!("over {max}")));
+                    }
+                    read.extend_from_slice(&c);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let label = if e.is_timeout() { "timeout" } else { "body" };
+                    return Err(fail(
+                        label,
+                        format!("reading the body: {}", fetch_error_text(&e)),
+                        None,
+                        None,
+                    ));
+                }
+            }
+        }
+        let body = bytes::Bytes::from(read);
         let code = status.as_u16();
         if !status.is_success() {
             let honoured = matches!(code, 429 | 503).then_some(retry).flatten();
@@ -780,6 +811,35 @@ pipelines:
             .unwrap();
         // Three answers, each counted; no fourth request while the third's letter is pending.
         assert_eq!((errors, requests.load(Ordering::SeqCst)), (3, 3));
+    }
+
+    /// An answer longer than `max_body` is a failure, counted as `too_large`, and makes no
+    /// event (nor a DLQ record: its body was not read).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_answer_longer_than_max_body_is_refused() {
+        let big: Vec<u64> = (0..2_000).collect();
+        let (url, requests) = serve_json(serde_json::json!({ "data": big })).await;
+        let c: HttpPollSourceConfig = serde_yaml::from_str(&format!(
+            "requests: [{{url: '{url}'}}]\ninterval: 20ms\nmax_body: 1KB\nraw_on_error: true"
+        ))
+        .unwrap();
+        let (sink, metrics, stop, mut tasks) = start(&c);
+        let too_large = || {
+            metrics
+                .render()
+                .lines()
+                .find(|l| {
+                    l.starts_with("kgate_http_poll_errors_total{")
+                        && l.contains("status=\"too_large\"")
+                })
+                .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        until("two refused answers", || too_large() >= 2).await;
+        stop.cancel();
+        while tasks.join_next().await.is_some() {}
+        assert_eq!(sink.len(), 0);
+        assert!(requests.load(Ordering::SeqCst) >= 2);
     }
 
     /// The next poll waits for the previous response's fates; a dropped event's key is not
