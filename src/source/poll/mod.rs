@@ -800,17 +800,22 @@ pipelines:
             r.message,
             format!("GET {url}: answered 200 OK without an array at split `/data`")
         );
-        let errors = metrics
+        let errors = errors_counted(&metrics, "no_split_array");
+        // Three answers, each counted; no fourth request while the third's letter is pending.
+        assert_eq!((errors, requests.load(Ordering::SeqCst)), (3, 3));
+    }
+
+    /// `kgate_http_poll_errors_total{status}` as rendered (0 when not counted yet).
+    fn errors_counted(metrics: &crate::metrics::Metrics, status: &str) -> u64 {
+        metrics
             .render()
             .lines()
             .find(|l| {
                 l.starts_with("kgate_http_poll_errors_total{")
-                    && l.contains("status=\"no_split_array\"")
+                    && l.contains(&format!("status=\"{status}\""))
             })
             .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .unwrap();
-        // Three answers, each counted; no fourth request while the third's letter is pending.
-        assert_eq!((errors, requests.load(Ordering::SeqCst)), (3, 3));
+            .unwrap_or(0)
     }
 
     /// An answer longer than `max_body` is a failure, counted as `too_large`, and makes no
@@ -824,18 +829,10 @@ pipelines:
         ))
         .unwrap();
         let (sink, metrics, stop, mut tasks) = start(&c);
-        let too_large = || {
-            metrics
-                .render()
-                .lines()
-                .find(|l| {
-                    l.starts_with("kgate_http_poll_errors_total{")
-                        && l.contains("status=\"too_large\"")
-                })
-                .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        until("two refused answers", || too_large() >= 2).await;
+        until("two refused answers", || {
+            errors_counted(&metrics, "too_large") >= 2
+        })
+        .await;
         stop.cancel();
         while tasks.join_next().await.is_some() {}
         assert_eq!(sink.len(), 0);
