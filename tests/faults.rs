@@ -129,6 +129,14 @@ impl Broker {
             },
             "the killed broker to be gone",
         );
+        // The thread group's leader turns zombie before its other threads have exited, and
+        // the listening socket closes only with the last of them: wait for the port itself.
+        let port: u16 = env("KAFKA_PORT").parse().unwrap();
+        wait_until(
+            Duration::from_secs(30),
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "the killed broker's port to close",
+        );
     }
 }
 
