@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 pub use interpolate::interpolate_env;
 pub use refs::{split_refs, Piece};
 pub use schema::HumanDuration;
+pub(crate) use secret::UrlParts;
 pub use secret::{redact_url, Secret, REDACTED};
 pub(crate) use size::yaml_brief;
 pub use size::ByteSize;

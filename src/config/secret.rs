@@ -140,39 +140,74 @@ impl JsonSchema for Secret {
 /// `https://***@host/`). Scheme, host, port and path stay, to say which feed it is. A string that
 /// is not `scheme://...` is returned as it is.
 pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
+    if !url.contains("://") {
         return url.to_string();
-    };
-    let (scheme, rest) = url.split_at(scheme_end + 3);
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, rest) = rest.split_at(authority_end);
-    let mut out = String::with_capacity(url.len());
-    out.push_str(scheme);
-    match authority.rfind('@') {
-        Some(at) => {
-            out.push_str(REDACTED);
-            out.push_str(&authority[at..]);
-        }
-        None => out.push_str(authority),
     }
-    let (before_fragment, fragment) = match rest.find('#') {
-        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
-        None => (rest, None),
-    };
-    let (path, query) = match before_fragment.find('?') {
-        Some(i) => (&before_fragment[..i], Some(&before_fragment[i + 1..])),
-        None => (before_fragment, None),
-    };
-    out.push_str(path);
-    if let Some(q) = query {
+    let p = UrlParts::of(url);
+    let mut out = p.head_redacted();
+    out.push_str(p.path);
+    if let Some(q) = p.query {
         out.push('?');
         out.push_str(&redact_pairs(q));
     }
-    if let Some(f) = fragment {
+    if let Some(f) = p.fragment {
         out.push('#');
         out.push_str(&redact_pairs(f));
     }
     out
+}
+
+/// A URL cut where the redactors need it; text, not parsed, so templates (`${item}`) pass.
+pub(crate) struct UrlParts<'a> {
+    /// `https://`, or empty when there is none.
+    pub scheme: &'a str,
+    /// `user:pw@host:port`.
+    pub authority: &'a str,
+    pub path: &'a str,
+    /// After `?`, before `#`.
+    pub query: Option<&'a str>,
+    /// After `#`.
+    pub fragment: Option<&'a str>,
+}
+
+impl<'a> UrlParts<'a> {
+    pub fn of(url: &'a str) -> UrlParts<'a> {
+        let (scheme, rest) = match url.find("://") {
+            Some(i) => url.split_at(i + 3),
+            None => ("", url),
+        };
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, rest) = rest.split_at(authority_end);
+        let (before_fragment, fragment) = match rest.split_once('#') {
+            Some((b, f)) => (b, Some(f)),
+            None => (rest, None),
+        };
+        let (path, query) = match before_fragment.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (before_fragment, None),
+        };
+        UrlParts {
+            scheme,
+            authority,
+            path,
+            query,
+            fragment,
+        }
+    }
+
+    /// Scheme and authority, the user info (before `@`) replaced by `***`.
+    pub fn head_redacted(&self) -> String {
+        let mut out = String::with_capacity(self.scheme.len() + self.authority.len() + 64);
+        out.push_str(self.scheme);
+        match self.authority.rfind('@') {
+            Some(at) => {
+                out.push_str(REDACTED);
+                out.push_str(&self.authority[at..]);
+            }
+            None => out.push_str(self.authority),
+        }
+        out
+    }
 }
 
 /// `a=1&b=2` → `a=***&b=***`; a part without `=` may be a key itself and becomes `***`.

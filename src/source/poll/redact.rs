@@ -4,6 +4,7 @@
 //! say what was asked (`symbol=AAPL`) and hides only those whose names look like secrets, so
 //! that a record's `${@http.url}` still tells which request it came from.
 
+use crate::config::UrlParts;
 use crate::config::REDACTED;
 
 /// Whether a query parameter's name looks like it carries a secret.
@@ -32,46 +33,29 @@ fn is_secret_name(name: &str) -> bool {
 /// `url` with its user info and secret-named query values (`apikey`, `api_key`, `token`,
 /// `secret`, `password`, …) replaced by `***`. Works on text, so templates (`${item}`) too.
 pub fn redact_secrets(url: &str) -> String {
-    let (scheme, rest) = match url.find("://") {
-        Some(i) => url.split_at(i + 3),
-        None => ("", url),
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, rest) = rest.split_at(authority_end);
-    let mut out = String::with_capacity(url.len());
-    out.push_str(scheme);
-    match authority.rfind('@') {
-        Some(at) => {
-            out.push_str(REDACTED);
-            out.push_str(&authority[at..]);
-        }
-        None => out.push_str(authority),
-    }
-    let (before_fragment, fragment) = match rest.find('#') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match before_fragment.split_once('?') {
-        Some((path, query)) => {
-            out.push_str(path);
-            out.push('?');
-            for (i, pair) in query.split('&').enumerate() {
-                if i > 0 {
-                    out.push('&');
+    let p = UrlParts::of(url);
+    let mut out = p.head_redacted();
+    out.push_str(p.path);
+    if let Some(query) = p.query {
+        out.push('?');
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            match pair.split_once('=') {
+                Some((name, _)) if is_secret_name(name) => {
+                    out.push_str(name);
+                    out.push('=');
+                    out.push_str(REDACTED);
                 }
-                match pair.split_once('=') {
-                    Some((name, _)) if is_secret_name(name) => {
-                        out.push_str(name);
-                        out.push('=');
-                        out.push_str(REDACTED);
-                    }
-                    _ => out.push_str(pair),
-                }
+                _ => out.push_str(pair),
             }
         }
-        None => out.push_str(before_fragment),
     }
-    out.push_str(fragment);
+    if let Some(f) = p.fragment {
+        out.push('#');
+        out.push_str(f);
+    }
     out
 }
 
