@@ -11,8 +11,13 @@
 //! through the spool too (their original bytes, headers and reason), so that a DLQ record is
 //! not lost either.
 //!
-//! `when: always`: every record is appended; one forwarder hands records to the inner sink in
-//! order, each only once its group commit made it durable. `when: overflow`: records go to the
+//! `when: always`: every record is appended (written through to the file, so a killed process
+//! loses none; the group commit makes it durable against a power loss later, and is not waited
+//! for: a record Kafka holds needs no disk); one forwarder hands records to the inner sink in
+//! order. While the memory queue is full but no backlog is on disk, a sender first waits up to
+//! [`HOLD_BEFORE_BACKLOG`] for room (the memory path's backpressure), so that a Kafka merely
+//! slower than the feed does not make the forwarder read every record back from disk.
+//! `when: overflow`: records go to the
 //! inner sink from a bounded memory queue; once the queue is full, they are appended instead
 //! (and every record after them, to keep the order) and read back from disk by the forwarder
 //! when the inner sink takes records again. In both, a record is acked in the spool once Kafka
@@ -31,12 +36,15 @@ use tokio::sync::{mpsc, Notify};
 use super::{OutRecord, Sink, Totals, Transactions};
 use crate::event::{Ack, ErrorType, Event, Fate, Origin, Rejection};
 use crate::metrics::SpoolMetrics;
-use crate::spool::{Cursor, Durable, OnFull, Opened, Spool, SpoolError, SpoolSpec, SpoolWhen};
+use crate::spool::{Cursor, OnFull, Opened, Spool, SpoolError, SpoolSpec, SpoolWhen};
 
 /// How many records the forwarder reads from disk at once.
 const READ_BATCH: usize = 512;
 /// How long a record taken by the spool may wait for room in the producer: for ever, in effect.
 const WAIT_FOR_KAFKA: Duration = Duration::from_secs(365 * 24 * 3600);
+/// How long an `always` sender waits for room in the memory queue before it starts a backlog
+/// on disk (see [`SpoolSink::take`]).
+const HOLD_BEFORE_BACKLOG: Duration = Duration::from_millis(100);
 /// How often a sender blocked on a full spool looks again (besides being woken).
 const FULL_RETRY: Duration = Duration::from_millis(50);
 
@@ -44,14 +52,12 @@ const FULL_RETRY: Duration = Duration::from_millis(50);
 enum Item {
     Record {
         seq: Option<u64>,
-        durable: Option<Durable>,
         rec: OutRecord,
         partition: Option<i32>,
         ev: Event,
     },
     Rejection {
         seq: Option<u64>,
-        durable: Option<Durable>,
         ev: Event,
         r: Rejection,
     },
@@ -64,12 +70,9 @@ impl Item {
         }
     }
 
-    fn set_seq(&mut self, s: u64, d: Option<Durable>) {
+    fn set_seq(&mut self, s: u64) {
         match self {
-            Item::Record { seq, durable, .. } | Item::Rejection { seq, durable, .. } => {
-                *seq = Some(s);
-                *durable = d;
-            }
+            Item::Record { seq, .. } | Item::Rejection { seq, .. } => *seq = Some(s),
         }
     }
 
@@ -187,7 +190,6 @@ fn decode(pipeline: &Arc<str>, payload: &[u8], ack: Option<Ack>) -> Option<Item>
             ev.ack = ack.unwrap_or_default();
             Some(Item::Record {
                 seq: None,
-                durable: None,
                 rec: OutRecord {
                     topic,
                     key,
@@ -209,7 +211,6 @@ fn decode(pipeline: &Arc<str>, payload: &[u8], ack: Option<Ack>) -> Option<Item>
             ev.ack = ack.unwrap_or_default();
             Some(Item::Rejection {
                 seq: None,
-                durable: None,
                 ev,
                 r: Rejection {
                     error_type,
@@ -496,8 +497,25 @@ impl SpoolSink {
         let mut item = item;
         let give_up = item.ev().max_wait.map(|w| Instant::now() + w);
         let mut payload: Option<Vec<u8>> = None;
+        // `always` with the memory queue full but no backlog on disk yet: Kafka is behind, not
+        // necessarily away. Wait a little for room, as the memory path would, instead of
+        // starting a backlog that the forwarder must read back from disk (at full speed that
+        // read-back was most of the spool's cost). Once a backlog exists, records go to disk
+        // at once, so an outage costs this wait once.
+        let mut permit = None;
+        if sh.when == SpoolWhen::Always
+            && self.tx.capacity() == 0
+            && sh.state().backlog_from.is_none()
+        {
+            let hold = give_up.map_or(HOLD_BEFORE_BACKLOG, |t| {
+                HOLD_BEFORE_BACKLOG.min(t.saturating_duration_since(Instant::now()))
+            });
+            if let Ok(Ok(p)) = tokio::time::timeout(hold, self.tx.reserve()).await {
+                permit = Some(p);
+            }
+        }
         loop {
-            item = match self.try_take(item, &mut payload) {
+            item = match self.try_take(item, &mut payload, &mut permit) {
                 None => return,
                 Some(back) => back,
             };
@@ -514,10 +532,19 @@ impl SpoolSink {
     }
 
     /// One attempt of [`SpoolSink::take`]: the item back when it must wait for room.
-    fn try_take(&self, mut item: Item, payload: &mut Option<Vec<u8>>) -> Option<Item> {
+    fn try_take(
+        &self,
+        mut item: Item,
+        payload: &mut Option<Vec<u8>>,
+        permit: &mut Option<mpsc::Permit<'_, Item>>,
+    ) -> Option<Item> {
         let sh = &self.shared;
         let mut st = sh.state();
-        let disk_only = st.backlog_from.is_some() || self.tx.capacity() == 0;
+        if st.backlog_from.is_some() {
+            // A backlog started meanwhile: after it, in order.
+            *permit = None;
+        }
+        let disk_only = st.backlog_from.is_some() || (permit.is_none() && self.tx.capacity() == 0);
         if sh.when == SpoolWhen::Overflow && !disk_only {
             match self.tx.try_send(item) {
                 Ok(()) => {
@@ -560,7 +587,13 @@ impl SpoolSink {
                     });
                 }
                 let seq = a.seq;
-                item.set_seq(seq, Some(a.durable));
+                item.set_seq(seq);
+                if let Some(p) = permit.take().filter(|_| !disk_only) {
+                    // The room reserved in `take`, filled under the lock: memory order stays
+                    // sequence order.
+                    p.send(item);
+                    return None;
+                }
                 if !disk_only {
                     match self.tx.try_send(item) {
                         Ok(()) => return None,
@@ -669,28 +702,19 @@ async fn forward(shared: Arc<Shared>, inner: Arc<dyn Sink>, mut rx: mpsc::Receiv
                                     (r.seq, decode(&shared.name, &r.payload, ack))
                                 })
                                 .collect();
-                            let durable = recs.last().map(|r| st.spool.durable_handle(r.seq));
-                            Some((items, durable, None))
+                            Some((items, None))
                         }
-                        Err(e) => Some((Vec::new(), None, Some(e))),
+                        Err(e) => Some((Vec::new(), Some(e))),
                     }
                 }
             }
         };
         match batch {
-            Some((_, _, Some(e))) => {
+            Some((_, Some(e))) => {
                 shared.warn(&e);
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            Some((items, durable, None)) if !items.is_empty() => {
-                if shared.when == SpoolWhen::Always {
-                    if let Some(d) = durable {
-                        if !d.is_durable() {
-                            shared.kick();
-                        }
-                        let _ = d.wait().await;
-                    }
-                }
+            Some((items, None)) if !items.is_empty() => {
                 for (seq, item) in items {
                     if seq < shared.replay_end {
                         if let Some(m) = &shared.metrics {
@@ -699,8 +723,7 @@ async fn forward(shared: Arc<Shared>, inner: Arc<dyn Sink>, mut rx: mpsc::Receiv
                     }
                     match item {
                         Some(mut item) => {
-                            // Durable already (`always` waited for the batch above).
-                            item.set_seq(seq, None);
+                            item.set_seq(seq);
                             hand_on(&shared, &inner, item).await;
                         }
                         None => {
@@ -729,19 +752,12 @@ async fn forward(shared: Arc<Shared>, inner: Arc<dyn Sink>, mut rx: mpsc::Receiv
     }
 }
 
-/// Hands one record on, once durable (`always`); its fate acks it in the spool and reaches
-/// its source.
+/// Hands one record on (one in the spool is in the kernel already: written through); its fate
+/// acks it in the spool and reaches its source.
 async fn hand_on(shared: &Arc<Shared>, inner: &Arc<dyn Sink>, mut item: Item) {
-    let (seq, durable) = match &mut item {
-        Item::Record { seq, durable, .. } | Item::Rejection { seq, durable, .. } => {
-            (*seq, durable.take())
-        }
+    let seq = match &item {
+        Item::Record { seq, .. } | Item::Rejection { seq, .. } => *seq,
     };
-    if let Some(d) = durable {
-        if !d.is_durable() {
-            let _ = d.wait().await;
-        }
-    }
     let (ack, fate) = Ack::channel();
     let ev = item.ev();
     let source_ack = std::mem::replace(&mut ev.ack, ack);
@@ -806,7 +822,7 @@ fn retry(shared: Arc<Shared>, inner: Arc<dyn Sink>, seq: u64, source_ack: Ack) {
         };
         // None: it is gone meanwhile (`on_full: drop_oldest`).
         if let Some(mut item) = item {
-            item.set_seq(seq, None);
+            item.set_seq(seq);
             hand_on(&shared, &inner, item).await;
         }
     });
@@ -826,7 +842,6 @@ impl Sink for SpoolSink {
     fn send(&self, rec: OutRecord, partition: Option<i32>, ev: Event) -> BoxFuture<'_, ()> {
         Box::pin(self.take(Item::Record {
             seq: None,
-            durable: None,
             rec,
             partition,
             ev,
@@ -834,12 +849,7 @@ impl Sink for SpoolSink {
     }
 
     fn dead_letter(&self, ev: Event, r: Rejection) -> BoxFuture<'_, ()> {
-        Box::pin(self.take(Item::Rejection {
-            seq: None,
-            durable: None,
-            ev,
-            r,
-        }))
+        Box::pin(self.take(Item::Rejection { seq: None, ev, r }))
     }
 
     /// Waits until every record taken is settled (handed on from memory and disk, and settled
@@ -1305,7 +1315,6 @@ mod tests {
         ev.raw = Bytes::from_static(b"{\"raw\":1}");
         let item = Item::Record {
             seq: None,
-            durable: None,
             rec,
             partition: Some(3),
             ev,
@@ -1335,7 +1344,6 @@ mod tests {
         };
         let item = Item::Rejection {
             seq: None,
-            durable: None,
             ev,
             r: r.clone(),
         };

@@ -19,14 +19,15 @@ pub struct SpoolConfig {
     /// The most the pipeline's spool holds on disk, e.g. `10GiB` (at least 1MiB).
     #[serde(default = "default_max_bytes")]
     pub max_bytes: ByteSize,
-    /// `always`: every accepted record is written (and fsynced) before it goes to Kafka, and
-    /// after a crash the records Kafka had not acknowledged are produced again first.
+    /// `always`: every accepted record is written to disk before it goes to Kafka (a killed
+    /// kgate loses none), and after a crash the records Kafka had not acknowledged are
+    /// produced again first.
     /// `overflow`: records go to Kafka from memory; only when the memory buffer is full
     /// (Kafka down or slow) do they go to disk, to be produced in order when Kafka is back.
     #[serde(default)]
     pub when: SpoolWhen,
-    /// How often written records are fsynced together (group commit): a record goes to Kafka
-    /// at most this long after it was accepted, plus the fsync (`when: always`).
+    /// How often written records are fsynced together (group commit): a power loss can take
+    /// at most the records of the last interval that Kafka did not hold yet.
     #[schemars(with = "crate::config::HumanDuration")]
     #[serde(default = "default_fsync", with = "humantime_serde")]
     pub fsync: Duration,
