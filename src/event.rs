@@ -78,29 +78,73 @@ impl Fate {
 /// The handle a source keeps to learn an event's fate; answered exactly once.
 /// Sources that need no answer (a WebSocket feed) use [`Ack::none`].
 #[derive(Debug, Default)]
-pub struct Ack(Option<oneshot::Sender<Fate>>);
+pub struct Ack(AckTo);
+
+/// Where a fate goes.
+#[derive(Default)]
+enum AckTo {
+    #[default]
+    Nobody,
+    Channel(oneshot::Sender<Fate>),
+    /// Called once: with the fate, or with `None` when the ack is dropped unanswered.
+    Call(Box<dyn FnOnce(Option<Fate>) + Send + Sync>),
+}
+
+impl std::fmt::Debug for AckTo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AckTo::Nobody => "Nobody",
+            AckTo::Channel(_) => "Channel",
+            AckTo::Call(_) => "Call",
+        })
+    }
+}
 
 impl Ack {
     /// No one is waiting.
     pub fn none() -> Ack {
-        Ack(None)
+        Ack(AckTo::Nobody)
     }
 
     /// An ack and the receiver its source awaits.
     pub fn channel() -> (Ack, oneshot::Receiver<Fate>) {
         let (tx, rx) = oneshot::channel();
-        (Ack(Some(tx)), rx)
+        (Ack(AckTo::Channel(tx)), rx)
+    }
+
+    /// An ack that calls `f` where the fate is settled (a sink's delivery callback: keep it
+    /// short, never block): with the fate, or with `None` when the ack is dropped unanswered
+    /// (the runtime going away). For a wrapping sink that would otherwise spawn a task per
+    /// record to await a [`Ack::channel`].
+    pub fn call(f: impl FnOnce(Option<Fate>) + Send + Sync + 'static) -> Ack {
+        Ack(AckTo::Call(Box::new(f)))
     }
 
     /// Whether someone waits for the fate (so that it is worth building).
     pub fn is_waiting(&self) -> bool {
-        self.0.as_ref().is_some_and(|tx| !tx.is_closed())
+        match &self.0 {
+            AckTo::Nobody => false,
+            AckTo::Channel(tx) => !tx.is_closed(),
+            AckTo::Call(_) => true,
+        }
     }
 
     /// Reports the fate; later calls do nothing.
     pub fn resolve(&mut self, fate: Fate) {
-        if let Some(tx) = self.0.take() {
-            let _ = tx.send(fate);
+        match std::mem::take(&mut self.0) {
+            AckTo::Nobody => {}
+            AckTo::Channel(tx) => {
+                let _ = tx.send(fate);
+            }
+            AckTo::Call(f) => f(Some(fate)),
+        }
+    }
+}
+
+impl Drop for Ack {
+    fn drop(&mut self) {
+        if let AckTo::Call(f) = std::mem::take(&mut self.0) {
+            f(None);
         }
     }
 }
@@ -323,5 +367,26 @@ impl serde::Serialize for ErrorType {
 impl PartialEq<&str> for ErrorType {
     fn eq(&self, other: &&str) -> bool {
         self.as_str() == *other
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn a_call_ack_is_called_once_with_the_fate_or_with_none_when_dropped() {
+        let seen: Arc<Mutex<Vec<Option<Fate>>>> = Arc::default();
+        let s = seen.clone();
+        let mut a = Ack::call(move |f| s.lock().unwrap().push(f));
+        assert!(a.is_waiting());
+        a.resolve(Fate::Dropped);
+        a.resolve(Fate::Busy);
+        assert!(!a.is_waiting());
+        drop(a);
+        let s = seen.clone();
+        drop(Ack::call(move |f| s.lock().unwrap().push(f)));
+        assert_eq!(*seen.lock().unwrap(), vec![Some(Fate::Dropped), None]);
     }
 }

@@ -282,8 +282,8 @@ struct Shared {
     /// Records on disk at start not yet handed on again (counted as replayed).
     replay_end: u64,
     stopped: AtomicBool,
-    /// Appends counted in the metrics so far.
-    writes_seen: AtomicU64,
+    /// Where retries are spawned from (fates settle on the producer's threads).
+    runtime: tokio::runtime::Handle,
     /// When the last write error was logged (unix s), to log one per period.
     warned_at: AtomicU64,
     /// Appends fail (a full disk): since when (unix ms; 0: they do not).
@@ -400,8 +400,6 @@ impl Shared {
             .map_or(0, |d| d.as_millis() as u64);
         m.oldest_age_seconds
             .set(s.oldest_ms.map_or(0, |t| now.saturating_sub(t) / 1000) as i64);
-        let seen = self.writes_seen.swap(s.writes, Ordering::Relaxed);
-        m.writes.inc_by(s.writes.saturating_sub(seen));
     }
 
     /// Records taken and not settled: in memory only, or in the spool and not acked.
@@ -455,7 +453,7 @@ impl SpoolSink {
             outstanding: AtomicI64::new(0),
             replay_end,
             stopped: AtomicBool::new(false),
-            writes_seen: AtomicU64::new(0),
+            runtime: tokio::runtime::Handle::current(),
             warned_at: AtomicU64::new(0),
             failing_since: AtomicU64::new(0),
             failed_writes: AtomicU64::new(0),
@@ -563,6 +561,10 @@ impl SpoolSink {
         let p = payload.get_or_insert_with(|| item.encode());
         match st.spool.append(p) {
             Ok(a) => {
+                // Counted as it happens: records reach Kafka before the next flush.
+                if let Some(m) = &sh.metrics {
+                    m.writes.inc();
+                }
                 if sh.failing_since.load(Ordering::Relaxed) != 0 {
                     sh.write_ok(st.spool.dir());
                 }
@@ -758,9 +760,15 @@ async fn hand_on(shared: &Arc<Shared>, inner: &Arc<dyn Sink>, mut item: Item) {
     let seq = match &item {
         Item::Record { seq, .. } | Item::Rejection { seq, .. } => *seq,
     };
-    let (ack, fate) = Ack::channel();
+    let source_ack = std::mem::take(&mut item.ev().ack);
+    // Settled where the inner sink settles it (its delivery callback): no task per record.
+    let settle = {
+        let shared = shared.clone();
+        let inner = inner.clone();
+        move |fate: Option<Fate>| settle(&shared, inner, seq, source_ack, fate)
+    };
     let ev = item.ev();
-    let source_ack = std::mem::replace(&mut ev.ack, ack);
+    ev.ack = Ack::call(settle);
     // It was taken (it is in the spool, or in memory in its turn): it waits for room in the
     // producer however long that takes (the spool's own `on_full` was applied when it was
     // taken; the producer's `on_full: drop_newest` does not drop it now).
@@ -771,32 +779,37 @@ async fn hand_on(shared: &Arc<Shared>, inner: &Arc<dyn Sink>, mut item: Item) {
         } => inner.send(rec, partition, ev).await,
         Item::Rejection { ev, r, .. } => inner.dead_letter(ev, r).await,
     }
-    let shared = shared.clone();
-    let inner = inner.clone();
-    tokio::spawn(async move {
-        let mut source_ack = source_ack;
-        // Unanswered (the runtime is going away), a record stays in the spool for the next
-        // start.
-        match (fate.await, seq) {
-            (Ok(Fate::Failed { message }), Some(seq)) => {
-                // Kafka holds neither it nor a DLQ record of it: the spool keeps it and sends
-                // it again (its source waits on).
-                tracing::warn!(pipeline = %shared.name, seq, "Kafka took neither a spooled record nor its DLQ record ({message}); it stays in the spool and is sent again in {RETRY_FAILED:?}");
-                retry(shared.clone(), inner, seq, source_ack);
-            }
-            (Ok(f), _) => {
-                if let Some(seq) = seq {
-                    shared.state().spool.ack(seq);
-                }
-                source_ack.resolve(f);
-            }
-            (Err(_), _) => {}
+}
+
+/// A handed-on record's fate: acked in the spool and answered to its source, or (`Failed`)
+/// kept and sent again; `None` (unanswered: the runtime is going away) leaves a record in
+/// the spool for the next start.
+fn settle(
+    shared: &Arc<Shared>,
+    inner: Arc<dyn Sink>,
+    seq: Option<u64>,
+    mut source_ack: Ack,
+    fate: Option<Fate>,
+) {
+    match (fate, seq) {
+        (Some(Fate::Failed { message }), Some(seq)) => {
+            // Kafka holds neither it nor a DLQ record of it: the spool keeps it and sends it
+            // again (its source waits on).
+            tracing::warn!(pipeline = %shared.name, seq, "Kafka took neither a spooled record nor its DLQ record ({message}); it stays in the spool and is sent again in {RETRY_FAILED:?}");
+            retry(shared.clone(), inner, seq, source_ack);
         }
-        if seq.is_none() {
-            shared.outstanding.fetch_sub(1, Ordering::AcqRel);
+        (Some(f), _) => {
+            if let Some(seq) = seq {
+                shared.state().spool.ack(seq);
+            }
+            source_ack.resolve(f);
         }
-        shared.settled.notify_waiters();
-    });
+        (None, _) => {}
+    }
+    if seq.is_none() {
+        shared.outstanding.fetch_sub(1, Ordering::AcqRel);
+    }
+    shared.settled.notify_waiters();
 }
 
 /// How long a spooled record whose fate was `Failed` waits before it is sent again.
@@ -805,6 +818,7 @@ const RETRY_FAILED: Duration = Duration::from_secs(1);
 /// Sends record `seq` again from the spool after [`RETRY_FAILED`] (unless kgate is stopping:
 /// then it stays for the next start).
 fn retry(shared: Arc<Shared>, inner: Arc<dyn Sink>, seq: u64, source_ack: Ack) {
+    let runtime = shared.runtime.clone();
     let again: BoxFuture<'static, ()> = Box::pin(async move {
         tokio::time::sleep(RETRY_FAILED).await;
         if shared.stopped.load(Ordering::Acquire) {
@@ -826,7 +840,8 @@ fn retry(shared: Arc<Shared>, inner: Arc<dyn Sink>, seq: u64, source_ack: Ack) {
             hand_on(&shared, &inner, item).await;
         }
     });
-    tokio::spawn(again);
+    // From a delivery callback, outside the runtime.
+    runtime.spawn(again);
 }
 
 impl Drop for SpoolSink {
