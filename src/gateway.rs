@@ -414,7 +414,11 @@ pipelines:
         let c = g.pipelines[0].spec.coordination.as_ref().unwrap();
         assert_eq!(
             (c.group.as_str(), c.topic.as_str(), c.session_timeout),
-            ("ticks-gateways", "kgate.coord.ticks", Duration::from_secs(10))
+            (
+                "ticks-gateways",
+                "kgate.coord.ticks",
+                Duration::from_secs(10)
+            )
         );
         let e = load("http: {listen: '127.0.0.1:0'}\npipelines:\n  - name: a\n    source: {http: {}}\n    topic: t\n    coordination: {group: g}\n").unwrap_err();
         assert_eq!(e.errors.len(), 1, "{e}");

@@ -88,7 +88,7 @@ pub enum CoordError {
         topic: String,
         /// What the brokers said.
         #[source]
-        source: AdminError,
+        source: Box<AdminError>,
     },
     /// Reading the control topic's metadata failed.
     #[error("control topic {topic}: {source}")]
@@ -97,7 +97,7 @@ pub enum CoordError {
         topic: String,
         /// What failed.
         #[source]
-        source: MetadataError,
+        source: Box<MetadataError>,
     },
     /// The consumer could not be made or subscribed (bad client settings).
     #[error("group {group}: cannot create its consumer: {source}")]
@@ -119,7 +119,7 @@ impl CoordError {
                 source.kind() == crate::admin::ErrorKind::Unavailable
             }
             CoordError::Metadata { source, .. } => {
-                matches!(source, MetadataError::Unreachable { .. })
+                matches!(**source, MetadataError::Unreachable { .. })
             }
             _ => false,
         }
@@ -162,7 +162,8 @@ impl CoordFamilies {
             l,
         )
         .expect("valid metric");
-        r.register(Box::new(owned.clone())).expect("registered once");
+        r.register(Box::new(owned.clone()))
+            .expect("registered once");
         r.register(Box::new(rebalances.clone()))
             .expect("registered once");
         r.register(Box::new(revoke.clone()))
@@ -279,7 +280,7 @@ async fn ensure_topic(
 ) -> Result<(), CoordError> {
     let admin = |source| CoordError::Admin {
         topic: topic.to_string(),
-        source,
+        source: Box::new(source),
     };
     let found = partitions(k, topic).await?;
     match found {
@@ -289,7 +290,12 @@ async fn ensure_topic(
             Err(e) => return Err(admin(e)),
         },
         Some(n) if n < want => {
-            tracing::info!(topic, from = n, to = want, "coordination: growing the control topic to one partition per URL");
+            tracing::info!(
+                topic,
+                from = n,
+                to = want,
+                "coordination: growing the control topic to one partition per URL"
+            );
             if let Err(e) = crate::admin::add_partitions(k, topic, want).await {
                 // Another instance grew it meanwhile: checked below.
                 if e.kind() != crate::admin::ErrorKind::Invalid {
@@ -347,7 +353,7 @@ async fn partitions(k: &KafkaConfig, topic: &str) -> Result<Option<usize>, Coord
     .and_then(|r| r);
     md.map_err(|source| CoordError::Metadata {
         topic: topic.to_string(),
-        source,
+        source: Box::new(source),
     })
 }
 
@@ -518,7 +524,8 @@ impl ConsumerContext for CoordContext {
             Rebalance::Error(e) => {
                 // librdkafka unassigns everything after a failed rebalance.
                 tracing::warn!(pipeline = %self.owner.pipeline, group = %self.owner.group, error = %e, "coordination: rebalance failed; stopping this instance's feeds until the group assigns them again");
-                self.owner.release_all("unassigned after a failed rebalance");
+                self.owner
+                    .release_all("unassigned after a failed rebalance");
             }
             Rebalance::Assign(_) => {}
         }
