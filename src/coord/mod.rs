@@ -536,3 +536,79 @@ impl ConsumerContext for CoordContext {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// An owner of three tasks; each, once told to stop, takes a while to hand over, then
+    /// counts itself in `finished`.
+    fn owner(
+        rt: &tokio::runtime::Runtime,
+        stop: &CancellationToken,
+    ) -> (Owner, Arc<Mutex<Vec<usize>>>, Arc<AtomicUsize>) {
+        let started = Arc::new(Mutex::new(Vec::new()));
+        let finished = Arc::new(AtomicUsize::new(0));
+        let (s, f) = (started.clone(), finished.clone());
+        let start: Start = Arc::new(move |i, stop: CancellationToken| {
+            s.lock().unwrap().push(i);
+            let f = f.clone();
+            Box::pin(async move {
+                stop.cancelled().await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                f.fetch_add(1, Ordering::SeqCst);
+            })
+        });
+        let fam = CoordFamilies::register(&Registry::new());
+        let l = ["p", "g"];
+        let owner = Owner {
+            handle: rt.handle().clone(),
+            span: tracing::Span::none(),
+            pipeline: Arc::from("p"),
+            group: "g".into(),
+            topic: "kgate.coord.p".into(),
+            names: ["ws://a/ws", "ws://b/ws", "ws://c/ws"]
+                .into_iter()
+                .map(Arc::from)
+                .collect(),
+            start,
+            stop: stop.clone(),
+            running: Mutex::new(BTreeMap::new()),
+            owned: fam.owned.with_label_values(&l),
+            rebalances: fam.rebalances.with_label_values(&l),
+            revoke: fam.revoke.with_label_values(&l),
+        };
+        (owner, started, finished)
+    }
+
+    #[test]
+    fn a_revoke_returns_only_once_every_task_handed_over() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let stop = CancellationToken::new();
+        let (owner, started, finished) = owner(&rt, &stop);
+        // Partition 7 is beyond the three URLs: ignored.
+        owner.assign(vec![0, 2, 7]);
+        assert_eq!(*started.lock().unwrap(), [0, 2]);
+        assert_eq!(owner.owned.get(), 2);
+        assert_eq!(owner.rebalances.get(), 1);
+        owner.release_all("revoked");
+        assert_eq!(finished.load(Ordering::SeqCst), 2, "both tasks returned");
+        assert_eq!(owner.owned.get(), 0);
+        assert_eq!(owner.revoke.get_sample_count(), 1);
+        // A task that runs but is not assigned any more is stopped first.
+        owner.assign(vec![1]);
+        owner.assign(vec![0]);
+        assert_eq!(*started.lock().unwrap(), [0, 2, 1, 0]);
+        assert_eq!(finished.load(Ordering::SeqCst), 3);
+        assert_eq!(owner.owned.get(), 1);
+        // Stopping: nothing new starts.
+        stop.cancel();
+        owner.release_all("stopping");
+        assert_eq!(finished.load(Ordering::SeqCst), 4);
+        owner.assign(vec![1, 2]);
+        assert_eq!(started.lock().unwrap().len(), 4);
+        assert_eq!(owner.owned.get(), 0);
+    }
+}
