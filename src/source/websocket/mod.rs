@@ -296,9 +296,16 @@ impl Feed {
             self.config.connect_timeout,
             connect(&self.uri, self.tls.as_ref()),
         );
-        let ws = tokio::select! {
-            _ = self.stop.cancelled() => return End::Stopped,
-            r = connect => r,
+        let ws = if self.handover {
+            // A handshake the feed may have completed already is not dropped half-way (the
+            // feed would be sending into a socket nobody reads): it finishes (within
+            // `connect_timeout`), and the stop below closes it cleanly and reads it out.
+            connect.await
+        } else {
+            tokio::select! {
+                _ = self.stop.cancelled() => return End::Stopped,
+                r = connect => r,
+            }
         };
         let ws = match ws {
             Ok(Ok(ws)) => ws,
