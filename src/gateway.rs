@@ -188,6 +188,12 @@ impl Config {
                     format!("a consumer sink takes records read from Kafka (their offsets are committed once it took them), and this pipeline's source is `{kind}`; use a `kafka` source, or write to a `topic:`"),
                 ));
             }
+            if pl.coordination.is_some() && kind != "websocket" {
+                errors.push(ConfigError::new(
+                    at.field("coordination"),
+                    format!("coordination shares a `websocket` source's URLs among the instances, and this pipeline's source is `{kind}`, which scales behind a load balancer (HTTP, devices) or by itself (MQTT `$share/<group>/…` subscriptions, a Kafka consumer group); remove `coordination:`"),
+                ));
+            }
             if let (Some(spec), Some(source)) = (spec, source) {
                 pipelines.push(PipelinePlan { spec, source });
             }
@@ -395,6 +401,45 @@ pipelines:
         let text = e.to_string();
         assert!(text.contains("kgate.yaml has"), "{text}");
         assert!(text.contains("NOT_SET is not set"), "{text}");
+    }
+
+    #[test]
+    fn coordination_needs_a_websocket_source() {
+        let g = Gateway::from_yaml_str(
+            "pipelines:\n  - name: ticks\n    source: {websocket: {urls: ['ws://h:1/a', 'ws://h:1/b']}}\n    topic: t\n    coordination: {group: ticks-gateways}\n",
+            "kgate.yaml",
+            &|_| None,
+        )
+        .unwrap();
+        let c = g.pipelines[0].spec.coordination.as_ref().unwrap();
+        assert_eq!(
+            (c.group.as_str(), c.topic.as_str(), c.session_timeout),
+            (
+                "ticks-gateways",
+                "kgate.coord.ticks",
+                Duration::from_secs(10)
+            )
+        );
+        let e = load("http: {listen: '127.0.0.1:0'}\npipelines:\n  - name: a\n    source: {http: {}}\n    topic: t\n    coordination: {group: g}\n").unwrap_err();
+        assert_eq!(e.errors.len(), 1, "{e}");
+        assert_eq!(e.errors[0].path, "pipelines[0].coordination");
+        assert!(
+            e.errors[0]
+                .message
+                .contains("this pipeline's source is `http`")
+                && e.errors[0].message.contains("remove `coordination:`"),
+            "{e}"
+        );
+        let e = load("pipelines:\n  - name: a\n    source: {websocket: {urls: ['ws://h:1/a']}}\n    topic: t\n    coordination: {group: g, session_timeout: 0s, grup: x}\n").unwrap_err();
+        let paths: Vec<&str> = e.errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "pipelines[0].coordination.grup",
+                "pipelines[0].coordination.session_timeout"
+            ],
+            "{e}"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod avro;
 pub mod cmd;
 pub mod config;
+pub mod coord;
 pub mod dlq;
 pub mod encode;
 pub mod event;

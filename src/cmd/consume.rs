@@ -517,6 +517,7 @@ fn passthrough(topics: &[String]) -> anyhow::Result<Processor> {
         exactly_once: false,
         sink: None,
         spool: None,
+        coordination: None,
     };
     Ok(Processor::new(&c)?)
 }

@@ -106,6 +106,12 @@ pub struct PipelineConfig<S> {
     /// `exactly_once` (their Kafka source keeps its place by offsets).
     #[serde(default)]
     pub spool: Option<crate::spool::SpoolConfig>,
+    /// Share the feeds among every kgate instance that runs this pipeline, through a Kafka
+    /// consumer group, e.g. `{group: trades-gateways}`: each URL is read by one instance at a
+    /// time, and a stopped or dead instance's URLs move to the others. Needs a `websocket`
+    /// source. None = every instance reads every URL.
+    #[serde(default)]
+    pub coordination: Option<crate::coord::CoordinationConfig>,
 }
 
 /// `pipelines[].dlq:` — a pipeline's own dead-letter queue.
@@ -153,6 +159,8 @@ pub struct PipelineSpec {
     pub routes: Option<Routes>,
     /// Its QoS (`qos:`).
     pub qos: Option<Qos>,
+    /// How its instances share the source's URLs (`coordination:`).
+    pub coordination: Option<crate::coord::CoordinationSpec>,
 }
 
 const NEEDS_PARSED: &str =
@@ -367,6 +375,15 @@ impl<S> PipelineConfig<S> {
                 )
             })
             .collect();
+        let coordination = self.coordination.as_ref().and_then(|c| {
+            let path = at.field("coordination");
+            let mut found = Vec::new();
+            let spec = c.resolve(At(&path), &self.name, &mut found);
+            for e in found {
+                err(e.path, e.message);
+            }
+            spec
+        });
         if errors.len() != before {
             return None;
         }
@@ -392,6 +409,7 @@ impl<S> PipelineConfig<S> {
             spool,
             routes,
             qos,
+            coordination,
         })
     }
 

@@ -78,6 +78,8 @@ pub struct Processor {
     turns: Vec<AtomicUsize>,
     /// Its QoS (`qos:`).
     qos: Option<Qos>,
+    /// How its instances share the source's URLs (`coordination:`), for the source.
+    coordination: Option<crate::coord::CoordinationSpec>,
 }
 
 /// An input as far as the encoder needs it parsed.
@@ -145,6 +147,7 @@ impl Processor {
                 .collect(),
             routes: spec.routes,
             qos: spec.qos,
+            coordination: spec.coordination,
             checks_topic: spec.sink.is_none(),
             name: spec.name,
             transforms: spec.transforms,
@@ -490,6 +493,7 @@ impl Pipeline {
             routes: None,
             turns: Vec::new(),
             qos: None,
+            coordination: None,
         };
         processor.topics_allowed.reserve(sink.dlq_topic());
         Pipeline { processor, sink }
@@ -503,6 +507,12 @@ impl Pipeline {
     /// Its processor (the pure part).
     pub fn processor(&self) -> &Processor {
         &self.processor
+    }
+
+    /// How the instances running this pipeline share its source's URLs (`coordination:`),
+    /// for its source.
+    pub fn coordination(&self) -> Option<&crate::coord::CoordinationSpec> {
+        self.processor.coordination.as_ref()
     }
 
     /// Where its rejected events go (the DLQ topic), for answers that name it.

@@ -132,9 +132,9 @@ impl Source for WebsocketSource {
         })
     }
 
-    /// One task per URL.
+    /// One task per URL; with `coordination:`, one task per URL this instance is assigned.
     fn spawn(self: Box<Self>, ctx: SourceCtx, tasks: &mut JoinSet<()>) {
-        for (uri, url) in &self.urls {
+        for (_, url) in &self.urls {
             if self.tls.as_ref().is_some_and(|t| t.insecure) {
                 tracing::warn!(
                     url = %url,
@@ -142,18 +142,68 @@ impl Source for WebsocketSource {
                     "tls.insecure_skip_verify: the feed's certificate and host name are NOT verified; anyone on the network path can read and change this feed"
                 );
             }
-            let feed = Feed {
-                m: ctx.metrics.websocket(url),
-                uri: uri.clone(),
-                url: Arc::from(url.as_str()),
-                subscribe: self.subscribe.clone(),
-                tls: self.tls.clone(),
-                config: self.config.clone(),
-                pipeline: ctx.pipeline.clone(),
-                stop: ctx.stop.clone(),
-                failures: FailureLog::default(),
+        }
+        let feeds = Arc::new(FeedPlans {
+            urls: self
+                .urls
+                .into_iter()
+                .map(|(uri, url)| (uri, Arc::from(url.as_str())))
+                .collect(),
+            subscribe: self.subscribe,
+            tls: self.tls,
+            config: self.config,
+            pipeline: ctx.pipeline.clone(),
+            metrics: ctx.metrics.clone(),
+        });
+        if let Some(spec) = ctx.pipeline.coordination() {
+            let plans = feeds.clone();
+            let coordinated = crate::coord::Coordinated {
+                spec: spec.clone(),
+                pipeline: ctx.pipeline.name().clone(),
+                names: feeds.urls.iter().map(|(_, url)| url.clone()).collect(),
+                kafka: ctx.kafka,
+                metrics: ctx.metrics,
+                stop: ctx.stop,
+                start: Arc::new(move |i, stop| Box::pin(plans.feed(i, stop, true).run())),
             };
+            tasks.spawn(tracing::Instrument::in_current_span(crate::coord::run(
+                coordinated,
+            )));
+            return;
+        }
+        for i in 0..feeds.urls.len() {
+            let feed = feeds.feed(i, ctx.stop.clone(), false);
             tasks.spawn(tracing::Instrument::in_current_span(feed.run()));
+        }
+    }
+}
+
+/// What each feed of the source is made from.
+struct FeedPlans {
+    urls: Vec<(Uri, Arc<str>)>,
+    subscribe: Arc<Vec<String>>,
+    tls: Option<FeedTls>,
+    config: WebsocketSourceConfig,
+    pipeline: Arc<Pipeline>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl FeedPlans {
+    /// The feed of URL `i`, reading until `stop`; with `handover`, a stopped feed closes the
+    /// connection and reads on until the server's Close (see [`HANDOVER_DRAIN`]).
+    fn feed(&self, i: usize, stop: CancellationToken, handover: bool) -> Feed {
+        let (uri, url) = &self.urls[i];
+        Feed {
+            m: self.metrics.websocket(url),
+            uri: uri.clone(),
+            url: url.clone(),
+            subscribe: self.subscribe.clone(),
+            tls: self.tls.clone(),
+            config: self.config.clone(),
+            pipeline: self.pipeline.clone(),
+            stop,
+            handover,
+            failures: FailureLog::default(),
         }
     }
 }
@@ -168,6 +218,8 @@ struct Feed {
     pipeline: Arc<Pipeline>,
     m: WsMetrics,
     stop: CancellationToken,
+    /// Stopped for a handover (`coordination:`): close, then read until the server's Close.
+    handover: bool,
     failures: FailureLog,
 }
 
@@ -244,9 +296,16 @@ impl Feed {
             self.config.connect_timeout,
             connect(&self.uri, self.tls.as_ref()),
         );
-        let ws = tokio::select! {
-            _ = self.stop.cancelled() => return End::Stopped,
-            r = connect => r,
+        let ws = if self.handover {
+            // A handshake the feed may have completed already is not dropped half-way (the
+            // feed would be sending into a socket nobody reads): it finishes (within
+            // `connect_timeout`), and the stop below closes it cleanly and reads it out.
+            connect.await
+        } else {
+            tokio::select! {
+                _ = self.stop.cancelled() => return End::Stopped,
+                r = connect => r,
+            }
         };
         let ws = match ws {
             Ok(Ok(ws)) => ws,
@@ -312,6 +371,9 @@ impl Feed {
                     biased;
                     _ = &mut stopped => {
                         let _ = tx.close().await;
+                        if self.handover {
+                            self.drain(&mut rx).await;
+                        }
                         break 'conn End::Stopped;
                     }
                     _ = &mut nudge, if nudging => {
@@ -384,6 +446,43 @@ impl Feed {
         end
     }
 }
+
+impl Feed {
+    /// After our Close: reads on until the server's Close (at most [`HANDOVER_DRAIN`]),
+    /// handing every message to the pipeline. A feed that answers Close after its last message
+    /// (as `kgate synth` does) thus loses nothing at a handover: the next owner gets what
+    /// follows.
+    async fn drain<S>(&self, rx: &mut S)
+    where
+        S: futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
+    {
+        let deadline = tokio::time::Instant::now() + HANDOVER_DRAIN;
+        let mut drained = 0u64;
+        let closed = loop {
+            let next = tokio::time::timeout_at(deadline, rx.next()).await;
+            let raw = match next {
+                Err(_) => break false,
+                Ok(None | Some(Err(_))) => break true,
+                Ok(Some(Ok(Message::Text(t)))) => Bytes::from(t),
+                Ok(Some(Ok(Message::Binary(b)))) => b,
+                Ok(Some(Ok(Message::Close(_)))) => break true,
+                Ok(Some(Ok(_))) => continue,
+            };
+            drained += 1;
+            self.m.messages_received.inc();
+            let origin = Origin::now(self.pipeline.name().clone(), self.url.clone());
+            self.pipeline.handle(Event::new(raw, origin)).await;
+        };
+        if closed {
+            tracing::debug!(url = %self.url, drained, "handover: read until the feed's Close");
+        } else {
+            tracing::warn!(url = %self.url, drained, wait = ?HANDOVER_DRAIN, "handover: the feed did not answer our Close in time; what it sends now is for the next owner or lost");
+        }
+    }
+}
+
+/// How long a feed stopped for a handover waits for the server's Close, reading on.
+const HANDOVER_DRAIN: Duration = Duration::from_secs(2);
 
 /// How long the read side stays quiet after a backpressure pause before kgate nudges the feed.
 const NUDGE_AFTER: Duration = Duration::from_millis(100);
