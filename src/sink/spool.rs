@@ -268,6 +268,12 @@ struct Shared {
     on_full: OnFull,
     fsync: Duration,
     state: Mutex<State>,
+    /// Whether `State::backlog_from` is set (changed with it, under the lock): the forwarder
+    /// reads it without the lock.
+    in_backlog: AtomicBool,
+    /// Records Kafka settled, to be acked in the spool at the next flush (or look at its
+    /// state): the delivery callbacks do not contend with senders for the state's lock.
+    acked: Mutex<Vec<u64>>,
     /// Records went to disk only: wakes the forwarder.
     backlog: Notify,
     /// A flush (which may have deleted segments) completed: wakes senders waiting for room.
@@ -297,6 +303,22 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The state with the acks collected since the last look applied.
+    fn state_acked(&self) -> MutexGuard<'_, State> {
+        let mut st = self.state();
+        let acked = std::mem::take(&mut *self.acked.lock().unwrap_or_else(|e| e.into_inner()));
+        for seq in acked {
+            st.spool.ack(seq);
+        }
+        st
+    }
+
+    /// Sets or clears the backlog (under the state's lock).
+    fn set_backlog(&self, st: &mut State, from: Option<u64>) {
+        st.backlog_from = from;
+        self.in_backlog.store(from.is_some(), Ordering::Release);
+    }
+
     fn kick(&self) {
         let _ = self.kick.try_send(());
     }
@@ -305,7 +327,7 @@ impl Shared {
     /// all acked; the fsync runs without the lock.
     fn flush(&self) {
         let job = {
-            let mut st = self.state();
+            let mut st = self.state_acked();
             if !st.spool.is_dirty() {
                 drop(st);
                 self.update_metrics();
@@ -392,7 +414,7 @@ impl Shared {
         let Some(m) = &self.metrics else {
             return;
         };
-        let s = self.state().spool.stats();
+        let s = self.state_acked().spool.stats();
         m.bytes.set(s.bytes as i64);
         m.records.set(s.unacked as i64);
         let now = SystemTime::now()
@@ -404,7 +426,7 @@ impl Shared {
 
     /// Records taken and not settled: in memory only, or in the spool and not acked.
     fn inflight(&self) -> i64 {
-        self.outstanding.load(Ordering::Acquire) + self.state().spool.stats().unacked as i64
+        self.outstanding.load(Ordering::Acquire) + self.state_acked().spool.stats().unacked as i64
     }
 }
 
@@ -445,6 +467,8 @@ impl SpoolSink {
                 backlog_from,
                 waiting: HashMap::new(),
             }),
+            in_backlog: AtomicBool::new(backlog_from.is_some()),
+            acked: Mutex::new(Vec::new()),
             backlog: Notify::new(),
             room: Notify::new(),
             settled: Notify::new(),
@@ -485,7 +509,7 @@ impl SpoolSink {
 
     /// The spool's state now.
     pub fn stats(&self) -> crate::spool::Stats {
-        self.shared.state().spool.stats()
+        self.shared.state_acked().spool.stats()
     }
 
     /// Takes an item: to memory or disk per `when`, waiting for room when the spool is full
@@ -610,7 +634,9 @@ impl SpoolSink {
                 if ack.is_waiting() {
                     st.waiting.insert(seq, ack);
                 }
-                st.backlog_from.get_or_insert(seq);
+                if st.backlog_from.is_none() {
+                    sh.set_backlog(&mut st, Some(seq));
+                }
                 drop(st);
                 sh.backlog.notify_one();
                 None
@@ -657,23 +683,28 @@ async fn forward(shared: Arc<Shared>, inner: Arc<dyn Sink>, mut rx: mpsc::Receiv
         if shared.stopped.load(Ordering::Acquire) {
             return;
         }
-        let batch = {
-            let mut st = shared.state();
-            // Memory first, looked at under the lock senders hold: a record they put in memory
-            // is seen here before any record they later put on disk only.
-            match rx.try_recv() {
-                Ok(item) => {
-                    drop(st);
-                    hand_on(&shared, &inner, item).await;
-                    continue;
-                }
-                Err(mpsc::error::TryRecvError::Empty) => {}
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    if st.backlog_from.is_none() {
-                        return;
-                    }
+        // Memory first, without the lock. Senders put records in memory only while there is
+        // no backlog, and start one under the lock after their last record there; so once the
+        // backlog flag is seen, every record put in memory before it is seen too, and handed
+        // on before the disk is read.
+        let backlog = shared.in_backlog.load(Ordering::Acquire);
+        match rx.try_recv() {
+            Ok(item) => {
+                hand_on(&shared, &inner, item).await;
+                continue;
+            }
+            Err(mpsc::error::TryRecvError::Empty) => {}
+            Err(mpsc::error::TryRecvError::Disconnected) => {
+                if !backlog {
+                    return;
                 }
             }
+        }
+        let batch = if !backlog {
+            cursor = None;
+            None
+        } else {
+            let mut st = shared.state();
             match st.backlog_from {
                 None => {
                     cursor = None;
@@ -692,7 +723,7 @@ async fn forward(shared: Arc<Shared>, inner: Arc<dyn Sink>, mut rx: mpsc::Receiv
                                 replay_logged = true;
                                 tracing::info!(pipeline = %shared.name, records = shared.replay_end - from, "spool: the records the last run left are handed to Kafka again");
                             }
-                            st.backlog_from = None;
+                            shared.set_backlog(&mut st, None);
                             cursor = None;
                             None
                         }
@@ -800,7 +831,11 @@ fn settle(
         }
         (Some(f), _) => {
             if let Some(seq) = seq {
-                shared.state().spool.ack(seq);
+                shared
+                    .acked
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(seq);
             }
             source_ack.resolve(f);
         }
