@@ -887,8 +887,8 @@ impl Runtime {
 
         // Which pipelines stop, which start.
         let new_sections = pipeline_sections(&new_value);
-        let mut stopping = Vec::new();
-        let mut kept = Vec::new();
+        let mut stopping: Vec<Unit> = Vec::new();
+        let mut kept: Vec<Unit> = Vec::new();
         for u in std::mem::take(&mut st.units) {
             match new_sections.get(&*u.name) {
                 None => {
@@ -931,6 +931,48 @@ impl Runtime {
             }
         }
         let timeout = new_config.shutdown_timeout;
+        if let Some(s) = new_schemas {
+            st.refresher_stop.cancel();
+            st.refresher_stop = st.background_stop.child_token();
+            if let (Some(cache), Some(rc)) = (&s, &new_config.schema_registry) {
+                cache.spawn_refresher(rc.refresh, st.refresher_stop.clone());
+            }
+            st.schemas = s;
+        }
+        let dlq_topics: Vec<String> = new_config
+            .pipelines
+            .iter()
+            .filter_map(|p| p.dlq.as_ref().map(|d| d.topic.clone()))
+            .chain([new_config.dlq.topic.clone()])
+            .collect();
+        // An HTTP pipeline without a spool is handed over: the new one takes its route first
+        // (no request finds it missing), then the old one drains the requests it has. The
+        // others stop first (a feed, a consumer group, a spool's directory are theirs alone).
+        let handed_over = |p: &crate::gateway::PipelinePlan| {
+            p.spec.spool.is_none()
+                && new_config
+                    .pipelines
+                    .iter()
+                    .any(|c| *c.name == *p.spec.name && c.source.kind().served_over_http())
+        };
+        let (early, late): (Vec<_>, Vec<_>) = to_start.into_iter().partition(handed_over);
+        let mut started = Vec::new();
+        for plan in early {
+            match self
+                .start_planned(plan, &new_sections, &dlq_topics, &new_config, st, &mut out)
+                .await
+            {
+                Ok(u) => started.push(u),
+                Err(name) => {
+                    // Its old self keeps serving.
+                    if let Some(i) = stopping.iter().position(|u| *u.name == *name) {
+                        let u = stopping.remove(i);
+                        out.restarted.retain(|r| *r != *name);
+                        kept.push(u);
+                    }
+                }
+            }
+        }
         // Stop the changed and removed ones, each drained (together, within the timeout).
         let stopped = futures_util::future::join_all(
             stopping.into_iter().map(|u| self.stop_unit(u, timeout)),
@@ -956,40 +998,12 @@ impl Runtime {
                 Err(e) => out.failed.push(format!("kafka: {e}")),
             }
         }
-        if let Some(s) = new_schemas {
-            st.refresher_stop.cancel();
-            st.refresher_stop = st.background_stop.child_token();
-            if let (Some(cache), Some(rc)) = (&s, &new_config.schema_registry) {
-                cache.spawn_refresher(rc.refresh, st.refresher_stop.clone());
-            }
-            st.schemas = s;
-        }
-        // Start the new and changed ones, in config order.
-        let dlq_topics: Vec<String> = new_config
-            .pipelines
-            .iter()
-            .filter_map(|p| p.dlq.as_ref().map(|d| d.topic.clone()))
-            .chain([new_config.dlq.topic.clone()])
-            .collect();
-        let mut started = Vec::new();
-        for plan in to_start {
-            let name = plan.spec.name.clone();
-            let sec = new_sections.get(&*name).cloned().unwrap_or_default();
-            match start_unit(
-                &self.env,
-                plan,
-                sec,
-                &dlq_topics,
-                &new_config,
-                st.schemas.as_ref(),
-            )
-            .await
+        for plan in late {
+            if let Ok(u) = self
+                .start_planned(plan, &new_sections, &dlq_topics, &new_config, st, &mut out)
+                .await
             {
-                Ok(u) => started.push(u),
-                Err(e) => {
-                    tracing::error!(pipeline = %name, "pipeline did not start after the reload: {e:#}");
-                    out.failed.push(format!("pipeline {name}: {e:#}"));
-                }
+                started.push(u);
             }
         }
         let mut units: Vec<Unit> = kept.into_iter().chain(started).collect();
@@ -1034,15 +1048,47 @@ impl Runtime {
         out
     }
 
+    /// Starts one pipeline of a reload; a failure is logged and put in `out.failed`, and its
+    /// name returned.
+    async fn start_planned(
+        &self,
+        plan: crate::gateway::PipelinePlan,
+        sections: &HashMap<String, serde_json::Value>,
+        dlq_topics: &[String],
+        config: &crate::gateway::Config,
+        st: &State,
+        out: &mut Outcome,
+    ) -> Result<Unit, Arc<str>> {
+        let name = plan.spec.name.clone();
+        let sec = sections.get(&*name).cloned().unwrap_or_default();
+        start_unit(
+            &self.env,
+            plan,
+            sec,
+            dlq_topics,
+            config,
+            st.schemas.as_ref(),
+        )
+        .await
+        .map_err(|e| {
+            tracing::error!(pipeline = %name, "pipeline did not start after the reload: {e:#}");
+            out.failed.push(format!("pipeline {name}: {e:#}"));
+            name.clone()
+        })
+    }
+
     /// Stops one pipeline for a reload: its route goes, its source stops (handing over what
     /// it read) while its consumer sink flushes, requests in flight on its route finish, then
     /// everything it accepted settles (its spool drains like at shutdown), within `timeout`.
     /// Returns what was left unsettled and what its own sinks counted.
     async fn stop_unit(&self, mut u: Unit, timeout: Duration) -> (i64, Counts) {
         let deadline = Instant::now() + timeout;
-        if u.route.is_some() {
+        if let Some(r) = &u.route {
+            // Unless a new pipeline of the same name took the route already.
             let mut table = self.env.routes.write().unwrap_or_else(|e| e.into_inner());
-            table.remove(&*u.name);
+            if table.get(&*u.name).is_some_and(|t| Arc::ptr_eq(t, r)) {
+                table.remove(&*u.name);
+            }
         }
         u.stop.cancel();
         let flush = async {
