@@ -156,16 +156,8 @@ fn reloads(port: u16, result: &str) -> f64 {
 }
 
 /// Counts a topic's records by `n`: (missing acknowledged ones, duplicates).
-fn check_topic(
-    topic: &str,
-    acked: &BTreeMap<u64, (u8, u8)>,
-) -> (Vec<Rec>, BTreeSet<u64>, usize) {
-    let recs = consume(
-        &brokers(),
-        topic,
-        acked.len(),
-        Duration::from_secs(60),
-    );
+fn check_topic(topic: &str, acked: &BTreeMap<u64, (u8, u8)>) -> (Vec<Rec>, BTreeSet<u64>, usize) {
+    let recs = consume(&brokers(), topic, acked.len(), Duration::from_secs(60));
     let mut seen = BTreeSet::new();
     let mut dups = 0;
     for r in &recs {
@@ -189,10 +181,7 @@ fn check_topic(
 #[test]
 fn reloads_under_load_lose_nothing() {
     const FEED: u64 = 6000;
-    let (_synth, url) = spawn_synth(
-        "ticker",
-        &["--rate", "300", "--count", &FEED.to_string()],
-    );
+    let (_synth, url) = spawn_synth("ticker", &["--rate", "300", "--count", &FEED.to_string()]);
     let mut cfg = Cfg {
         brokers: brokers(),
         metrics: free_port(),
@@ -302,13 +291,18 @@ fn reloads_under_load_lose_nothing() {
     assert_eq!(summary.get("undelivered"), Some(&0), "{summary:?}");
 
     let (set, feed_dups) = seqs(&feed);
-    let feed_missing = (1..=FEED).filter(|n| !set.iter().any(|(_, s)| s == n)).count();
+    let feed_missing = (1..=FEED)
+        .filter(|n| !set.iter().any(|(_, s)| s == n))
+        .count();
     eprintln!(
         "feed: {FEED} sent, {} in Kafka, {feed_missing} missing, {feed_dups} duplicates",
         feed.len()
     );
     assert_eq!(feed_missing, 0, "feed messages lost");
-    assert_eq!(feed_dups, 0, "the unchanged feed pipeline duplicated messages");
+    assert_eq!(
+        feed_dups, 0,
+        "the unchanged feed pipeline duplicated messages"
+    );
 
     for (name, topic, acked) in [
         ("orders", cfg.orders_topic.as_str(), &orders_acked),
@@ -322,20 +316,32 @@ fn reloads_under_load_lose_nothing() {
             recs.len(),
             missing.len()
         );
-        assert!(missing.is_empty(), "{name}: acknowledged records lost: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "{name}: acknowledged records lost: {missing:?}"
+        );
         if name == "orders" {
             // Before the SIGHUP the old pipeline (v 1) took them, after the reload the new one.
             for r in &recs {
                 let n = r.json()["n"].as_u64().unwrap();
                 let v = r.headers.get("v").map(String::as_str);
                 match acked.get(&n) {
-                    Some((_, 0)) => assert_eq!(v, Some("1"), "record {n} answered before the SIGHUP"),
+                    Some((_, 0)) => {
+                        assert_eq!(v, Some("1"), "record {n} answered before the SIGHUP")
+                    }
                     Some((2, _)) => assert_eq!(v, Some("2"), "record {n} sent after the reload"),
                     _ => assert!(v == Some("1") || v == Some("2")),
                 }
             }
-            let old = recs.iter().filter(|r| r.headers.get("v").map(String::as_str) == Some("1")).count();
-            assert!(old > 0 && old < recs.len(), "both versions: {old} of {}", recs.len());
+            let old = recs
+                .iter()
+                .filter(|r| r.headers.get("v").map(String::as_str) == Some("1"))
+                .count();
+            assert!(
+                old > 0 && old < recs.len(),
+                "both versions: {old} of {}",
+                recs.len()
+            );
         }
     }
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures_util::future::BoxFuture;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -345,29 +345,68 @@ impl OnProducer {
         }
     }
 
-    /// Puts a channel of ours in place of the event's ack, and forwards the fate to the
-    /// original one once it comes (the count goes down then).
-    fn track(&self, ev: &mut Event) {
+    /// Puts a channel of ours in place of the event's ack; the returned guard forwards the fate
+    /// to the original one (the count goes down then) — at once when the sink answered while
+    /// taking the event (`Busy`, `Dropped`: a source looks for those right after the send),
+    /// else once it comes.
+    fn track(&self, ev: &mut Event) -> Tracked {
         let (ack, rx) = Ack::channel();
-        let mut theirs = std::mem::replace(&mut ev.ack, ack);
+        let theirs = std::mem::replace(&mut ev.ack, ack);
+        self.pending.count.fetch_add(1, Ordering::AcqRel);
+        self.pending.totals.accepted.fetch_add(1, Ordering::Relaxed);
+        Tracked {
+            rx: Some(rx),
+            theirs,
+            pending: self.pending.clone(),
+        }
+    }
+}
+
+/// An event handed to the shared producer by an [`OnProducer`], until its fate is forwarded.
+struct Tracked {
+    rx: Option<oneshot::Receiver<Fate>>,
+    theirs: Ack,
+    pending: Arc<Pending>,
+}
+
+impl Pending {
+    fn finish(&self, fate: Option<Fate>, mut theirs: Ack) {
+        if let Some(fate) = fate {
+            self.count_fate(&fate);
+            theirs.resolve(fate);
+        }
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        self.settled.notify_waiters();
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else {
+            return;
+        };
+        let theirs = std::mem::take(&mut self.theirs);
         let p = self.pending.clone();
-        p.count.fetch_add(1, Ordering::AcqRel);
-        p.totals.accepted.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(async move {
-            if let Ok(fate) = rx.await {
-                p.count_fate(&fate);
-                theirs.resolve(fate);
+        match rx.try_recv() {
+            Ok(fate) => p.finish(Some(fate), theirs),
+            Err(oneshot::error::TryRecvError::Closed) => p.finish(None, theirs),
+            Err(oneshot::error::TryRecvError::Empty) => {
+                match tokio::runtime::Handle::try_current() {
+                    Ok(h) => {
+                        h.spawn(async move { p.finish(rx.await.ok(), theirs) });
+                    }
+                    // No runtime left to wait in: the process is ending.
+                    Err(_) => p.finish(None, theirs),
+                }
             }
-            p.count.fetch_sub(1, Ordering::AcqRel);
-            p.settled.notify_waiters();
-        });
+        }
     }
 }
 
 impl Sink for OnProducer {
     fn send(&self, rec: OutRecord, partition: Option<i32>, mut ev: Event) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            self.track(&mut ev);
+            let _tracked = self.track(&mut ev);
             let sink = self.producer.current.read().await;
             match &self.dlq {
                 Some(t) => sink.with_dlq(t).send(rec, partition, ev).await,
@@ -377,7 +416,7 @@ impl Sink for OnProducer {
     }
     fn dead_letter(&self, mut ev: Event, r: Rejection) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            self.track(&mut ev);
+            let _tracked = self.track(&mut ev);
             let sink = self.producer.current.read().await;
             match &self.dlq {
                 Some(t) => sink.with_dlq(t).dead_letter(ev, r).await,
@@ -842,8 +881,16 @@ impl Runtime {
         }
         new_config.http = st.config.http.clone();
         new_config.ui = st.config.ui.clone();
-        if out.needs_restart.contains(&"log.format".to_string()) {
+        if out.needs_restart.iter().any(|f| f == "log.format") {
             new_config.log.format = st.config.log.format;
+            let old_format = section(section(&old_value, "log"), "format").clone();
+            if let Some(log) = next_value.get_mut("log").and_then(|l| l.as_object_mut()) {
+                if old_format.is_null() {
+                    log.remove("format");
+                } else {
+                    log.insert("format".into(), old_format);
+                }
+            }
         }
 
         let swap = changed("kafka") || changed("dlq");
@@ -1384,4 +1431,60 @@ async fn load_fixed_subjects(p: &Processor, cache: &SchemaCache) -> anyhow::Resu
         tracing::info!(pipeline = %p.name(), subject = %subject, version = l.version, id = l.id, "schema loaded");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(yaml: &str, env: &[(&str, &str)]) -> serde_json::Value {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        crate::config::interpolated(yaml, &|k| env.get(k).cloned()).unwrap()
+    }
+
+    #[test]
+    fn pipelines_compare_by_name_after_interpolation() {
+        let yaml = "pipelines:\n  - {name: a, source: {websocket: {urls: ['${T}']}}, topic: a}\n  - {name: b, source: {http: {}}, topic: b}\n";
+        let one = pipeline_sections(&value(yaml, &[("T", "x")]));
+        let same = pipeline_sections(&value(
+            "pipelines:\n- name: b\n  source: {http: {}}\n  topic: b\n- {name: a, topic: a, source: {websocket: {urls: [\"${T}\"]}}}\n",
+            &[("T", "x")],
+        ));
+        let other = pipeline_sections(&value(yaml, &[("T", "y")]));
+        assert_eq!(one.len(), 2);
+        // Reordered and reformatted: the same sections.
+        assert_eq!(one, same);
+        // A changed environment value changes the section that uses it, not the others.
+        assert_ne!(one["a"], other["a"]);
+        assert_eq!(one["b"], other["b"]);
+    }
+
+    #[test]
+    fn changed_fields_name_each_key() {
+        let old = value("metrics: {listen: '0.0.0.0:9000', max_connections: 5}", &[]);
+        let new = value(
+            "metrics: {listen: '0.0.0.0:9100', max_connections: 5, enabled: true}",
+            &[],
+        );
+        assert_eq!(
+            changed_fields(
+                "metrics",
+                section(&old, "metrics"),
+                section(&new, "metrics")
+            ),
+            vec!["metrics.enabled".to_string(), "metrics.listen".to_string()]
+        );
+        assert!(changed_fields("ui", section(&old, "ui"), section(&new, "ui")).is_empty());
+        assert_eq!(
+            changed_fields(
+                "http",
+                section(&old, "http"),
+                &serde_json::json!({"listen": "x"})
+            ),
+            vec!["http".to_string()]
+        );
+    }
 }
