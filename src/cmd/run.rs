@@ -707,6 +707,73 @@ struct Outcome {
     unsettled: i64,
 }
 
+/// Of the sections that cannot change while running (`metrics:` but its `reload_token`,
+/// `http:`, `ui:`, `log.format`): the fields that changed, and `new` (value and config) with
+/// the running values put back, so that the next reload compares with what runs (and reports
+/// them again until a restart).
+fn hold_fixed_sections(
+    running: &crate::gateway::Config,
+    old: &serde_json::Value,
+    new: &serde_json::Value,
+    new_config: &mut crate::gateway::Config,
+) -> (Vec<String>, serde_json::Value) {
+    let mut needs = Vec::new();
+    for key in NEEDS_RESTART {
+        let mut fields = changed_fields(key, section(old, key), section(new, key));
+        fields.retain(|f| f != "metrics.reload_token");
+        needs.extend(fields);
+    }
+    let format_changed =
+        section(section(old, "log"), "format") != section(section(new, "log"), "format");
+    if format_changed {
+        needs.push("log.format".to_string());
+    }
+    let mut next = new.clone();
+    let Some(root) = next.as_object_mut() else {
+        return (needs, next);
+    };
+    let restore = |root: &mut serde_json::Map<String, serde_json::Value>,
+                   key: &str,
+                   v: &serde_json::Value| {
+        if v.is_null() {
+            root.remove(key);
+        } else {
+            root.insert(key.to_string(), v.clone());
+        }
+    };
+    restore(root, "http", section(old, "http"));
+    restore(root, "ui", section(old, "ui"));
+    // `metrics:` as running, with the new token.
+    let mut metrics = section(old, "metrics").clone();
+    if metrics.is_null() {
+        metrics = serde_json::json!({});
+    }
+    if let Some(m) = metrics.as_object_mut() {
+        match section(new, "metrics").get("reload_token") {
+            Some(t) => m.insert("reload_token".into(), t.clone()),
+            None => m.remove("reload_token"),
+        };
+    }
+    if metrics.as_object().is_some_and(|m| m.is_empty()) && section(old, "metrics").is_null() {
+        root.remove("metrics");
+    } else {
+        root.insert("metrics".into(), metrics);
+    }
+    if format_changed {
+        let format = section(section(old, "log"), "format").clone();
+        if let Some(log) = root.get_mut("log").and_then(|l| l.as_object_mut()) {
+            restore(log, "format", &format);
+        }
+        new_config.log.format = running.log.format;
+    }
+    let token = new_config.metrics.reload_token.clone();
+    new_config.metrics = running.metrics.clone();
+    new_config.metrics.reload_token = token;
+    new_config.http = running.http.clone();
+    new_config.ui = running.ui.clone();
+    (needs, next)
+}
+
 /// The fields under `key` that differ between `old` and `new` (`metrics.listen`), or `key`
 /// itself when it is not a mapping on both sides.
 fn changed_fields(key: &str, old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
@@ -815,82 +882,11 @@ impl Runtime {
             trigger: trigger.to_string(),
             ..Default::default()
         };
-        // What cannot change live: reported, and kept as running (so that the next reload
-        // reports it again until a restart).
-        let mut next_value = new_value.clone();
-        for key in NEEDS_RESTART {
-            let mut fields =
-                changed_fields(key, section(&old_value, key), section(&new_value, key));
-            // The reload token applies live.
-            fields.retain(|f| f != "metrics.reload_token");
-            out.needs_restart.extend(fields);
-        }
-        let log_fields = changed_fields(
-            "log",
-            section(&old_value, "log"),
-            section(&new_value, "log"),
-        );
-        if log_fields.iter().any(|f| f == "log.format") {
-            out.needs_restart.push("log.format".into());
-        }
+        let (needs_restart, next_value) =
+            hold_fixed_sections(&st.config, &old_value, &new_value, &mut new_config);
+        out.needs_restart = needs_restart;
         if changed("log") {
             crate::cmd::log::apply_level(&new_config.log);
-        }
-        // Keep the running values of what needs a restart.
-        for key in NEEDS_RESTART {
-            if *key == "metrics" {
-                continue;
-            }
-            match old_value.get(*key) {
-                Some(v) => {
-                    next_value[*key] = v.clone();
-                }
-                None => {
-                    if let Some(o) = next_value.as_object_mut() {
-                        o.remove(*key);
-                    }
-                }
-            }
-        }
-        if changed("metrics") {
-            // Only the token changes live; the rest of `metrics:` stays as started.
-            let token = new_config.metrics.reload_token.clone();
-            let mut running = st.config.metrics.clone();
-            running.reload_token = token.clone();
-            new_config.metrics = running;
-            let mut m = section(&old_value, "metrics").clone();
-            match (
-                m.as_object_mut(),
-                section(&new_value, "metrics").get("reload_token"),
-            ) {
-                (Some(o), Some(t)) => {
-                    o.insert("reload_token".into(), t.clone());
-                }
-                (Some(o), None) => {
-                    o.remove("reload_token");
-                }
-                _ => {}
-            }
-            if m.is_null() {
-                if let Some(o) = next_value.as_object_mut() {
-                    o.remove("metrics");
-                }
-            } else {
-                next_value["metrics"] = m;
-            }
-        }
-        new_config.http = st.config.http.clone();
-        new_config.ui = st.config.ui.clone();
-        if out.needs_restart.iter().any(|f| f == "log.format") {
-            new_config.log.format = st.config.log.format;
-            let old_format = section(section(&old_value, "log"), "format").clone();
-            if let Some(log) = next_value.get_mut("log").and_then(|l| l.as_object_mut()) {
-                if old_format.is_null() {
-                    log.remove("format");
-                } else {
-                    log.insert("format".into(), old_format);
-                }
-            }
         }
 
         let swap = changed("kafka") || changed("dlq");
@@ -1486,5 +1482,42 @@ mod tests {
             ),
             vec!["http".to_string()]
         );
+    }
+
+    fn config(yaml: &str) -> crate::gateway::Config {
+        crate::gateway::Config::from_yaml_str(yaml, "kgate.yaml", &|_| None).unwrap()
+    }
+
+    #[test]
+    fn fixed_sections_are_reported_and_kept_as_running() {
+        let base = "pipelines: [{name: a, source: {http: {}}, topic: a}]\nhttp: {listen: '127.0.0.1:8082'}\n";
+        let old_yaml =
+            format!("{base}metrics: {{listen: '127.0.0.1:9000'}}\nlog: {{level: info}}\n");
+        let new_yaml = format!("{base}metrics: {{listen: '127.0.0.1:9100', reload_token: 'abcdefghijklmnop'}}\nlog: {{level: debug, format: json}}\n");
+        let running = config(&old_yaml);
+        let mut new_config = config(&new_yaml);
+        let (old, new) = (value(&old_yaml, &[]), value(&new_yaml, &[]));
+        let (needs, next) = hold_fixed_sections(&running, &old, &new, &mut new_config);
+        assert_eq!(
+            needs,
+            vec!["metrics.listen".to_string(), "log.format".to_string()]
+        );
+        // The listener as running, the token and the level as new.
+        assert_eq!(next["metrics"]["listen"], "127.0.0.1:9000");
+        assert_eq!(next["metrics"]["reload_token"], "abcdefghijklmnop");
+        assert_eq!(next["log"]["level"], "debug");
+        assert!(next["log"].get("format").is_none());
+        assert_eq!(new_config.metrics.listen, "127.0.0.1:9000");
+        assert!(new_config.metrics.reload_token.is_some());
+        assert_eq!(new_config.log.format, running.log.format);
+        // Compared again, only what still differs from the running config is reported.
+        let mut again = config(&new_yaml);
+        let (needs, _) = hold_fixed_sections(&new_config, &next, &new, &mut again);
+        assert_eq!(
+            needs,
+            vec!["metrics.listen".to_string(), "log.format".to_string()]
+        );
+        let (needs, _) = hold_fixed_sections(&new_config, &next, &next, &mut again);
+        assert!(needs.is_empty(), "{needs:?}");
     }
 }
