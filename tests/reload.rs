@@ -30,6 +30,8 @@ struct Cfg {
     /// Broken on purpose: a topic name Kafka refuses.
     bad: bool,
     extra_metrics: &'static str,
+    /// A `spool:` directory for pipeline `orders`.
+    spool: Option<String>,
 }
 
 impl Cfg {
@@ -53,6 +55,9 @@ impl Cfg {
             "  - name: orders\n    source: {{http: {{}}}}\n    topic: '{orders_topic}'\n    headers: {{v: '{}'}}\n",
             self.version
         );
+        if let Some(dir) = &self.spool {
+            y += &format!("    spool: {{dir: '{dir}', when: always, fsync: 20ms}}\n");
+        }
         if let Some(t) = &self.gone_topic {
             y += &format!("  - name: gone\n    source: {{http: {{}}}}\n    topic: {t}\n");
         }
@@ -196,6 +201,7 @@ fn reloads_under_load_lose_nothing() {
         compression: "none",
         bad: false,
         extra_metrics: "",
+        spool: None,
     };
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), &cfg.yaml());
@@ -346,8 +352,8 @@ fn reloads_under_load_lose_nothing() {
     }
 }
 
-/// `--watch`: an editor-style rewrite (a new file renamed over the old) is reloaded once; a
-/// reload token guards `POST /-/reload` (401 without it, 403 wrong, 200 right).
+/// `--watch`: an editor-style rewrite (a new file renamed over the old) is reloaded once, and
+/// restarts the spooled pipeline it changes (its directory opened again); a reload token guards `POST /-/reload` (401 without it, 403 wrong, 200 right).
 #[test]
 fn watch_reloads_a_changed_file_and_the_token_guards_post() {
     let mut cfg = Cfg {
@@ -364,8 +370,11 @@ fn watch_reloads_a_changed_file_and_the_token_guards_post() {
         compression: "lz4",
         bad: false,
         extra_metrics: ", reload_token: 'reload-secret-0123456789'",
+        spool: None,
     };
     let dir = tempfile::tempdir().unwrap();
+    // Its pipeline spools: restarted by the reload, it drains and opens its directory again.
+    cfg.spool = Some(dir.path().join("spool").display().to_string());
     let path = write_config(dir.path(), &cfg.yaml());
     let mut gw = spawn_kgate(&["run", "--watch", "--config", path.to_str().unwrap()]);
     let ingest = format!("http://127.0.0.1:{}/ingest/orders", cfg.http);

@@ -573,7 +573,7 @@ async fn start_unit(
     };
     let to = match &spool {
         Some(sp) => {
-            let s = open_spool(sp, &name, to, config, metrics)?;
+            let s = open_spool_when_free(sp, &name, to, config, metrics).await?;
             unit.spool = Some(s.clone());
             s
         }
@@ -1321,6 +1321,34 @@ async fn stop(
         "shutdown complete: {summary}"
     );
     summary
+}
+
+/// [`open_spool`], waiting (up to `shutdown_timeout`) while this process still holds the
+/// directory's lock: a pipeline restarted by a reload opens the spool its old self just
+/// drained, whose flusher lets the lock go at its next tick.
+async fn open_spool_when_free(
+    sp: &crate::spool::SpoolSpec,
+    name: &Arc<str>,
+    to: Arc<dyn Sink>,
+    config: &crate::gateway::Config,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Arc<dyn Sink>> {
+    let deadline = Instant::now() + config.shutdown_timeout;
+    let ours = format!("pid {}", std::process::id());
+    loop {
+        match open_spool(sp, name, to.clone(), config, metrics) {
+            Err(e)
+                if Instant::now() < deadline
+                    && matches!(
+                        e.downcast_ref::<crate::spool::SpoolError>(),
+                        Some(crate::spool::SpoolError::Locked { holder, .. }) if *holder == ours
+                    ) =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            r => return r,
+        }
+    }
 }
 
 /// Opens a pipeline's disk spool in front of `to`; logs what it found (cut tails, records to
