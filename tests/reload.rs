@@ -247,6 +247,16 @@ fn reloads_under_load_lose_nothing() {
         log.contains("config reloaded: applied"),
         "no reload line in the log:\n{log}"
     );
+    // orders and gone stopped with every event they accepted settled.
+    let stopped: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("pipeline stopped for the reload"))
+        .collect();
+    assert_eq!(stopped.len(), 2, "{log}");
+    assert!(
+        stopped.iter().all(|l| l.contains("unsettled=0")),
+        "{stopped:?}"
+    );
 
     // 2. A bad config: refused with its errors, counted, the running config stays.
     let good = cfg.clone();

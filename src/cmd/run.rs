@@ -8,18 +8,18 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures_util::future::BoxFuture;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ConfigErrors;
-use crate::event::{Ack, Event, Fate, Rejection};
+use crate::event::{Event, Rejection, Unsettled};
 use crate::gateway::Gateway;
 use crate::kafka::{fetch_metadata, report_diagnosis, KafkaConfig, MetadataError};
 use crate::metrics::{self, Metrics};
@@ -302,37 +302,15 @@ struct Producer {
 }
 
 /// A pipeline's handle on the shared producer (with its own DLQ topic, if it has one): counts
-/// what the pipeline handed over until each fate is known, so that a reload can wait for one
-/// pipeline's events to settle while the others keep producing.
+/// what the pipeline handed over until each event's ack is settled ([`Ack::count_in`]), so
+/// that a reload can wait for one pipeline's events to settle while the others keep producing.
 struct OnProducer {
     producer: Arc<Producer>,
     dlq: Option<Arc<str>>,
     dlq_topic: String,
-    pending: Arc<Pending>,
-}
-
-#[derive(Default)]
-struct Pending {
-    count: AtomicI64,
-    settled: Notify,
+    unsettled: Arc<Unsettled>,
+    /// Only `accepted` (what it handed over): the fates are counted by the producer.
     totals: Totals,
-}
-
-impl Pending {
-    fn count_fate(&self, fate: &Fate) {
-        let t = &self.totals;
-        let c = match fate {
-            Fate::Delivered { .. } => &t.delivered,
-            Fate::DeadLettered { .. } => &t.dead_lettered,
-            Fate::Dropped => &t.dropped,
-            Fate::Failed { .. } => &t.failed,
-            Fate::Busy => {
-                t.accepted.fetch_sub(1, Ordering::Relaxed);
-                return;
-            }
-        };
-        c.fetch_add(1, Ordering::Relaxed);
-    }
 }
 
 impl OnProducer {
@@ -341,72 +319,21 @@ impl OnProducer {
             producer,
             dlq: dlq.map(Arc::from),
             dlq_topic: dlq.unwrap_or(root_dlq).to_string(),
-            pending: Arc::default(),
+            unsettled: Arc::default(),
+            totals: Totals::default(),
         }
     }
 
-    /// Puts a channel of ours in place of the event's ack; the returned guard forwards the fate
-    /// to the original one (the count goes down then) — at once when the sink answered while
-    /// taking the event (`Busy`, `Dropped`: a source looks for those right after the send),
-    /// else once it comes.
-    fn track(&self, ev: &mut Event) -> Tracked {
-        let (ack, rx) = Ack::channel();
-        let theirs = std::mem::replace(&mut ev.ack, ack);
-        self.pending.count.fetch_add(1, Ordering::AcqRel);
-        self.pending.totals.accepted.fetch_add(1, Ordering::Relaxed);
-        Tracked {
-            rx: Some(rx),
-            theirs,
-            pending: self.pending.clone(),
-        }
-    }
-}
-
-/// An event handed to the shared producer by an [`OnProducer`], until its fate is forwarded.
-struct Tracked {
-    rx: Option<oneshot::Receiver<Fate>>,
-    theirs: Ack,
-    pending: Arc<Pending>,
-}
-
-impl Pending {
-    fn finish(&self, fate: Option<Fate>, mut theirs: Ack) {
-        if let Some(fate) = fate {
-            self.count_fate(&fate);
-            theirs.resolve(fate);
-        }
-        self.count.fetch_sub(1, Ordering::AcqRel);
-        self.settled.notify_waiters();
-    }
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        let Some(mut rx) = self.rx.take() else {
-            return;
-        };
-        let theirs = std::mem::take(&mut self.theirs);
-        let p = self.pending.clone();
-        match rx.try_recv() {
-            Ok(fate) => p.finish(Some(fate), theirs),
-            Err(oneshot::error::TryRecvError::Closed) => p.finish(None, theirs),
-            Err(oneshot::error::TryRecvError::Empty) => {
-                match tokio::runtime::Handle::try_current() {
-                    Ok(h) => {
-                        h.spawn(async move { p.finish(rx.await.ok(), theirs) });
-                    }
-                    // No runtime left to wait in: the process is ending.
-                    Err(_) => p.finish(None, theirs),
-                }
-            }
-        }
+    fn track(&self, ev: &mut Event) {
+        ev.ack.count_in(&self.unsettled);
+        self.totals.accepted.fetch_add(1, Ordering::Relaxed);
     }
 }
 
 impl Sink for OnProducer {
     fn send(&self, rec: OutRecord, partition: Option<i32>, mut ev: Event) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let _tracked = self.track(&mut ev);
+            self.track(&mut ev);
             let sink = self.producer.current.read().await;
             match &self.dlq {
                 Some(t) => sink.with_dlq(t).send(rec, partition, ev).await,
@@ -416,7 +343,7 @@ impl Sink for OnProducer {
     }
     fn dead_letter(&self, mut ev: Event, r: Rejection) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let _tracked = self.track(&mut ev);
+            self.track(&mut ev);
             let sink = self.producer.current.read().await;
             match &self.dlq {
                 Some(t) => sink.with_dlq(t).dead_letter(ev, r).await,
@@ -427,24 +354,16 @@ impl Sink for OnProducer {
     /// Waits until everything this pipeline handed over is settled (the producer itself is
     /// shared: it is flushed by whoever owns it).
     fn drain(&self, timeout: Duration) -> BoxFuture<'_, i64> {
-        Box::pin(async move {
-            let deadline = tokio::time::Instant::now() + timeout;
-            loop {
-                let settled = self.pending.settled.notified();
-                let left = self.pending.count.load(Ordering::Acquire);
-                if left <= 0 || tokio::time::Instant::now() >= deadline {
-                    return left.max(0);
-                }
-                let wait = deadline.min(tokio::time::Instant::now() + Duration::from_millis(100));
-                let _ = tokio::time::timeout_at(wait, settled).await;
-            }
-        })
+        Box::pin(
+            self.unsettled
+                .settle_by(tokio::time::Instant::now() + timeout),
+        )
     }
     fn totals(&self) -> &Totals {
-        &self.pending.totals
+        &self.totals
     }
     fn inflight(&self) -> i64 {
-        self.pending.count.load(Ordering::Acquire)
+        self.unsettled.get()
     }
     fn dlq_topic(&self) -> &str {
         &self.dlq_topic
@@ -1547,5 +1466,25 @@ mod tests {
         );
         let (needs, _) = hold_fixed_sections(&new_config, &next, &next, &mut again);
         assert!(needs.is_empty(), "{needs:?}");
+    }
+
+    #[tokio::test]
+    async fn an_ack_counts_until_answered_or_let_go() {
+        let c = Arc::new(Unsettled::default());
+        let (mut a, rx) = crate::event::Ack::channel();
+        let mut b = crate::event::Ack::none();
+        a.count_in(&c);
+        b.count_in(&c);
+        b.count_in(&c);
+        assert_eq!(c.get(), 2, "counted once each");
+        a.resolve(crate::event::Fate::Dropped);
+        assert_eq!(c.get(), 1);
+        assert!(matches!(rx.await, Ok(crate::event::Fate::Dropped)));
+        drop(b);
+        assert_eq!(c.get(), 0);
+        let left = c
+            .settle_by(tokio::time::Instant::now() + Duration::from_secs(5))
+            .await;
+        assert_eq!(left, 0);
     }
 }
