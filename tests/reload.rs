@@ -32,13 +32,21 @@ struct Cfg {
     extra_metrics: &'static str,
     /// A `spool:` directory for pipeline `orders`.
     spool: Option<String>,
+    /// The metrics listener's host.
+    metrics_host: &'static str,
 }
 
 impl Cfg {
     fn yaml(&self) -> String {
         let mut y = format!(
-            "kafka:\n  brokers: ['{}']\n  producer: {{compression: {}, linger_ms: 5}}\nmetrics: {{listen: '127.0.0.1:{}'{}}}\nhttp: {{listen: '127.0.0.1:{}'}}\ndlq: {{topic: '{}'}}\nshutdown_timeout: 20s\npipelines:\n",
-            self.brokers, self.compression, self.metrics, self.extra_metrics, self.http, self.dlq
+            "kafka:\n  brokers: ['{}']\n  producer: {{compression: {}, linger_ms: 5}}\nmetrics: {{listen: '{}:{}'{}}}\nhttp: {{listen: '127.0.0.1:{}'}}\ndlq: {{topic: '{}'}}\nshutdown_timeout: 20s\npipelines:\n",
+            self.brokers,
+            self.compression,
+            self.metrics_host,
+            self.metrics,
+            self.extra_metrics,
+            self.http,
+            self.dlq
         );
         if !self.feed_url.is_empty() {
             y += &format!(
@@ -202,6 +210,7 @@ fn reloads_under_load_lose_nothing() {
         bad: false,
         extra_metrics: "",
         spool: None,
+        metrics_host: "127.0.0.1",
     };
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), &cfg.yaml());
@@ -381,6 +390,7 @@ fn watch_reloads_a_changed_file_and_the_token_guards_post() {
         bad: false,
         extra_metrics: ", reload_token: 'reload-secret-0123456789'",
         spool: None,
+        metrics_host: "127.0.0.1",
     };
     let dir = tempfile::tempdir().unwrap();
     // Its pipeline spools: restarted by the reload, it drains and opens its directory again.
@@ -427,4 +437,55 @@ fn watch_reloads_a_changed_file_and_the_token_guards_post() {
     assert_eq!(by_n.len(), 2, "{by_n:?}");
     assert_eq!(by_n[&1].as_deref(), Some("1"));
     assert_eq!(by_n[&2].as_deref(), Some("2"));
+}
+
+/// This host's address on its default route (not loopback), for a peer that is not local.
+fn outside_address() -> std::net::IpAddr {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    s.connect("192.0.2.1:9")
+        .or_else(|_| s.connect("10.255.255.1:9"))
+        .expect("a route off this host (to find its non-loopback address)");
+    let ip = s.local_addr().unwrap().ip();
+    assert!(!ip.is_loopback() && !ip.is_unspecified(), "{ip}");
+    ip
+}
+
+/// Without `metrics.reload_token`, `POST /-/reload` is served to loopback peers only.
+#[test]
+fn post_reload_is_refused_to_other_peers_without_a_token() {
+    let cfg = Cfg {
+        brokers: brokers(),
+        metrics: free_port(),
+        http: free_port(),
+        dlq: unique("reload.dlq"),
+        feed_url: String::new(),
+        feed_topic: String::new(),
+        orders_topic: unique("reload.peer"),
+        version: "1",
+        gone_topic: None,
+        added_topic: None,
+        compression: "none",
+        bad: false,
+        extra_metrics: "",
+        spool: None,
+        metrics_host: "0.0.0.0",
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &cfg.yaml());
+    let mut gw = spawn_kgate(&["run", "--config", path.to_str().unwrap()]);
+    let local = format!("127.0.0.1:{}", cfg.metrics);
+    wait_until(
+        Duration::from_secs(30),
+        || http_get(&local, "/healthz").is_some(),
+        "the metrics listener",
+    );
+    let outside = std::net::SocketAddr::new(outside_address(), cfg.metrics);
+    let (s, body) = post(&format!("http://{outside}/-/reload"), None, "").unwrap();
+    assert_eq!(s, 403, "{body}");
+    let (s, body) = post(&format!("http://{local}/-/reload"), None, "").unwrap();
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(reloads(cfg.metrics, "unchanged"), 1.0);
+    assert_eq!(reloads(cfg.metrics, "applied"), 0.0);
+    let summary = stop(&mut gw, 60);
+    assert_eq!(summary.get("undelivered"), Some(&0), "{summary:?}");
 }
