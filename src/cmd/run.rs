@@ -1132,40 +1132,24 @@ impl Runtime {
         let timeout = st.config.shutdown_timeout;
         let units = std::mem::take(&mut st.units);
         let producer = self.env.producer.current.read().await.clone();
-        let mut tasks = http_tasks;
         let mut stops = vec![http_stop];
         let mut deliver = Vec::new();
         let mut spools = Vec::new();
         let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
-        let mut unit_tasks = Vec::new();
+        // The HTTP server's tasks and each pipeline's.
+        let mut tasks = vec![http_tasks];
         for u in units {
             stops.push(u.stop);
             deliver.extend(u.deliver);
             spools.extend(u.spool);
             sinks.extend(u.txn);
-            unit_tasks.push(u.tasks);
+            tasks.push(u.tasks);
         }
         sinks.push(producer);
         let retired = st.retired;
         drop(st);
-        stop(
-            timeout,
-            &deliver,
-            &spools,
-            &sinks,
-            stops,
-            tasks_merge(&mut tasks, unit_tasks),
-            retired,
-        )
-        .await
+        stop(timeout, &deliver, &spools, &sinks, stops, tasks, retired).await
     }
-}
-
-/// Joins every set of tasks (one per pipeline and the HTTP server's) as one.
-fn tasks_merge(first: &mut JoinSet<()>, rest: Vec<JoinSet<()>>) -> Vec<JoinSet<()>> {
-    let mut all = vec![std::mem::take(first)];
-    all.extend(rest);
-    all
 }
 
 /// The shutdown's order: stop the sources (they hand over what they read) while the consumer
