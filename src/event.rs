@@ -78,7 +78,7 @@ impl Fate {
 /// The handle a source keeps to learn an event's fate; answered exactly once.
 /// Sources that need no answer (a WebSocket feed) use [`Ack::none`].
 #[derive(Debug, Default)]
-pub struct Ack(AckTo);
+pub struct Ack(AckTo, Option<Arc<Unsettled>>);
 
 /// Where a fate goes.
 #[derive(Default)]
@@ -100,16 +100,44 @@ impl std::fmt::Debug for AckTo {
     }
 }
 
+/// How many events counted in it (see [`Ack::count_in`]) are not settled yet: answered, or let
+/// go by the sink. `kgate run` keeps one per pipeline, to wait for what one pipeline handed
+/// over to settle while the others keep running (a reload).
+#[derive(Debug, Default)]
+pub struct Unsettled {
+    count: std::sync::atomic::AtomicI64,
+    settled: tokio::sync::Notify,
+}
+
+impl Unsettled {
+    /// Events counted and not settled yet.
+    pub fn get(&self) -> i64 {
+        self.count.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Waits until none is left or `deadline` passes; what is left.
+    pub async fn settle_by(&self, deadline: tokio::time::Instant) -> i64 {
+        loop {
+            let settled = self.settled.notified();
+            let left = self.get();
+            if left <= 0 || tokio::time::Instant::now() >= deadline {
+                return left.max(0);
+            }
+            let _ = tokio::time::timeout_at(deadline, settled).await;
+        }
+    }
+}
+
 impl Ack {
     /// No one is waiting.
     pub fn none() -> Ack {
-        Ack(AckTo::Nobody)
+        Ack(AckTo::Nobody, None)
     }
 
     /// An ack and the receiver its source awaits.
     pub fn channel() -> (Ack, oneshot::Receiver<Fate>) {
         let (tx, rx) = oneshot::channel();
-        (Ack(AckTo::Channel(tx)), rx)
+        (Ack(AckTo::Channel(tx), None), rx)
     }
 
     /// An ack that calls `f` where the fate is settled (a sink's delivery callback: keep it
@@ -117,7 +145,24 @@ impl Ack {
     /// (the runtime going away). For a wrapping sink that would otherwise spawn a task per
     /// record to await a [`Ack::channel`].
     pub fn call(f: impl FnOnce(Option<Fate>) + Send + Sync + 'static) -> Ack {
-        Ack(AckTo::Call(Box::new(f)))
+        Ack(AckTo::Call(Box::new(f)), None)
+    }
+
+    /// Counts this event in `c` until its fate is reported or the ack is dropped (a sink lets
+    /// an event's ack go once it has settled it). Costs no allocation; whether someone waits
+    /// is unchanged.
+    pub fn count_in(&mut self, c: &Arc<Unsettled>) {
+        if self.1.is_none() {
+            c.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            self.1 = Some(c.clone());
+        }
+    }
+
+    fn release(&mut self) {
+        if let Some(c) = self.1.take() {
+            c.count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            c.settled.notify_waiters();
+        }
     }
 
     /// Whether someone waits for the fate (so that it is worth building).
@@ -138,6 +183,7 @@ impl Ack {
             }
             AckTo::Call(f) => f(Some(fate)),
         }
+        self.release();
     }
 }
 
@@ -146,6 +192,7 @@ impl Drop for Ack {
         if let AckTo::Call(f) = std::mem::take(&mut self.0) {
             f(None);
         }
+        self.release();
     }
 }
 

@@ -41,10 +41,17 @@ enum Command {
     /// Stops on SIGINT/SIGTERM: sources stop reading, everything accepted is flushed to Kafka
     /// within `shutdown_timeout`, and a summary of delivered/dead-lettered/dropped is logged.
     /// Exits 0 when nothing accepted was left undelivered.
+    ///
+    /// Reloads the config on SIGHUP, on `POST /-/reload` at the metrics listener and, with
+    /// `--watch`, when the file changes: unchanged pipelines keep running, changed ones drain
+    /// and restart (README.md, "Live reconfiguration").
     Run {
         /// The YAML config file (see README.md, "Configuration reference").
         #[arg(short, long, env = "KGATE_CONFIG")]
         config: PathBuf,
+        /// Reload the config when the file changes (looked at every second).
+        #[arg(long)]
+        watch: bool,
     },
     /// Check a config: every config error with its path, the brokers, the topics and each source.
     ///
@@ -110,7 +117,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     cmd::log::init(cli.log_format);
     match cli.command {
-        Command::Run { config } => cmd::run_main(&config).await,
+        Command::Run { config, watch } => cmd::run_main(&config, watch).await,
         Command::Check { config, timeout } => cmd::check_main(&config, timeout).await,
         Command::Tail(args) => cmd::tail_main(args).await,
         Command::Schemas(args) => ExitCode::from(cmd::schemas::main(args).await),

@@ -104,6 +104,20 @@ pub fn apply(config: &LogConfig) {
     let Some(h) = HANDLES.get() else {
         return;
     };
+    apply_level(config);
+    if h.flag.is_none() && config.format != LogFormat::Text {
+        if let Err(e) = h.format.reload(fmt_layer(config.format)) {
+            tracing::warn!("log.format not applied: {e}");
+        }
+    }
+}
+
+/// Applies `log.level` alone, where `KGATE_LOG`/`RUST_LOG` left it open: what a reload of
+/// `kgate run`'s config changes live (the format needs a restart, see the module's doc).
+pub fn apply_level(config: &LogConfig) {
+    let Some(h) = HANDLES.get() else {
+        return;
+    };
     if !h.env_filter {
         // Validated with the config; a filter that fails here leaves the default in place.
         if let Ok(filter) = EnvFilter::builder().parse(config.directives()) {
@@ -111,11 +125,6 @@ pub fn apply(config: &LogConfig) {
             if let Err(e) = h.filter.reload(filter) {
                 tracing::warn!("log.level not applied: {e}");
             }
-        }
-    }
-    if h.flag.is_none() && config.format != LogFormat::Text {
-        if let Err(e) = h.format.reload(fmt_layer(config.format)) {
-            tracing::warn!("log.format not applied: {e}");
         }
     }
 }

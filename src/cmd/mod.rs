@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::gateway::{Config, Gateway};
+use crate::gateway::Config;
 use crate::kafka::KafkaConfig;
 use crate::registry::{RegistryClient, RegistryConfig, SchemaCache};
 
@@ -48,11 +48,32 @@ pub fn on_signal(token: CancellationToken) {
     });
 }
 
-/// `kgate run --config F`: exits 0 when nothing accepted was left undelivered, 1 when something
-/// was, 2 when the config has errors.
-pub async fn run_main(config: &Path) -> ExitCode {
-    let gateway = match Gateway::load(config) {
-        Ok(g) => g,
+/// One message on `tx` per SIGHUP (a reload of `kgate run`'s config).
+pub fn on_hangup(tx: tokio::sync::mpsc::UnboundedSender<()>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("no SIGHUP handler: reload with POST /-/reload or --watch");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading the config");
+            if tx.send(()).is_err() {
+                return;
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    drop(tx);
+}
+
+/// `kgate run --config F [--watch]`: exits 0 when nothing accepted was left undelivered, 1
+/// when something was, 2 when the config has errors. SIGHUP (and with `watch`, a change of
+/// the file) reloads the config.
+pub async fn run_main(config: &Path, watch: bool) -> ExitCode {
+    let loaded = match run::load(config) {
+        Ok(l) => l,
         Err(e) => {
             eprint!("{e}");
             eprintln!(
@@ -62,10 +83,17 @@ pub async fn run_main(config: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    log::apply(&gateway.config.log);
+    log::apply(&loaded.gateway.config.log);
     let token = CancellationToken::new();
     on_signal(token.clone());
-    match run::run(gateway, token).await {
+    let (tx, hangups) = tokio::sync::mpsc::unbounded_channel();
+    on_hangup(tx);
+    let reloads = run::Reloads {
+        path: config.to_path_buf(),
+        watch,
+        hangups,
+    };
+    match run::run(loaded, reloads, token).await {
         Ok(s) if s.undelivered == 0 && s.failed == 0 => ExitCode::SUCCESS,
         Ok(s) => {
             eprintln!("kgate: not everything accepted reached Kafka: {s}");

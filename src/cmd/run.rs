@@ -1,20 +1,33 @@
-//! `kgate run`: metrics, the sink, the pipelines and their sources; then an orderly shutdown.
+//! `kgate run`: metrics, the producer, the pipelines and their sources; live reloads of the
+//! config; then an orderly shutdown.
+//!
+//! Each pipeline runs as a unit of its own (its stop token, its tasks, the sinks it owns, and
+//! its handle on the shared producer, which counts what it handed over until settled), so that
+//! a reload stops and drains the pipelines that changed while the others keep running, and
+//! swaps the shared producer behind a lock without restarting any.
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use futures_util::future::BoxFuture;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::ConfigErrors;
+use crate::event::{Event, Rejection, Unsettled};
 use crate::gateway::Gateway;
 use crate::kafka::{fetch_metadata, report_diagnosis, KafkaConfig, MetadataError};
 use crate::metrics::{self, Metrics};
 use crate::pipeline::{Pipeline, Processor};
 use crate::registry::{RegistryClient, SchemaCache};
-use crate::sink::{DeliverSink, KafkaSink, Sink, SpoolSink};
-use crate::source::{http, SourceCtx};
+use crate::sink::{DeliverSink, KafkaSink, OutRecord, Sink, SpoolSink, Totals};
+use crate::source::http::{self, HttpPipeline};
+use crate::source::SourceCtx;
 
 /// What a run did, reported at shutdown.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,9 +64,64 @@ impl std::fmt::Display for Summary {
 /// How often `/readyz` refreshes broker metadata.
 const METADATA_EVERY: Duration = Duration::from_secs(10);
 
-/// Runs every pipeline until `shutdown` is cancelled, then stops the sources, drains the
-/// pipelines and flushes the producer within `shutdown_timeout`.
-pub async fn run(gateway: Gateway, shutdown: CancellationToken) -> anyhow::Result<Summary> {
+/// How often `--watch` looks at the config file.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// A config file loaded for `kgate run`: resolved, and as text with `${VAR}` filled in (what a
+/// reload compares, section by section).
+pub struct Loaded {
+    /// The resolved config.
+    pub gateway: Gateway,
+    /// The file as YAML → JSON, interpolated.
+    pub value: serde_json::Value,
+    /// A hash of the file's bytes (what `--watch` compares).
+    hash: u64,
+}
+
+/// Reads, interpolates, parses and resolves the config file at `path` (the checks of `kgate
+/// check`, without its probes).
+pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
+    let text = crate::config::read(path)?;
+    let env = |k: &str| std::env::var(k).ok();
+    let gateway = Gateway::from_yaml_str(&text, &path.display().to_string(), &env)?;
+    let value = crate::config::interpolated(&text, &env).unwrap_or_default();
+    Ok(Loaded {
+        gateway,
+        value,
+        hash: hash_bytes(text.as_bytes()),
+    })
+}
+
+fn hash_bytes(b: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    b.hash(&mut h);
+    h.finish()
+}
+
+/// Where a reload comes from: the file and its triggers besides `POST /-/reload`.
+pub struct Reloads {
+    /// The config file.
+    pub path: PathBuf,
+    /// Poll the file every second and reload it when its content changed.
+    pub watch: bool,
+    /// One message per SIGHUP.
+    pub hangups: mpsc::UnboundedReceiver<()>,
+}
+
+/// Runs every pipeline until `shutdown` is cancelled, reloading the config on the triggers of
+/// `reloads`; then stops the sources, drains the pipelines and flushes the producer within
+/// `shutdown_timeout`.
+pub async fn run(
+    loaded: Loaded,
+    reloads: Reloads,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Summary> {
+    let Loaded {
+        gateway,
+        value,
+        hash,
+    } = loaded;
     let Gateway {
         config,
         metrics_listen,
@@ -75,14 +143,13 @@ pub async fn run(gateway: Gateway, shutdown: CancellationToken) -> anyhow::Resul
         None => None,
     };
     let kafka_sink = KafkaSink::new(&config.kafka, &config.dlq.topic, metrics.clone())?;
-    let sink: Arc<dyn Sink> = kafka_sink.clone();
+    let producer = Arc::new(Producer {
+        current: tokio::sync::RwLock::new(kafka_sink),
+    });
     // Stopped once everything is flushed: the broker watcher and the schema refresher.
     let background_stop = CancellationToken::new();
-    watch_brokers(
-        config.kafka.clone(),
-        metrics.clone(),
-        background_stop.clone(),
-    );
+    let brokers_stop = background_stop.child_token();
+    watch_brokers(config.kafka.clone(), metrics.clone(), brokers_stop.clone());
     let schemas = match &config.schema_registry {
         Some(rc) => {
             let cache = SchemaCache::new(RegistryClient::new(rc)?, Some(metrics.clone()));
@@ -111,51 +178,58 @@ pub async fn run(gateway: Gateway, shutdown: CancellationToken) -> anyhow::Resul
             if u.tls.is_some() { "https" } else { "http" }
         );
     }
-    let Built {
-        pipelines,
-        txn_sinks,
-        deliver_sinks,
-        spool_sinks,
-    } = build_pipelines(plans, &kafka_sink, &config, &metrics, schemas.as_ref()).await?;
+    let refresher_stop = background_stop.child_token();
     if let (Some(cache), Some(rc)) = (&schemas, &config.schema_registry) {
-        cache.spawn_refresher(rc.refresh, background_stop.clone());
+        cache.spawn_refresher(rc.refresh, refresher_stop.clone());
     }
+    let routes = http::RouteTable::default();
+    let sections = pipeline_sections(&value);
+    let env = Env {
+        metrics: metrics.clone(),
+        producer: producer.clone(),
+        routes: routes.clone(),
+    };
+    let units = start_units(&env, plans, &sections, &config, schemas.as_ref()).await?;
 
-    let sources_stop = CancellationToken::new();
-    let mut tasks = JoinSet::new();
-    let http_routes = start_sources(
-        pipelines,
-        &metrics,
-        &config,
-        schemas.as_ref(),
-        &sources_stop,
-        &mut tasks,
-    );
+    let http_stop = CancellationToken::new();
+    let mut http_tasks = JoinSet::new();
     if let Some(h) = &http_settings {
-        let routes = std::mem::take(&mut *http_routes.lock().expect("routes lock"));
+        let rest: Arc<dyn Sink> =
+            Arc::new(OnProducer::new(producer.clone(), None, &config.dlq.topic));
         let served = http::Served {
-            pipelines: routes,
-            rest: Arc::new(Pipeline::passthrough("rest-proxy", sink.clone())),
+            pipelines: routes.clone(),
+            rest: Arc::new(Pipeline::passthrough("rest-proxy", rest)),
             metrics: metrics.clone(),
             schemas: schemas.clone(),
             kafka: config.kafka.clone(),
         };
-        // In `tasks`: on shutdown it stops accepting and lets in-flight requests get their acks.
-        http::spawn(h, served, sources_stop.clone(), &mut tasks).await?;
+        // On shutdown it stops accepting and lets in-flight requests get their acks.
+        http::spawn(h, served, http_stop.clone(), &mut http_tasks).await?;
     }
+    let runtime = Arc::new(Runtime {
+        env,
+        path: reloads.path.clone(),
+        http_served: http_settings.is_some(),
+        state: tokio::sync::Mutex::new(State {
+            config,
+            value,
+            units,
+            schemas,
+            refresher_stop,
+            brokers_stop,
+            background_stop: background_stop.clone(),
+            retired: Counts::default(),
+            stopped: false,
+        }),
+    });
+    {
+        let st = runtime.state.lock().await;
+        runtime.arm_endpoint(&st.config);
+    }
+    spawn_triggers(runtime.clone(), reloads, hash, shutdown.clone());
 
     shutdown.cancelled().await;
-    let mut sinks = vec![sink.clone()];
-    sinks.extend(txn_sinks);
-    let summary = stop(
-        config.shutdown_timeout,
-        &deliver_sinks,
-        &spool_sinks,
-        &sinks,
-        sources_stop,
-        tasks,
-    )
-    .await;
+    let summary = runtime.shutdown(http_stop, http_tasks).await;
     background_stop.cancel();
     server_stop.cancel();
     if let Some(h) = server {
@@ -164,89 +238,1020 @@ pub async fn run(gateway: Gateway, shutdown: CancellationToken) -> anyhow::Resul
     Ok(summary)
 }
 
-/// A started pipeline: its name and topic (for the log), the pipeline, its source.
-type Started = (
-    Arc<Pipeline>,
-    Box<dyn crate::source::Source>,
-    Arc<str>,
-    String,
-);
-
-/// Builds each pipeline's processor (loading the schemas of fixed topics and of `validate:`
-/// now) in front of `sink`, or of a handle on it with the pipeline's own DLQ topic, or, for an
-/// `exactly_once` pipeline, in front of a transactional sink of its own (returned too, to be
-/// drained at shutdown). Every DLQ topic is reserved in every pipeline's `topics_allowed`.
-async fn build_pipelines(
-    plans: Vec<crate::gateway::PipelinePlan>,
-    sink: &Arc<KafkaSink>,
-    config: &crate::gateway::Config,
-    metrics: &Arc<Metrics>,
-    schemas: Option<&Arc<SchemaCache>>,
-) -> anyhow::Result<Built> {
-    let mut started = Vec::with_capacity(plans.len());
-    let mut txn_sinks: Vec<Arc<dyn Sink>> = Vec::new();
-    let mut deliver_sinks: Vec<Arc<dyn Sink>> = Vec::new();
-    let mut spool_sinks: Vec<Arc<dyn Sink>> = Vec::new();
-    let dlq_topics: Vec<String> = plans
-        .iter()
-        .filter_map(|p| p.spec.dlq_topic.clone())
-        .chain([sink.dlq_topic().to_string()])
-        .collect();
-    for plan in plans {
-        let name = plan.spec.name.clone();
-        let topic = plan.spec.topic_text.clone();
-        let dlq = plan.spec.dlq_topic.clone();
-        let exactly_once = plan.spec.exactly_once;
-        let sink_config = plan.spec.sink.clone();
-        let spool = plan.spec.spool.clone();
-        let mut processor = Processor::from_spec(plan.spec, schemas.cloned())?;
-        for t in &dlq_topics {
-            processor.reserve_topic(t);
+/// SIGHUP and `--watch`: each asks the runtime for one reload (they queue on its lock).
+fn spawn_triggers(rt: Arc<Runtime>, reloads: Reloads, hash: u64, shutdown: CancellationToken) {
+    let Reloads {
+        path,
+        watch,
+        mut hangups,
+    } = reloads;
+    let r = rt.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                got = hangups.recv() => match got {
+                    Some(()) => { r.reload("SIGHUP").await; }
+                    None => return,
+                },
+            }
         }
-        if let Some(cache) = schemas {
-            load_fixed_subjects(&processor, cache).await?;
-        }
-        let dlq_topic = dlq.as_deref().unwrap_or(&config.dlq.topic);
-        let to: Arc<dyn Sink> = if let Some(c) = &sink_config {
-            let dlq: Arc<dyn Sink> = match &dlq {
-                Some(t) => sink.with_dlq(t),
-                None => sink.clone(),
+    });
+    if !watch {
+        return;
+    }
+    tracing::info!(file = %path.display(), "watching the config file for changes");
+    tokio::spawn(async move {
+        // What was loaded last, and what the previous look saw: a change is reloaded once its
+        // content stayed the same for one look (an editor's write in several steps, or its
+        // rename over the file, is read whole).
+        let mut loaded = hash;
+        let mut seen = hash;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(WATCH_EVERY) => {}
+            }
+            let Ok(bytes) = tokio::fs::read(&path).await else {
+                continue;
             };
-            let s: Arc<dyn Sink> = DeliverSink::new(c, dlq, metrics.clone(), schemas.cloned())
+            let now = hash_bytes(&bytes);
+            if now != loaded && now == seen {
+                loaded = now;
+                rt.reload("--watch").await;
+            }
+            seen = now;
+        }
+    });
+}
+
+/// What every pipeline is built from.
+struct Env {
+    metrics: Arc<Metrics>,
+    producer: Arc<Producer>,
+    routes: http::RouteTable,
+}
+
+/// The shared producer, swappable: a send holds its read lock while the producer takes the
+/// record; a swap takes the write lock (new sends wait), drains and flushes the old producer,
+/// and puts the new one in — so that records of one partition never overtake each other across
+/// the swap and no pipeline restarts.
+struct Producer {
+    current: tokio::sync::RwLock<Arc<KafkaSink>>,
+}
+
+/// A pipeline's handle on the shared producer (with its own DLQ topic, if it has one): counts
+/// what the pipeline handed over until each event's ack is settled ([`Ack::count_in`]), so
+/// that a reload can wait for one pipeline's events to settle while the others keep producing.
+struct OnProducer {
+    producer: Arc<Producer>,
+    dlq: Option<Arc<str>>,
+    dlq_topic: String,
+    unsettled: Arc<Unsettled>,
+    /// Only `accepted` (what it handed over): the fates are counted by the producer.
+    totals: Totals,
+}
+
+impl OnProducer {
+    fn new(producer: Arc<Producer>, dlq: Option<&str>, root_dlq: &str) -> OnProducer {
+        OnProducer {
+            producer,
+            dlq: dlq.map(Arc::from),
+            dlq_topic: dlq.unwrap_or(root_dlq).to_string(),
+            unsettled: Arc::default(),
+            totals: Totals::default(),
+        }
+    }
+
+    fn track(&self, ev: &mut Event) {
+        ev.ack.count_in(&self.unsettled);
+        self.totals.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Sink for OnProducer {
+    fn send(&self, rec: OutRecord, partition: Option<i32>, mut ev: Event) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.track(&mut ev);
+            let sink = self.producer.current.read().await;
+            match &self.dlq {
+                Some(t) => sink.with_dlq(t).send(rec, partition, ev).await,
+                None => sink.send(rec, partition, ev).await,
+            }
+        })
+    }
+    fn dead_letter(&self, mut ev: Event, r: Rejection) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.track(&mut ev);
+            let sink = self.producer.current.read().await;
+            match &self.dlq {
+                Some(t) => sink.with_dlq(t).dead_letter(ev, r).await,
+                None => sink.dead_letter(ev, r).await,
+            }
+        })
+    }
+    /// Waits until everything this pipeline handed over is settled (the producer itself is
+    /// shared: it is flushed by whoever owns it).
+    fn drain(&self, timeout: Duration) -> BoxFuture<'_, i64> {
+        Box::pin(
+            self.unsettled
+                .settle_by(tokio::time::Instant::now() + timeout),
+        )
+    }
+    fn totals(&self) -> &Totals {
+        &self.totals
+    }
+    fn inflight(&self) -> i64 {
+        self.unsettled.get()
+    }
+    fn dlq_topic(&self) -> &str {
+        &self.dlq_topic
+    }
+}
+
+/// One running pipeline: its source's tasks and stop token, and the sinks it owns.
+struct Unit {
+    name: Arc<str>,
+    /// Its `pipelines[i]` section as read (interpolated): what a reload compares.
+    section: serde_json::Value,
+    /// Restarted when `kafka:` changes (its source or sink builds Kafka clients of its own).
+    uses_kafka_clients: bool,
+    stop: CancellationToken,
+    tasks: JoinSet<()>,
+    /// Its handle on the shared producer (absent for an `exactly_once` pipeline).
+    on_producer: Option<Arc<OnProducer>>,
+    /// A consumer sink (`sink:`), drained while its source stops.
+    deliver: Option<Arc<dyn Sink>>,
+    /// Its disk spool, drained once its source stopped.
+    spool: Option<Arc<dyn Sink>>,
+    /// Its transactional producer (`exactly_once`).
+    txn: Option<Arc<dyn Sink>>,
+    /// Its `/ingest/{name}` route, when its source is `http`.
+    route: Option<Arc<HttpPipeline>>,
+}
+
+/// Each pipeline's section by name, from the interpolated file.
+fn pipeline_sections(value: &serde_json::Value) -> HashMap<String, serde_json::Value> {
+    value
+        .get("pipelines")
+        .and_then(|p| p.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| Some((p.get("name")?.as_str()?.to_string(), p.clone())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Builds and starts `plans` (each pipeline's processor, loading the schemas of fixed topics
+/// and of `validate:` now, in front of its handle on the shared producer — or of its own
+/// transactional producer for `exactly_once`, behind a consumer sink or a spool when it has
+/// one); every DLQ topic of `config` is reserved in every pipeline's `topics_allowed`.
+async fn start_units(
+    env: &Env,
+    plans: Vec<crate::gateway::PipelinePlan>,
+    sections: &HashMap<String, serde_json::Value>,
+    config: &crate::gateway::Config,
+    schemas: Option<&Arc<SchemaCache>>,
+) -> anyhow::Result<Vec<Unit>> {
+    let dlq_topics: Vec<String> = config
+        .pipelines
+        .iter()
+        .filter_map(|p| p.dlq.as_ref().map(|d| d.topic.clone()))
+        .chain([config.dlq.topic.clone()])
+        .collect();
+    let mut units = Vec::with_capacity(plans.len());
+    for plan in plans {
+        let section = sections.get(&*plan.spec.name).cloned().unwrap_or_default();
+        units.push(start_unit(env, plan, section, &dlq_topics, config, schemas).await?);
+    }
+    Ok(units)
+}
+
+async fn start_unit(
+    env: &Env,
+    plan: crate::gateway::PipelinePlan,
+    section: serde_json::Value,
+    dlq_topics: &[String],
+    config: &crate::gateway::Config,
+    schemas: Option<&Arc<SchemaCache>>,
+) -> anyhow::Result<Unit> {
+    let metrics = &env.metrics;
+    let name = plan.spec.name.clone();
+    let topic = plan.spec.topic_text.clone();
+    let dlq = plan.spec.dlq_topic.clone();
+    let exactly_once = plan.spec.exactly_once;
+    let sink_config = plan.spec.sink.clone();
+    let spool = plan.spec.spool.clone();
+    let mut processor = Processor::from_spec(plan.spec, schemas.cloned())?;
+    for t in dlq_topics {
+        processor.reserve_topic(t);
+    }
+    if let Some(cache) = schemas {
+        load_fixed_subjects(&processor, cache).await?;
+    }
+    let dlq_topic = dlq.as_deref().unwrap_or(&config.dlq.topic);
+    let mut unit = Unit {
+        name: name.clone(),
+        section,
+        uses_kafka_clients: false,
+        stop: CancellationToken::new(),
+        tasks: JoinSet::new(),
+        on_producer: None,
+        deliver: None,
+        spool: None,
+        txn: None,
+        route: None,
+    };
+    let to: Arc<dyn Sink> = if exactly_once && sink_config.is_none() {
+        let id = transactional_id(&name);
+        tracing::info!(pipeline = %name, transactional_id = %id.id, "exactly-once: writing in Kafka transactions");
+        let s: Arc<dyn Sink> =
+            KafkaSink::with_transactions(&config.kafka, dlq_topic, metrics.clone(), Some(&id))?;
+        unit.txn = Some(s.clone());
+        s
+    } else {
+        let p = Arc::new(OnProducer::new(
+            env.producer.clone(),
+            dlq.as_deref(),
+            &config.dlq.topic,
+        ));
+        unit.on_producer = Some(p.clone());
+        p
+    };
+    let to: Arc<dyn Sink> = match &sink_config {
+        Some(c) => {
+            let s: Arc<dyn Sink> = DeliverSink::new(c, to, metrics.clone(), schemas.cloned())
                 .with_context(|| format!("pipeline {name}: its sink"))?;
             tracing::info!(pipeline = %name, "records go to a consumer sink");
-            deliver_sinks.push(s.clone());
+            unit.deliver = Some(s.clone());
             s
-        } else if exactly_once {
-            let id = transactional_id(&name);
-            tracing::info!(pipeline = %name, transactional_id = %id.id, "exactly-once: writing in Kafka transactions");
-            let s: Arc<dyn Sink> =
-                KafkaSink::with_transactions(&config.kafka, dlq_topic, metrics.clone(), Some(&id))?;
-            txn_sinks.push(s.clone());
+        }
+        _ => to,
+    };
+    let to = match &spool {
+        Some(sp) => {
+            let s = open_spool_when_free(sp, &name, to, config, metrics).await?;
+            unit.spool = Some(s.clone());
             s
-        } else {
-            match &dlq {
-                Some(t) => sink.with_dlq(t),
-                None => sink.clone(),
-            }
-        };
-        let to = match &spool {
-            Some(sp) => {
-                let s = open_spool(sp, &name, to, config, metrics)?;
-                spool_sinks.push(s.clone());
-                s
-            }
-            None => to,
-        };
-        let pipeline = Arc::new(Pipeline::from_processor(processor, to));
-        started.push((pipeline, plan.source, name, topic));
+        }
+        None => to,
+    };
+    let pipeline = Arc::new(Pipeline::from_processor(processor, to));
+    let kind = config
+        .pipelines
+        .iter()
+        .find(|p| *p.name == *name)
+        .map_or("", |p| p.source.kind().name());
+    unit.uses_kafka_clients = kind == "kafka" || exactly_once;
+    let http_routes = http::Routes::default();
+    let ctx = SourceCtx {
+        pipeline,
+        metrics: metrics.clone(),
+        stop: unit.stop.clone(),
+        http_routes: http_routes.clone(),
+        kafka: config.kafka.clone(),
+        schemas: schemas.cloned(),
+    };
+    {
+        // What a source's tasks log carries its pipeline and kind (the sources spawn their
+        // tasks `in_current_span`).
+        let span = tracing::info_span!("source", pipeline = %name, source = kind);
+        let _entered = span.enter();
+        plan.source.spawn(ctx, &mut unit.tasks);
     }
-    Ok(Built {
-        pipelines: started,
-        txn_sinks,
-        deliver_sinks,
-        spool_sinks,
-    })
+    let registered = std::mem::take(&mut *http_routes.lock().expect("routes lock"));
+    if let Some(hp) = registered.into_iter().next() {
+        let hp = Arc::new(hp);
+        env.routes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), hp.clone());
+        unit.route = Some(hp);
+    }
+    tracing::info!(pipeline = %name, %topic, "pipeline started");
+    Ok(unit)
+}
+
+/// What sinks counted, added up (for the summary, across producers swapped out and pipelines
+/// stopped by reloads).
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    accepted: u64,
+    delivered: u64,
+    dead_lettered: u64,
+    dropped: u64,
+    failed: u64,
+}
+
+impl Counts {
+    /// A Kafka sink's totals.
+    fn of_kafka(s: &dyn Sink) -> Counts {
+        let t = s.totals();
+        let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        Counts {
+            accepted: l(&t.accepted),
+            delivered: l(&t.delivered),
+            dead_lettered: l(&t.dead_lettered),
+            dropped: l(&t.dropped),
+            failed: l(&t.failed),
+        }
+    }
+
+    /// A consumer sink's: its dead-lettered records are counted once, where their DLQ record
+    /// was written (the Kafka sink).
+    fn of_consumer(s: &dyn Sink) -> Counts {
+        let c = Counts::of_kafka(s);
+        Counts {
+            accepted: c.accepted.saturating_sub(c.dead_lettered),
+            dead_lettered: 0,
+            ..c
+        }
+    }
+
+    fn add(&mut self, o: Counts) {
+        self.accepted += o.accepted;
+        self.delivered += o.delivered;
+        self.dead_lettered += o.dead_lettered;
+        self.dropped += o.dropped;
+        self.failed += o.failed;
+    }
+}
+
+/// The running gateway, as reloads change it.
+struct Runtime {
+    env: Env,
+    path: PathBuf,
+    /// Whether the HTTP server runs (`http:` at start): `http` pipelines need it.
+    http_served: bool,
+    /// One reload (or the shutdown) at a time.
+    state: tokio::sync::Mutex<State>,
+}
+
+struct State {
+    /// The config running now (sections that need a restart stay as they were started).
+    config: crate::gateway::Config,
+    /// The same, interpolated: what the next reload compares with.
+    value: serde_json::Value,
+    units: Vec<Unit>,
+    schemas: Option<Arc<SchemaCache>>,
+    refresher_stop: CancellationToken,
+    brokers_stop: CancellationToken,
+    background_stop: CancellationToken,
+    /// What producers swapped out and sinks of stopped pipelines counted.
+    retired: Counts,
+    /// Shut down: no more reloads.
+    stopped: bool,
+}
+
+/// Top-level sections that cannot change while running, with the reason.
+const NEEDS_RESTART: &[&str] = &["metrics", "http", "ui"];
+
+/// What one reload did (the `POST /-/reload` answer's body).
+#[derive(Debug, Default, serde::Serialize)]
+struct Outcome {
+    result: &'static str,
+    trigger: String,
+    kept: Vec<String>,
+    restarted: Vec<String>,
+    added: Vec<String>,
+    removed: Vec<String>,
+    producer_swapped: bool,
+    /// Fields that changed but apply only at the next start.
+    needs_restart: Vec<String>,
+    /// Pipelines that did not start again (with why); they stay stopped until a good reload.
+    failed: Vec<String>,
+    /// Records of stopped pipelines not settled within `shutdown_timeout`.
+    unsettled: i64,
+}
+
+/// Of the sections that cannot change while running (`metrics:` but its `reload_token`,
+/// `http:`, `ui:`, `log.format`): the fields that changed, and `new` (value and config) with
+/// the running values put back, so that the next reload compares with what runs (and reports
+/// them again until a restart).
+fn hold_fixed_sections(
+    running: &crate::gateway::Config,
+    old: &serde_json::Value,
+    new: &serde_json::Value,
+    new_config: &mut crate::gateway::Config,
+) -> (Vec<String>, serde_json::Value) {
+    let mut needs = Vec::new();
+    for key in NEEDS_RESTART {
+        let mut fields = changed_fields(key, section(old, key), section(new, key));
+        fields.retain(|f| f != "metrics.reload_token");
+        needs.extend(fields);
+    }
+    let format_changed =
+        section(section(old, "log"), "format") != section(section(new, "log"), "format");
+    if format_changed {
+        needs.push("log.format".to_string());
+    }
+    let mut next = new.clone();
+    let Some(root) = next.as_object_mut() else {
+        return (needs, next);
+    };
+    let restore = |root: &mut serde_json::Map<String, serde_json::Value>,
+                   key: &str,
+                   v: &serde_json::Value| {
+        if v.is_null() {
+            root.remove(key);
+        } else {
+            root.insert(key.to_string(), v.clone());
+        }
+    };
+    restore(root, "http", section(old, "http"));
+    restore(root, "ui", section(old, "ui"));
+    // `metrics:` as running, with the new token.
+    let mut metrics = section(old, "metrics").clone();
+    if metrics.is_null() {
+        metrics = serde_json::json!({});
+    }
+    if let Some(m) = metrics.as_object_mut() {
+        match section(new, "metrics").get("reload_token") {
+            Some(t) => m.insert("reload_token".into(), t.clone()),
+            None => m.remove("reload_token"),
+        };
+    }
+    if metrics.as_object().is_some_and(|m| m.is_empty()) && section(old, "metrics").is_null() {
+        root.remove("metrics");
+    } else {
+        root.insert("metrics".into(), metrics);
+    }
+    if format_changed {
+        let format = section(section(old, "log"), "format").clone();
+        if let Some(log) = root.get_mut("log").and_then(|l| l.as_object_mut()) {
+            restore(log, "format", &format);
+        }
+        new_config.log.format = running.log.format;
+    }
+    let token = new_config.metrics.reload_token.clone();
+    new_config.metrics = running.metrics.clone();
+    new_config.metrics.reload_token = token;
+    new_config.http = running.http.clone();
+    new_config.ui = running.ui.clone();
+    (needs, next)
+}
+
+/// The fields under `key` that differ between `old` and `new` (`metrics.listen`), or `key`
+/// itself when it is not a mapping on both sides.
+fn changed_fields(key: &str, old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
+    match (old.as_object(), new.as_object()) {
+        (Some(o), Some(n)) => {
+            let mut keys: Vec<&String> = o.keys().chain(n.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter()
+                .filter(|k| o.get(*k) != n.get(*k))
+                .map(|k| format!("{key}.{k}"))
+                .collect()
+        }
+        _ if old != new => vec![key.to_string()],
+        _ => vec![],
+    }
+}
+
+fn section<'a>(v: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
+    v.get(key).unwrap_or(&serde_json::Value::Null)
+}
+
+impl Runtime {
+    /// Serves `POST /-/reload` with the token of `config` (called again after each reload).
+    fn arm_endpoint(self: &Arc<Self>, config: &crate::gateway::Config) {
+        let rt = Arc::downgrade(self);
+        let hook: metrics::ReloadHook = Arc::new(move || {
+            let rt = rt.clone();
+            Box::pin(async move {
+                match rt.upgrade() {
+                    Some(rt) => rt.reload("POST /-/reload").await,
+                    None => metrics::ReloadAnswer {
+                        status: 503,
+                        body: serde_json::json!({"error": "kgate is stopping"}),
+                    },
+                }
+            })
+        });
+        self.env
+            .metrics
+            .set_reload(hook, config.metrics.reload_token.clone());
+    }
+
+    /// Loads the file again and applies what changed; the answer for `POST /-/reload`.
+    async fn reload(self: &Arc<Self>, trigger: &str) -> metrics::ReloadAnswer {
+        let mut st = self.state.lock().await;
+        if st.stopped {
+            return metrics::ReloadAnswer {
+                status: 503,
+                body: serde_json::json!({"error": "kgate is stopping"}),
+            };
+        }
+        let loaded = match load(&self.path) {
+            Ok(l) => l,
+            Err(e) => {
+                self.env
+                    .metrics
+                    .config_reloads
+                    .with_label_values(&["rejected"])
+                    .inc();
+                tracing::error!(
+                    trigger,
+                    errors = e.errors.len(),
+                    "config reload refused; the running config stays"
+                );
+                for err in &e.errors {
+                    tracing::error!(trigger, "{}: {err}", e.file);
+                }
+                return metrics::ReloadAnswer {
+                    status: 422,
+                    body: serde_json::json!({
+                        "result": "rejected",
+                        "errors": e.errors.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
+                        "text": e.to_string(),
+                    }),
+                };
+            }
+        };
+        let out = self.apply(&mut st, loaded, trigger).await;
+        let status = if out.failed.is_empty() { 200 } else { 500 };
+        self.env
+            .metrics
+            .config_reloads
+            .with_label_values(&[out.result])
+            .inc();
+        metrics::ReloadAnswer {
+            status,
+            body: serde_json::to_value(&out).unwrap_or_default(),
+        }
+    }
+
+    async fn apply(self: &Arc<Self>, st: &mut State, loaded: Loaded, trigger: &str) -> Outcome {
+        let Loaded {
+            gateway,
+            value: new_value,
+            ..
+        } = loaded;
+        let Gateway {
+            config: mut new_config,
+            pipelines: plans,
+            ..
+        } = gateway;
+        let old_value = st.value.clone();
+        let changed = |key: &str| section(&old_value, key) != section(&new_value, key);
+        let mut out = Outcome {
+            trigger: trigger.to_string(),
+            ..Default::default()
+        };
+        let (needs_restart, next_value) =
+            hold_fixed_sections(&st.config, &old_value, &new_value, &mut new_config);
+        out.needs_restart = needs_restart;
+        if changed("log") {
+            crate::cmd::log::apply_level(&new_config.log);
+        }
+
+        let swap = changed("kafka") || changed("dlq");
+        let restart_all = changed("schema_registry") || changed("dlq");
+        let kafka_changed = changed("kafka");
+        // The fallible parts first, before anything stops.
+        let new_schemas = if changed("schema_registry") {
+            match &new_config.schema_registry {
+                Some(rc) => match RegistryClient::new(rc) {
+                    Ok(c) => Some(Some(SchemaCache::new(c, Some(self.env.metrics.clone())))),
+                    Err(e) => {
+                        out.failed.push(format!("schema_registry: {e}"));
+                        None
+                    }
+                },
+                None => Some(None),
+            }
+        } else {
+            None
+        };
+        let new_producer = if swap {
+            match KafkaSink::new(
+                &new_config.kafka,
+                &new_config.dlq.topic,
+                self.env.metrics.clone(),
+            ) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    out.failed.push(format!("kafka: {e}"));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if !out.failed.is_empty() {
+            out.result = "rejected";
+            tracing::error!(trigger, failed = ?out.failed, "config reload refused; the running config stays");
+            return out;
+        }
+
+        // Which pipelines stop, which start.
+        let new_sections = pipeline_sections(&new_value);
+        let mut stopping: Vec<Unit> = Vec::new();
+        let mut kept: Vec<Unit> = Vec::new();
+        for u in std::mem::take(&mut st.units) {
+            match new_sections.get(&*u.name) {
+                None => {
+                    out.removed.push(u.name.to_string());
+                    stopping.push(u);
+                }
+                Some(s)
+                    if *s != u.section
+                        || restart_all
+                        || (kafka_changed && u.uses_kafka_clients) =>
+                {
+                    out.restarted.push(u.name.to_string());
+                    stopping.push(u);
+                }
+                Some(_) => {
+                    out.kept.push(u.name.to_string());
+                    kept.push(u);
+                }
+            }
+        }
+        let to_start: Vec<crate::gateway::PipelinePlan> = plans
+            .into_iter()
+            .filter(|p| !out.kept.iter().any(|k| *k == *p.spec.name))
+            .collect();
+        for p in &to_start {
+            if !out.restarted.iter().any(|r| *r == *p.spec.name) {
+                out.added.push(p.spec.name.to_string());
+            }
+        }
+        if !self.http_served {
+            for p in &to_start {
+                if new_config
+                    .pipelines
+                    .iter()
+                    .any(|c| *c.name == *p.spec.name && c.source.kind().served_over_http())
+                {
+                    out.needs_restart
+                        .push(format!("http (pipeline {} is fed over HTTP)", p.spec.name));
+                }
+            }
+        }
+        let timeout = new_config.shutdown_timeout;
+        if let Some(s) = new_schemas {
+            st.refresher_stop.cancel();
+            st.refresher_stop = st.background_stop.child_token();
+            if let (Some(cache), Some(rc)) = (&s, &new_config.schema_registry) {
+                cache.spawn_refresher(rc.refresh, st.refresher_stop.clone());
+            }
+            st.schemas = s;
+        }
+        let dlq_topics: Vec<String> = new_config
+            .pipelines
+            .iter()
+            .filter_map(|p| p.dlq.as_ref().map(|d| d.topic.clone()))
+            .chain([new_config.dlq.topic.clone()])
+            .collect();
+        // An HTTP pipeline without a spool is handed over: the new one takes its route first
+        // (no request finds it missing), then the old one drains the requests it has. The
+        // others stop first (a feed, a consumer group, a spool's directory are theirs alone).
+        let handed_over = |p: &crate::gateway::PipelinePlan| {
+            p.spec.spool.is_none()
+                && new_config
+                    .pipelines
+                    .iter()
+                    .any(|c| *c.name == *p.spec.name && c.source.kind().served_over_http())
+        };
+        let (early, late): (Vec<_>, Vec<_>) = to_start.into_iter().partition(handed_over);
+        let mut started = Vec::new();
+        for plan in early {
+            match self
+                .start_planned(plan, &new_sections, &dlq_topics, &new_config, st, &mut out)
+                .await
+            {
+                Ok(u) => started.push(u),
+                Err(name) => {
+                    // Its old self keeps serving.
+                    if let Some(i) = stopping.iter().position(|u| *u.name == *name) {
+                        let u = stopping.remove(i);
+                        out.restarted.retain(|r| *r != *name);
+                        kept.push(u);
+                    }
+                }
+            }
+        }
+        // Stop the changed and removed ones, each drained (together, within the timeout).
+        let stopped = futures_util::future::join_all(
+            stopping.into_iter().map(|u| self.stop_unit(u, timeout)),
+        )
+        .await;
+        for (left, counts) in stopped {
+            out.unsettled += left;
+            st.retired.add(counts);
+        }
+        if let Some(p) = new_producer {
+            match self.swap_producer(p, timeout).await {
+                Ok(c) => {
+                    st.retired.add(c);
+                    out.producer_swapped = true;
+                    st.brokers_stop.cancel();
+                    st.brokers_stop = st.background_stop.child_token();
+                    watch_brokers(
+                        new_config.kafka.clone(),
+                        self.env.metrics.clone(),
+                        st.brokers_stop.clone(),
+                    );
+                }
+                Err(e) => out.failed.push(format!("kafka: {e}")),
+            }
+        }
+        for plan in late {
+            if let Ok(u) = self
+                .start_planned(plan, &new_sections, &dlq_topics, &new_config, st, &mut out)
+                .await
+            {
+                started.push(u);
+            }
+        }
+        let mut units: Vec<Unit> = kept.into_iter().chain(started).collect();
+        let order: Vec<&str> = new_config
+            .pipelines
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        units.sort_by_key(|u| {
+            order
+                .iter()
+                .position(|n| *n == &*u.name)
+                .unwrap_or(usize::MAX)
+        });
+        st.units = units;
+        st.config = new_config;
+        st.value = next_value;
+        self.arm_endpoint(&st.config);
+        let nothing = out.restarted.is_empty()
+            && out.added.is_empty()
+            && out.removed.is_empty()
+            && !out.producer_swapped
+            && old_value == new_value;
+        out.result = if nothing { "unchanged" } else { "applied" };
+        for f in &out.needs_restart {
+            tracing::warn!(
+                trigger,
+                "config: `{f}` changed and needs a restart of kgate to apply"
+            );
+        }
+        tracing::info!(
+            trigger,
+            kept = ?out.kept,
+            restarted = ?out.restarted,
+            added = ?out.added,
+            removed = ?out.removed,
+            producer_swapped = out.producer_swapped,
+            unsettled = out.unsettled,
+            "config reloaded: {}",
+            out.result
+        );
+        out
+    }
+
+    /// Starts one pipeline of a reload; a failure is logged and put in `out.failed`, and its
+    /// name returned.
+    async fn start_planned(
+        &self,
+        plan: crate::gateway::PipelinePlan,
+        sections: &HashMap<String, serde_json::Value>,
+        dlq_topics: &[String],
+        config: &crate::gateway::Config,
+        st: &State,
+        out: &mut Outcome,
+    ) -> Result<Unit, Arc<str>> {
+        let name = plan.spec.name.clone();
+        let sec = sections.get(&*name).cloned().unwrap_or_default();
+        start_unit(
+            &self.env,
+            plan,
+            sec,
+            dlq_topics,
+            config,
+            st.schemas.as_ref(),
+        )
+        .await
+        .map_err(|e| {
+            tracing::error!(pipeline = %name, "pipeline did not start after the reload: {e:#}");
+            out.failed.push(format!("pipeline {name}: {e:#}"));
+            name.clone()
+        })
+    }
+
+    /// Stops one pipeline for a reload: its route goes, its source stops (handing over what
+    /// it read) while its consumer sink flushes, requests in flight on its route finish, then
+    /// everything it accepted settles (its spool drains like at shutdown), within `timeout`.
+    /// Returns what was left unsettled and what its own sinks counted.
+    async fn stop_unit(&self, mut u: Unit, timeout: Duration) -> (i64, Counts) {
+        let deadline = Instant::now() + timeout;
+        if let Some(r) = &u.route {
+            // Unless a new pipeline of the same name took the route already.
+            let mut table = self.env.routes.write().unwrap_or_else(|e| e.into_inner());
+            if table.get(&*u.name).is_some_and(|t| Arc::ptr_eq(t, r)) {
+                table.remove(&*u.name);
+            }
+        }
+        u.stop.cancel();
+        let flush = async {
+            match &u.deliver {
+                Some(d) => d.drain(timeout).await.max(0),
+                None => 0,
+            }
+        };
+        let tasks = &mut u.tasks;
+        let (mut left, joined) = tokio::join!(
+            flush,
+            tokio::time::timeout_at(deadline.into(), async {
+                while tasks.join_next().await.is_some() {}
+            })
+        );
+        if joined.is_err() {
+            tracing::warn!(pipeline = %u.name, "its source did not stop in time (is Kafka down with the buffer full?)");
+            u.tasks.abort_all();
+        }
+        // An HTTP request holds its pipeline until answered.
+        if let Some(r) = u.route.take() {
+            while Arc::strong_count(&r) > 1 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let rest = || deadline.saturating_duration_since(Instant::now());
+        for s in u.spool.iter().chain(u.txn.iter()) {
+            left += s.drain(rest()).await.max(0);
+        }
+        if let Some(p) = &u.on_producer {
+            left += p.drain(rest()).await.max(0);
+        }
+        let mut counts = Counts::default();
+        if let Some(t) = &u.txn {
+            counts.add(Counts::of_kafka(&**t));
+        }
+        if let Some(d) = &u.deliver {
+            counts.add(Counts::of_consumer(&**d));
+        }
+        tracing::info!(pipeline = %u.name, unsettled = left, "pipeline stopped for the reload");
+        (left, counts)
+    }
+
+    /// Puts `new` in place of the shared producer: new sends wait while the old one's records
+    /// settle and it flushes (within `timeout`); returns what the old one counted.
+    async fn swap_producer(
+        &self,
+        new: Arc<KafkaSink>,
+        timeout: Duration,
+    ) -> Result<Counts, String> {
+        let started = Instant::now();
+        let mut current = tokio::time::timeout(timeout, self.env.producer.current.write())
+            .await
+            .map_err(|_| format!("sends into the old producer did not finish within {timeout:?}; the producer was not swapped"))?;
+        let left = current
+            .drain(timeout.saturating_sub(started.elapsed()))
+            .await;
+        let old = std::mem::replace(&mut *current, new);
+        drop(current);
+        let counts = Counts::of_kafka(&*old);
+        tracing::info!(
+            unsettled = left,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "producer swapped: the old one flushed, the new one takes the records"
+        );
+        // librdkafka's teardown blocks: not on a runtime thread.
+        tokio::task::spawn_blocking(move || drop(old));
+        Ok(counts)
+    }
+
+    /// The orderly shutdown: stop every source and the HTTP server (they hand over what they
+    /// read; in-flight requests get their acks) while the consumer sinks flush their open
+    /// batches (a Kafka source waits for those fates), then wait for every accepted record to
+    /// settle in the spools and the Kafka sinks, all within `shutdown_timeout`; the summary is
+    /// logged.
+    async fn shutdown(&self, http_stop: CancellationToken, http_tasks: JoinSet<()>) -> Summary {
+        let mut st = self.state.lock().await;
+        st.stopped = true;
+        let timeout = st.config.shutdown_timeout;
+        let units = std::mem::take(&mut st.units);
+        let producer = self.env.producer.current.read().await.clone();
+        let mut stops = vec![http_stop];
+        let mut deliver = Vec::new();
+        let mut spools = Vec::new();
+        let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
+        // The HTTP server's tasks and each pipeline's.
+        let mut tasks = vec![http_tasks];
+        for u in units {
+            stops.push(u.stop);
+            deliver.extend(u.deliver);
+            spools.extend(u.spool);
+            sinks.extend(u.txn);
+            tasks.push(u.tasks);
+        }
+        sinks.push(producer);
+        let retired = st.retired;
+        drop(st);
+        stop(timeout, &deliver, &spools, &sinks, stops, tasks, retired).await
+    }
+}
+
+/// The shutdown's order: stop the sources (they hand over what they read) while the consumer
+/// sinks flush their open batches (a Kafka source waits for those fates), then wait for every
+/// accepted record to settle in the Kafka sinks (which carry the consumer sinks' DLQ records),
+/// all within `timeout`; the summary is logged.
+async fn stop(
+    timeout: Duration,
+    deliver: &[Arc<dyn Sink>],
+    spools: &[Arc<dyn Sink>],
+    sinks: &[Arc<dyn Sink>],
+    stops: Vec<CancellationToken>,
+    mut tasks: Vec<JoinSet<()>>,
+    retired: Counts,
+) -> Summary {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    tracing::info!(
+        inflight = sinks.iter().map(|s| s.inflight()).sum::<i64>(),
+        ?timeout,
+        "shutting down: stopping sources, then flushing"
+    );
+    for s in &stops {
+        s.cancel();
+    }
+    let flushes = futures_util::future::join_all(deliver.iter().map(|d| d.drain(timeout)));
+    let (flushed, joined) = tokio::join!(
+        flushes,
+        tokio::time::timeout_at(deadline.into(), async {
+            for set in tasks.iter_mut() {
+                while set.join_next().await.is_some() {}
+            }
+        })
+    );
+    if joined.is_err() {
+        tracing::warn!("sources did not stop in time (is Kafka down with the buffer full?)");
+        for set in tasks.iter_mut() {
+            set.abort_all();
+        }
+    }
+    let mut left: i64 = flushed.iter().map(|l| (*l).max(0)).sum();
+    // A spool hands on what it holds, then keeps what Kafka did not take for the next start.
+    for s in spools {
+        left += s
+            .drain(deadline.saturating_duration_since(Instant::now()))
+            .await
+            .max(0);
+    }
+    for sink in sinks {
+        left += sink
+            .drain(deadline.saturating_duration_since(Instant::now()))
+            .await
+            .max(0);
+    }
+    let mut c = retired;
+    for s in sinks {
+        c.add(Counts::of_kafka(&**s));
+    }
+    for s in deliver {
+        c.add(Counts::of_consumer(&**s));
+    }
+    let summary = Summary {
+        accepted: c.accepted,
+        delivered: c.delivered,
+        dead_lettered: c.dead_lettered,
+        dropped: c.dropped,
+        failed: c.failed,
+        undelivered: left as u64,
+    };
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "shutdown complete: {summary}"
+    );
+    summary
+}
+
+/// [`open_spool`], waiting (up to `shutdown_timeout`) while this process still holds the
+/// directory's lock: a pipeline restarted by a reload opens the spool its old self just
+/// drained, whose flusher lets the lock go at its next tick.
+async fn open_spool_when_free(
+    sp: &crate::spool::SpoolSpec,
+    name: &Arc<str>,
+    to: Arc<dyn Sink>,
+    config: &crate::gateway::Config,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Arc<dyn Sink>> {
+    let deadline = Instant::now() + config.shutdown_timeout;
+    let ours = format!("pid {}", std::process::id());
+    loop {
+        match open_spool(sp, name, to.clone(), config, metrics) {
+            Err(e)
+                if Instant::now() < deadline
+                    && matches!(
+                        e.downcast_ref::<crate::spool::SpoolError>(),
+                        Some(crate::spool::SpoolError::Locked { holder, .. }) if *holder == ours
+                    ) =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            r => return r,
+        }
+    }
 }
 
 /// Opens a pipeline's disk spool in front of `to`; logs what it found (cut tails, records to
@@ -281,18 +1286,6 @@ fn open_spool(
     Ok(s)
 }
 
-/// The pipelines built, and the sinks besides the shared Kafka sink that shutdown drains.
-struct Built {
-    pipelines: Vec<Started>,
-    /// Transactional sinks of `exactly_once` pipelines.
-    txn_sinks: Vec<Arc<dyn Sink>>,
-    /// Consumer sinks of pipelines with `sink:` (drained while their sources stop: a source
-    /// waits for the fates of its open batch).
-    deliver_sinks: Vec<Arc<dyn Sink>>,
-    /// Disk spools in front of the Kafka sink (drained once the sources stopped, before it).
-    spool_sinks: Vec<Arc<dyn Sink>>,
-}
-
 /// How long an exactly-once transaction may stay open before the broker aborts it.
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -314,121 +1307,6 @@ fn hostname() -> String {
         .filter(|h| !h.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "localhost".into())
-}
-
-/// Spawns every pipeline's source; returns the `/ingest` routes the `http` sources registered.
-fn start_sources(
-    pipelines: Vec<Started>,
-    metrics: &Arc<Metrics>,
-    config: &crate::gateway::Config,
-    schemas: Option<&Arc<SchemaCache>>,
-    stop: &CancellationToken,
-    tasks: &mut JoinSet<()>,
-) -> http::Routes {
-    let http_routes = http::Routes::default();
-    for (pipeline, source, name, topic) in pipelines {
-        let ctx = SourceCtx {
-            pipeline,
-            metrics: metrics.clone(),
-            stop: stop.clone(),
-            http_routes: http_routes.clone(),
-            kafka: config.kafka.clone(),
-            schemas: schemas.cloned(),
-        };
-        // What a source's tasks log carries its pipeline and kind (the sources spawn their
-        // tasks `in_current_span`).
-        let kind = config
-            .pipelines
-            .iter()
-            .find(|p| *p.name == *name)
-            .map_or("", |p| p.source.kind().name());
-        let span = tracing::info_span!("source", pipeline = %name, source = kind);
-        let _entered = span.enter();
-        source.spawn(ctx, tasks);
-        tracing::info!(pipeline = %name, %topic, "pipeline started");
-    }
-    http_routes
-}
-
-/// The orderly shutdown: stop the sources (they hand over what they read) while the consumer
-/// sinks flush their open batches (a Kafka source waits for those fates), then wait for every
-/// accepted record to settle in the Kafka sinks (which carry the consumer sinks' DLQ records),
-/// all within `timeout`; the summary is logged.
-async fn stop(
-    timeout: Duration,
-    deliver: &[Arc<dyn Sink>],
-    spools: &[Arc<dyn Sink>],
-    sinks: &[Arc<dyn Sink>],
-    sources_stop: CancellationToken,
-    mut tasks: JoinSet<()>,
-) -> Summary {
-    let started = Instant::now();
-    let deadline = started + timeout;
-    tracing::info!(
-        inflight = sinks.iter().map(|s| s.inflight()).sum::<i64>(),
-        ?timeout,
-        "shutting down: stopping sources, then flushing"
-    );
-    sources_stop.cancel();
-    let flushes = futures_util::future::join_all(deliver.iter().map(|d| d.drain(timeout)));
-    let (flushed, joined) = tokio::join!(
-        flushes,
-        tokio::time::timeout_at(deadline.into(), async {
-            while tasks.join_next().await.is_some() {}
-        })
-    );
-    if joined.is_err() {
-        tracing::warn!("sources did not stop in time (is Kafka down with the buffer full?)");
-        tasks.abort_all();
-    }
-    let mut left: i64 = flushed.iter().map(|l| (*l).max(0)).sum();
-    // A spool hands on what it holds, then keeps what Kafka did not take for the next start.
-    for s in spools {
-        left += s
-            .drain(deadline.saturating_duration_since(Instant::now()))
-            .await
-            .max(0);
-    }
-    for sink in sinks {
-        left += sink
-            .drain(deadline.saturating_duration_since(Instant::now()))
-            .await
-            .max(0);
-    }
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    // A consumer sink's dead-lettered records are counted once, where their DLQ record was
-    // written (the Kafka sink).
-    let sum = |f: fn(&crate::sink::Totals) -> &std::sync::atomic::AtomicU64| -> u64 {
-        let kafka: u64 = sinks.iter().map(|s| load(f(s.totals()))).sum();
-        let consumers: u64 = deliver
-            .iter()
-            .map(|s| {
-                let t = s.totals();
-                let v = load(f(t));
-                if std::ptr::eq(f(t), &t.dead_lettered) {
-                    0
-                } else if std::ptr::eq(f(t), &t.accepted) {
-                    v.saturating_sub(load(&t.dead_lettered))
-                } else {
-                    v
-                }
-            })
-            .sum();
-        kafka + consumers
-    };
-    let summary = Summary {
-        accepted: sum(|t| &t.accepted),
-        delivered: sum(|t| &t.delivered),
-        dead_lettered: sum(|t| &t.dead_lettered),
-        dropped: sum(|t| &t.dropped),
-        failed: sum(|t| &t.failed),
-        undelivered: left as u64,
-    };
-    tracing::info!(
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "shutdown complete: {summary}"
-    );
-    summary
 }
 
 /// Fetches broker metadata every [`METADATA_EVERY`] for `/readyz`, logging when Kafka goes
@@ -480,4 +1358,117 @@ async fn load_fixed_subjects(p: &Processor, cache: &SchemaCache) -> anyhow::Resu
         tracing::info!(pipeline = %p.name(), subject = %subject, version = l.version, id = l.id, "schema loaded");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(yaml: &str, env: &[(&str, &str)]) -> serde_json::Value {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        crate::config::interpolated(yaml, &|k| env.get(k).cloned()).unwrap()
+    }
+
+    #[test]
+    fn pipelines_compare_by_name_after_interpolation() {
+        let yaml = "pipelines:\n  - {name: a, source: {websocket: {urls: ['${T}']}}, topic: a}\n  - {name: b, source: {http: {}}, topic: b}\n";
+        let one = pipeline_sections(&value(yaml, &[("T", "x")]));
+        let same = pipeline_sections(&value(
+            "pipelines:\n- name: b\n  source: {http: {}}\n  topic: b\n- {name: a, topic: a, source: {websocket: {urls: [\"${T}\"]}}}\n",
+            &[("T", "x")],
+        ));
+        let other = pipeline_sections(&value(yaml, &[("T", "y")]));
+        assert_eq!(one.len(), 2);
+        // Reordered and reformatted: the same sections.
+        assert_eq!(one, same);
+        // A changed environment value changes the section that uses it, not the others.
+        assert_ne!(one["a"], other["a"]);
+        assert_eq!(one["b"], other["b"]);
+    }
+
+    #[test]
+    fn changed_fields_name_each_key() {
+        let old = value("metrics: {listen: '0.0.0.0:9000', max_connections: 5}", &[]);
+        let new = value(
+            "metrics: {listen: '0.0.0.0:9100', max_connections: 5, enabled: true}",
+            &[],
+        );
+        assert_eq!(
+            changed_fields(
+                "metrics",
+                section(&old, "metrics"),
+                section(&new, "metrics")
+            ),
+            vec!["metrics.enabled".to_string(), "metrics.listen".to_string()]
+        );
+        assert!(changed_fields("ui", section(&old, "ui"), section(&new, "ui")).is_empty());
+        assert_eq!(
+            changed_fields(
+                "http",
+                section(&old, "http"),
+                &serde_json::json!({"listen": "x"})
+            ),
+            vec!["http".to_string()]
+        );
+    }
+
+    fn config(yaml: &str) -> crate::gateway::Config {
+        crate::gateway::Config::from_yaml_str(yaml, "kgate.yaml", &|_| None).unwrap()
+    }
+
+    #[test]
+    fn fixed_sections_are_reported_and_kept_as_running() {
+        let base = "pipelines: [{name: a, source: {http: {}}, topic: a}]\nhttp: {listen: '127.0.0.1:8082'}\n";
+        let old_yaml =
+            format!("{base}metrics: {{listen: '127.0.0.1:9000'}}\nlog: {{level: info}}\n");
+        let new_yaml = format!("{base}metrics: {{listen: '127.0.0.1:9100', reload_token: 'abcdefghijklmnop'}}\nlog: {{level: debug, format: json}}\n");
+        let running = config(&old_yaml);
+        let mut new_config = config(&new_yaml);
+        let (old, new) = (value(&old_yaml, &[]), value(&new_yaml, &[]));
+        let (needs, next) = hold_fixed_sections(&running, &old, &new, &mut new_config);
+        assert_eq!(
+            needs,
+            vec!["metrics.listen".to_string(), "log.format".to_string()]
+        );
+        // The listener as running, the token and the level as new.
+        assert_eq!(next["metrics"]["listen"], "127.0.0.1:9000");
+        assert_eq!(next["metrics"]["reload_token"], "abcdefghijklmnop");
+        assert_eq!(next["log"]["level"], "debug");
+        assert!(next["log"].get("format").is_none());
+        assert_eq!(new_config.metrics.listen, "127.0.0.1:9000");
+        assert!(new_config.metrics.reload_token.is_some());
+        assert_eq!(new_config.log.format, running.log.format);
+        // Compared again, only what still differs from the running config is reported.
+        let mut again = config(&new_yaml);
+        let (needs, _) = hold_fixed_sections(&new_config, &next, &new, &mut again);
+        assert_eq!(
+            needs,
+            vec!["metrics.listen".to_string(), "log.format".to_string()]
+        );
+        let (needs, _) = hold_fixed_sections(&new_config, &next, &next, &mut again);
+        assert!(needs.is_empty(), "{needs:?}");
+    }
+
+    #[tokio::test]
+    async fn an_ack_counts_until_answered_or_let_go() {
+        let c = Arc::new(Unsettled::default());
+        let (mut a, rx) = crate::event::Ack::channel();
+        let mut b = crate::event::Ack::none();
+        a.count_in(&c);
+        b.count_in(&c);
+        b.count_in(&c);
+        assert_eq!(c.get(), 2, "counted once each");
+        a.resolve(crate::event::Fate::Dropped);
+        assert_eq!(c.get(), 1);
+        assert!(matches!(rx.await, Ok(crate::event::Fate::Dropped)));
+        drop(b);
+        assert_eq!(c.get(), 0);
+        let left = c
+            .settle_by(tokio::time::Instant::now() + Duration::from_secs(5))
+            .await;
+        assert_eq!(left, 0);
+    }
 }

@@ -72,7 +72,7 @@ fn keeps_item(path: &[Seg]) -> bool {
 /// all-digit password or token from the environment is a secret, not a number (and a number
 /// would be refused as a `Secret`).
 fn is_secret_field(path: &[Seg]) -> bool {
-    matches!(path.last(), Some(Seg::Key(k)) if k == "password" || k == "key_password" || k == "token" || k == "hs256_secret")
+    matches!(path.last(), Some(Seg::Key(k)) if k == "password" || k == "key_password" || k == "token" || k == "reload_token" || k == "hs256_secret")
 }
 
 fn walk(

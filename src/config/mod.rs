@@ -238,6 +238,20 @@ fn resolve_path(segs: &[IgnoredSeg], doc: &serde_json::Value) -> String {
     out
 }
 
+/// The config text as [`parse`] reads it before serde: YAML with `${VAR}` from `env` filled
+/// in, as JSON (`None` when it is not YAML with string keys). `kgate run` compares a reloaded
+/// file with the running one section by section in this form, so that a changed environment
+/// variable counts as a change and a reformatted file does not.
+pub fn interpolated(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<serde_json::Value> {
+    let mut value: serde_yaml::Value = serde_yaml::from_str(text).ok()?;
+    if value.is_null() {
+        value = serde_yaml::Value::Mapping(Default::default());
+    }
+    let mut errors = Vec::new();
+    interpolate_env(&mut value, env, &mut errors);
+    serde_json::to_value(&value).ok()
+}
+
 /// Parses YAML into any config type via JSON, so that enums read in the `kind: {...}` form.
 pub fn from_yaml<T: DeserializeOwned>(text: &str) -> Result<T, String> {
     let v: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;

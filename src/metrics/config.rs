@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
-use crate::config::{yes, At, ConfigError, ServerTlsFiles};
+use crate::config::{yes, At, ConfigError, Secret, ServerTlsFiles};
 
 /// `metrics:` — Prometheus endpoint and health checks.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
@@ -29,6 +29,10 @@ pub struct MetricsConfig {
     /// HTTP (keep the port internal then).
     #[serde(default)]
     pub tls: Option<ServerTlsFiles>,
+    /// A bearer token for `POST /-/reload` (write `${RELOAD_TOKEN}`): with it, a reload needs
+    /// `Authorization: Bearer <token>` from any peer; without it only loopback peers may ask.
+    #[serde(default)]
+    pub reload_token: Option<Secret>,
 }
 
 fn default_max_connections() -> u64 {
@@ -40,6 +44,7 @@ impl Default for MetricsConfig {
         MetricsConfig {
             max_connections: default_max_connections(),
             tls: None,
+            reload_token: None,
             enabled: true,
             listen: default_metrics_listen(),
             labels: BTreeMap::new(),
@@ -77,6 +82,12 @@ impl MetricsConfig {
                     ));
                 }
             }
+        }
+        if self.reload_token.as_ref().is_some_and(|t| t.is_empty()) {
+            errors.push(ConfigError::new(
+                at.field("reload_token"),
+                "empty (is its environment variable set?); set it, or remove `reload_token` to allow reloads from loopback only",
+            ));
         }
         for name in self.labels.keys() {
             let ok = name

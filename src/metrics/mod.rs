@@ -6,11 +6,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use axum::Router;
+use futures_util::future::BoxFuture;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -147,6 +148,11 @@ pub struct Metrics {
     pub http_records_per_request: HistogramVec,
     /// The consuming side's families (Kafka source, `kgate consume`, `kgate dlq replay`).
     pub consumer: ConsumerFamilies,
+    /// `kgate_config_reloads_total{result}`: reloads of `kgate run`'s config, by result
+    /// (`applied`, `unchanged`, `rejected`).
+    pub config_reloads: IntCounterVec,
+    /// What `POST /-/reload` runs, and who may ask (set by `kgate run`).
+    reload: std::sync::RwLock<Option<ReloadGate>>,
     topics: Mutex<HashMap<String, Arc<TopicMetrics>>>,
     last_metadata_ok: AtomicU64,
     families: Mutex<HashMap<std::any::TypeId, Arc<dyn std::any::Any + Send + Sync>>>,
@@ -777,6 +783,13 @@ impl Metrics {
         let consumer = ConsumerFamilies::register(&r);
         Arc::new(Metrics {
             consumer,
+            config_reloads: counter(
+                &r,
+                "kgate_config_reloads_total",
+                "Reloads of the config by kgate run (SIGHUP, --watch, POST /-/reload), by result: applied, unchanged, rejected",
+                &["result"],
+            ),
+            reload: std::sync::RwLock::new(None),
             producer,
             dlq_published: BoundedCounterVec::new(rejects.dlq_published, 1, max),
             dlq_failures: rejects.dlq_failures,
@@ -970,6 +983,87 @@ async fn metrics_handler(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     )
 }
 
+/// What `POST /-/reload` answers: an HTTP status and a JSON body.
+#[derive(Debug, Clone)]
+pub struct ReloadAnswer {
+    /// 200 applied or unchanged, 422 refused (the config's errors), 409/500 otherwise.
+    pub status: u16,
+    /// What changed, or the errors.
+    pub body: serde_json::Value,
+}
+
+/// Runs one reload for `POST /-/reload`.
+pub type ReloadHook = Arc<dyn Fn() -> BoxFuture<'static, ReloadAnswer> + Send + Sync>;
+
+/// `POST /-/reload`'s handler and its guard.
+struct ReloadGate {
+    hook: ReloadHook,
+    token: Option<crate::config::Secret>,
+}
+
+impl Metrics {
+    /// Serves `POST /-/reload` with `hook`: from loopback peers only, or, with `token`, from
+    /// any peer that sends `Authorization: Bearer <token>` (and only from those). Called again,
+    /// it replaces both (a reload may change the token).
+    pub fn set_reload(&self, hook: ReloadHook, token: Option<crate::config::Secret>) {
+        *self.reload.write().unwrap_or_else(|e| e.into_inner()) = Some(ReloadGate { hook, token });
+    }
+}
+
+async fn reload_handler(
+    State(m): State<Arc<Metrics>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let answer = |status: StatusCode, message: &str| {
+        (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::json!({ "error": message }).to_string(),
+        )
+            .into_response()
+    };
+    let (hook, token) = {
+        let gate = m.reload.read().unwrap_or_else(|e| e.into_inner());
+        match gate.as_ref() {
+            Some(g) => (g.hook.clone(), g.token.clone()),
+            None => return answer(StatusCode::NOT_FOUND, "no config to reload here"),
+        }
+    };
+    match token {
+        Some(t) => {
+            let given = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            let Some(given) = given else {
+                return answer(
+                    StatusCode::UNAUTHORIZED,
+                    "send `Authorization: Bearer <metrics.reload_token>`",
+                );
+            };
+            use subtle::ConstantTimeEq;
+            if !bool::from(given.trim().as_bytes().ct_eq(t.expose().as_bytes())) {
+                return answer(StatusCode::FORBIDDEN, "wrong reload token");
+            }
+        }
+        None if !peer.ip().is_loopback() => {
+            return answer(
+                StatusCode::FORBIDDEN,
+                "reloads are accepted from loopback only; set metrics.reload_token to allow others with a bearer token",
+            );
+        }
+        None => {}
+    }
+    let a = hook().await;
+    (
+        StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        [(header::CONTENT_TYPE, "application/json")],
+        a.body.to_string(),
+    )
+        .into_response()
+}
+
 async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -1027,6 +1121,7 @@ pub async fn serve(
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/-/reload", post(reload_handler))
         .with_state(metrics);
     let limits = crate::serve::Limits {
         max_connections,

@@ -578,8 +578,10 @@ impl KafkaSink {
             on_full: k.producer.on_full,
             max_record,
         });
-        let s = sink.clone();
-        tokio::spawn(async move { s.dlq_writer(dlq_rx).await });
+        // Weak: the writer must not keep its sink (and its producer) alive once everyone else
+        // let it go (a producer swapped out by a reload); it ends when `dlq_tx` does.
+        let s = Arc::downgrade(&sink);
+        tokio::spawn(KafkaSink::dlq_writer(s, dlq_rx));
         Ok(sink)
     }
 
@@ -592,9 +594,10 @@ impl KafkaSink {
         })
     }
 
-    async fn dlq_writer(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<DlqJob>) {
+    async fn dlq_writer(sink: std::sync::Weak<Self>, mut rx: mpsc::UnboundedReceiver<DlqJob>) {
         while let Some(job) = rx.recv().await {
-            self.produce_dlq(job).await;
+            let Some(s) = sink.upgrade() else { return };
+            s.produce_dlq(job).await;
         }
     }
 

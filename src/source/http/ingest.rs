@@ -256,23 +256,31 @@ async fn ingest_inner(
             (async move { pipeline.handle_within(ev, limit).await }, rx)
         })
         .await;
-    let (status, body) = answer(s, hp, &slots);
+    let (status, body) = answer(s, &hp, &slots);
     Ok(s.answer(status, &body, JSON))
 }
 
 /// The pipeline fed at `/ingest/{name}`, if the token may feed it; 404 and 403 otherwise.
-fn find_pipeline<'s>(
-    s: &'s Server,
+fn find_pipeline(
+    s: &Server,
     name: &str,
     token: Option<&Token>,
-) -> Result<&'s HttpPipeline, ApiError> {
-    let Some(hp) = s.pipelines.get(name) else {
+) -> Result<Arc<HttpPipeline>, ApiError> {
+    let found = s
+        .pipelines
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(name)
+        .cloned();
+    let Some(hp) = found else {
         // Unknown and forbidden look the same to a token that may not see the pipeline.
-        let names: Vec<&str> = if token.is_none() {
-            s.pipelines.keys().map(String::as_str).collect()
+        let mut names: Vec<String> = if token.is_none() {
+            let table = s.pipelines.read().unwrap_or_else(|e| e.into_inner());
+            table.keys().cloned().collect()
         } else {
             Vec::new()
         };
+        names.sort();
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             40403,

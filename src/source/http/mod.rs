@@ -117,6 +117,12 @@ pub enum ServeError {
 /// The `/ingest` routes of the HTTP server, filled in by the `http` sources as they start.
 pub type Routes = Arc<Mutex<Vec<HttpPipeline>>>;
 
+/// The served `/ingest/{pipeline}` table, by pipeline name: swapped by `kgate run` when a
+/// reload adds, changes or removes an `http` pipeline. A request takes its pipeline out of it
+/// once, so that one in flight keeps the pipeline it started on (and gets its acks) after a
+/// swap.
+pub type RouteTable = Arc<std::sync::RwLock<HashMap<String, Arc<HttpPipeline>>>>;
+
 /// A pipeline fed over HTTP, with its `source.http` settings.
 pub struct HttpPipeline {
     /// The compiled pipeline.
@@ -131,7 +137,7 @@ pub struct HttpPipeline {
 struct Server {
     config: HttpConfig,
     tokens: Vec<Token>,
-    pipelines: HashMap<String, HttpPipeline>,
+    pipelines: RouteTable,
     /// The REST Proxy route's pipeline (records built by the route, see `Pipeline::passthrough`).
     rest: Arc<Pipeline>,
     metrics: Arc<Metrics>,
@@ -147,8 +153,8 @@ struct Peer(SocketAddr);
 
 /// What the HTTP server serves.
 pub struct Served {
-    /// The `/ingest` routes (the pipelines whose source is `http`).
-    pub pipelines: Vec<HttpPipeline>,
+    /// The `/ingest` routes (the pipelines whose source is `http`), swappable while serving.
+    pub pipelines: RouteTable,
     /// The REST Proxy route's pipeline.
     pub rest: Arc<Pipeline>,
     /// For the request metrics and `/readyz`'s state.
@@ -198,10 +204,7 @@ pub async fn spawn(
     let server = Arc::new(Server {
         config: config.clone(),
         tokens,
-        pipelines: pipelines
-            .into_iter()
-            .map(|p| (p.pipeline.name().to_string(), p))
-            .collect(),
+        pipelines,
         rest,
         metrics,
         topics: rest::TopicCache::new(kafka, stop.clone()),
