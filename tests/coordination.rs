@@ -256,7 +256,7 @@ fn three_instances_share_six_feeds_and_hand_over() {
         let reader_at_kill = feed
             .values()
             .filter(|(_, at)| at.as_str() <= kill_at.as_str())
-            .last()
+            .next_back()
             .map(|(who, _)| who[0].as_str());
         killed_feeds += usize::from(reader_at_kill == Some("c"));
         println!(
