@@ -255,8 +255,7 @@ fn three_instances_share_six_feeds_and_hand_over() {
         // for a while before the others did).
         let reader_at_kill = feed
             .values()
-            .filter(|(_, at)| at.as_str() <= kill_at.as_str())
-            .next_back()
+            .rfind(|(_, at)| at.as_str() <= kill_at.as_str())
             .map(|(who, _)| who[0].as_str());
         killed_feeds += usize::from(reader_at_kill == Some("c"));
         println!(
