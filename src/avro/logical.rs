@@ -132,9 +132,11 @@ pub(crate) fn parse_timestamp(s: &str, local: bool) -> Result<(i64, u32), &'stat
 }
 
 /// Seconds and nanoseconds to a count of `unit`, floored (finer digits are dropped).
+/// In 128 bits first: near the range's low end `secs * per_sec` alone is below `i64::MIN`
+/// while the sum is not (1677-09-21T00:12:43.145224201Z in nanos).
 pub(crate) fn to_unit(secs: i64, nanos: u32, unit: Unit) -> Option<i64> {
-    let sub = i64::from(nanos) / (1_000_000_000 / unit.per_sec());
-    secs.checked_mul(unit.per_sec())?.checked_add(sub)
+    let sub = i128::from(nanos) / i128::from(1_000_000_000 / unit.per_sec());
+    i64::try_from(i128::from(secs) * i128::from(unit.per_sec()) + sub).ok()
 }
 
 /// A count of `unit` since the epoch as `YYYY-MM-DDTHH:MM:SS.fff…Z` (no `Z` when `local`);
@@ -442,6 +444,17 @@ mod tests {
         assert!(parse_timestamp("2025-06-01T12:00:00+02:00", true).is_err());
         assert_eq!(parse_time("12:34:56.5", 1000), Some(45_296_500));
         assert_eq!(render_time(45_296_500, 1000, 3).unwrap(), "12:34:56.500");
+        // Every timestamp kgate renders parses back to itself, the range's ends included
+        // (fuzzing found the low end: its seconds alone overflow nanos).
+        for v in [i64::MIN + 9, i64::MIN, i64::MAX, -1, 0] {
+            for unit in [Unit::Millis, Unit::Micros, Unit::Nanos] {
+                let Some(text) = render_timestamp(v, unit, false) else {
+                    continue;
+                };
+                let (s, n) = parse_timestamp(&text, false).unwrap();
+                assert_eq!(to_unit(s, n, unit), Some(v), "{text} in {unit:?}");
+            }
+        }
     }
 
     #[test]
