@@ -336,7 +336,7 @@ impl Sink for OnProducer {
             self.track(&mut ev);
             let sink = self.producer.current.read().await;
             match &self.dlq {
-                Some(t) => sink.with_dlq(t).send(rec, partition, ev).await,
+                Some(t) => sink.send_to(rec, partition, ev, t).await,
                 None => sink.send(rec, partition, ev).await,
             }
         })
@@ -346,7 +346,7 @@ impl Sink for OnProducer {
             self.track(&mut ev);
             let sink = self.producer.current.read().await;
             match &self.dlq {
-                Some(t) => sink.with_dlq(t).dead_letter(ev, r).await,
+                Some(t) => sink.reject(ev, r, t).await,
                 None => sink.dead_letter(ev, r).await,
             }
         })

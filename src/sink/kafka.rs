@@ -606,8 +606,9 @@ impl KafkaSink {
     /// acks it as dropped; with an event's `max_wait` it answers Busy after that long. An
     /// event's QoS class overrides `on_full`: `low` drops, `medium`/`high` wait. If the
     /// caller stops waiting first, the record is taken back: not accepted, acked Busy. Kafka
-    /// refusing it sends it to `dlq_topic`.
-    async fn send_to(
+    /// refusing it sends it to `dlq_topic` (the sink's own DLQ topic through [`Sink::send`]; a
+    /// pipeline's own through this, without a [`DlqRoute`] per record).
+    pub async fn send_to(
         &self,
         rec: OutRecord,
         partition: Option<i32>,
@@ -746,7 +747,7 @@ impl KafkaSink {
     }
 
     /// Sends rejected input to `dlq_topic` with its original bytes and headers.
-    async fn reject(&self, ev: Event, r: Rejection, dlq_topic: &Arc<str>) {
+    pub async fn reject(&self, ev: Event, r: Rejection, dlq_topic: &Arc<str>) {
         self.shared
             .metrics
             .events_rejected
