@@ -4,7 +4,12 @@
 //! It stores opaque payloads; the sink wrapper (`sink::SpoolSink`) decides what goes in them.
 //! Every record gets a sequence number, one more than the last, also across restarts. Appends
 //! are written to the file at once (so a killed process loses none; `write_through`) and made
-//! durable together (group commit): [`Spool::flush`] writes what is buffered,
+//! durable together (group commit). Written through, the segment being written is allocated
+//! whole when it is created (`fallocate`, `segment_bytes`) and mapped into memory: an append is
+//! a copy into the page cache, not a `write` call; where the file system or the free space does
+//! not allow the allocation, appends fall back to one `pwrite` each. A process killed while a
+//! segment is mapped leaves it with a tail of zeros, which the next open cuts without counting
+//! it as damage (the file's records are whole; zeros followed by data are damage). Then: [`Spool::flush`] writes what is buffered,
 //! fsyncs once and completes every [`Durable`] handle up to there; a caller that must not go on
 //! before its record is on disk waits on its handle. An [`Spool::ack`] marks a record done; the
 //! acks below the lowest record not yet acked (the watermark) are persisted at each flush in a
@@ -337,6 +342,8 @@ struct Segment {
     bytes: u64,
     /// Its size on disk (written, maybe not yet fsynced).
     written: u64,
+    /// Bytes allocated for it ahead (the mapped segment being written), else 0.
+    alloc: u64,
 }
 
 /// Work for the unlocked part of a flush: fsync these files, then [`Spool::complete`].
@@ -383,6 +390,8 @@ pub struct Spool {
     segments: VecDeque<Segment>,
     /// The last segment, open for appending (none after open, or once deleted).
     active: Option<File>,
+    /// The active segment's file mapped whole (write-through, when it could be allocated).
+    map: Option<memmap2::MmapMut>,
     /// Files written since the last flush and not fsynced (closed segments).
     unsynced: Vec<File>,
     /// A segment was created or deleted: the directory needs an fsync.
@@ -401,6 +410,9 @@ pub struct Spool {
     /// The test seam for a full disk: the most bytes the segment files may hold together.
     #[cfg(test)]
     disk_cap: Option<u64>,
+    /// The test seam for a killed process: dropped without cutting the mapped tail.
+    #[cfg(test)]
+    crashed: bool,
 }
 
 fn now_ms() -> u64 {
@@ -456,7 +468,8 @@ pub struct Scanned {
     pub good_len: u64,
     /// Its length on disk.
     pub file_len: u64,
-    /// What is wrong past `good_len`, if anything.
+    /// What is wrong past `good_len`, if anything (a tail of zeros only is not wrong: it was
+    /// allocated and never written).
     pub bad: Option<String>,
     /// (seq, time) of every [`INDEX_EVERY`]th record, and of the first.
     samples: Vec<(u64, u64)>,
@@ -520,12 +533,28 @@ pub fn scan_segment(
     let mut payload = Vec::new();
     while s.good_len < file_len {
         let left = file_len - s.good_len;
+        let got = left.min(FRAME_LEN) as usize;
+        r.read_exact(&mut head[..got])
+            .map_err(SpoolError::io(path, "read a segment"))?;
+        if head[..got].iter().all(|&b| b == 0) {
+            // Allocated and never written (a mapped segment whose process was killed): the
+            // end, when nothing but zeros follows.
+            let rest = left - got as u64;
+            if let Some(at) =
+                first_nonzero(&mut r, rest).map_err(SpoolError::io(path, "read a segment"))?
+            {
+                s.bad = Some(format!(
+                    "zeros from byte {}, then data again at byte {}",
+                    s.good_len,
+                    s.good_len + got as u64 + at
+                ));
+            }
+            break;
+        }
         if left < FRAME_LEN {
             s.bad = Some(format!("a torn record header ({left} bytes)"));
             break;
         }
-        r.read_exact(&mut head)
-            .map_err(SpoolError::io(path, "read a segment"))?;
         let len = u32::from_le_bytes(head[..4].try_into().expect("4")) as u64;
         let crc = u32::from_le_bytes(head[4..8].try_into().expect("4"));
         let seq = u64::from_le_bytes(head[8..16].try_into().expect("8"));
@@ -559,6 +588,21 @@ pub fn scan_segment(
         s.good_len += FRAME_LEN + len;
     }
     Ok(Some(s))
+}
+
+/// The offset of the first byte that is not zero among the next `len` of `r`.
+fn first_nonzero(r: &mut impl Read, len: u64) -> io::Result<Option<u64>> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut seen = 0;
+    while seen < len {
+        let n = (len - seen).min(buf.len() as u64) as usize;
+        r.read_exact(&mut buf[..n])?;
+        if let Some(i) = buf[..n].iter().position(|&b| b != 0) {
+            return Ok(Some(seen + i as u64));
+        }
+        seen += n as u64;
+    }
+    Ok(None)
 }
 
 /// Takes the directory's lock, or says who holds it.
@@ -693,6 +737,15 @@ impl Spool {
                 f.set_len(s.good_len)
                     .and_then(|_| f.sync_all())
                     .map_err(SpoolError::io(&path, "cut a segment's bad tail"))?;
+            } else if s.good_len < s.file_len {
+                // The unwritten rest of a segment that was mapped when its process died.
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(SpoolError::io(&path, "open a segment"))?;
+                f.set_len(s.good_len)
+                    .and_then(|_| f.sync_all())
+                    .map_err(SpoolError::io(&path, "cut a segment's unwritten tail"))?;
             }
             let overlaps = segments.back().is_some_and(|p: &Segment| s.first < p.end);
             if s.end <= persisted || s.end == s.first || overlaps {
@@ -707,6 +760,7 @@ impl Spool {
                 end: s.end,
                 bytes: s.good_len,
                 written: s.good_len,
+                alloc: 0,
             });
         }
         let next_seq = segments.back().map_or(persisted, |s| s.end.max(persisted));
@@ -725,6 +779,7 @@ impl Spool {
             acks_file,
             segments,
             active: None,
+            map: None,
             unsynced: Vec::new(),
             dir_dirty,
             pending: Vec::new(),
@@ -739,6 +794,8 @@ impl Spool {
             fsyncs: 0,
             #[cfg(test)]
             disk_cap: None,
+            #[cfg(test)]
+            crashed: false,
         };
         spool.advance();
         if spool.dir_dirty {
@@ -811,7 +868,7 @@ impl Spool {
             });
         }
         if self.needs_roll(frame) {
-            self.start_segment()?;
+            self.start_segment(frame)?;
         }
         let seq = self.next_seq;
         let time = now_ms();
@@ -819,23 +876,27 @@ impl Spool {
         h.update(&seq.to_le_bytes());
         h.update(&time.to_le_bytes());
         h.update(payload);
-        if self.pending.is_empty() {
-            self.pending_first = seq;
-        }
-        let at = self.pending.len();
-        self.pending
-            .extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        self.pending.extend_from_slice(&h.finalize().to_le_bytes());
-        self.pending.extend_from_slice(&seq.to_le_bytes());
-        self.pending.extend_from_slice(&time.to_le_bytes());
-        self.pending.extend_from_slice(payload);
+        let mut head = [0u8; FRAME_LEN as usize];
+        head[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        head[4..8].copy_from_slice(&h.finalize().to_le_bytes());
+        head[8..16].copy_from_slice(&seq.to_le_bytes());
+        head[16..24].copy_from_slice(&time.to_le_bytes());
         // Into the kernel now: a killed process loses nothing it appended (only a power loss
-        // can take what the next fsync has not made durable).
-        if self.opts.write_through {
-            if let Err(e) = self.write_pending() {
-                // Not taken: the spool stays as it was.
-                self.pending.truncate(at);
-                return Err(e);
+        // can take what the next fsync has not made durable). Into the mapped segment when
+        // there is one: a copy, no system call.
+        if !self.write_mapped(&head, payload) {
+            if self.pending.is_empty() {
+                self.pending_first = seq;
+            }
+            let at = self.pending.len();
+            self.pending.extend_from_slice(&head);
+            self.pending.extend_from_slice(payload);
+            if self.opts.write_through {
+                if let Err(e) = self.write_pending() {
+                    // Not taken: the spool stays as it was.
+                    self.pending.truncate(at);
+                    return Err(e);
+                }
             }
         }
         let seg = self.segments.back_mut().expect("an active segment");
@@ -857,13 +918,87 @@ impl Spool {
         })
     }
 
+    /// Copies a record into the mapped segment being written: false when there is none or the
+    /// record does not fit it (or records wait in the buffer, which go first).
+    fn write_mapped(&mut self, head: &[u8], payload: &[u8]) -> bool {
+        let (Some(map), Some(seg)) = (self.map.as_mut(), self.segments.back_mut()) else {
+            return false;
+        };
+        let at = seg.written as usize;
+        let end = at + head.len() + payload.len();
+        if end > map.len() || !self.pending.is_empty() {
+            return false;
+        }
+        // The payload before its header: a process killed between the two leaves zeros where
+        // the header goes, and the next open cuts there.
+        map[at + head.len()..end].copy_from_slice(payload);
+        map[at..at + head.len()].copy_from_slice(head);
+        seg.written = end as u64;
+        true
+    }
+
+    /// Allocates `len` bytes for the new segment file `f` (its header written) and maps it;
+    /// `None` when the file system cannot allocate (no space, or no `fallocate`) or map it:
+    /// the segment is then written with `pwrite`, as it grows.
+    fn allocate(&self, f: &File, len: u64) -> Option<memmap2::MmapMut> {
+        use std::os::fd::AsRawFd;
+        #[cfg(test)]
+        if let Some(cap) = self.disk_cap {
+            if self.disk_used() + len > cap {
+                return None;
+            }
+        }
+        let size = libc::off_t::try_from(len).ok()?;
+        // SAFETY: fallocate on a descriptor this spool owns; no memory is passed.
+        let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, size) };
+        if rc != 0 {
+            // What a failed call allocated goes again.
+            let _ = f.set_len(HEADER_LEN);
+            return None;
+        }
+        // SAFETY: the file is this spool's own (its directory is locked, see [`lock`]); it is
+        // allocated whole, so a write to the map cannot fail for want of space, and it is not
+        // shortened while mapped ([`Spool::seal_active`] unmaps first).
+        match unsafe { memmap2::MmapOptions::new().len(len as usize).map_mut(f) } {
+            Ok(m) => Some(m),
+            Err(_) => {
+                let _ = f.set_len(HEADER_LEN);
+                None
+            }
+        }
+    }
+
+    /// Unmaps the segment being written and cuts its file to what was written (a closed
+    /// segment is as long as its records). A failed cut leaves a tail of zeros, which the next
+    /// open cuts.
+    fn seal_active(&mut self) {
+        self.map = None;
+        if let (Some(f), Some(seg)) = (self.active.as_ref(), self.segments.back_mut()) {
+            if seg.alloc > seg.written && f.set_len(seg.written).is_ok() {
+                seg.alloc = 0;
+            }
+        }
+    }
+
+    /// The bytes the segment files take on disk (the test seam of a full disk).
+    #[cfg(test)]
+    fn disk_used(&self) -> u64 {
+        self.segments.iter().map(|s| s.written.max(s.alloc)).sum()
+    }
+
+    /// Drops the spool as a killed process would: the mapped segment is not cut.
+    #[cfg(test)]
+    pub(crate) fn crash(mut self) {
+        self.crashed = true;
+    }
+
     /// Writes `buf` at `offset` of segment file `f`.
     fn write_segment(&self, f: &File, buf: &[u8], offset: u64) -> io::Result<()> {
         #[cfg(test)]
         if let Some(cap) = self.disk_cap {
             // A disk that holds `cap` bytes of segments: a longer write writes what fits, then
             // fails, as a real one does.
-            let used: u64 = self.segments.iter().map(|s| s.written).sum();
+            let used = self.disk_used();
             let room = cap.saturating_sub(used);
             if buf.len() as u64 > room {
                 f.write_all_at(&buf[..room as usize], offset)?;
@@ -898,12 +1033,14 @@ impl Spool {
     }
 
     /// Closes the segment being written (its buffer written, its fsync left to the next flush)
-    /// and creates the next one. When that fails, the spool is as it was.
-    fn start_segment(&mut self) -> Result<(), SpoolError> {
+    /// and creates the next one, for a first record of `frame` bytes: allocated and mapped
+    /// whole when written through. When that fails, the spool is as it was.
+    fn start_segment(&mut self, frame: u64) -> Result<(), SpoolError> {
         self.write_pending()?;
         let first = self.next_seq;
         let path = self.dir.join(segment_name(first));
         let f = OpenOptions::new()
+            .read(true)
             .write(true)
             .create(true)
             .truncate(true)
@@ -919,6 +1056,13 @@ impl Spool {
             let _ = std::fs::remove_file(&path);
             return Err(self.io_error(&path, "write a segment header", e));
         }
+        let alloc = self.opts.segment_bytes.max(HEADER_LEN + frame);
+        let map = if self.opts.write_through {
+            self.allocate(&f, alloc)
+        } else {
+            None
+        };
+        self.seal_active();
         if let Some(old) = self.active.replace(f) {
             self.unsynced.push(old);
         }
@@ -928,7 +1072,9 @@ impl Spool {
             end: first,
             bytes: HEADER_LEN,
             written: HEADER_LEN,
+            alloc: if map.is_some() { alloc } else { 0 },
         });
+        self.map = map;
         Ok(())
     }
 
@@ -1086,6 +1232,7 @@ impl Spool {
                 }
                 // The segment being written, all acked: it goes, and the next append starts
                 // a new one.
+                self.map = None;
                 self.active = None;
             }
             let path = self.dir.join(segment_name(seg.first));
@@ -1257,6 +1404,17 @@ impl Spool {
             writes: self.writes,
             fsyncs: self.fsyncs,
         }
+    }
+}
+
+impl Drop for Spool {
+    /// Cuts the segment being written to its records (see [`Spool::seal_active`]).
+    fn drop(&mut self) {
+        #[cfg(test)]
+        if self.crashed {
+            return;
+        }
+        self.seal_active();
     }
 }
 

@@ -403,6 +403,111 @@ fn reads_follow_appends_across_segments() {
     assert_eq!(seqs(&got), (0..20).collect::<Vec<_>>());
 }
 
+fn write_through(segment_bytes: u64) -> SpoolOptions {
+    SpoolOptions {
+        write_through: true,
+        ..opts(segment_bytes, 1 << 30, OnFull::Block)
+    }
+}
+
+#[test]
+fn a_written_through_segment_is_allocated_whole_and_closed_at_its_records() {
+    let d = tempfile::tempdir().unwrap();
+    let seg = 64 * 1024;
+    let (mut s, _) = Spool::open(d.path(), write_through(seg)).unwrap();
+    for i in 0..10 {
+        s.append(&payload(i)).unwrap();
+    }
+    // Allocated whole (and mapped): the file is a segment long before it is full.
+    let files = segment_files(d.path());
+    assert_eq!(files.len(), 1);
+    assert_eq!(std::fs::metadata(&files[0]).unwrap().len(), seg);
+    // What was copied into the map is read back before any flush.
+    assert_eq!(seqs(&read_all(&s)), (0..10).collect::<Vec<_>>());
+    // Past a segment's worth, the first is closed: cut to its records exactly.
+    let mut i = 10;
+    while segment_files(d.path()).len() < 2 {
+        s.append(&payload(i)).unwrap();
+        i += 1;
+    }
+    let files = segment_files(d.path());
+    let first = scan_segment(&files[0], |_, _, _| {}).unwrap().unwrap();
+    assert_eq!(first.good_len, first.file_len);
+    assert!(first.bad.is_none());
+    // Closed on drop too.
+    s.flush().unwrap();
+    drop(s);
+    let last = scan_segment(&files[1], |_, _, _| {}).unwrap().unwrap();
+    assert_eq!(last.good_len, last.file_len);
+    let (s, opened) = Spool::open(d.path(), write_through(seg)).unwrap();
+    assert!(opened.truncations.is_empty(), "{:?}", opened.truncations);
+    assert_eq!(seqs(&read_all(&s)), (0..i).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_killed_process_leaves_zeros_that_are_cut_without_counting_damage() {
+    let d = tempfile::tempdir().unwrap();
+    let seg = 64 * 1024;
+    let (mut s, _) = Spool::open(d.path(), write_through(seg)).unwrap();
+    for i in 0..100 {
+        s.append(&payload(i)).unwrap();
+    }
+    // Killed: no flush, no close. What was appended is in the file (the page cache).
+    s.crash();
+    let files = segment_files(d.path());
+    assert_eq!(std::fs::metadata(&files[0]).unwrap().len(), seg);
+    let inspected = inspect(d.path()).unwrap();
+    assert_eq!(inspected.unacked, 100);
+    assert!(inspected.segments[0].bad.is_none());
+    let (s, opened) = Spool::open(d.path(), write_through(seg)).unwrap();
+    assert!(opened.truncations.is_empty(), "{:?}", opened.truncations);
+    assert_eq!(opened.unacked, 100);
+    let got = read_all(&s);
+    assert_eq!(seqs(&got), (0..100).collect::<Vec<_>>());
+    assert!(got.iter().all(|r| r.payload == payload(r.seq)));
+    // The zeros were cut: the file is its records.
+    let scanned = scan_segment(&files[0], |_, _, _| {}).unwrap().unwrap();
+    assert_eq!(scanned.good_len, scanned.file_len);
+}
+
+#[test]
+fn zeros_followed_by_data_are_damage() {
+    let d = tempfile::tempdir().unwrap();
+    let seg = 64 * 1024;
+    let (mut s, _) = Spool::open(d.path(), write_through(seg)).unwrap();
+    for i in 0..5 {
+        s.append(&payload(i)).unwrap();
+    }
+    s.crash();
+    let path = segment_files(d.path()).pop().unwrap();
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all_at(b"junk", seg - 100).unwrap();
+    let (s, opened) = Spool::open(d.path(), write_through(seg)).unwrap();
+    assert_eq!(opened.truncations.len(), 1, "{:?}", opened.truncations);
+    assert!(
+        opened.truncations[0].reason.contains("then data again"),
+        "{:?}",
+        opened.truncations
+    );
+    assert_eq!(seqs(&read_all(&s)), (0..5).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_disk_without_room_for_a_whole_segment_is_written_as_it_grows() {
+    let d = tempfile::tempdir().unwrap();
+    let seg = 64 * 1024;
+    let (mut s, _) = Spool::open(d.path(), write_through(seg)).unwrap();
+    // Less room than a segment: no allocation, records are written one by one until the
+    // disk is full.
+    s.set_disk_cap(Some(seg / 2));
+    let taken = fill(&mut s, 0);
+    assert!(taken > 0);
+    let files = segment_files(d.path());
+    assert!(std::fs::metadata(&files[0]).unwrap().len() <= seg / 2);
+    s.flush().unwrap();
+    assert_eq!(seqs(&read_all(&s)), (0..taken).collect::<Vec<_>>());
+}
+
 // ---- The model check ----
 
 /// How a crash leaves the last segment.
@@ -729,7 +834,7 @@ proptest! {
                         .map(|(s, _)| s + 1)
                         .max()
                         .unwrap_or(0);
-                    drop(s);
+                    s.crash();
                     tear(d.path(), &t, durable_upto);
                     s = reopen(d.path(), o, &mut m);
                     s.set_disk_cap(cap);
@@ -739,7 +844,7 @@ proptest! {
                     job.sync().unwrap();
                     m.persisted = m.watermark(s.next_seq());
                     drop(job);
-                    drop(s);
+                    s.crash();
                     s = reopen(d.path(), o, &mut m);
                     s.set_disk_cap(cap);
                 }
