@@ -34,7 +34,6 @@ use crate::sink::{DeliverSink, KafkaSink, Sink, SpoolSink};
 use crate::source::http::{self, HttpPipeline};
 use crate::source::SourceCtx;
 use producer::{OnProducer, Producer};
-use reload::spawn_triggers;
 
 /// What a run did, reported at shutdown.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,7 +229,7 @@ pub async fn run(
         let st = runtime.state.lock().await;
         runtime.arm_endpoint(&st.config);
     }
-    spawn_triggers(runtime.clone(), reloads, hash, shutdown.clone());
+    runtime.spawn_triggers(reloads, hash, shutdown.clone());
 
     shutdown.cancelled().await;
     let summary = runtime.shutdown(http_stop, http_tasks).await;
@@ -458,7 +457,7 @@ impl Counts {
     }
 }
 
-/// The running gateway, as reloads change it.
+/// The running gateway, as reloads change it (its reload methods: `reload.rs`).
 struct Runtime {
     env: Env,
     path: PathBuf,

@@ -21,59 +21,6 @@ use crate::sink::{KafkaSink, Sink};
 /// How often `--watch` looks at the config file.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
-/// SIGHUP and `--watch`: each asks the runtime for one reload (they queue on its lock).
-pub(super) fn spawn_triggers(
-    rt: Arc<Runtime>,
-    reloads: Reloads,
-    hash: u64,
-    shutdown: CancellationToken,
-) {
-    let Reloads {
-        path,
-        watch,
-        mut hangups,
-    } = reloads;
-    let r = rt.clone();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                got = hangups.recv() => match got {
-                    Some(()) => { r.reload("SIGHUP").await; }
-                    None => return,
-                },
-            }
-        }
-    });
-    if !watch {
-        return;
-    }
-    tracing::info!(file = %path.display(), "watching the config file for changes");
-    tokio::spawn(async move {
-        // What was loaded last, and what the previous look saw: a change is reloaded once its
-        // content stayed the same for one look (an editor's write in several steps, or its
-        // rename over the file, is read whole).
-        let mut loaded = hash;
-        let mut seen = hash;
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(WATCH_EVERY) => {}
-            }
-            let Ok(bytes) = tokio::fs::read(&path).await else {
-                continue;
-            };
-            let now = hash_bytes(&bytes);
-            if now != loaded && now == seen {
-                loaded = now;
-                rt.reload("--watch").await;
-            }
-            seen = now;
-        }
-    });
-}
-
 /// Top-level sections that cannot change while running, with the reason.
 const NEEDS_RESTART: &[&str] = &["metrics", "http", "ui"];
 
@@ -185,6 +132,60 @@ fn section<'a>(v: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
 }
 
 impl Runtime {
+    /// SIGHUP and `--watch`: each asks the runtime for one reload (they queue on its lock).
+    pub(super) fn spawn_triggers(
+        self: &Arc<Self>,
+        reloads: Reloads,
+        hash: u64,
+        shutdown: CancellationToken,
+    ) {
+        let Reloads {
+            path,
+            watch,
+            mut hangups,
+        } = reloads;
+        let r = self.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    got = hangups.recv() => match got {
+                        Some(()) => { r.reload("SIGHUP").await; }
+                        None => return,
+                    },
+                }
+            }
+        });
+        if !watch {
+            return;
+        }
+        tracing::info!(file = %path.display(), "watching the config file for changes");
+        let rt = self.clone();
+        tokio::spawn(async move {
+            // What was loaded last, and what the previous look saw: a change is reloaded once its
+            // content stayed the same for one look (an editor's write in several steps, or its
+            // rename over the file, is read whole).
+            let mut loaded = hash;
+            let mut seen = hash;
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(WATCH_EVERY) => {}
+                }
+                let Ok(bytes) = tokio::fs::read(&path).await else {
+                    continue;
+                };
+                let now = hash_bytes(&bytes);
+                if now != loaded && now == seen {
+                    loaded = now;
+                    rt.reload("--watch").await;
+                }
+                seen = now;
+            }
+        });
+    }
+
     /// Serves `POST /-/reload` with the token of `config` (called again after each reload).
     pub(super) fn arm_endpoint(self: &Arc<Self>, config: &crate::gateway::Config) {
         let rt = Arc::downgrade(self);
