@@ -293,18 +293,24 @@ async fn start_units(
     config: &crate::gateway::Config,
     schemas: Option<&Arc<SchemaCache>>,
 ) -> anyhow::Result<Vec<Unit>> {
-    let dlq_topics: Vec<String> = config
-        .pipelines
-        .iter()
-        .filter_map(|p| p.dlq.as_ref().map(|d| d.topic.clone()))
-        .chain([config.dlq.topic.clone()])
-        .collect();
+    let dlq_topics = dlq_topics(config);
     let mut units = Vec::with_capacity(plans.len());
     for plan in plans {
         let section = sections.get(&*plan.spec.name).cloned().unwrap_or_default();
         units.push(start_unit(env, plan, section, &dlq_topics, config, schemas).await?);
     }
     Ok(units)
+}
+
+/// Every DLQ topic of `config` (the pipelines' own and the root one's): reserved in every
+/// pipeline's `topics_allowed`.
+fn dlq_topics(config: &crate::gateway::Config) -> Vec<String> {
+    config
+        .pipelines
+        .iter()
+        .filter_map(|p| p.dlq.as_ref().map(|d| d.topic.clone()))
+        .chain([config.dlq.topic.clone()])
+        .collect()
 }
 
 async fn start_unit(

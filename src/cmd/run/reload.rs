@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    hash_bytes, load, pipeline_sections, start_unit, watch_brokers, Counts, Loaded, Reloads,
-    Runtime, State, Unit,
+    dlq_topics, hash_bytes, load, pipeline_sections, start_unit, watch_brokers, Counts, Loaded,
+    Reloads, Runtime, State, Unit,
 };
 use crate::gateway::Gateway;
 use crate::metrics;
@@ -371,12 +371,7 @@ impl Runtime {
             }
             st.schemas = s;
         }
-        let dlq_topics: Vec<String> = new_config
-            .pipelines
-            .iter()
-            .filter_map(|p| p.dlq.as_ref().map(|d| d.topic.clone()))
-            .chain([new_config.dlq.topic.clone()])
-            .collect();
+        let dlq_topics = dlq_topics(&new_config);
         // An HTTP pipeline without a spool is handed over: the new one takes its route first
         // (no request finds it missing), then the old one drains the requests it has. The
         // others stop first (a feed, a consumer group, a spool's directory are theirs alone).
