@@ -6,7 +6,7 @@
 //! a reload stops and drains the pipelines that changed while the others keep running, and
 //! swaps the shared producer behind a lock without restarting any.
 //!
-//! Here: loading, the start (each pipeline's [`Unit`]) and the shutdown, and the state that a
+//! Here: loading, the start (each pipeline's `Unit`) and the shutdown, and the state that a
 //! reload changes (`Runtime`); `reload.rs`: what a reload does and what triggers one;
 //! `producer.rs`: the shared producer and a pipeline's handle on it.
 
