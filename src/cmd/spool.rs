@@ -118,7 +118,7 @@ pub fn render(i: &Inspection, now_ms: u64) -> String {
     );
     for s in &i.segments {
         out += &format!(
-            "  {}  first {}  records {}  bytes {}{}\n",
+            "  {}  first {}  records {}  bytes {}{}{}\n",
             s.path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -126,6 +126,11 @@ pub fn render(i: &Inspection, now_ms: u64) -> String {
             s.first,
             s.records,
             s.bytes,
+            if s.file_len > s.bytes && s.bad.is_none() {
+                format!("  (file {}: allocated ahead)", s.file_len)
+            } else {
+                String::new()
+            },
             s.bad
                 .as_deref()
                 .map(|b| format!("  TORN: {b}"))

@@ -1445,8 +1445,11 @@ pub struct SegmentInfo {
     pub first: u64,
     /// Its good records.
     pub records: u64,
-    /// Its size.
+    /// The bytes of its header and good records.
     pub bytes: u64,
+    /// Its file's length: more than `bytes` while it is allocated ahead (the segment being
+    /// written, or one a killed process left) or has a bad tail.
+    pub file_len: u64,
     /// What is wrong with its tail (cut at the next open), if anything.
     pub bad: Option<String>,
 }
@@ -1470,13 +1473,13 @@ pub fn inspect(dir: &Path) -> Result<Inspection, SpoolError> {
                 oldest = Some(time);
             }
         })?;
-        let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        let (first, records, bad) = match s {
+        let file_len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let (first, records, bytes, bad) = match s {
             Some(s) => {
                 unacked += s.end - s.first.max(w).min(s.end);
-                (s.first, s.end - s.first, s.bad)
+                (s.first, s.end - s.first, s.good_len, s.bad)
             }
-            None => (0, 0, Some("a torn segment header".into())),
+            None => (0, 0, 0, Some("a torn segment header".into())),
         };
         oldest_ms = oldest_ms.or(oldest);
         segments.push(SegmentInfo {
@@ -1484,6 +1487,7 @@ pub fn inspect(dir: &Path) -> Result<Inspection, SpoolError> {
             first,
             records,
             bytes,
+            file_len,
             bad,
         });
     }
