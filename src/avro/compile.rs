@@ -1,14 +1,14 @@
 //! Turns an `apache_avro::Schema` (parsed and validated by that crate) into the plan the encoder
 //! and decoder walk: a flat arena of nodes, named types resolved to node ids (so recursive
-//! records are plain cycles of ids), enum symbols and union branch tests precomputed, and every
-//! field default already encoded to bytes.
+//! records are plain cycles of ids), enum symbols and union branch tests precomputed. Field
+//! defaults are kept as JSON here; `encode::fill_defaults` encodes them once into the plan.
 
 use std::collections::HashMap;
 
 use apache_avro::schema::{InnerDecimalSchema, Name, Schema as A, UuidSchema};
 use serde_json::Value;
 
-use super::encode;
+use super::logical::Unit;
 
 /// Index of a node in [`Plan::nodes`].
 pub(crate) type NodeId = u32;
@@ -30,42 +30,6 @@ pub(crate) fn kind_of(v: &Value) -> u8 {
         Value::String(_) => K_STR,
         Value::Array(_) => K_ARR,
         Value::Object(_) => K_OBJ,
-    }
-}
-
-/// Time unit of a timestamp logical type.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Unit {
-    Millis,
-    Micros,
-    Nanos,
-}
-
-impl Unit {
-    /// Units per second.
-    pub(crate) fn per_sec(self) -> i64 {
-        match self {
-            Unit::Millis => 1_000,
-            Unit::Micros => 1_000_000,
-            Unit::Nanos => 1_000_000_000,
-        }
-    }
-
-    /// Fraction digits when rendered.
-    pub(crate) fn digits(self) -> usize {
-        match self {
-            Unit::Millis => 3,
-            Unit::Micros => 6,
-            Unit::Nanos => 9,
-        }
-    }
-
-    fn suffix(self) -> &'static str {
-        match self {
-            Unit::Millis => "millis",
-            Unit::Micros => "micros",
-            Unit::Nanos => "nanos",
-        }
     }
 }
 
@@ -277,8 +241,6 @@ pub const MAX_DECIMAL_PRECISION: usize = 1000;
 struct Compiler {
     nodes: Vec<Node>,
     names: HashMap<String, NodeId>,
-    /// Record nodes whose field defaults are compiled once every node exists.
-    records: Vec<NodeId>,
 }
 
 impl Compiler {
@@ -355,7 +317,6 @@ impl Compiler {
                     fields,
                     sorted,
                 });
-                self.records.push(id);
                 return Ok(id);
             }
             A::Enum(e) => {
@@ -507,7 +468,6 @@ pub(crate) fn compile(schema: &A) -> Result<Plan, String> {
     let mut c = Compiler {
         nodes: Vec::new(),
         names: HashMap::new(),
-        records: Vec::new(),
     };
     let root = c.compile(schema)?;
     let mut probe = serde_json::Map::new();
@@ -534,39 +494,5 @@ pub(crate) fn compile(schema: &A) -> Result<Plan, String> {
             }
         }
     }
-    // Field defaults, encoded once.
-    for rid in c.records {
-        let Node::Record(r) = &plan.nodes[rid as usize] else {
-            continue;
-        };
-        let mut missing = Vec::with_capacity(r.fields.len());
-        for f in &r.fields {
-            missing.push(missing_bytes(&plan, f).map_err(|e| {
-                format!("the default of field {} in record {}: {e}", f.name, r.name)
-            })?);
-        }
-        if let Node::Record(r) = &mut plan.nodes[rid as usize] {
-            for (f, m) in r.fields.iter_mut().zip(missing) {
-                f.missing = m;
-            }
-        }
-    }
     Ok(plan)
-}
-
-/// What a missing field encodes to: its default, else null for a union with a null branch.
-fn missing_bytes(plan: &Plan, f: &Field) -> Result<Option<Box<[u8]>>, String> {
-    if let Some(d) = &f.default_json {
-        let mut out = Vec::new();
-        encode::encode_default(plan, f.node, d, &mut out)?;
-        return Ok(Some(out.into_boxed_slice()));
-    }
-    if let Node::Union(u) = plan.node(f.node) {
-        if let Some(i) = u.null_index {
-            let mut out = Vec::new();
-            encode::put_long(&mut out, i as i64);
-            return Ok(Some(out.into_boxed_slice()));
-        }
-    }
-    Ok(None)
 }

@@ -666,3 +666,43 @@ fn default_at(
         _ => plain(out),
     }
 }
+
+/// Encodes every record field's default once (what a missing field encodes to), into the
+/// compiled `plan`. Inner records first (a nested record's node comes after its parent's), so
+/// that a bad default is named where it is written rather than where it is taken in.
+pub(crate) fn fill_defaults(plan: &mut Plan) -> Result<(), String> {
+    for rid in (0..plan.nodes.len()).rev() {
+        let Node::Record(r) = &plan.nodes[rid] else {
+            continue;
+        };
+        let mut missing = Vec::with_capacity(r.fields.len());
+        for f in &r.fields {
+            missing.push(missing_bytes(plan, f).map_err(|e| {
+                format!("the default of field {} in record {}: {e}", f.name, r.name)
+            })?);
+        }
+        if let Node::Record(r) = &mut plan.nodes[rid] {
+            for (f, m) in r.fields.iter_mut().zip(missing) {
+                f.missing = m;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What a missing field encodes to: its default, else null for a union with a null branch.
+fn missing_bytes(plan: &Plan, f: &Field) -> Result<Option<Box<[u8]>>, String> {
+    if let Some(d) = &f.default_json {
+        let mut out = Vec::new();
+        encode_default(plan, f.node, d, &mut out)?;
+        return Ok(Some(out.into_boxed_slice()));
+    }
+    if let Node::Union(u) = plan.node(f.node) {
+        if let Some(i) = u.null_index {
+            let mut out = Vec::new();
+            put_long(&mut out, i as i64);
+            return Ok(Some(out.into_boxed_slice()));
+        }
+    }
+    Ok(None)
+}

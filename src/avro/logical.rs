@@ -3,7 +3,41 @@
 
 use num_bigint::BigInt;
 
-use super::compile::Unit;
+/// Time unit of a timestamp logical type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Unit {
+    Millis,
+    Micros,
+    Nanos,
+}
+
+impl Unit {
+    /// Units per second.
+    pub(crate) fn per_sec(self) -> i64 {
+        match self {
+            Unit::Millis => 1_000,
+            Unit::Micros => 1_000_000,
+            Unit::Nanos => 1_000_000_000,
+        }
+    }
+
+    /// Fraction digits when rendered.
+    pub(crate) fn digits(self) -> usize {
+        match self {
+            Unit::Millis => 3,
+            Unit::Micros => 6,
+            Unit::Nanos => 9,
+        }
+    }
+
+    pub(crate) fn suffix(self) -> &'static str {
+        match self {
+            Unit::Millis => "millis",
+            Unit::Micros => "micros",
+            Unit::Nanos => "nanos",
+        }
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Calendar (Howard Hinnant's days_from_civil / civil_from_days, proleptic Gregorian).

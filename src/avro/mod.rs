@@ -126,7 +126,9 @@ impl Schema {
     /// included. The error says what is wrong with the schema.
     pub fn parse(text: &str) -> Result<Schema, String> {
         let parsed = parse_apache(text).map_err(|e| format!("invalid Avro schema: {e}"))?;
-        let plan = compile::compile(&parsed).map_err(|e| format!("invalid Avro schema: {e}"))?;
+        let mut plan =
+            compile::compile(&parsed).map_err(|e| format!("invalid Avro schema: {e}"))?;
+        encode::fill_defaults(&mut plan).map_err(|e| format!("invalid Avro schema: {e}"))?;
         let full_name = match plan.node(plan.root) {
             compile::Node::Record(r) => Some(r.name.clone()),
             compile::Node::Enum(e) => Some(e.name.clone()),
