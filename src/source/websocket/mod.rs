@@ -189,8 +189,9 @@ struct FeedPlans {
 }
 
 impl FeedPlans {
-    /// The feed of URL `i`, reading until `stop`; with `handover`, a stopped feed closes the
-    /// connection and reads on until the server's Close (see [`HANDOVER_DRAIN`]).
+    /// The feed of URL `i`, reading until `stop`: a stopped feed closes the connection and
+    /// reads on until the server's Close (see [`STOP_DRAIN`]); with `handover`, a handshake
+    /// under way when it stops is finished first.
     fn feed(&self, i: usize, stop: CancellationToken, handover: bool) -> Feed {
         let (uri, url) = &self.urls[i];
         Feed {
@@ -218,7 +219,8 @@ struct Feed {
     pipeline: Arc<Pipeline>,
     m: WsMetrics,
     stop: CancellationToken,
-    /// Stopped for a handover (`coordination:`): close, then read until the server's Close.
+    /// Stopped for a handover (`coordination:`): a handshake under way is finished (and the
+    /// connection then closed and read out), not dropped.
     handover: bool,
     failures: FailureLog,
 }
@@ -371,9 +373,7 @@ impl Feed {
                     biased;
                     _ = &mut stopped => {
                         let _ = tx.close().await;
-                        if self.handover {
-                            self.drain(&mut rx).await;
-                        }
+                        self.drain(&mut rx).await;
                         break 'conn End::Stopped;
                     }
                     _ = &mut nudge, if nudging => {
@@ -448,15 +448,15 @@ impl Feed {
 }
 
 impl Feed {
-    /// After our Close: reads on until the server's Close (at most [`HANDOVER_DRAIN`]),
-    /// handing every message to the pipeline. A feed that answers Close after its last message
-    /// (as `kgate synth` does) thus loses nothing at a handover: the next owner gets what
-    /// follows.
+    /// After our Close: reads on until the server's Close (at most [`STOP_DRAIN`]), handing
+    /// every message to the pipeline. A feed that answers Close after its last message (as
+    /// `kgate synth` does) thus loses nothing at a stop, a reload or a handover: what it sent
+    /// before its Close is read, and what follows goes to the next connection (or owner).
     async fn drain<S>(&self, rx: &mut S)
     where
         S: futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
     {
-        let deadline = tokio::time::Instant::now() + HANDOVER_DRAIN;
+        let deadline = tokio::time::Instant::now() + STOP_DRAIN;
         let mut drained = 0u64;
         let closed = loop {
             let next = tokio::time::timeout_at(deadline, rx.next()).await;
@@ -474,15 +474,17 @@ impl Feed {
             self.pipeline.handle(Event::new(raw, origin)).await;
         };
         if closed {
-            tracing::debug!(url = %self.url, drained, "handover: read until the feed's Close");
+            tracing::debug!(url = %self.url, drained, "stopped: read until the feed's Close");
+        } else if self.handover {
+            tracing::warn!(url = %self.url, drained, wait = ?STOP_DRAIN, "handover: the feed did not answer our Close in time; what it sends now is for the next owner or lost");
         } else {
-            tracing::warn!(url = %self.url, drained, wait = ?HANDOVER_DRAIN, "handover: the feed did not answer our Close in time; what it sends now is for the next owner or lost");
+            tracing::info!(url = %self.url, drained, wait = ?STOP_DRAIN, "stopped: the feed did not answer our Close in time; what it sends after this is not read");
         }
     }
 }
 
-/// How long a feed stopped for a handover waits for the server's Close, reading on.
-const HANDOVER_DRAIN: Duration = Duration::from_secs(2);
+/// How long a stopped feed waits for the server's Close, reading on.
+const STOP_DRAIN: Duration = Duration::from_secs(2);
 
 /// How long the read side stays quiet after a backpressure pause before kgate nudges the feed.
 const NUDGE_AFTER: Duration = Duration::from_millis(100);
