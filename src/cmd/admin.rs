@@ -176,6 +176,23 @@ pub fn confirm(what: &str, name: &str) -> Result<bool, String> {
     Ok(line.trim() == name)
 }
 
+/// [`confirm`] for command `cmd` (e.g. `kgate topics delete`), saying why it stops when it
+/// must: `Err` with the exit code (1: not confirmed, the `kind` `name` kept; 2: nobody can
+/// confirm).
+pub fn confirmed(cmd: &str, what: &str, kind: &str, name: &str) -> Result<(), ExitCode> {
+    match confirm(what, name) {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            eprintln!("{cmd}: not confirmed; {kind} {name} kept");
+            Err(ExitCode::FAILURE)
+        }
+        Err(e) => {
+            eprintln!("{cmd}: {e}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
 const CLUSTER_EXAMPLES: &str = "\
 Where Kafka is (the first that is given):
   --config FILE        the `kafka:` section of a kgate config (brokers, TLS, SASL)

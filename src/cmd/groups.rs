@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use clap::{ArgGroup, Args, Subcommand};
 use serde_json::json;
 
-use super::admin::{confirm, exit_for, load_kafka, print_json, table, Conn, Output};
+use super::admin::{confirmed, exit_for, load_kafka, print_json, table, Conn, Output};
 use crate::admin::{self, ResetTo};
 
 const EXAMPLES: &str = "\
@@ -333,22 +333,12 @@ async fn reset(a: ResetArgs) -> ExitCode {
 async fn delete(a: DeleteArgs) -> ExitCode {
     let k = kafka_or_exit!(load_kafka(a.conn.config.as_deref(), &a.conn.brokers));
     if !a.yes {
-        match confirm(
-            &format!(
-                "delete consumer group {} and its committed offsets",
-                a.group
-            ),
-            &a.group,
-        ) {
-            Ok(true) => {}
-            Ok(false) => {
-                eprintln!("kgate groups delete: not confirmed; group {} kept", a.group);
-                return ExitCode::FAILURE;
-            }
-            Err(e) => {
-                eprintln!("kgate groups delete: {e}");
-                return ExitCode::from(2);
-            }
+        let what = format!(
+            "delete consumer group {} and its committed offsets",
+            a.group
+        );
+        if let Err(code) = confirmed("kgate groups delete", &what, "group", &a.group) {
+            return code;
         }
     }
     ok_or_exit!("delete", admin::delete_group(&k, &a.group).await);

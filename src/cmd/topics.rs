@@ -8,7 +8,7 @@ use clap::{ArgGroup, Args, Subcommand};
 use regex::Regex;
 use serde_json::json;
 
-use super::admin::{confirm, exit_for, human_ms, load_kafka, print_json, table, Conn, Output};
+use super::admin::{confirmed, exit_for, human_ms, load_kafka, print_json, table, Conn, Output};
 use crate::admin;
 use crate::kafka::KafkaConfig;
 
@@ -444,24 +444,14 @@ async fn delete(a: DeleteArgs) -> ExitCode {
     if !a.yes {
         // Say what would go before asking; a missing topic is answered at once.
         let t = ok_or_exit!("delete", admin::describe_topic(&k, &a.topic).await);
-        match confirm(
-            &format!(
-                "delete topic {} and its {} message(s) in {} partition(s)",
-                a.topic,
-                t.messages,
-                t.partitions.len()
-            ),
-            &a.topic,
-        ) {
-            Ok(true) => {}
-            Ok(false) => {
-                eprintln!("kgate topics delete: not confirmed; topic {} kept", a.topic);
-                return ExitCode::FAILURE;
-            }
-            Err(e) => {
-                eprintln!("kgate topics delete: {e}");
-                return ExitCode::from(2);
-            }
+        let what = format!(
+            "delete topic {} and its {} message(s) in {} partition(s)",
+            a.topic,
+            t.messages,
+            t.partitions.len()
+        );
+        if let Err(code) = confirmed("kgate topics delete", &what, "topic", &a.topic) {
+            return code;
         }
     }
     ok_or_exit!("delete", admin::delete_topic(&k, &a.topic).await);

@@ -76,9 +76,42 @@ impl Item {
         }
     }
 
-    /// The bytes the spool keeps of it.
+    /// How many bytes [`Item::encode`] writes.
+    fn encoded_len(&self) -> usize {
+        let headers = |h: &[(String, Vec<u8>)]| {
+            4 + h.iter().map(|(k, v)| 8 + k.len() + v.len()).sum::<usize>()
+        };
+        match self {
+            Item::Record { rec, ev, .. } => {
+                1 + 4
+                    + 4
+                    + rec.topic.len()
+                    + 1
+                    + rec.key.as_ref().map_or(0, |k| 4 + k.len())
+                    + 4
+                    + rec.value.len()
+                    + 1
+                    + if ev.raw != rec.value {
+                        4 + ev.raw.len()
+                    } else {
+                        0
+                    }
+                    + headers(&rec.headers)
+            }
+            Item::Rejection { ev, r, .. } => {
+                1 + 4 * 4
+                    + r.error_type.as_str().len()
+                    + r.message.len()
+                    + r.source_topic.len()
+                    + ev.raw.len()
+                    + headers(&ev.headers)
+            }
+        }
+    }
+
+    /// The bytes the spool keeps of it (in one allocation of the exact size).
     fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(64);
+        let mut b = Vec::with_capacity(self.encoded_len());
         match self {
             Item::Record {
                 rec, partition, ev, ..
@@ -102,6 +135,7 @@ impl Item {
                 put_headers(&mut b, &ev.headers);
             }
         }
+        debug_assert_eq!(b.len(), self.encoded_len());
         b
     }
 }
