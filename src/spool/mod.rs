@@ -392,6 +392,9 @@ pub struct Spool {
     active: Option<File>,
     /// The active segment's file mapped whole (write-through, when it could be allocated).
     map: Option<memmap2::MmapMut>,
+    /// How much of `map`, from its start, was handed back to the kernel (see
+    /// [`Spool::release_mapped`]).
+    released: usize,
     /// Files written since the last flush and not fsynced (closed segments).
     unsynced: Vec<File>,
     /// A segment was created or deleted: the directory needs an fsync.
@@ -780,6 +783,7 @@ impl Spool {
             segments,
             active: None,
             map: None,
+            released: 0,
             unsynced: Vec::new(),
             dir_dirty,
             pending: Vec::new(),
@@ -968,6 +972,35 @@ impl Spool {
         }
     }
 
+    /// Hands the whole pages of the mapped segment below what was written back to the kernel
+    /// (`MADV_DONTNEED`): they stay in the page cache and the file, but no longer count in the
+    /// process's resident memory, which would otherwise grow by up to a segment while one is
+    /// written. Called after each flush; appends only touch the pages past them.
+    fn release_mapped(&mut self) {
+        let (Some(map), Some(seg)) = (self.map.as_ref(), self.segments.back()) else {
+            return;
+        };
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let upto = (seg.written as usize / page) * page;
+        if upto <= self.released {
+            return;
+        }
+        // SAFETY: a shared file mapping: what MADV_DONTNEED drops from the process is kept in
+        // the page cache (written back as usual) and read back from it on the next access;
+        // nothing is lost and no reference into the range is held.
+        let advised = unsafe {
+            map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                self.released,
+                upto - self.released,
+            )
+        };
+        if advised.is_ok() {
+            self.released = upto;
+        }
+    }
+
     /// Unmaps the segment being written and cuts its file to what was written (a closed
     /// segment is as long as its records). A failed cut leaves a tail of zeros, which the next
     /// open cuts.
@@ -1075,6 +1108,7 @@ impl Spool {
             alloc: if map.is_some() { alloc } else { 0 },
         });
         self.map = map;
+        self.released = 0;
         Ok(())
     }
 
@@ -1240,6 +1274,7 @@ impl Spool {
             self.dir_dirty = true;
             self.segments.pop_front();
         }
+        self.release_mapped();
         match job.write_error.take() {
             Some(e) => Err(e),
             None => Ok(()),

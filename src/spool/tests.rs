@@ -444,6 +444,47 @@ fn a_written_through_segment_is_allocated_whole_and_closed_at_its_records() {
     assert_eq!(seqs(&read_all(&s)), (0..i).collect::<Vec<_>>());
 }
 
+/// The resident kB of the mapping of `path` in this process (`/proc/self/smaps`).
+fn resident_kb(path: &Path) -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let name = path.to_str().unwrap();
+    let mut lines = smaps.lines();
+    while let Some(l) = lines.next() {
+        if l.ends_with(name) {
+            for l in lines.by_ref() {
+                if let Some(kb) = l.strip_prefix("Rss:") {
+                    return kb.trim().trim_end_matches("kB").trim().parse().unwrap();
+                }
+            }
+        }
+    }
+    panic!("{name} is not mapped");
+}
+
+#[test]
+fn the_mapped_pages_below_a_flush_leave_the_resident_memory() {
+    let d = tempfile::tempdir().unwrap();
+    let seg = 64 * 1024 * 1024;
+    let (mut s, _) = Spool::open(d.path(), write_through(seg)).unwrap();
+    let record = vec![7u8; 1000];
+    for _ in 0..4096 {
+        s.append(&record).unwrap();
+    }
+    let path = segment_files(d.path()).pop().unwrap();
+    // ~4 MiB written into the map: resident until a flush.
+    let before = resident_kb(&path);
+    assert!(before >= 4000, "{before} kB resident before the flush");
+    s.flush().unwrap();
+    let after = resident_kb(&path);
+    assert!(after <= 8, "{after} kB resident after the flush");
+    // Still there for reads, and appends go on past them.
+    s.append(&record).unwrap();
+    s.flush().unwrap();
+    let got = read_all(&s);
+    assert_eq!(got.len(), 4097);
+    assert!(got.iter().all(|r| r.payload == record));
+}
+
 #[test]
 fn a_killed_process_leaves_zeros_that_are_cut_without_counting_damage() {
     let d = tempfile::tempdir().unwrap();
