@@ -608,6 +608,17 @@ fn first_nonzero(r: &mut impl Read, len: u64) -> io::Result<Option<u64>> {
     Ok(None)
 }
 
+/// Cuts the segment file at `path` to `len` bytes, durably; `op` names it in an error.
+fn cut_segment(path: &Path, len: u64, op: &'static str) -> Result<(), SpoolError> {
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(SpoolError::io(path, "open a segment"))?;
+    f.set_len(len)
+        .and_then(|_| f.sync_all())
+        .map_err(SpoolError::io(path, op))
+}
+
 /// Takes the directory's lock, or says who holds it.
 fn lock(dir: &Path) -> Result<File, SpoolError> {
     let path = dir.join("LOCK");
@@ -733,22 +744,10 @@ impl Spool {
                     bytes: s.file_len - s.good_len,
                     reason: reason.clone(),
                 });
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(SpoolError::io(&path, "open a segment"))?;
-                f.set_len(s.good_len)
-                    .and_then(|_| f.sync_all())
-                    .map_err(SpoolError::io(&path, "cut a segment's bad tail"))?;
+                cut_segment(&path, s.good_len, "cut a segment's bad tail")?;
             } else if s.good_len < s.file_len {
                 // The unwritten rest of a segment that was mapped when its process died.
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(SpoolError::io(&path, "open a segment"))?;
-                f.set_len(s.good_len)
-                    .and_then(|_| f.sync_all())
-                    .map_err(SpoolError::io(&path, "cut a segment's unwritten tail"))?;
+                cut_segment(&path, s.good_len, "cut a segment's unwritten tail")?;
             }
             let overlaps = segments.back().is_some_and(|p: &Segment| s.first < p.end);
             if s.end <= persisted || s.end == s.first || overlaps {
